@@ -1,0 +1,261 @@
+//! Aggregate states: what a view keeps per group, in memory (speed layer) and in Parquet
+//! (batch layer), and the one merge that combines them.
+//!
+//! A state is a partial aggregate that can absorb an event ([`MeasureState::update`]) or
+//! another state ([`MeasureState::merge`]). Merging is exact: merging the states of two
+//! disjoint sets of events gives the state of their union (float sums up to rounding), which
+//! is what lets the serving layer answer from batch + speed as if from one pass.
+
+use std::collections::HashMap;
+
+use crate::value::{Row, Value};
+use crate::view::{CompiledView, Measure, MeasureKind};
+use crate::FieldType;
+
+/// The state of one measure in one group.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MeasureState {
+    /// `count` and `count(f)`.
+    Count(i64),
+    /// `sum` of an int64 field; wraps on overflow as DataFusion's `sum` does. `None` until a
+    /// non-null value arrives.
+    SumInt(Option<i64>),
+    /// `sum` of a float64 field.
+    SumFloat(Option<f64>),
+    Min(Option<Value>),
+    Max(Option<Value>),
+    /// `avg`: the sum and count of non-null values.
+    Avg { sum: f64, count: i64 },
+}
+
+impl MeasureState {
+    /// The state of no events.
+    pub fn empty(measure: &Measure) -> MeasureState {
+        match measure.kind {
+            MeasureKind::Count | MeasureKind::CountField => MeasureState::Count(0),
+            MeasureKind::Sum => match measure.field.as_ref().map(|f| f.1) {
+                Some(FieldType::Int64) => MeasureState::SumInt(None),
+                _ => MeasureState::SumFloat(None),
+            },
+            MeasureKind::Min => MeasureState::Min(None),
+            MeasureKind::Max => MeasureState::Max(None),
+            MeasureKind::Avg => MeasureState::Avg { sum: 0.0, count: 0 },
+        }
+    }
+
+    /// Folds one event in. `value` is the measure's field (ignored by `count`); `counts_all`
+    /// is true for `count`, which counts events rather than values.
+    pub fn update(&mut self, value: &Value, counts_all: bool) {
+        if counts_all {
+            if let MeasureState::Count(n) = self {
+                *n += 1;
+            }
+            return;
+        }
+        if matches!(value, Value::Null) {
+            return;
+        }
+        match self {
+            MeasureState::Count(n) => *n += 1,
+            MeasureState::SumInt(s) => {
+                if let Value::Int(v) = value {
+                    *s = Some(s.unwrap_or(0).wrapping_add(*v));
+                }
+            }
+            MeasureState::SumFloat(s) => {
+                if let Some(v) = as_f64(value) {
+                    *s = Some(s.unwrap_or(0.0) + v);
+                }
+            }
+            MeasureState::Min(m) => {
+                if m.as_ref().is_none_or(|cur| value.total_cmp(cur).is_lt()) {
+                    *m = Some(value.clone());
+                }
+            }
+            MeasureState::Max(m) => {
+                if m.as_ref().is_none_or(|cur| value.total_cmp(cur).is_gt()) {
+                    *m = Some(value.clone());
+                }
+            }
+            MeasureState::Avg { sum, count } => {
+                if let Some(v) = as_f64(value) {
+                    *sum += v;
+                    *count += 1;
+                }
+            }
+        }
+    }
+
+    /// Absorbs the state of a disjoint set of events.
+    pub fn merge(&mut self, other: &MeasureState) {
+        match (self, other) {
+            (MeasureState::Count(a), MeasureState::Count(b)) => *a += b,
+            (MeasureState::SumInt(a), MeasureState::SumInt(b)) => {
+                if let Some(b) = b {
+                    *a = Some(a.unwrap_or(0).wrapping_add(*b));
+                }
+            }
+            (MeasureState::SumFloat(a), MeasureState::SumFloat(b)) => {
+                if let Some(b) = b {
+                    *a = Some(a.unwrap_or(0.0) + b);
+                }
+            }
+            (MeasureState::Min(a), MeasureState::Min(Some(b))) => {
+                if a.as_ref().is_none_or(|cur| b.total_cmp(cur).is_lt()) {
+                    *a = Some(b.clone());
+                }
+            }
+            (MeasureState::Max(a), MeasureState::Max(Some(b))) => {
+                if a.as_ref().is_none_or(|cur| b.total_cmp(cur).is_gt()) {
+                    *a = Some(b.clone());
+                }
+            }
+            (MeasureState::Avg { sum, count }, MeasureState::Avg { sum: s, count: c }) => {
+                *sum += s;
+                *count += c;
+            }
+            (MeasureState::Min(_), MeasureState::Min(None)) | (MeasureState::Max(_), MeasureState::Max(None)) => {}
+            (a, b) => debug_assert!(false, "merging unlike states {a:?} and {b:?}"),
+        }
+    }
+
+    /// The answer: count → integer, sums keep their type, min/max the field's, avg → float;
+    /// null when no value contributed.
+    pub fn finish(&self) -> serde_json::Value {
+        match self {
+            MeasureState::Count(n) => (*n).into(),
+            MeasureState::SumInt(s) => s.map(Into::into).unwrap_or(serde_json::Value::Null),
+            MeasureState::SumFloat(s) => s.map(|f| Value::Float(f).to_json()).unwrap_or(serde_json::Value::Null),
+            MeasureState::Min(v) | MeasureState::Max(v) => v.as_ref().map(Value::to_json).unwrap_or(serde_json::Value::Null),
+            MeasureState::Avg { sum, count } => {
+                if *count == 0 {
+                    serde_json::Value::Null
+                } else {
+                    Value::Float(sum / *count as f64).to_json()
+                }
+            }
+        }
+    }
+
+    /// A number to order answers by (nulls lowest).
+    pub fn sort_key(&self) -> Value {
+        match self {
+            MeasureState::Count(n) => Value::Int(*n),
+            MeasureState::SumInt(s) => s.map(Value::Int).unwrap_or(Value::Null),
+            MeasureState::SumFloat(s) => s.map(Value::Float).unwrap_or(Value::Null),
+            MeasureState::Min(v) | MeasureState::Max(v) => v.clone().unwrap_or(Value::Null),
+            MeasureState::Avg { sum, count } => {
+                if *count == 0 { Value::Null } else { Value::Float(sum / *count as f64) }
+            }
+        }
+    }
+}
+
+fn as_f64(v: &Value) -> Option<f64> {
+    match v {
+        Value::Int(i) => Some(*i as f64),
+        Value::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+/// A group: bucket start (UTC micros) and the dimension values in the view's order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    pub bucket: i64,
+    pub dims: Vec<Value>,
+}
+
+/// Aggregated groups of a view, each with one state per measure (in the view's measure order).
+pub type Groups = HashMap<GroupKey, Vec<MeasureState>>;
+
+/// The states of a view's measures for no events.
+pub fn empty_states(view: &CompiledView) -> Vec<MeasureState> {
+    view.measures.iter().map(|(m, _)| MeasureState::empty(m)).collect()
+}
+
+/// Folds one event (already known to pass the view's filter) into `groups`.
+pub fn fold_row(view: &CompiledView, groups: &mut Groups, row: &Row) {
+    let Value::Timestamp(ts) = row[view.time_index] else {
+        return;
+    };
+    let key = GroupKey {
+        bucket: view.spec.granularity.truncate(ts),
+        dims: view.dimension_index.iter().map(|&i| row[i].clone()).collect(),
+    };
+    let states = groups.entry(key).or_insert_with(|| empty_states(view));
+    for (state, (measure, index)) in states.iter_mut().zip(&view.measures) {
+        let value = index.map(|i| &row[i]).unwrap_or(&Value::Null);
+        state.update(value, measure.kind == MeasureKind::Count);
+    }
+}
+
+/// Merges every group of `from` into `into`.
+pub fn merge_groups(into: &mut Groups, from: &Groups) {
+    for (key, states) in from {
+        match into.get_mut(key) {
+            Some(existing) => existing.iter_mut().zip(states).for_each(|(a, b)| a.merge(b)),
+            None => {
+                into.insert(key.clone(), states.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measure(kind: MeasureKind, ty: FieldType) -> Measure {
+        Measure { name: "m".into(), kind, field: Some(("f".into(), ty)) }
+    }
+
+    /// Splitting a stream anywhere and merging the halves gives the state of the whole.
+    #[test]
+    fn merge_of_parts_equals_one_pass() {
+        let values = [Value::Int(5), Value::Null, Value::Int(-3), Value::Int(7), Value::Null, Value::Int(i64::MAX)];
+        for (kind, counts_all) in [
+            (MeasureKind::Count, true),
+            (MeasureKind::CountField, false),
+            (MeasureKind::Sum, false),
+            (MeasureKind::Min, false),
+            (MeasureKind::Max, false),
+            (MeasureKind::Avg, false),
+        ] {
+            let m = measure(kind, FieldType::Int64);
+            let mut whole = MeasureState::empty(&m);
+            values.iter().for_each(|v| whole.update(v, counts_all));
+            for split in 0..=values.len() {
+                let (mut a, mut b) = (MeasureState::empty(&m), MeasureState::empty(&m));
+                values[..split].iter().for_each(|v| a.update(v, counts_all));
+                values[split..].iter().for_each(|v| b.update(v, counts_all));
+                a.merge(&b);
+                assert_eq!(a, whole, "{kind:?} split at {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn empty_aggregates_are_null_except_count() {
+        let m = measure(MeasureKind::Sum, FieldType::Float64);
+        assert_eq!(MeasureState::empty(&m).finish(), serde_json::Value::Null);
+        let m = measure(MeasureKind::Avg, FieldType::Float64);
+        assert_eq!(MeasureState::empty(&m).finish(), serde_json::Value::Null);
+        let m = measure(MeasureKind::CountField, FieldType::Float64);
+        assert_eq!(MeasureState::empty(&m).finish(), serde_json::json!(0));
+    }
+
+    #[test]
+    fn answers_keep_their_types() {
+        let mut s = MeasureState::empty(&measure(MeasureKind::Sum, FieldType::Int64));
+        s.update(&Value::Int(2), false);
+        assert_eq!(s.finish(), serde_json::json!(2));
+        let mut a = MeasureState::empty(&measure(MeasureKind::Avg, FieldType::Int64));
+        a.update(&Value::Int(1), false);
+        a.update(&Value::Int(2), false);
+        assert_eq!(a.finish(), serde_json::json!(1.5));
+        let mut t = MeasureState::empty(&measure(MeasureKind::Max, FieldType::Timestamp));
+        t.update(&Value::Timestamp(0), false);
+        assert_eq!(t.finish(), serde_json::json!("1970-01-01T00:00:00Z"));
+    }
+}

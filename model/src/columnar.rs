@@ -1,0 +1,200 @@
+//! The Arrow shapes of tandem's data: the master dataset (events) and a batch version
+//! (aggregate states per group). Both layers convert through here, so the batch layer's
+//! Parquet and the speed layer's memory always mean the same thing.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::agg::{GroupKey, Groups, MeasureState};
+use crate::schema::{DatasetSpec, FieldType};
+use crate::value::{Row, Value};
+use crate::view::{CompiledView, Measure, MeasureKind};
+
+/// Column of the master dataset holding each event's ingest sequence number.
+pub const SEQ_COLUMN: &str = "_seq";
+/// Column of a batch version holding each group's bucket start.
+pub const BUCKET_COLUMN: &str = "bucket";
+
+pub fn arrow_type(ty: FieldType) -> DataType {
+    match ty {
+        FieldType::String => DataType::Utf8,
+        FieldType::Int64 => DataType::Int64,
+        FieldType::Float64 => DataType::Float64,
+        FieldType::Bool => DataType::Boolean,
+        FieldType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+    }
+}
+
+/// The schema of a dataset's events; with `_seq` first for the master dataset.
+pub fn dataset_schema(spec: &DatasetSpec, with_seq: bool) -> SchemaRef {
+    let mut fields = Vec::with_capacity(spec.fields.len() + 1);
+    if with_seq {
+        fields.push(Field::new(SEQ_COLUMN, DataType::Int64, false));
+    }
+    for (name, ty) in &spec.fields {
+        fields.push(Field::new(name, arrow_type(*ty), *name != spec.time_field));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// Events as one record batch; `seqs` (one per row) adds the `_seq` column.
+pub fn rows_to_batch(spec: &DatasetSpec, rows: &[&Row], seqs: Option<&[u64]>) -> Result<RecordBatch, ArrowError> {
+    let schema = dataset_schema(spec, seqs.is_some());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    if let Some(seqs) = seqs {
+        columns.push(Arc::new(arrow_array::Int64Array::from_iter_values(seqs.iter().map(|&s| s as i64))));
+    }
+    for (i, ty) in spec.fields.values().enumerate() {
+        columns.push(column(*ty, rows.iter().map(|r| &r[i])));
+    }
+    RecordBatch::try_new(schema, columns)
+}
+
+fn column<'a>(ty: FieldType, values: impl Iterator<Item = &'a Value>) -> ArrayRef {
+    match ty {
+        FieldType::String => {
+            let mut b = StringBuilder::new();
+            values.for_each(|v| b.append_option(if let Value::String(s) = v { Some(s) } else { None }));
+            Arc::new(b.finish())
+        }
+        FieldType::Int64 => {
+            let mut b = Int64Builder::new();
+            values.for_each(|v| b.append_option(if let Value::Int(i) = v { Some(*i) } else { None }));
+            Arc::new(b.finish())
+        }
+        FieldType::Float64 => {
+            let mut b = Float64Builder::new();
+            values.for_each(|v| b.append_option(if let Value::Float(f) = v { Some(*f) } else { None }));
+            Arc::new(b.finish())
+        }
+        FieldType::Bool => {
+            let mut b = BooleanBuilder::new();
+            values.for_each(|v| b.append_option(if let Value::Bool(x) = v { Some(*x) } else { None }));
+            Arc::new(b.finish())
+        }
+        FieldType::Timestamp => {
+            let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+            values.for_each(|v| b.append_option(if let Value::Timestamp(t) = v { Some(*t) } else { None }));
+            Arc::new(b.finish())
+        }
+    }
+}
+
+/// The columns a measure's state takes in a batch version: name and type.
+pub fn state_columns(measure: &Measure) -> Vec<(String, DataType)> {
+    let name = &measure.name;
+    match measure.kind {
+        MeasureKind::Count | MeasureKind::CountField => vec![(name.clone(), DataType::Int64)],
+        MeasureKind::Sum => match measure.field.as_ref().map(|f| f.1) {
+            Some(FieldType::Int64) => vec![(name.clone(), DataType::Int64)],
+            _ => vec![(name.clone(), DataType::Float64)],
+        },
+        MeasureKind::Min | MeasureKind::Max => {
+            vec![(name.clone(), arrow_type(measure.field.as_ref().expect("min/max have a field").1))]
+        }
+        MeasureKind::Avg => vec![(format!("{name}__sum"), DataType::Float64), (format!("{name}__count"), DataType::Int64)],
+    }
+}
+
+/// Reads the groups of a batch version back into states.
+pub fn groups_from_batch(view: &CompiledView, batch: &RecordBatch, into: &mut Groups) -> Result<(), String> {
+    let col = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| format!("batch version lacks column {name:?}"))
+    };
+    let bucket = col(BUCKET_COLUMN)?
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or("bucket column is not a microsecond timestamp")?;
+    let dims: Vec<&ArrayRef> = view.spec.dimensions.iter().map(|d| col(d)).collect::<Result<_, _>>()?;
+    let mut measure_cols = Vec::new();
+    for (m, _) in &view.measures {
+        let cols: Vec<&ArrayRef> = state_columns(m).iter().map(|(n, _)| col(n)).collect::<Result<_, _>>()?;
+        measure_cols.push(cols);
+    }
+    for row in 0..batch.num_rows() {
+        let key = GroupKey {
+            bucket: bucket.value(row),
+            dims: dims.iter().zip(&view.dimension_types).map(|(a, ty)| value_at(a, row, *ty)).collect(),
+        };
+        let mut states = Vec::with_capacity(view.measures.len());
+        for ((m, _), cols) in view.measures.iter().zip(&measure_cols) {
+            states.push(state_at(m, cols, row)?);
+        }
+        match into.get_mut(&key) {
+            Some(existing) => existing.iter_mut().zip(&states).for_each(|(a, b)| a.merge(b)),
+            None => {
+                into.insert(key, states);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn state_at(m: &Measure, cols: &[&ArrayRef], row: usize) -> Result<MeasureState, String> {
+    let int = |a: &ArrayRef| a.as_primitive_opt::<Int64Type>().filter(|a| a.is_valid(row)).map(|a| a.value(row));
+    let float = |a: &ArrayRef| a.as_primitive_opt::<Float64Type>().filter(|a| a.is_valid(row)).map(|a| a.value(row));
+    let field_type = m.field.as_ref().map(|f| f.1);
+    Ok(match m.kind {
+        MeasureKind::Count | MeasureKind::CountField => MeasureState::Count(int(cols[0]).unwrap_or(0)),
+        MeasureKind::Sum if field_type == Some(FieldType::Int64) => MeasureState::SumInt(int(cols[0])),
+        MeasureKind::Sum => MeasureState::SumFloat(float(cols[0])),
+        MeasureKind::Min | MeasureKind::Max => {
+            let v = value_at(cols[0], row, field_type.ok_or("min/max without a field")?);
+            let v = if matches!(v, Value::Null) { None } else { Some(v) };
+            if m.kind == MeasureKind::Min { MeasureState::Min(v) } else { MeasureState::Max(v) }
+        }
+        MeasureKind::Avg => MeasureState::Avg { sum: float(cols[0]).unwrap_or(0.0), count: int(cols[1]).unwrap_or(0) },
+    })
+}
+
+/// The value at `row` of an array of a field of type `ty`.
+pub fn value_at(array: &ArrayRef, row: usize, ty: FieldType) -> Value {
+    if array.is_null(row) {
+        return Value::Null;
+    }
+    match ty {
+        FieldType::String => array
+            .as_string_opt::<i32>()
+            .map(|a| Value::String(a.value(row).to_string()))
+            .or_else(|| array.as_string_view_opt().map(|a| Value::String(a.value(row).to_string())))
+            .unwrap_or(Value::Null),
+        FieldType::Int64 => array.as_primitive_opt::<Int64Type>().map(|a| Value::Int(a.value(row))).unwrap_or(Value::Null),
+        FieldType::Float64 => array.as_primitive_opt::<Float64Type>().map(|a| Value::Float(a.value(row))).unwrap_or(Value::Null),
+        FieldType::Bool => array.as_boolean_opt().map(|a| Value::Bool(a.value(row))).unwrap_or(Value::Null),
+        FieldType::Timestamp => array
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .map(|a| Value::Timestamp(a.value(row)))
+            .unwrap_or(Value::Null),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip_through_arrow() {
+        let spec: DatasetSpec = serde_json::from_str(
+            r#"{"name":"pv","time_field":"ts","fields":{"ts":"timestamp","s":"string","i":"int64","f":"float64","b":"bool"}}"#,
+        )
+        .unwrap();
+        let rows = [
+            vec![Value::Bool(true), Value::Float(1.5), Value::Int(-2), Value::String("x".into()), Value::Timestamp(7)],
+            vec![Value::Null, Value::Null, Value::Null, Value::Null, Value::Timestamp(8)],
+        ];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let batch = rows_to_batch(&spec, &refs, Some(&[3, 4])).unwrap();
+        assert_eq!(batch.num_columns(), 6);
+        for (r, row) in rows.iter().enumerate() {
+            for (i, ty) in spec.fields.values().enumerate() {
+                assert_eq!(&value_at(batch.column(i + 1), r, *ty), &row[i]);
+            }
+        }
+    }
+}

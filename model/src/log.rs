@@ -1,0 +1,492 @@
+//! The event log: append-only segment files, one directory per dataset.
+//!
+//! # Layout
+//! `DIR/{first_seq:020}.seg`, where `first_seq` is the sequence number of the segment's
+//! first event. Every accepted event gets the next sequence number of its dataset, starting
+//! at 1, so segment `i` holds exactly the events `first_seq(i) ..= first_seq(i+1) - 1`.
+//! The segment with the highest number is the active one; every other is sealed and never
+//! changes again. Sequence numbers, not event time, are what batch watermarks count.
+//!
+//! # Segment format
+//! An 8-byte magic `TNDMLOG1`, then records:
+//!
+//! ```text
+//! u32 LE  payload length
+//! u32 LE  CRC-32 of the payload
+//! payload:
+//!   u64 LE  sequence number of the first event
+//!   i64 LE  ingest time, UTC microseconds
+//!   u32 LE  number of events
+//!   u32 LE  values per event (the dataset's field count)
+//!   events: each value of each row, in field order, as a tag byte and a body:
+//!     0 null | 1 string (u32 LE length, UTF-8) | 2 int64 | 3 float64 bits | 4 false | 5 true
+//!     | 6 timestamp (i64 LE micros)
+//! ```
+//!
+//! One record is one ingest request, so a request is stored whole or not at all: a record
+//! whose length or checksum does not hold is not a record.
+//!
+//! # Durability and recovery
+//! The writer appends records and the caller calls [`LogWriter::sync`] (fsync) before it
+//! acknowledges anything; many requests share one sync (group commit, see the speed layer).
+//! On open, the active segment is read back: a torn or corrupt tail (a crash mid-write) is
+//! cut off at the last whole record and reported in [`Recovery`]; a sealed segment that
+//! does not read back whole is an error, never skipped.
+//!
+//! Written by hand rather than taken from a crate: the log is tandem's own contract (record =
+//! request, sequence numbers = watermarks), and it is small.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::value::{Row, Value};
+
+const MAGIC: &[u8; 8] = b"TNDMLOG1";
+const RECORD_HEADER: usize = 8;
+const PAYLOAD_HEADER: usize = 24;
+/// A record larger than this is corruption, not data (requests are capped far below it).
+const MAX_RECORD: usize = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log i/o on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("sealed log segment {path} is corrupt at byte {offset}: {reason}")]
+    Corrupt { path: PathBuf, offset: u64, reason: String },
+}
+
+pub type Result<T, E = LogError> = std::result::Result<T, E>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
+    move |source| LogError::Io { path: path.to_path_buf(), source }
+}
+
+/// One ingest request's events, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub first_seq: u64,
+    pub ingest_time: i64,
+    pub rows: Vec<Row>,
+}
+
+impl Record {
+    /// Sequence number of the last event.
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + self.rows.len() as u64 - 1
+    }
+}
+
+/// A segment file and the first sequence number it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub first_seq: u64,
+    pub path: PathBuf,
+}
+
+/// The segments in `dir`, oldest first. A missing directory has none.
+pub fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut segments = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else { continue };
+        if let Ok(first_seq) = stem.parse::<u64>() {
+            segments.push(Segment { first_seq, path: entry.path() });
+        }
+    }
+    segments.sort_by_key(|s| s.first_seq);
+    Ok(segments)
+}
+
+/// Sealed segments with the last sequence number each holds: every segment but the newest.
+pub fn sealed_segments(dir: &Path) -> Result<Vec<(Segment, u64)>> {
+    let segments = list_segments(dir)?;
+    Ok(segments
+        .windows(2)
+        .map(|pair| (pair[0].clone(), pair[1].first_seq - 1))
+        .collect())
+}
+
+/// What reading a segment found.
+#[derive(Debug)]
+pub struct SegmentContents {
+    pub records: Vec<Record>,
+    /// Bytes of whole records, from the start of the file.
+    pub valid_len: u64,
+    /// Why reading stopped before the end of the file, if it did.
+    pub damage: Option<String>,
+}
+
+/// Reads a sealed segment; any damage is an error.
+pub fn read_sealed(path: &Path) -> Result<Vec<Record>> {
+    let contents = read_segment(path)?;
+    match contents.damage {
+        None => Ok(contents.records),
+        Some(reason) => Err(LogError::Corrupt { path: path.to_path_buf(), offset: contents.valid_len, reason }),
+    }
+}
+
+/// Reads every whole record of a segment and says where and why it stopped, if early.
+pub fn read_segment(path: &Path) -> Result<SegmentContents> {
+    let mut bytes = Vec::new();
+    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(path))?;
+    let mut contents = SegmentContents { records: Vec::new(), valid_len: 0, damage: None };
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        contents.damage = Some("missing segment header".into());
+        return Ok(contents);
+    }
+    let mut pos = MAGIC.len();
+    contents.valid_len = pos as u64;
+    while pos < bytes.len() {
+        match decode_record(&bytes[pos..]) {
+            Ok((record, used)) => {
+                contents.records.push(record);
+                pos += used;
+                contents.valid_len = pos as u64;
+            }
+            Err(reason) => {
+                contents.damage = Some(reason);
+                break;
+            }
+        }
+    }
+    Ok(contents)
+}
+
+/// What opening the log repaired.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// The segment whose tail was cut, the bytes dropped and why.
+    pub truncated: Option<(PathBuf, u64, String)>,
+}
+
+/// Appends records to the active segment.
+pub struct LogWriter {
+    dir: PathBuf,
+    file: File,
+    path: PathBuf,
+    first_seq: u64,
+    len: u64,
+    next_seq: u64,
+    buf: Vec<u8>,
+}
+
+impl LogWriter {
+    /// Opens the log in `dir` (creating it), repairs a torn tail of the active segment and
+    /// starts a fresh active segment if the old one holds records.
+    pub fn open(dir: &Path) -> Result<(LogWriter, Recovery)> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut recovery = Recovery::default();
+        let segments = list_segments(dir)?;
+        let Some(last) = segments.last() else {
+            return Ok((LogWriter::create(dir, 1)?, recovery));
+        };
+        let contents = read_segment(&last.path)?;
+        let file_len = fs::metadata(&last.path).map_err(io_err(&last.path))?.len();
+        if let Some(reason) = &contents.damage {
+            let keep = contents.valid_len.max(MAGIC.len() as u64);
+            let file = OpenOptions::new().write(true).open(&last.path).map_err(io_err(&last.path))?;
+            if contents.valid_len < MAGIC.len() as u64 {
+                (&file).write_all(MAGIC).map_err(io_err(&last.path))?;
+            }
+            file.set_len(keep).map_err(io_err(&last.path))?;
+            file.sync_all().map_err(io_err(&last.path))?;
+            recovery.truncated = Some((last.path.clone(), file_len.saturating_sub(keep), reason.clone()));
+        }
+        let next_seq = contents.records.last().map(|r| r.last_seq() + 1).unwrap_or(last.first_seq);
+        if contents.records.is_empty() {
+            let file = OpenOptions::new().append(true).open(&last.path).map_err(io_err(&last.path))?;
+            let len = file.metadata().map_err(io_err(&last.path))?.len();
+            let writer = LogWriter {
+                dir: dir.to_path_buf(),
+                file,
+                path: last.path.clone(),
+                first_seq: last.first_seq,
+                len,
+                next_seq,
+                buf: Vec::new(),
+            };
+            return Ok((writer, recovery));
+        }
+        Ok((LogWriter::create(dir, next_seq)?, recovery))
+    }
+
+    fn create(dir: &Path, first_seq: u64) -> Result<LogWriter> {
+        let path = dir.join(format!("{first_seq:020}.seg"));
+        let mut file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path))?;
+        file.write_all(MAGIC).map_err(io_err(&path))?;
+        file.sync_all().map_err(io_err(&path))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+        Ok(LogWriter { dir: dir.to_path_buf(), file, path, first_seq, len: MAGIC.len() as u64, next_seq: first_seq, buf: Vec::new() })
+    }
+
+    /// The sequence number the next event will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// First sequence number of the active segment.
+    pub fn active_first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// Bytes in the active segment.
+    pub fn active_len(&self) -> u64 {
+        self.len
+    }
+
+    /// Buffers a record for `rows`, numbering them from [`next_seq`](Self::next_seq), and
+    /// returns the first sequence number. Nothing reaches the file before [`flush`](Self::flush).
+    pub fn append(&mut self, ingest_time: i64, rows: &[Row]) -> u64 {
+        let first_seq = self.next_seq;
+        encode_record(&mut self.buf, first_seq, ingest_time, rows);
+        self.next_seq += rows.len() as u64;
+        first_seq
+    }
+
+    /// Writes buffered records and fsyncs. On failure the segment is cut back to its last
+    /// durable length and the buffered records are discarded with their sequence numbers.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = self.file.write_all(&self.buf).and_then(|_| self.file.sync_data());
+        match result {
+            Ok(()) => {
+                self.len += self.buf.len() as u64;
+                self.buf.clear();
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(self.len);
+                let discarded = count_events(&self.buf);
+                self.next_seq -= discarded;
+                self.buf.clear();
+                Err(io_err(&self.path)(e))
+            }
+        }
+    }
+
+    /// Seals the active segment and starts a new one, if the active one holds records.
+    /// Returns the sealed segment and its last sequence number.
+    pub fn roll(&mut self) -> Result<Option<(Segment, u64)>> {
+        self.sync()?;
+        if self.next_seq == self.first_seq {
+            return Ok(None);
+        }
+        let sealed = Segment { first_seq: self.first_seq, path: self.path.clone() };
+        let last = self.next_seq - 1;
+        *self = LogWriter::create(&self.dir, self.next_seq)?;
+        Ok(Some((sealed, last)))
+    }
+}
+
+fn count_events(buf: &[u8]) -> u64 {
+    let mut pos = 0;
+    let mut n = 0;
+    while pos + RECORD_HEADER + PAYLOAD_HEADER <= buf.len() {
+        let len = u32::from_le_bytes(buf[pos..pos + 4].try_into().unwrap()) as usize;
+        let p = pos + RECORD_HEADER;
+        n += u32::from_le_bytes(buf[p + 16..p + 20].try_into().unwrap()) as u64;
+        pos += RECORD_HEADER + len;
+    }
+    n
+}
+
+fn encode_record(out: &mut Vec<u8>, first_seq: u64, ingest_time: i64, rows: &[Row]) {
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_HEADER]);
+    out.extend_from_slice(&first_seq.to_le_bytes());
+    out.extend_from_slice(&ingest_time.to_le_bytes());
+    out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+    let width = rows.first().map(Vec::len).unwrap_or(0);
+    out.extend_from_slice(&(width as u32).to_le_bytes());
+    for row in rows {
+        debug_assert_eq!(row.len(), width, "rows of one record have one width");
+        for value in row {
+            match value {
+                Value::Null => out.push(0),
+                Value::String(s) => {
+                    out.push(1);
+                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+                Value::Int(i) => {
+                    out.push(2);
+                    out.extend_from_slice(&i.to_le_bytes());
+                }
+                Value::Float(f) => {
+                    out.push(3);
+                    out.extend_from_slice(&f.to_bits().to_le_bytes());
+                }
+                Value::Bool(false) => out.push(4),
+                Value::Bool(true) => out.push(5),
+                Value::Timestamp(t) => {
+                    out.push(6);
+                    out.extend_from_slice(&t.to_le_bytes());
+                }
+            }
+        }
+    }
+    let payload_len = out.len() - start - RECORD_HEADER;
+    let crc = crc32fast::hash(&out[start + RECORD_HEADER..]);
+    out[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Decodes one record from the front of `bytes`; returns it and the bytes it used.
+fn decode_record(bytes: &[u8]) -> std::result::Result<(Record, usize), String> {
+    if bytes.len() < RECORD_HEADER {
+        return Err("truncated record header".into());
+    }
+    let len = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+    if !(PAYLOAD_HEADER..=MAX_RECORD).contains(&len) {
+        return Err(format!("impossible record length {len}"));
+    }
+    let Some(payload) = bytes.get(RECORD_HEADER..RECORD_HEADER + len) else {
+        return Err("truncated record".into());
+    };
+    if crc32fast::hash(payload) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let mut r = Reader { bytes: payload, pos: 0 };
+    let first_seq = r.u64()?;
+    let ingest_time = r.u64()? as i64;
+    let n = r.u32()? as usize;
+    let width = r.u32()? as usize;
+    let mut rows = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let row = (0..width).map(|_| r.value()).collect::<std::result::Result<Row, String>>()?;
+        rows.push(row);
+    }
+    if r.pos != payload.len() {
+        return Err("trailing bytes in record".into());
+    }
+    if rows.is_empty() {
+        return Err("empty record".into());
+    }
+    Ok((Record { first_seq, ingest_time, rows }, RECORD_HEADER + len))
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> std::result::Result<&[u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or("record ends mid-value")?;
+        let out = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+    fn u32(&mut self) -> std::result::Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn value(&mut self) -> std::result::Result<Value, String> {
+        let tag = self.take(1)?[0];
+        Ok(match tag {
+            0 => Value::Null,
+            1 => {
+                let n = self.u32()? as usize;
+                let s = std::str::from_utf8(self.take(n)?).map_err(|_| "string is not UTF-8")?;
+                Value::String(s.to_string())
+            }
+            2 => Value::Int(self.u64()? as i64),
+            3 => Value::Float(f64::from_bits(self.u64()?)),
+            4 => Value::Bool(false),
+            5 => Value::Bool(true),
+            6 => Value::Timestamp(self.u64()? as i64),
+            t => return Err(format!("unknown value tag {t}")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(i: i64) -> Row {
+        vec![Value::Int(i), Value::String(format!("s{i}")), Value::Null, Value::Timestamp(i * 10), Value::Bool(i % 2 == 0), Value::Float(i as f64 / 3.0)]
+    }
+
+    #[test]
+    fn appends_read_back_and_number_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = LogWriter::open(dir.path()).unwrap();
+        assert_eq!(log.append(5, &[row(1), row(2)]), 1);
+        assert_eq!(log.append(6, &[row(3)]), 3);
+        log.sync().unwrap();
+        let (sealed, last) = log.roll().unwrap().unwrap();
+        assert_eq!((sealed.first_seq, last), (1, 3));
+        assert_eq!(log.append(7, &[row(4)]), 4);
+        log.sync().unwrap();
+        let records = read_sealed(&sealed.path).unwrap();
+        assert_eq!(records, vec![
+            Record { first_seq: 1, ingest_time: 5, rows: vec![row(1), row(2)] },
+            Record { first_seq: 3, ingest_time: 6, rows: vec![row(3)] },
+        ]);
+        assert_eq!(sealed_segments(dir.path()).unwrap().len(), 1);
+        // reopening seals the active segment and continues the numbering
+        drop(log);
+        let (mut log, recovery) = LogWriter::open(dir.path()).unwrap();
+        assert!(recovery.truncated.is_none());
+        assert_eq!(log.next_seq(), 5);
+        assert_eq!(sealed_segments(dir.path()).unwrap().len(), 2);
+        assert_eq!(log.roll().unwrap(), None, "an empty active segment is not sealed");
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_the_last_whole_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = LogWriter::open(dir.path()).unwrap();
+        log.append(1, &[row(1)]);
+        log.append(1, &[row(2), row(3)]);
+        log.sync().unwrap();
+        drop(log);
+        let path = list_segments(dir.path()).unwrap()[0].path.clone();
+        let full = fs::metadata(&path).unwrap().len();
+        for cut in [1u64, 5, 20] {
+            let tmp = tempfile::tempdir().unwrap();
+            let copy = tmp.path().join(path.file_name().unwrap());
+            fs::copy(&path, &copy).unwrap();
+            OpenOptions::new().write(true).open(&copy).unwrap().set_len(full - cut).unwrap();
+            let (log, recovery) = LogWriter::open(tmp.path()).unwrap();
+            assert!(recovery.truncated.is_some());
+            assert_eq!(log.next_seq(), 2, "only the first request survives a cut of {cut}");
+            assert_eq!(read_sealed(&copy).unwrap().len(), 1);
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = LogWriter::open(dir.path()).unwrap();
+        log.append(1, &[row(1)]);
+        log.sync().unwrap();
+        let path = list_segments(dir.path()).unwrap()[0].path.clone();
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(read_sealed(&path), Err(LogError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_failed_sync_gives_back_its_sequence_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = LogWriter::open(dir.path()).unwrap();
+        log.append(1, &[row(1), row(2)]);
+        assert_eq!(count_events(&log.buf), 2);
+    }
+}

@@ -1,0 +1,110 @@
+//! Typed values and rows.
+
+use std::cmp::Ordering;
+use std::hash::{Hash, Hasher};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+/// One typed value. Timestamps are UTC microseconds since the epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    String(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Timestamp(i64),
+}
+
+/// The values of one event, in the order of its dataset's fields.
+pub type Row = Vec<Value>;
+
+impl Eq for Value {}
+
+impl Hash for Value {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            Value::Null => {}
+            Value::String(s) => s.hash(state),
+            Value::Int(i) | Value::Timestamp(i) => i.hash(state),
+            Value::Float(f) => f.to_bits().hash(state),
+            Value::Bool(b) => b.hash(state),
+        }
+    }
+}
+
+impl Value {
+    fn rank(&self) -> u8 {
+        match self {
+            Value::Null => 0,
+            Value::Bool(_) => 1,
+            Value::Int(_) => 2,
+            Value::Float(_) => 3,
+            Value::Timestamp(_) => 4,
+            Value::String(_) => 5,
+        }
+    }
+
+    /// A total order for sorting answers: nulls first, then by value.
+    pub fn total_cmp(&self, other: &Value) -> Ordering {
+        match (self, other) {
+            (Value::String(a), Value::String(b)) => a.cmp(b),
+            (Value::Int(a), Value::Int(b)) | (Value::Timestamp(a), Value::Timestamp(b)) => a.cmp(b),
+            (Value::Float(a), Value::Float(b)) => a.total_cmp(b),
+            (Value::Int(a), Value::Float(b)) => (*a as f64).total_cmp(b),
+            (Value::Float(a), Value::Int(b)) => a.total_cmp(&(*b as f64)),
+            (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+            _ => self.rank().cmp(&other.rank()),
+        }
+    }
+
+    /// The value as it appears in a JSON answer.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::String(s) => serde_json::Value::String(s.clone()),
+            Value::Int(i) => (*i).into(),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Value::Bool(b) => (*b).into(),
+            Value::Timestamp(t) => serde_json::Value::String(format_timestamp(*t)),
+        }
+    }
+}
+
+/// RFC 3339 in UTC with a `Z`, seconds unless the value has a fraction.
+pub fn format_timestamp(micros: i64) -> String {
+    match DateTime::<Utc>::from_timestamp_micros(micros) {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        None => micros.to_string(),
+    }
+}
+
+/// Parses an RFC 3339 string into UTC microseconds.
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        let t = parse_timestamp("2026-11-01T10:30:00+02:00").unwrap();
+        assert_eq!(format_timestamp(t), "2026-11-01T08:30:00Z");
+        let t = parse_timestamp("2026-11-01T08:30:00.250Z").unwrap();
+        assert_eq!(format_timestamp(t), "2026-11-01T08:30:00.250Z");
+        assert!(parse_timestamp("yesterday").is_none());
+    }
+
+    #[test]
+    fn nulls_sort_first() {
+        let mut v = vec![Value::String("b".into()), Value::Null, Value::String("a".into())];
+        v.sort_by(|a, b| a.total_cmp(b));
+        assert_eq!(v[0], Value::Null);
+        assert_eq!(v[1], Value::String("a".into()));
+    }
+}

@@ -1,0 +1,266 @@
+//! View definitions: which events (filter), grouped how (granularity, dimensions), and
+//! which measures.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{DatasetSpec, FieldType};
+use crate::validate_name;
+
+/// Bucket width, finest first. `All` is one bucket for all time and exists only in queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    Minute,
+    Hour,
+    Day,
+    All,
+}
+
+const MINUTE: i64 = 60_000_000;
+const HOUR: i64 = 60 * MINUTE;
+const DAY: i64 = 24 * HOUR;
+
+impl Granularity {
+    /// The start of the UTC bucket holding `micros` (0 for `All`).
+    pub fn truncate(self, micros: i64) -> i64 {
+        let width = match self {
+            Granularity::Minute => MINUTE,
+            Granularity::Hour => HOUR,
+            Granularity::Day => DAY,
+            Granularity::All => return 0,
+        };
+        micros.div_euclid(width) * width
+    }
+
+    /// DataFusion's `date_trunc` unit for this granularity.
+    pub fn sql_unit(self) -> &'static str {
+        match self {
+            Granularity::Minute => "minute",
+            Granularity::Hour => "hour",
+            Granularity::Day | Granularity::All => "day",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Granularity> {
+        serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
+    }
+}
+
+/// What a measure computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeasureKind {
+    /// `count`: events.
+    Count,
+    /// `count(f)`: events where `f` is not null.
+    CountField,
+    Sum,
+    Min,
+    Max,
+    Avg,
+}
+
+/// One measure of a view, resolved against its dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measure {
+    pub name: String,
+    pub kind: MeasureKind,
+    /// The field it reads and that field's type; `None` for `count`.
+    pub field: Option<(String, FieldType)>,
+}
+
+impl Measure {
+    /// Parses `count`, `count(f)`, `sum(f)`, `min(f)`, `max(f)`, `avg(f)` against a dataset.
+    pub fn parse(name: &str, text: &str, dataset: &DatasetSpec) -> Result<Measure, String> {
+        let text = text.trim();
+        if text == "count" || text == "count(*)" {
+            return Ok(Measure { name: name.to_string(), kind: MeasureKind::Count, field: None });
+        }
+        let (func, rest) = text
+            .split_once('(')
+            .ok_or_else(|| format!("measure {name:?}: {text:?} is not count, count(f), sum(f), min(f), max(f) or avg(f)"))?;
+        let field = rest
+            .strip_suffix(')')
+            .ok_or_else(|| format!("measure {name:?}: missing ')' in {text:?}"))?
+            .trim();
+        let ty = dataset
+            .field_type(field)
+            .ok_or_else(|| format!("measure {name:?}: unknown field {field:?}"))?;
+        let kind = match func.trim() {
+            "count" => MeasureKind::CountField,
+            "sum" => MeasureKind::Sum,
+            "min" => MeasureKind::Min,
+            "max" => MeasureKind::Max,
+            "avg" => MeasureKind::Avg,
+            other => return Err(format!("measure {name:?}: unknown function {other:?}")),
+        };
+        let type_ok = match kind {
+            MeasureKind::Sum | MeasureKind::Avg => ty.is_numeric(),
+            MeasureKind::Min | MeasureKind::Max => ty.is_numeric() || ty == FieldType::Timestamp,
+            _ => true,
+        };
+        if !type_ok {
+            return Err(format!("measure {name:?}: {func}() needs a numeric field, {field:?} is {ty:?}"));
+        }
+        Ok(Measure { name: name.to_string(), kind, field: Some((field.to_string(), ty)) })
+    }
+}
+
+/// A view as its creator described it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewSpec {
+    pub name: String,
+    pub dataset: String,
+    pub granularity: Granularity,
+    #[serde(default)]
+    pub dimensions: Vec<String>,
+    pub measures: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+}
+
+/// A view resolved against its dataset: what both layers compute from.
+#[derive(Debug, Clone)]
+pub struct CompiledView {
+    pub spec: ViewSpec,
+    pub dataset: DatasetSpec,
+    /// Row positions of the dimensions, in the view's order.
+    pub dimension_index: Vec<usize>,
+    pub dimension_types: Vec<FieldType>,
+    /// Measures in name order, with the row position of their field.
+    pub measures: Vec<(Measure, Option<usize>)>,
+    pub time_index: usize,
+}
+
+/// Cron schedule used when a view names none: hourly, on the hour.
+pub const DEFAULT_SCHEDULE: &str = "0 * * * *";
+
+impl ViewSpec {
+    /// Resolves the view against its dataset. The filter is checked by the caller, which
+    /// has an SQL engine; this checks everything else.
+    pub fn compile(&self, dataset: &DatasetSpec) -> Result<CompiledView, Vec<String>> {
+        let mut problems = Vec::new();
+        if let Err(e) = validate_name(&self.name) {
+            problems.push(e);
+        }
+        if self.granularity == Granularity::All {
+            problems.push("granularity must be minute, hour or day".into());
+        }
+        let mut dimension_index = Vec::new();
+        let mut dimension_types = Vec::new();
+        for (i, dim) in self.dimensions.iter().enumerate() {
+            if self.dimensions[..i].contains(dim) {
+                problems.push(format!("dimension {dim:?} is listed twice"));
+            }
+            match dataset.field_type(dim) {
+                Some(ty @ (FieldType::String | FieldType::Int64 | FieldType::Bool)) => {
+                    dimension_index.push(dataset.index_of(dim).unwrap());
+                    dimension_types.push(ty);
+                }
+                Some(ty) => problems.push(format!("dimension {dim:?} is {ty:?}; dimensions are string, int64 or bool fields")),
+                None => problems.push(format!("dimension {dim:?} is not a field of dataset {:?}", dataset.name)),
+            }
+        }
+        if self.measures.is_empty() {
+            problems.push("a view needs at least one measure".into());
+        }
+        let mut measures = Vec::new();
+        for (name, text) in &self.measures {
+            if let Err(e) = validate_name(name) {
+                problems.push(format!("measure: {e}"));
+            }
+            if name == "bucket" || self.dimensions.contains(name) {
+                problems.push(format!("measure {name:?} clashes with a dimension or \"bucket\""));
+            }
+            match Measure::parse(name, text, dataset) {
+                Ok(m) => {
+                    let index = m.field.as_ref().and_then(|(f, _)| dataset.index_of(f));
+                    measures.push((m, index));
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        if self.dimensions.iter().any(|d| d == "bucket") {
+            problems.push("\"bucket\" is reserved and cannot be a dimension".into());
+        }
+        if let Some(schedule) = &self.schedule
+            && schedule.trim().is_empty()
+        {
+            problems.push("schedule is empty".into());
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(CompiledView {
+            spec: self.clone(),
+            dataset: dataset.clone(),
+            dimension_index,
+            dimension_types,
+            measures,
+            time_index: dataset.time_index(),
+        })
+    }
+
+    pub fn schedule(&self) -> &str {
+        self.schedule.as_deref().unwrap_or(DEFAULT_SCHEDULE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset() -> DatasetSpec {
+        serde_json::from_str(
+            r#"{"name":"pv","time_field":"ts","fields":{"ts":"timestamp","country":"string","ms":"float64","bytes":"int64","bot":"bool"}}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn truncates_to_utc_buckets() {
+        let t = crate::value::parse_timestamp("2026-11-01T10:37:12.5Z").unwrap();
+        let s = |m| crate::value::format_timestamp(m);
+        assert_eq!(s(Granularity::Minute.truncate(t)), "2026-11-01T10:37:00Z");
+        assert_eq!(s(Granularity::Hour.truncate(t)), "2026-11-01T10:00:00Z");
+        assert_eq!(s(Granularity::Day.truncate(t)), "2026-11-01T00:00:00Z");
+        let before_epoch = crate::value::parse_timestamp("1969-12-31T23:59:59Z").unwrap();
+        assert_eq!(s(Granularity::Day.truncate(before_epoch)), "1969-12-31T00:00:00Z");
+    }
+
+    #[test]
+    fn compiles_measures_against_the_dataset() {
+        let spec: ViewSpec = serde_json::from_str(
+            r#"{"name":"v","dataset":"pv","granularity":"hour","dimensions":["country"],
+                "measures":{"views":"count","n":"count(ms)","total":"sum(bytes)","lo":"min(ms)","mean":"avg(ms)"}}"#,
+        )
+        .unwrap();
+        let c = spec.compile(&dataset()).unwrap();
+        assert_eq!(c.measures.len(), 5);
+        assert_eq!(c.dimension_index, vec![dataset().index_of("country").unwrap()]);
+    }
+
+    #[test]
+    fn refuses_bad_views() {
+        for (dims, measures) in [
+            (r#"["ms"]"#, r#"{"v":"count"}"#),
+            (r#"["nope"]"#, r#"{"v":"count"}"#),
+            (r#"[]"#, r#"{"v":"sum(country)"}"#),
+            (r#"[]"#, r#"{"v":"median(ms)"}"#),
+            (r#"[]"#, r#"{"v":"sum(nope)"}"#),
+            (r#"[]"#, r#"{}"#),
+            (r#"["country"]"#, r#"{"country":"count"}"#),
+        ] {
+            let spec: ViewSpec = serde_json::from_str(&format!(
+                r#"{{"name":"v","dataset":"pv","granularity":"hour","dimensions":{dims},"measures":{measures}}}"#
+            ))
+            .unwrap();
+            assert!(spec.compile(&dataset()).is_err(), "{dims} {measures} accepted");
+        }
+    }
+}
