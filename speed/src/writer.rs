@@ -1,0 +1,431 @@
+//! The ingest path of one dataset: a writer thread that owns the dataset's log and its
+//! views, and group-commits requests.
+//!
+//! Each request is one message to the thread. The thread takes every message waiting,
+//! drops events whose id was already accepted within the dedup window, appends one log
+//! record per request, fsyncs once, folds the records into every view and then answers all
+//! of them. A failed fsync answers every request of the group with an error, and nothing of
+//! the group is visible or remembered as a duplicate.
+//!
+//! The thread is also the only place that rolls segments and adds views, so both happen
+//! between requests, never inside one.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tandem_model::log::{self, LogError, LogWriter, Recovery};
+use tandem_model::{DatasetSpec, Row, Value};
+use tokio::sync::oneshot;
+
+use crate::live::ViewLive;
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Ids accepted within this window make later events with the same id duplicates.
+    pub dedup_window: Duration,
+    /// The active segment is sealed when it holds events and is this old...
+    pub roll_interval: Duration,
+    /// ...or this large.
+    pub roll_bytes: u64,
+    /// Most requests in one group commit.
+    pub max_group: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            dedup_window: Duration::from_secs(24 * 3600),
+            roll_interval: Duration::from_secs(60),
+            roll_bytes: 128 << 20,
+            max_group: 4096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("the writer of dataset {0:?} has stopped")]
+    Stopped(String),
+    #[error("view: {0}")]
+    View(String),
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub accepted: usize,
+    pub duplicates: usize,
+}
+
+enum Command {
+    Append { rows: Vec<Row>, reply: oneshot::Sender<Result<AppendOutcome, WriteError>> },
+    Roll { reply: oneshot::Sender<Result<u64, WriteError>> },
+    AddView { view: Arc<ViewLive>, reply: oneshot::Sender<Result<u64, WriteError>> },
+    RemoveView { name: String, reply: oneshot::Sender<()> },
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// Handle to a dataset's writer thread. Dropping every handle stops the thread after it
+/// has answered what it holds.
+#[derive(Clone)]
+pub struct DatasetWriter {
+    name: String,
+    tx: Sender<Command>,
+    thread: Arc<parking_lot::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl DatasetWriter {
+    /// Opens the dataset's log in `dir`, rebuilds each view's speed layer and the dedup
+    /// index from it, and starts the writer thread.
+    pub fn open(dir: &Path, spec: DatasetSpec, views: Vec<Arc<ViewLive>>, config: WriterConfig) -> Result<(DatasetWriter, Recovery), WriteError> {
+        let (log, recovery) = LogWriter::open(dir)?;
+        let mut thread = WriterThread { spec: spec.clone(), log, views, dedup: Dedup::default(), config, opened: Instant::now(), dir: dir.to_path_buf(), group_ids: HashSet::new() };
+        thread.replay()?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let handle = std::thread::Builder::new()
+            .name(format!("writer-{}", spec.name))
+            .spawn(move || thread.run(rx))
+            .map_err(|e| LogError::Io { path: dir.to_path_buf(), source: e })?;
+        Ok((DatasetWriter { name: spec.name, tx, thread: Arc::new(parking_lot::Mutex::new(Some(handle))) }, recovery))
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| WriteError::Stopped(self.name.clone()))?;
+        rx.await.map_err(|_| WriteError::Stopped(self.name.clone()))
+    }
+
+    /// Stores `rows` durably as one record and folds them into every view. Answers only
+    /// after the fsync and the fold.
+    pub async fn append(&self, rows: Vec<Row>) -> Result<AppendOutcome, WriteError> {
+        self.call(|reply| Command::Append { rows, reply }).await?
+    }
+
+    /// Seals the active segment (if it holds events); returns the last sealed sequence number.
+    pub async fn roll(&self) -> Result<u64, WriteError> {
+        self.call(|reply| Command::Roll { reply }).await?
+    }
+
+    /// Adds a view. Its speed layer starts with the next event; everything before is sealed
+    /// first, so the view's first batch run covers it. Returns that floor.
+    pub async fn add_view(&self, view: Arc<ViewLive>) -> Result<u64, WriteError> {
+        self.call(|reply| Command::AddView { view, reply }).await?
+    }
+
+    pub async fn remove_view(&self, name: &str) -> Result<(), WriteError> {
+        self.call(|reply| Command::RemoveView { name: name.to_string(), reply }).await
+    }
+
+    /// Stops the thread after it has answered everything sent before, and waits for it.
+    pub async fn shutdown(&self) {
+        let _ = self.call(|reply| Command::Shutdown { reply }).await;
+        if let Some(handle) = self.thread.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Accepted ids and when they were accepted (UTC micros).
+#[derive(Default)]
+struct Dedup {
+    seen: HashMap<String, i64>,
+}
+
+impl Dedup {
+    fn key(value: &Value) -> Option<String> {
+        match value {
+            Value::String(s) => Some(format!("s{s}")),
+            Value::Int(i) => Some(format!("i{i}")),
+            _ => None,
+        }
+    }
+
+    fn is_duplicate(&self, key: &str, now: i64, window: i64) -> bool {
+        self.seen.get(key).is_some_and(|&at| now - at < window)
+    }
+
+    fn evict(&mut self, now: i64, window: i64) {
+        self.seen.retain(|_, at| now - *at < window);
+    }
+}
+
+struct WriterThread {
+    spec: DatasetSpec,
+    log: LogWriter,
+    views: Vec<Arc<ViewLive>>,
+    dedup: Dedup,
+    config: WriterConfig,
+    opened: Instant,
+    dir: PathBuf,
+    /// Ids staged in the group being committed.
+    group_ids: HashSet<String>,
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+struct Pending {
+    reply: oneshot::Sender<Result<AppendOutcome, WriteError>>,
+    outcome: AppendOutcome,
+    record: Option<(u64, Vec<Row>)>,
+}
+
+impl WriterThread {
+    fn window(&self) -> i64 {
+        self.config.dedup_window.as_micros() as i64
+    }
+
+    /// Rebuilds the views' speed layers and the dedup index from every segment.
+    fn replay(&mut self) -> Result<(), WriteError> {
+        let now = now_micros();
+        let window = self.window();
+        let segments = log::list_segments(&self.dir)?;
+        let active = self.log.active_first_seq();
+        for segment in segments {
+            let records = if segment.first_seq == active {
+                continue;
+            } else {
+                log::read_sealed(&segment.path)?
+            };
+            for record in records {
+                if let Some(id) = self.spec.id_index() {
+                    for row in &record.rows {
+                        if let Some(key) = Dedup::key(&row[id])
+                            && now - record.ingest_time < window
+                        {
+                            self.dedup.seen.insert(key, record.ingest_time);
+                        }
+                    }
+                }
+                for view in &self.views {
+                    view.apply(segment.first_seq, record.first_seq, record.ingest_time, &record.rows).map_err(WriteError::View)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run(mut self, rx: Receiver<Command>) {
+        let tick = Duration::from_millis(500);
+        let mut last_evict = Instant::now();
+        loop {
+            let first = match rx.recv_timeout(tick) {
+                Ok(c) => c,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.maybe_roll();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut group = vec![first];
+            while group.len() < self.config.max_group {
+                match rx.try_recv() {
+                    Ok(c) => group.push(c),
+                    Err(_) => break,
+                }
+            }
+            let mut pending = Vec::new();
+            let mut stop = None;
+            for command in group {
+                match command {
+                    Command::Append { rows, reply } => {
+                        let staged = self.stage(rows, reply);
+                        pending.push(staged);
+                    }
+                    Command::Shutdown { reply } => stop = Some(reply),
+                    other => {
+                        self.commit(std::mem::take(&mut pending));
+                        self.control(other);
+                    }
+                }
+            }
+            self.commit(pending);
+            if let Some(reply) = stop {
+                let _ = reply.send(());
+                return;
+            }
+            self.maybe_roll();
+            if last_evict.elapsed() > Duration::from_secs(60) {
+                self.dedup.evict(now_micros(), self.window());
+                last_evict = Instant::now();
+            }
+        }
+        let _ = self.log.sync();
+    }
+
+    /// Drops duplicates and buffers the record; nothing is durable or visible yet.
+    fn stage(&mut self, rows: Vec<Row>, reply: oneshot::Sender<Result<AppendOutcome, WriteError>>) -> Pending {
+        let total = rows.len();
+        let rows = match self.spec.id_index() {
+            None => rows,
+            Some(id) => {
+                let now = now_micros();
+                let window = self.window();
+                rows.into_iter()
+                    .filter(|row| match Dedup::key(&row[id]) {
+                        None => true,
+                        Some(key) => !self.dedup.is_duplicate(&key, now, window) && self.group_ids.insert(key),
+                    })
+                    .collect()
+            }
+        };
+        let outcome = AppendOutcome { accepted: rows.len(), duplicates: total - rows.len() };
+        let record = if rows.is_empty() {
+            None
+        } else {
+            let first_seq = self.log.append(now_micros(), &rows);
+            Some((first_seq, rows))
+        };
+        Pending { reply, outcome, record }
+    }
+
+    /// Fsyncs the staged records, then makes them visible and remembered, then answers.
+    fn commit(&mut self, pending: Vec<Pending>) {
+        self.group_ids.clear();
+        if pending.is_empty() {
+            return;
+        }
+        let ingest_time = now_micros();
+        if let Err(e) = self.log.sync() {
+            let message = e.to_string();
+            tracing::error!(dataset = %self.spec.name, error = %message, "log sync failed; rejecting the group");
+            for p in pending {
+                let _ = p.reply.send(Err(WriteError::Log(LogError::Io { path: self.dir.clone(), source: std::io::Error::other(message.clone()) })));
+            }
+            return;
+        }
+        let segment = self.log.active_first_seq();
+        for p in pending {
+            if let Some((first_seq, rows)) = &p.record {
+                if let Some(id) = self.spec.id_index() {
+                    for row in rows {
+                        if let Some(key) = Dedup::key(&row[id]) {
+                            self.dedup.seen.insert(key, ingest_time);
+                        }
+                    }
+                }
+                for view in &self.views {
+                    if let Err(e) = view.apply(segment, *first_seq, ingest_time, rows) {
+                        tracing::error!(view = view.name(), error = %e, "speed layer could not fold events");
+                    }
+                }
+            }
+            let _ = p.reply.send(Ok(p.outcome));
+        }
+    }
+
+    fn control(&mut self, command: Command) {
+        match command {
+            Command::Append { .. } | Command::Shutdown { .. } => unreachable!("handled by the loop"),
+            Command::Roll { reply } => {
+                let _ = reply.send(self.roll());
+            }
+            Command::AddView { view, reply } => {
+                let result = self.roll().map(|sealed_through| {
+                    view.set_floor(sealed_through);
+                    self.views.retain(|v| v.name() != view.name());
+                    self.views.push(view);
+                    sealed_through
+                });
+                let _ = reply.send(result);
+            }
+            Command::RemoveView { name, reply } => {
+                self.views.retain(|v| v.name() != name);
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Seals the active segment if it holds events; returns the last sealed sequence number.
+    fn roll(&mut self) -> Result<u64, WriteError> {
+        self.log.roll()?;
+        self.opened = Instant::now();
+        Ok(self.log.next_seq() - 1)
+    }
+
+    fn maybe_roll(&mut self) {
+        let has_events = self.log.next_seq() > self.log.active_first_seq();
+        if has_events && (self.opened.elapsed() >= self.config.roll_interval || self.log.active_len() >= self.config.roll_bytes) {
+            if let Err(e) = self.roll() {
+                tracing::error!(dataset = %self.spec.name, error = %e, "could not seal the active segment");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_model::agg::{Groups, merge_groups};
+    use tandem_model::{Value, ViewSpec};
+
+    fn dataset() -> DatasetSpec {
+        serde_json::from_str(r#"{"name":"d","time_field":"ts","id_field":"id","fields":{"ts":"timestamp","id":"string","n":"int64"}}"#).unwrap()
+    }
+
+    fn view() -> Arc<ViewLive> {
+        let v: ViewSpec = serde_json::from_str(r#"{"name":"v","dataset":"d","granularity":"day","measures":{"c":"count","s":"sum(n)"}}"#).unwrap();
+        Arc::new(ViewLive::new(v.compile(&dataset()).unwrap(), None).unwrap())
+    }
+
+    fn event(id: &str, n: i64) -> Row {
+        // fields in name order: id, n, ts
+        vec![Value::String(id.into()), Value::Int(n), Value::Timestamp(0)]
+    }
+
+    fn totals(live: &ViewLive) -> serde_json::Value {
+        live.read(|s| {
+            let mut all = Groups::new();
+            s.segments.values().for_each(|seg| merge_groups(&mut all, &seg.groups));
+            let states = all.values().next().cloned().unwrap_or_default();
+            serde_json::json!(states.iter().map(|s| s.finish()).collect::<Vec<_>>())
+        })
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_dropped_and_everything_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = view();
+        let (writer, _) = DatasetWriter::open(dir.path(), dataset(), vec![live.clone()], WriterConfig::default()).unwrap();
+        let out = writer.append(vec![event("a", 1), event("b", 2), event("a", 100)]).await.unwrap();
+        assert_eq!(out, AppendOutcome { accepted: 2, duplicates: 1 });
+        // concurrent requests share group commits; all are applied exactly once
+        let tasks: Vec<_> = (0..50).map(|i| {
+            let w = writer.clone();
+            tokio::spawn(async move { w.append(vec![event(&format!("x{i}"), i)]).await.unwrap() })
+        }).collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().accepted, 1);
+        }
+        let expected = serde_json::json!([52, 3 + (0..50).sum::<i64>()]);
+        assert_eq!(totals(&live), expected);
+        writer.shutdown().await;
+        assert!(writer.append(vec![event("z", 1)]).await.is_err());
+
+        let again = view();
+        let (writer, recovery) = DatasetWriter::open(dir.path(), dataset(), vec![again.clone()], WriterConfig::default()).unwrap();
+        assert!(recovery.truncated.is_none());
+        assert_eq!(totals(&again), expected, "replay rebuilds the speed layer");
+        let out = writer.append(vec![event("b", 5), event("c", 5)]).await.unwrap();
+        assert_eq!(out, AppendOutcome { accepted: 1, duplicates: 1 }, "dedup survives a restart");
+    }
+
+    #[tokio::test]
+    async fn a_view_added_later_starts_after_a_sealed_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _) = DatasetWriter::open(dir.path(), dataset(), vec![], WriterConfig::default()).unwrap();
+        writer.append(vec![event("a", 1), event("b", 2)]).await.unwrap();
+        let live = view();
+        assert_eq!(writer.add_view(live.clone()).await.unwrap(), 2);
+        assert_eq!(log::sealed_segments(dir.path()).unwrap().last().unwrap().1, 2);
+        writer.append(vec![event("c", 3)]).await.unwrap();
+        assert_eq!(totals(&live), serde_json::json!([1, 3]));
+    }
+}
