@@ -1,1 +1,68 @@
+//! The batch layer of tandem, and the catalog it publishes into.
+//!
+//! Sealed log segments are [`compaction`]-ed into the master dataset (Parquet partitioned by
+//! event date, through `object_store`). A batch [`run`] compacts, picks its watermark (the
+//! last compacted sequence number), recomputes a view from the master dataset with
+//! DataFusion, writes the result as a new versioned Parquet directory ([`store`]) and
+//! publishes it in the [`catalog`] in one transaction. The serving layer loads versions with
+//! [`store::load_version`]; runs may also come from `tandem batch` in another process.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+
+pub mod catalog;
+pub mod compaction;
+pub mod run;
+pub mod store;
+
+pub use catalog::Catalog;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("catalog: {0}")]
+    Catalog(#[from] sqlx::Error),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("query engine: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    #[error("parquet: {0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error(transparent)]
+    Log(#[from] tandem_model::log::LogError),
+    #[error("i/o on {0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What batch work needs: the catalog, the object store and the local data dir (for the log).
+#[derive(Clone)]
+pub struct BatchEnv {
+    pub catalog: Catalog,
+    pub store: Arc<dyn ObjectStore>,
+    pub data_dir: PathBuf,
+}
+
+impl BatchEnv {
+    /// The environment over a local data dir, its object store rooted there.
+    pub fn local(catalog: Catalog, data_dir: PathBuf) -> Result<BatchEnv> {
+        std::fs::create_dir_all(&data_dir).map_err(|e| Error::Io(data_dir.display().to_string(), e))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&data_dir)?;
+        Ok(BatchEnv { catalog, store: Arc::new(store), data_dir })
+    }
+
+    /// Where a dataset's log segments live.
+    pub fn log_dir(&self, dataset: &str) -> PathBuf {
+        self.data_dir.join("log").join(dataset)
+    }
+}

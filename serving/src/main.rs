@@ -1,1 +1,16 @@
-fn main() {}
+use clap::Parser;
+use tandem_serving::cli;
+use tandem_serving::config::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(config) => cli::serve(config).await,
+        Command::Batch(config) => cli::batch(config).await,
+    }
+}

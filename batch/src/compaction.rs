@@ -1,0 +1,75 @@
+//! Compaction: sealed log segments become the master dataset.
+//!
+//! Each sealed segment past the dataset's `compacted_seq` is read whole (a damaged sealed
+//! segment stops compaction with an error, it is never skipped), split by the UTC date of
+//! each event's time field, and written as one Parquet file per date named after the
+//! segment. Then `compacted_seq` moves to the segment's last sequence number. Compaction is
+//! idempotent: a crash between the writes and the catalog update leaves files that the next
+//! compaction overwrites with the same content, and that no run reads (runs read only up to
+//! `compacted_seq`). Segments are compacted oldest first, so `compacted_seq` always ends a
+//! segment.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate};
+use tandem_model::columnar::{dataset_schema, rows_to_batch};
+use tandem_model::log::{self, Record};
+use tandem_model::{Row, Value};
+
+use crate::catalog::DatasetRecord;
+use crate::store::{master_file, write_parquet};
+use crate::{BatchEnv, Error, Result};
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// Every event up to here is in the master dataset.
+    pub through_seq: u64,
+    pub segments: usize,
+    pub events: u64,
+}
+
+/// Compacts every sealed segment of `dataset` not yet in the master dataset.
+pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacted> {
+    let name = &dataset.spec.name;
+    let dir = env.log_dir(name);
+    let sealed = tokio::task::spawn_blocking(move || log::sealed_segments(&dir))
+        .await
+        .map_err(|e| Error::Invalid(format!("compaction task: {e}")))??;
+    // the catalog may have moved on since `dataset` was read
+    let mut through = env.catalog.dataset(name).await?.map(|d| d.compacted_seq).unwrap_or(dataset.compacted_seq);
+    let mut done = Compacted { through_seq: through, ..Default::default() };
+    for (segment, last_seq) in sealed {
+        if last_seq <= through {
+            continue;
+        }
+        let path = segment.path.clone();
+        let records = tokio::task::spawn_blocking(move || log::read_sealed(&path))
+            .await
+            .map_err(|e| Error::Invalid(format!("compaction task: {e}")))??;
+        let time_index = dataset.spec.time_index();
+        let mut by_date: BTreeMap<NaiveDate, (Vec<&Row>, Vec<u64>)> = BTreeMap::new();
+        for Record { first_seq, rows, .. } in &records {
+            for (i, row) in rows.iter().enumerate() {
+                let Value::Timestamp(ts) = row[time_index] else {
+                    return Err(Error::Invalid(format!("event {} of {} has no time value", first_seq + i as u64, segment.path.display())));
+                };
+                let date = DateTime::from_timestamp_micros(ts).map(|t| t.date_naive()).unwrap_or_default();
+                let entry = by_date.entry(date).or_default();
+                entry.0.push(row);
+                entry.1.push(first_seq + i as u64);
+            }
+        }
+        let schema = dataset_schema(&dataset.spec, true);
+        for (date, (rows, seqs)) in &by_date {
+            let batch = rows_to_batch(&dataset.spec, rows, Some(seqs))?;
+            write_parquet(&env.store, &master_file(name, *date, segment.first_seq), schema.clone(), &[batch]).await?;
+            done.events += rows.len() as u64;
+        }
+        env.catalog.set_compacted(name, last_seq).await?;
+        through = last_seq;
+        done.through_seq = through;
+        done.segments += 1;
+    }
+    Ok(done)
+}

@@ -1,0 +1,36 @@
+//! The HTTP API (v1): routes and handlers. Handlers parse and answer; the work happens in
+//! [`crate::app`], [`crate::query`] and [`crate::runner`].
+
+pub mod error;
+
+mod datasets;
+mod events;
+mod system;
+mod views;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tower_http::trace::TraceLayer;
+
+use crate::app::AppState;
+use error::ApiError;
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/v1/datasets", post(datasets::create).get(datasets::list))
+        .route("/v1/datasets/{name}", get(datasets::get))
+        .route("/v1/datasets/{name}/events", post(events::ingest))
+        .route("/v1/views", post(views::create).get(views::list))
+        .route("/v1/views/{name}", get(views::get).delete(views::delete))
+        .route("/v1/views/{name}/query", post(views::query_post).get(views::query_get))
+        .route("/v1/views/{name}/runs", post(views::start_run).get(views::list_runs))
+        .route("/v1/runs/{id}", get(views::get_run))
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

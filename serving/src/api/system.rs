@@ -1,0 +1,21 @@
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the catalog answers; otherwise 503 naming the degraded part.
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    match state.env.catalog.ping().await {
+        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready", "catalog": "ok" }))),
+        Err(e) => {
+            tracing::warn!(error = %e, "catalog unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "degraded", "catalog": "unavailable" })))
+        }
+    }
+}

@@ -1,0 +1,115 @@
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use tandem_batch::catalog::{RunRecord, Trigger, ViewRecord};
+use tandem_model::ViewSpec;
+use tandem_model::value::format_timestamp;
+
+use super::error::{ApiError, ApiJson, ApiResult};
+use crate::app::AppState;
+use crate::query::{QueryRequest, answer};
+use crate::runner;
+
+fn time(t: Option<i64>) -> Value {
+    t.map(|t| json!(format_timestamp(t))).unwrap_or(Value::Null)
+}
+
+pub fn run_json(run: &RunRecord) -> Value {
+    json!({
+        "id": run.id,
+        "view": run.view,
+        "status": run.status,
+        "trigger": run.trigger,
+        "created_at": time(Some(run.created_at)),
+        "started_at": time(run.started_at),
+        "finished_at": time(run.finished_at),
+        "watermark": run.watermark,
+        "rows_in": run.rows_in,
+        "rows_out": run.rows_out,
+        "version": run.version,
+        "error": run.error,
+    })
+}
+
+async fn view_json(state: &AppState, record: &ViewRecord) -> ApiResult<Value> {
+    let mut v = serde_json::to_value(&record.spec).expect("specs serialize");
+    v["schedule"] = json!(record.spec.schedule());
+    v["created_at"] = json!(format_timestamp(record.created_at));
+    let (status, version, watermark) = match state.view(&record.spec.name) {
+        Some(live) => live.read(|s| {
+            (if s.is_ready() { "ready" } else { "building" }, s.batch.as_ref().map(|b| b.version), s.batch.as_ref().map(|b| b.watermark))
+        }),
+        None => ("building", None, None),
+    };
+    v["status"] = json!(status);
+    v["batch_version"] = json!(version);
+    v["watermark"] = json!(watermark);
+    let last_run = state.env.catalog.last_run(&record.spec.name).await?;
+    v["last_run"] = last_run.as_ref().map(run_json).unwrap_or(Value::Null);
+    Ok(v)
+}
+
+async fn record(state: &AppState, name: &str) -> ApiResult<ViewRecord> {
+    state.env.catalog.view(name).await?.ok_or_else(|| ApiError::not_found(format!("view {name:?}")))
+}
+
+pub async fn create(State(state): State<AppState>, ApiJson(spec): ApiJson<ViewSpec>) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (record, live) = state.create_view(spec).await?;
+    if !live.read(|s| s.is_ready()) {
+        runner::trigger(&state, &record.spec.name, Trigger::Create).await?;
+    }
+    Ok((StatusCode::CREATED, Json(view_json(&state, &record).await?)))
+}
+
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let mut views = Vec::new();
+    for record in state.env.catalog.views().await? {
+        views.push(view_json(&state, &record).await?);
+    }
+    Ok(Json(json!({ "views": views })))
+}
+
+pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let record = record(&state, &name).await?;
+    Ok(Json(view_json(&state, &record).await?))
+}
+
+pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    state.delete_view(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn query_post(State(state): State<AppState>, Path(name): Path<String>, ApiJson(request): ApiJson<QueryRequest>) -> ApiResult<Json<Value>> {
+    let live = state.view(&name).ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
+    Ok(Json(answer(&live, request)?))
+}
+
+pub async fn query_get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let live = state.view(&name).ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
+    let Query(pairs) = pairs?;
+    Ok(Json(answer(&live, QueryRequest::from_pairs(pairs)?)?))
+}
+
+pub async fn start_run(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<(StatusCode, Json<Value>)> {
+    record(&state, &name).await?;
+    let (run, _) = runner::trigger(&state, &name, Trigger::Manual).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": run.id, "status": run.status }))))
+}
+
+pub async fn list_runs(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    record(&state, &name).await?;
+    let runs = state.env.catalog.runs_of(&name, 100).await?;
+    Ok(Json(json!({ "runs": runs.iter().map(run_json).collect::<Vec<_>>() })))
+}
+
+pub async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id: i64 = id.parse().map_err(|_| ApiError::not_found(format!("run {id:?}")))?;
+    let run = state.env.catalog.run(id).await?.ok_or_else(|| ApiError::not_found(format!("run {id}")))?;
+    Ok(Json(run_json(&run)))
+}

@@ -1,0 +1,197 @@
+//! The running server's state: the catalog and object store, every dataset's writer and
+//! every view's live state; and start-up, which rebuilds all of it from the catalog and
+//! the log.
+
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use anyhow::Context;
+use parking_lot::RwLock;
+use tandem_batch::catalog::{DatasetRecord, ViewRecord};
+use tandem_batch::store::load_version;
+use tandem_batch::{BatchEnv, Catalog};
+use tandem_model::value::format_timestamp;
+use tandem_model::{DatasetSpec, ViewSpec};
+use tandem_speed::writer::WriterConfig;
+use tandem_speed::{BatchSnapshot, DatasetWriter, ViewLive};
+
+use crate::api::error::{ApiError, ApiResult};
+use crate::config::ServeConfig;
+
+/// A dataset that accepts events.
+#[derive(Clone)]
+pub struct Dataset {
+    pub record: DatasetRecord,
+    pub writer: DatasetWriter,
+}
+
+pub struct Inner {
+    pub env: BatchEnv,
+    pub config: ServeConfig,
+    datasets: RwLock<BTreeMap<String, Dataset>>,
+    views: RwLock<BTreeMap<String, Arc<ViewLive>>>,
+}
+
+/// Shared state of the server, cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Connects the catalog, loads every view's published version and replays the log
+    /// past it into the speed layer.
+    pub async fn start(config: ServeConfig) -> anyhow::Result<AppState> {
+        let catalog = Catalog::connect(config.storage.database_url.as_deref(), &config.storage.data_dir).await.context("opening the catalog")?;
+        let env = BatchEnv::local(catalog.clone(), config.storage.data_dir.clone())?;
+        let abandoned = catalog.fail_all_abandoned().await?;
+        if abandoned > 0 {
+            tracing::warn!(runs = abandoned, "marked runs abandoned by a stopped process as failed");
+        }
+        let state = AppState(Arc::new(Inner { env, config, datasets: RwLock::new(BTreeMap::new()), views: RwLock::new(BTreeMap::new()) }));
+        let views = catalog.views().await?;
+        for dataset in catalog.datasets().await? {
+            let mut lives = Vec::new();
+            for view in views.iter().filter(|v| v.spec.dataset == dataset.spec.name) {
+                let live = state.load_view(&dataset.spec, view).await.with_context(|| format!("loading view {:?}", view.spec.name))?;
+                lives.push(live);
+            }
+            state.open_dataset(dataset, lives.clone())?;
+            let mut map = state.views.write();
+            for live in lives {
+                map.insert(live.name().to_string(), live);
+            }
+        }
+        Ok(state)
+    }
+
+    fn writer_config(&self) -> WriterConfig {
+        WriterConfig { dedup_window: self.config.dedup_window, roll_interval: self.config.segment_interval, ..WriterConfig::default() }
+    }
+
+    fn open_dataset(&self, record: DatasetRecord, views: Vec<Arc<ViewLive>>) -> anyhow::Result<Dataset> {
+        let dir = self.env.log_dir(&record.spec.name);
+        let (writer, recovery) = DatasetWriter::open(&dir, record.spec.clone(), views, self.writer_config())
+            .with_context(|| format!("opening the log of dataset {:?}", record.spec.name))?;
+        if let Some((path, bytes, reason)) = recovery.truncated {
+            tracing::warn!(path = %path.display(), dropped_bytes = bytes, reason, "cut a torn tail off the log; no acknowledged request is lost");
+        }
+        let dataset = Dataset { record, writer };
+        self.datasets.write().insert(dataset.record.spec.name.clone(), dataset.clone());
+        Ok(dataset)
+    }
+
+    /// A view's live state with its published version installed.
+    async fn load_view(&self, dataset: &DatasetSpec, record: &ViewRecord) -> anyhow::Result<Arc<ViewLive>> {
+        let compiled = record.spec.compile(dataset).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+        let snapshot = match record.current_version {
+            Some(version) => Some(self.snapshot(&compiled, version).await?),
+            None => None,
+        };
+        let live = ViewLive::new(compiled, snapshot).map_err(|e| anyhow::anyhow!(e))?;
+        if record.current_version.is_none() {
+            live.set_floor(record.start_seq);
+        }
+        Ok(Arc::new(live))
+    }
+
+    async fn snapshot(&self, view: &tandem_model::view::CompiledView, version: i64) -> tandem_batch::Result<BatchSnapshot> {
+        let record = self
+            .env
+            .catalog
+            .version(&view.spec.name, version)
+            .await?
+            .ok_or_else(|| tandem_batch::Error::NotFound(format!("version {version} of view {:?}", view.spec.name)))?;
+        let groups = load_version(&self.env.store, view, &record.files).await?;
+        Ok(BatchSnapshot { version, watermark: record.watermark, finished_at: Some(format_timestamp(record.created_at)), groups })
+    }
+
+    /// Installs version `version` of a view if it is newer than what the view serves.
+    pub async fn refresh_view(&self, name: &str, version: i64) -> tandem_batch::Result<bool> {
+        let Some(live) = self.view(name) else { return Ok(false) };
+        if live.read(|s| s.batch.as_ref().is_some_and(|b| b.version >= version)) {
+            return Ok(false);
+        }
+        let snapshot = self.snapshot(&live.view, version).await?;
+        let installed = live.publish(snapshot);
+        if installed {
+            tracing::info!(view = name, version, "serving new batch version");
+        }
+        Ok(installed)
+    }
+
+    pub fn dataset(&self, name: &str) -> Option<Dataset> {
+        self.datasets.read().get(name).cloned()
+    }
+
+    pub fn datasets(&self) -> Vec<Dataset> {
+        self.datasets.read().values().cloned().collect()
+    }
+
+    pub fn view(&self, name: &str) -> Option<Arc<ViewLive>> {
+        self.views.read().get(name).cloned()
+    }
+
+    pub fn view_names(&self) -> Vec<String> {
+        self.views.read().keys().cloned().collect()
+    }
+
+    pub async fn create_dataset(&self, spec: DatasetSpec) -> ApiResult<DatasetRecord> {
+        spec.validate().map_err(|p| ApiError::invalid("invalid_dataset", "invalid dataset", p))?;
+        let record = self.env.catalog.create_dataset(&spec).await?;
+        self.open_dataset(record.clone(), Vec::new()).map_err(|e| ApiError::internal("could not open the dataset's log", format!("{e:#}")))?;
+        Ok(record)
+    }
+
+    /// Creates a view. Its speed layer starts with the next event; if the dataset already
+    /// holds events, the view is building until its first batch run publishes.
+    pub async fn create_view(&self, spec: ViewSpec) -> ApiResult<(ViewRecord, Arc<ViewLive>)> {
+        let dataset = self.dataset(&spec.dataset).ok_or_else(|| ApiError::invalid("invalid_view", "invalid view", vec![format!("dataset {:?} does not exist", spec.dataset)]))?;
+        let compiled = spec.compile(&dataset.record.spec).map_err(|p| ApiError::invalid("invalid_view", "invalid view", p))?;
+        if let Err(e) = spec.schedule().parse::<croner::Cron>() {
+            return Err(ApiError::invalid("invalid_view", "invalid view", vec![format!("schedule {:?}: {e}", spec.schedule())]));
+        }
+        let live = Arc::new(ViewLive::new(compiled, None).map_err(|e| ApiError::invalid("invalid_view", "invalid view", vec![e]))?);
+        if self.env.catalog.view(&spec.name).await?.is_some() {
+            return Err(ApiError::new(axum::http::StatusCode::CONFLICT, "conflict", format!("view {:?} already exists", spec.name)));
+        }
+        let floor = dataset.writer.add_view(live.clone()).await?;
+        let record = match self.env.catalog.create_view(&spec, floor).await {
+            Ok(r) => r,
+            Err(e) => {
+                dataset.writer.remove_view(&spec.name).await?;
+                return Err(e.into());
+            }
+        };
+        self.views.write().insert(spec.name.clone(), live.clone());
+        Ok((record, live))
+    }
+
+    pub async fn delete_view(&self, name: &str) -> ApiResult<()> {
+        let files = self.env.catalog.delete_view(name).await?.ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
+        let removed = self.views.write().remove(name);
+        if let Some(live) = removed
+            && let Some(dataset) = self.dataset(&live.view.spec.dataset)
+        {
+            dataset.writer.remove_view(name).await?;
+        }
+        let prefix = object_store::path::Path::from(format!("views/{name}"));
+        if let Err(e) = tandem_batch::store::delete_prefix(&self.env.store, &prefix).await {
+            tracing::warn!(view = name, files = files.len(), error = %e, "could not remove the files of a deleted view");
+        }
+        Ok(())
+    }
+
+    /// Stops every writer after it has answered what it holds.
+    pub async fn shutdown(&self) {
+        for dataset in self.datasets() {
+            dataset.writer.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Command-line and environment configuration: every flag also reads `TANDEM_*`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version, about = "Lambda-architecture analytics: exact answers from batch + speed layers")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server: ingest, speed layer, scheduled batch runs, queries.
+    Serve(ServeConfig),
+    /// Recompute views in this process (for system cron or a Kubernetes CronJob); exits
+    /// non-zero if any run fails.
+    Batch(BatchConfig),
+}
+
+/// Where tandem keeps its data and metadata.
+#[derive(Debug, Clone, Args)]
+pub struct StorageConfig {
+    /// Directory for the log, the master dataset, view versions and the embedded catalog.
+    #[arg(long, env = "TANDEM_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Catalog database, `postgres://...`; without it an SQLite file in the data dir.
+    #[arg(long, env = "TANDEM_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "TANDEM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    #[command(flatten)]
+    pub storage: StorageConfig,
+    /// Events whose id was accepted within this window are dropped as duplicates.
+    #[arg(long, env = "TANDEM_DEDUP_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub dedup_window: Duration,
+    /// The active log segment is sealed (made available to batch runs) at least this often.
+    #[arg(long, env = "TANDEM_SEGMENT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub segment_interval: Duration,
+    /// How often to look for versions published by other processes (`tandem batch`).
+    #[arg(long, env = "TANDEM_POLL_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "TANDEM_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BatchConfig {
+    #[command(flatten)]
+    pub storage: StorageConfig,
+    /// The view to recompute.
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    pub view: Option<String>,
+    /// Recompute every view.
+    #[arg(long)]
+    pub all: bool,
+}

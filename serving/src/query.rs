@@ -1,0 +1,246 @@
+//! View queries: where the published batch version and the speed layer meet.
+//!
+//! [`answer`] is the one place the two layers are merged. Under the view's read lock it
+//! takes the batch groups (events up to the watermark) and the speed groups (events after
+//! it; see `tandem_speed::live` for why these never overlap), keeps the groups that pass the
+//! query's time range and dimension filters, re-keys each to the query's granularity and
+//! dimensions, and merges their states. Because states merge exactly (`avg` is kept as sum
+//! and count, never as an average), the result equals one pass over all events.
+
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+
+use serde::Deserialize;
+use serde_json::{Map, Value as Json, json};
+use tandem_model::agg::{Groups, MeasureState};
+use tandem_model::value::{format_timestamp, parse_timestamp};
+use tandem_model::view::CompiledView;
+use tandem_model::{FieldType, Granularity, Value};
+use tandem_speed::ViewLive;
+
+use crate::api::error::ApiError;
+
+/// A query as the client sent it (JSON body, or query parameters turned into this).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub granularity: Option<Granularity>,
+    pub group_by: Option<Vec<String>>,
+    pub filter: Option<HashMap<String, Vec<Json>>>,
+    pub measures: Option<Vec<String>>,
+    pub order_by: Option<Vec<OrderBy>>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderBy {
+    pub field: String,
+    #[serde(default)]
+    pub desc: bool,
+}
+
+impl QueryRequest {
+    /// Reads the query-string form: `from`, `to`, `granularity`, `group_by=a,b`,
+    /// `measures=a,b`, `filter=dim:v1,v2` (repeatable), `order_by=-m,dim`, `limit`.
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<QueryRequest, ApiError> {
+        let mut q = QueryRequest::default();
+        let list = |v: &str| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "from" => q.from = Some(value),
+                "to" => q.to = Some(value),
+                "granularity" => {
+                    q.granularity = Some(Granularity::parse(&value).ok_or_else(|| invalid(format!("unknown granularity {value:?}")))?)
+                }
+                "group_by" => q.group_by = Some(list(&value)),
+                "measures" => q.measures = Some(list(&value)),
+                "filter" => {
+                    let (dim, values) = value.split_once(':').ok_or_else(|| invalid(format!("filter {value:?} is not dim:value,value")))?;
+                    q.filter.get_or_insert_with(HashMap::new).entry(dim.to_string()).or_default().extend(list(values).into_iter().map(Json::String));
+                }
+                "order_by" => {
+                    q.order_by = Some(
+                        list(&value)
+                            .into_iter()
+                            .map(|f| match f.strip_prefix('-') {
+                                Some(name) => OrderBy { field: name.to_string(), desc: true },
+                                None => OrderBy { field: f, desc: false },
+                            })
+                            .collect(),
+                    )
+                }
+                "limit" => q.limit = Some(value.parse().map_err(|_| invalid(format!("limit {value:?} is not a count")))?),
+                other => return Err(invalid(format!("unknown query key {other:?}"))),
+            }
+        }
+        Ok(q)
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_query", message)
+}
+
+/// A query checked against its view.
+struct Plan {
+    from: Option<i64>,
+    to: Option<i64>,
+    granularity: Granularity,
+    /// Positions (in the view's dimensions) of the dimensions to group by.
+    group: Vec<usize>,
+    /// Allowed values per view dimension position.
+    filters: Vec<(usize, HashSet<Value>)>,
+    /// Positions of the measures to return.
+    measures: Vec<usize>,
+    order: Vec<(Column, bool)>,
+    limit: Option<usize>,
+}
+
+#[derive(Clone, Copy)]
+enum Column {
+    Bucket,
+    Dim(usize),
+    Measure(usize),
+}
+
+fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
+    let time = |t: &Option<String>, key: &str| -> Result<Option<i64>, ApiError> {
+        t.as_ref().map(|s| parse_timestamp(s).ok_or_else(|| invalid(format!("{key} {s:?} is not an RFC 3339 time")))).transpose()
+    };
+    let dims = &view.spec.dimensions;
+    let dim_pos = |d: &str| dims.iter().position(|x| x == d).ok_or_else(|| invalid(format!("{d:?} is not a dimension of view {:?}", view.spec.name)));
+    let granularity = q.granularity.unwrap_or(view.spec.granularity);
+    if granularity < view.spec.granularity {
+        return Err(invalid(format!("granularity {granularity:?} is finer than the view's {:?}", view.spec.granularity).to_lowercase()));
+    }
+    let group = match &q.group_by {
+        Some(g) => g.iter().map(|d| dim_pos(d)).collect::<Result<Vec<_>, _>>()?,
+        None => (0..dims.len()).collect(),
+    };
+    let mut filters = Vec::new();
+    for (dim, values) in q.filter.unwrap_or_default() {
+        let pos = dim_pos(&dim)?;
+        let ty = view.dimension_types[pos];
+        let set = values.iter().map(|v| filter_value(ty, v).ok_or_else(|| invalid(format!("filter value {v} does not fit dimension {dim:?} ({ty:?})")))).collect::<Result<_, _>>()?;
+        filters.push((pos, set));
+    }
+    let measure_names: Vec<&str> = view.measures.iter().map(|(m, _)| m.name.as_str()).collect();
+    let measures = match &q.measures {
+        Some(ms) => ms
+            .iter()
+            .map(|m| measure_names.iter().position(|x| x == m).ok_or_else(|| invalid(format!("{m:?} is not a measure of view {:?}", view.spec.name))))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => (0..measure_names.len()).collect(),
+    };
+    let mut order = Vec::new();
+    for o in q.order_by.unwrap_or_default() {
+        let column = if o.field == "bucket" && granularity != Granularity::All {
+            Column::Bucket
+        } else if let Some(i) = group.iter().position(|&g| dims[g] == o.field) {
+            Column::Dim(i)
+        } else if let Some(i) = measures.iter().position(|&m| measure_names[m] == o.field) {
+            Column::Measure(i)
+        } else {
+            return Err(invalid(format!("cannot order by {:?}: it is not a returned column", o.field)));
+        };
+        order.push((column, o.desc));
+    }
+    Ok(Plan { from: time(&q.from, "from")?, to: time(&q.to, "to")?, granularity, group, filters, measures, order, limit: q.limit })
+}
+
+fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {
+    match (ty, v) {
+        (FieldType::String, Json::String(s)) => Some(Value::String(s.clone())),
+        (FieldType::Int64, Json::Number(n)) => n.as_i64().map(Value::Int),
+        (FieldType::Int64, Json::String(s)) => s.parse().ok().map(Value::Int),
+        (FieldType::Bool, Json::Bool(b)) => Some(Value::Bool(*b)),
+        (FieldType::Bool, Json::String(s)) => s.parse().ok().map(Value::Bool),
+        (_, Json::Null) => Some(Value::Null),
+        _ => None,
+    }
+}
+
+/// Answers a query from the view's batch version merged with its speed layer.
+pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> {
+    let view = &live.view;
+    let plan = plan(view, request)?;
+    let (groups, freshness) = live.read(|state| {
+        if !state.is_ready() {
+            return Err(ApiError::unavailable("view_building", format!("view {:?} is building its first batch version", view.spec.name), 5));
+        }
+        let mut merged: HashMap<(i64, Vec<Value>), Vec<MeasureState>> = HashMap::new();
+        let layers = state.batch.iter().map(|b| &b.groups).chain(state.segments.values().map(|s| &s.groups));
+        for groups in layers {
+            fold_groups(&plan, groups, &mut merged);
+        }
+        let freshness = json!({
+            "batch_version": state.batch.as_ref().map(|b| b.version),
+            "batch_watermark": state.batch.as_ref().map(|b| b.watermark),
+            "batch_finished_at": state.batch.as_ref().and_then(|b| b.finished_at.clone()),
+            "speed_events": state.speed_events(),
+        });
+        Ok((merged, freshness))
+    })?;
+    let mut rows: Vec<((i64, Vec<Value>), Vec<MeasureState>)> = groups.into_iter().collect();
+    let default_order = |a: &(i64, Vec<Value>), b: &(i64, Vec<Value>)| {
+        a.0.cmp(&b.0).then_with(|| a.1.iter().zip(&b.1).map(|(x, y)| x.total_cmp(y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal))
+    };
+    rows.sort_by(|(ka, sa), (kb, sb)| {
+        for (column, desc) in &plan.order {
+            let o = match column {
+                Column::Bucket => ka.0.cmp(&kb.0),
+                Column::Dim(i) => ka.1[*i].total_cmp(&kb.1[*i]),
+                Column::Measure(i) => sa[*i].sort_key().total_cmp(&sb[*i].sort_key()),
+            };
+            let o = if *desc { o.reverse() } else { o };
+            if o.is_ne() {
+                return o;
+            }
+        }
+        default_order(ka, kb)
+    });
+    if let Some(limit) = plan.limit {
+        rows.truncate(limit);
+    }
+    let out: Vec<Json> = rows
+        .into_iter()
+        .map(|((bucket, dims), states)| {
+            let mut row = Map::new();
+            if plan.granularity != Granularity::All {
+                row.insert("bucket".into(), Json::String(format_timestamp(bucket)));
+            }
+            for (&g, value) in plan.group.iter().zip(&dims) {
+                row.insert(view.spec.dimensions[g].clone(), value.to_json());
+            }
+            for (&m, state) in plan.measures.iter().zip(&states) {
+                row.insert(view.measures[m].0.name.clone(), state.finish());
+            }
+            Json::Object(row)
+        })
+        .collect();
+    Ok(json!({ "rows": out, "freshness": freshness }))
+}
+
+/// Folds one layer's groups into the answer's groups, applying the plan's range, filters,
+/// granularity and grouping. `[from, to)` applies to the start of the view's own buckets.
+fn fold_groups(plan: &Plan, groups: &Groups, into: &mut HashMap<(i64, Vec<Value>), Vec<MeasureState>>) {
+    for (key, states) in groups {
+        if plan.from.is_some_and(|f| key.bucket < f) || plan.to.is_some_and(|t| key.bucket >= t) {
+            continue;
+        }
+        if !plan.filters.iter().all(|(pos, allowed)| allowed.contains(&key.dims[*pos])) {
+            continue;
+        }
+        let out_key = (plan.granularity.truncate(key.bucket), plan.group.iter().map(|&g| key.dims[g].clone()).collect());
+        let selected = plan.measures.iter().map(|&m| &states[m]);
+        match into.get_mut(&out_key) {
+            Some(existing) => existing.iter_mut().zip(selected).for_each(|(a, b)| a.merge(b)),
+            None => {
+                into.insert(out_key, selected.cloned().collect());
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Batch runs inside the server: started by hand (API), by a view's cron schedule, or at
+//! view creation; and the poller that installs versions published by other processes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tandem_batch::catalog::{RunRecord, Trigger};
+use tandem_batch::run::execute;
+use tokio::task::JoinHandle;
+
+use crate::api::error::ApiResult;
+use crate::app::AppState;
+
+/// Queues a run of `view` (or returns the one already queued or running) and, if it is
+/// new, executes it in the background: seal the log's active segment so the run covers
+/// every event acknowledged so far, recompute, then serve the new version at once.
+pub async fn trigger(state: &AppState, view: &str, trigger: Trigger) -> ApiResult<(RunRecord, bool)> {
+    let (run, created) = state.env.catalog.queue_run(view, trigger).await?;
+    if created {
+        let state = state.clone();
+        let run = run.clone();
+        tokio::spawn(async move { execute_run(&state, &run).await });
+    }
+    Ok((run, created))
+}
+
+async fn execute_run(state: &AppState, run: &RunRecord) {
+    if let Some(live) = state.view(&run.view)
+        && let Some(dataset) = state.dataset(&live.view.spec.dataset)
+        && let Err(e) = dataset.writer.roll().await
+    {
+        tracing::warn!(run = run.id, error = %e, "could not seal the active segment before a run");
+    }
+    match execute(&state.env, run).await {
+        Ok(outcome) => {
+            let p = outcome.publication;
+            if let Err(e) = state.refresh_view(&p.view, p.version).await {
+                tracing::error!(view = %p.view, version = p.version, error = %e, "could not load a published version; the poller will retry");
+            }
+        }
+        Err(e) => tracing::warn!(run = run.id, view = %run.view, error = %e, "run failed"),
+    }
+}
+
+/// Starts the background tasks: the version poller, the scheduler, and first runs for
+/// views still building after a restart.
+pub fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
+    vec![tokio::spawn(poll_versions(state.clone())), tokio::spawn(schedule(state.clone())), tokio::spawn(resume_building(state.clone()))]
+}
+
+/// Installs versions that another process (`tandem batch`) published.
+async fn poll_versions(state: AppState) {
+    let mut tick = tokio::time::interval(state.config.poll_interval);
+    loop {
+        tick.tick().await;
+        let versions = match state.env.catalog.current_versions().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not poll the catalog for new versions");
+                continue;
+            }
+        };
+        for (view, version) in versions {
+            if let Err(e) = state.refresh_view(&view, version).await {
+                tracing::warn!(view, version, error = %e, "could not load a published version");
+            }
+        }
+    }
+}
+
+/// Fires each view's cron schedule (UTC).
+async fn schedule(state: AppState) {
+    let mut next: HashMap<String, DateTime<Utc>> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = Utc::now();
+        let names = state.view_names();
+        next.retain(|name, _| names.contains(name));
+        for name in names {
+            let Some(live) = state.view(&name) else { continue };
+            let Ok(cron) = live.view.spec.schedule().parse::<croner::Cron>() else { continue };
+            let due = *next.entry(name.clone()).or_insert_with(|| cron.find_next_occurrence(&now, false).unwrap_or(now + chrono::Duration::days(365)));
+            if due <= now {
+                next.insert(name.clone(), cron.find_next_occurrence(&now, false).unwrap_or(now + chrono::Duration::days(365)));
+                if let Err(e) = trigger(&state, &name, Trigger::Schedule).await {
+                    tracing::warn!(view = name, error = e.message, "scheduled run could not start");
+                }
+            }
+        }
+    }
+}
+
+/// A view that was building when the server stopped gets its first run again.
+async fn resume_building(state: AppState) {
+    for name in state.view_names() {
+        let Some(live) = state.view(&name) else { continue };
+        if !live.read(|s| s.is_ready())
+            && let Err(e) = trigger(&state, &name, Trigger::Create).await
+        {
+            tracing::warn!(view = name, error = e.message, "could not restart the first run of a building view");
+        }
+    }
+}
