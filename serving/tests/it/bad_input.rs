@@ -1,0 +1,113 @@
+//! Bad input gets a 4xx in the API's error shape and changes nothing.
+
+use serde_json::{Value, json};
+
+use crate::server::{TestServer, pageviews_dataset};
+
+fn assert_error(status: u16, body: &Value, want_status: u16, code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(body["error"]["details"].is_array(), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, &[]);
+    server.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
+    let view = json!({"name": "v", "dataset": "pageviews", "granularity": "hour", "dimensions": ["country"], "measures": {"n": "count"}});
+    server.ok("POST", "/v1/views", Some(view.clone())).await;
+
+    // datasets
+    let (s, b) = server.call("POST", "/v1/datasets", Some(pageviews_dataset())).await;
+    assert_error(s, &b, 409, "conflict");
+    for bad in [
+        json!({"name": "../etc", "time_field": "ts", "fields": {"ts": "timestamp"}}),
+        json!({"name": "Bad", "time_field": "ts", "fields": {"ts": "timestamp"}}),
+        json!({"name": "x", "time_field": "n", "fields": {"ts": "timestamp", "n": "int64"}}),
+    ] {
+        let (s, b) = server.call("POST", "/v1/datasets", Some(bad)).await;
+        assert_error(s, &b, 400, "invalid_dataset");
+    }
+    let (s, b) = server.call("POST", "/v1/datasets", Some(json!({"name": "x", "time_field": "ts", "fields": {"ts": "date"}}))).await;
+    assert_error(s, &b, 400, "invalid_request");
+
+    // events: every problem reported with its index and field; nothing stored
+    let (s, b) = server
+        .call("POST", "/v1/datasets/pageviews/events", Some(json!([
+            {"ts": "2026-11-01T00:00:00Z", "event_id": "ok"},
+            {"ts": "yesterday", "bytes": 1.5, "extra": 1},
+            {"event_id": "no time"},
+            {"ts": 0, "bytes": 9223372036854775808u64, "bot": "true", "country": ["US"]}
+        ])))
+        .await;
+    assert_error(s, &b, 400, "invalid_events");
+    let details = b["error"]["details"].as_array().unwrap();
+    for (index, field) in [(1, "ts"), (1, "bytes"), (1, "extra"), (2, "ts"), (3, "bytes"), (3, "bot"), (3, "country")] {
+        assert!(details.iter().any(|d| d["index"] == index && d["field"] == field), "missing ({index}, {field}) in {details:?}");
+    }
+    let (s, b) = server.raw("/v1/datasets/pageviews/events", "application/json", "{\"ts\": 1").await;
+    assert_error(s, &b, 400, "invalid_events");
+    let (s, b) = server.raw("/v1/datasets/pageviews/events", "application/json", "\"text\"").await;
+    assert_error(s, &b, 400, "invalid_events");
+    let (s, b) = server.raw("/v1/datasets/pageviews/events", "application/json", "").await;
+    assert_error(s, &b, 400, "invalid_events");
+    let (s, b) = server.raw("/v1/datasets/pageviews/events", "application/x-ndjson", "{\"ts\": 1}\nnot json\n").await;
+    assert_error(s, &b, 400, "invalid_events");
+    let (s, b) = server.raw("/v1/datasets/pageviews/events", "text/plain", "{\"ts\": 1}").await;
+    assert_error(s, &b, 415, "unsupported_media_type");
+    let (s, b) = server.call("POST", "/v1/datasets/nope/events", Some(json!({"ts": 1}))).await;
+    assert_error(s, &b, 404, "not_found");
+    let big = format!("[{}]", vec![r#"{"ts": 1, "country": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#; 160_000].join(","));
+    let (s, b) = server.raw("/v1/datasets/pageviews/events", "application/json", big).await;
+    assert_error(s, &b, 413, "payload_too_large");
+
+    let a = server.query("v", json!({"granularity": "all", "group_by": []})).await;
+    assert_eq!(a["rows"], json!([]), "nothing was stored by refused requests");
+
+    // views
+    for (bad, code) in [
+        (json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "filter": "bot = false; DROP TABLE views"}), "invalid_view"),
+        (json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "filter": "nope = 1"}), "invalid_view"),
+        (json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "filter": "duration_ms + 1"}), "invalid_view"),
+        (json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "sum(country)"}}), "invalid_view"),
+        (json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "dimensions": ["duration_ms"], "measures": {"n": "count"}}), "invalid_view"),
+        (json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "schedule": "every day"}), "invalid_view"),
+        (json!({"name": "w", "dataset": "nope", "granularity": "hour", "measures": {"n": "count"}}), "invalid_view"),
+        (json!({"name": "w", "dataset": "pageviews", "granularity": "week", "measures": {"n": "count"}}), "invalid_request"),
+    ] {
+        let (s, b) = server.call("POST", "/v1/views", Some(bad.clone())).await;
+        assert_error(s, &b, 400, code);
+    }
+    let (s, b) = server.call("POST", "/v1/views", Some(view)).await;
+    assert_error(s, &b, 409, "conflict");
+    let (s, b) = server.call("GET", "/v1/views/w", None).await;
+    assert_error(s, &b, 404, "not_found");
+
+    // queries that do not fit the view
+    for q in [
+        json!({"granularity": "minute"}),
+        json!({"group_by": ["bot"]}),
+        json!({"measures": ["nope"]}),
+        json!({"filter": {"bot": [true]}}),
+        json!({"order_by": [{"field": "total"}]}),
+        json!({"from": "yesterday"}),
+        json!({"unknown": 1}),
+    ] {
+        let (s, b) = server.call("POST", "/v1/views/v/query", Some(q.clone())).await;
+        assert!(s == 400, "{q}: {s} {b}");
+    }
+    let (s, b) = server.call("GET", "/v1/views/v/query?color=red", None).await;
+    assert_error(s, &b, 400, "invalid_query");
+    let (s, b) = server.call("GET", "/v1/runs/999", None).await;
+    assert_error(s, &b, 404, "not_found");
+
+    // and the server is still healthy
+    assert_eq!(server.call("GET", "/healthz", None).await.0, 200);
+    assert_eq!(server.call("GET", "/readyz", None).await.0, 200);
+    let (s, _) = server.call("DELETE", "/v1/views/v", None).await;
+    assert_eq!(s, 204);
+    let (s, b) = server.call("POST", "/v1/views/v/query", Some(json!({}))).await;
+    assert_error(s, &b, 404, "not_found");
+}

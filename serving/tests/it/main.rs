@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `tandem` binary on an ephemeral port, a temp data dir, HTTP.
+//! Every suite runs with the embedded SQLite catalog, and with Postgres when
+//! `TANDEM_TEST_DATABASE_URL` is set (`.ci/run` sets it and fails if Postgres is down).
+
+mod server;
+
+mod bad_input;
+mod lambda;

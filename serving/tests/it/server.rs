@@ -1,0 +1,163 @@
+//! The test harness: start `tandem serve`, wait for it, talk HTTP, kill it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tandem");
+
+/// The catalogs every suite runs against: SQLite always, Postgres when configured.
+pub async fn catalogs() -> Vec<Option<String>> {
+    let mut out = vec![None];
+    if let Some(url) = fresh_postgres_database().await {
+        out.push(Some(url));
+    }
+    out
+}
+
+/// A new empty Postgres database, if `TANDEM_TEST_DATABASE_URL` names a server.
+pub async fn fresh_postgres_database() -> Option<String> {
+    use sqlx::Connection;
+    let base = std::env::var("TANDEM_TEST_DATABASE_URL").ok()?;
+    let mut conn = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|e| panic!("TANDEM_TEST_DATABASE_URL={base} is not reachable: {e}"));
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "tandem_e2e_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("creating a test database");
+    let (prefix, _) = base.rsplit_once('/').expect("database URL has a path");
+    Some(format!("{prefix}/{name}"))
+}
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    extra: Vec<String>,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    pub fn start(data_dir: &Path, database_url: Option<String>, extra: &[&str]) -> TestServer {
+        let mut server = TestServer {
+            child: None,
+            base: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            database_url,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            http: reqwest::Client::new(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(&self.data_dir).args(&self.extra);
+        cmd.env_remove("TANDEM_DATABASE_URL");
+        if let Some(url) = &self.database_url {
+            cmd.arg("--database-url").arg(url);
+        }
+        cmd.env("TANDEM_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("starting tandem");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("reading tandem's address");
+        let addr = line.trim().strip_prefix("tandem listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        self.base = addr.to_string();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let status = child.wait().unwrap();
+            assert!(status.success(), "tandem exited with {status}");
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{}", self.base, path);
+        let req = match method {
+            "GET" => self.http.get(url),
+            "POST" => self.http.post(url),
+            "DELETE" => self.http.delete(url),
+            _ => unreachable!(),
+        };
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) })
+    }
+
+    pub async fn raw(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let resp = self.http.post(format!("{}{}", self.base, path)).header("content-type", content_type).body(body).send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, body).await;
+        assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
+        v
+    }
+
+    /// Starts a run and waits until it has finished; returns the run.
+    pub async fn run_batch(&self, view: &str) -> Value {
+        let (status, run) = self.call("POST", &format!("/v1/views/{view}/runs"), None).await;
+        assert_eq!(status, 202, "{run}");
+        self.wait_run(run["id"].as_i64().unwrap()).await
+    }
+
+    pub async fn wait_run(&self, id: i64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let run = self.ok("GET", &format!("/v1/runs/{id}"), None).await;
+            if run["status"] == "succeeded" || run["status"] == "failed" {
+                return run;
+            }
+            assert!(Instant::now() < deadline, "run {id} did not finish: {run}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn query(&self, view: &str, q: Value) -> Value {
+        self.ok("POST", &format!("/v1/views/{view}/query"), Some(q)).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn pageviews_dataset() -> Value {
+    json!({"name": "pageviews", "time_field": "ts", "id_field": "event_id",
+           "fields": {"ts": "timestamp", "event_id": "string", "country": "string", "duration_ms": "float64", "bytes": "int64", "bot": "bool"}})
+}
