@@ -133,9 +133,15 @@ impl Catalog {
     pub async fn connect(url: Option<&str>, data_dir: &Path) -> Result<Catalog> {
         sqlx::any::install_default_drivers();
         let (url, backend) = match url {
-            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => (u.to_string(), Backend::Postgres),
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                (u.to_string(), Backend::Postgres)
+            }
             Some(u) if u.starts_with("sqlite:") => (u.to_string(), Backend::Sqlite),
-            Some(u) => return Err(Error::Invalid(format!("unsupported database URL {u:?}: use postgres://... or leave it unset"))),
+            Some(u) => {
+                return Err(Error::Invalid(format!(
+                    "unsupported database URL {u:?}: use postgres://... or leave it unset"
+                )));
+            }
             None => {
                 std::fs::create_dir_all(data_dir).map_err(|e| Error::Io(data_dir.display().to_string(), e))?;
                 (format!("sqlite://{}?mode=rwc", data_dir.join("catalog.db").display()), Backend::Sqlite)
@@ -156,6 +162,12 @@ impl Catalog {
         };
         migrator.run(&pool).await.map_err(|e| Error::Invalid(format!("catalog migration failed: {e}")))?;
         Ok(Catalog { pool, backend })
+    }
+
+    /// The connection pool, for tests that must reach behind the API (e.g. to age a lease).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     pub fn backend(&self) -> Backend {
@@ -181,7 +193,9 @@ impl Catalog {
             .await
         {
             Ok(_) => Ok(DatasetRecord { spec: spec.clone(), created_at: now, compacted_seq: 0 }),
-            Err(e) if is_unique_violation(&e) => Err(Error::Conflict(format!("dataset {:?} already exists", spec.name))),
+            Err(e) if is_unique_violation(&e) => {
+                Err(Error::Conflict(format!("dataset {:?} already exists", spec.name)))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -196,7 +210,9 @@ impl Catalog {
     }
 
     pub async fn datasets(&self) -> Result<Vec<DatasetRecord>> {
-        let rows = sqlx::query("SELECT spec, created_at, compacted_seq FROM datasets ORDER BY name").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT spec, created_at, compacted_seq FROM datasets ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(Self::dataset_from).collect()
     }
 
@@ -249,7 +265,9 @@ impl Catalog {
     }
 
     pub async fn views(&self) -> Result<Vec<ViewRecord>> {
-        let rows = sqlx::query("SELECT spec, created_at, start_seq, current_version FROM views ORDER BY name").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT spec, created_at, start_seq, current_version FROM views ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(Self::view_from).collect()
     }
 
@@ -269,7 +287,8 @@ impl Catalog {
         if deleted.rows_affected() == 0 {
             return Ok(None);
         }
-        let files = sqlx::query("SELECT files FROM versions WHERE view_name = $1").bind(name).fetch_all(&mut *tx).await?;
+        let files =
+            sqlx::query("SELECT files FROM versions WHERE view_name = $1").bind(name).fetch_all(&mut *tx).await?;
         sqlx::query("DELETE FROM versions WHERE view_name = $1").bind(name).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM runs WHERE view_name = $1").bind(name).execute(&mut *tx).await?;
         tx.commit().await?;
@@ -304,7 +323,9 @@ impl Catalog {
 
     /// The published version of every view that has one: (view, version).
     pub async fn current_versions(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT name, current_version FROM views WHERE current_version IS NOT NULL").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT name, current_version FROM views WHERE current_version IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(|r| Ok((r.try_get("name")?, r.try_get("current_version")?))).collect()
     }
 
@@ -385,10 +406,12 @@ impl Catalog {
         match inserted {
             Ok(row) => Ok((Self::run_from(&row)?, true)),
             Err(e) if is_unique_violation(&e) => {
-                let row = sqlx::query(AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE view_name = $1 AND status IN ('queued', 'running')")))
-                    .bind(view)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                let row = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE view_name = $1 AND status IN ('queued', 'running')"
+                )))
+                .bind(view)
+                .fetch_optional(&self.pool)
+                .await?;
                 match row {
                     Some(row) => Ok((Self::run_from(&row)?, false)),
                     None => Err(Error::Conflict(format!("another run of view {view:?} just finished; try again"))),
@@ -453,17 +476,22 @@ impl Catalog {
     }
 
     pub async fn run(&self, id: i64) -> Result<Option<RunRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(Self::run_from).transpose()
     }
 
     /// Runs of a view, newest first.
     pub async fn runs_of(&self, view: &str, limit: i64) -> Result<Vec<RunRecord>> {
-        let rows = sqlx::query(AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE view_name = $1 ORDER BY id DESC LIMIT $2")))
-            .bind(view)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE view_name = $1 ORDER BY id DESC LIMIT $2"
+        )))
+        .bind(view)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(Self::run_from).collect()
     }
 

@@ -52,7 +52,11 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
         for Record { first_seq, rows, .. } in &records {
             for (i, row) in rows.iter().enumerate() {
                 let Value::Timestamp(ts) = row[time_index] else {
-                    return Err(Error::Invalid(format!("event {} of {} has no time value", first_seq + i as u64, segment.path.display())));
+                    return Err(Error::Invalid(format!(
+                        "event {} of {} has no time value",
+                        first_seq + i as u64,
+                        segment.path.display()
+                    )));
                 };
                 let date = DateTime::from_timestamp_micros(ts).map(|t| t.date_naive()).unwrap_or_default();
                 let entry = by_date.entry(date).or_default();

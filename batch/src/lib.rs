@@ -16,6 +16,8 @@ pub mod catalog;
 pub mod compaction;
 pub mod run;
 pub mod store;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 pub use catalog::Catalog;
 

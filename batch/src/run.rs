@@ -69,7 +69,8 @@ pub async fn execute(env: &BatchEnv, run: &RunRecord) -> Result<RunOutcome> {
 }
 
 async fn recompute(env: &BatchEnv, run: &RunRecord) -> Result<RunOutcome> {
-    let view_record = env.catalog.view(&run.view).await?.ok_or_else(|| Error::NotFound(format!("view {:?}", run.view)))?;
+    let view_record =
+        env.catalog.view(&run.view).await?.ok_or_else(|| Error::NotFound(format!("view {:?}", run.view)))?;
     let dataset = env
         .catalog
         .dataset(&view_record.spec.dataset)
@@ -106,7 +107,8 @@ async fn recompute(env: &BatchEnv, run: &RunRecord) -> Result<RunOutcome> {
 /// The schema of a version file: bucket, dimensions, state columns.
 fn version_schema(view: &CompiledView) -> datafusion::arrow::datatypes::SchemaRef {
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
-    let mut fields = vec![Field::new(BUCKET_COLUMN, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true)];
+    let mut fields =
+        vec![Field::new(BUCKET_COLUMN, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true)];
     for (dim, ty) in view.spec.dimensions.iter().zip(&view.dimension_types) {
         fields.push(Field::new(dim, tandem_model::columnar::arrow_type(*ty), true));
     }
@@ -146,7 +148,8 @@ async fn aggregate(env: &BatchEnv, view: &CompiledView, watermark: u64) -> Resul
         }
         None => events,
     };
-    let mut group: Vec<Expr> = vec![date_trunc(lit(view.spec.granularity.sql_unit()), ident(&dataset.time_field)).alias(BUCKET_COLUMN)];
+    let mut group: Vec<Expr> =
+        vec![date_trunc(lit(view.spec.granularity.sql_unit()), ident(&dataset.time_field)).alias(BUCKET_COLUMN)];
     group.extend(view.spec.dimensions.iter().map(|d| ident(d).alias(d)));
     let mut aggs = Vec::new();
     for (m, _) in &view.measures {

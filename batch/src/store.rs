@@ -64,7 +64,12 @@ pub async fn delete_prefix(store: &Arc<dyn ObjectStore>, prefix: &Path) -> Resul
 }
 
 /// Encodes batches as one Parquet file and puts it. Returns the rows written.
-pub async fn write_parquet(store: &Arc<dyn ObjectStore>, path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> Result<usize> {
+pub async fn write_parquet(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<usize> {
     let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
     let mut buf = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(props))?;
@@ -90,7 +95,8 @@ pub async fn load_version(store: &Arc<dyn ObjectStore>, view: &CompiledView, fil
     let mut groups = Groups::new();
     for file in files {
         for batch in read_parquet(store, &Path::from(file.as_str())).await? {
-            groups_from_batch(view, &batch, &mut groups).map_err(|e| crate::Error::Invalid(format!("version file {file}: {e}")))?;
+            groups_from_batch(view, &batch, &mut groups)
+                .map_err(|e| crate::Error::Invalid(format!("version file {file}: {e}")))?;
         }
     }
     Ok(groups)

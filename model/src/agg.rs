@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 
+use crate::FieldType;
 use crate::value::{Row, Value};
 use crate::view::{CompiledView, Measure, MeasureKind};
-use crate::FieldType;
 
 /// The state of one measure in one group.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +25,10 @@ pub enum MeasureState {
     Min(Option<Value>),
     Max(Option<Value>),
     /// `avg`: the sum and count of non-null values.
-    Avg { sum: f64, count: i64 },
+    Avg {
+        sum: f64,
+        count: i64,
+    },
 }
 
 impl MeasureState {
@@ -126,7 +129,9 @@ impl MeasureState {
             MeasureState::Count(n) => (*n).into(),
             MeasureState::SumInt(s) => s.map(Into::into).unwrap_or(serde_json::Value::Null),
             MeasureState::SumFloat(s) => s.map(|f| Value::Float(f).to_json()).unwrap_or(serde_json::Value::Null),
-            MeasureState::Min(v) | MeasureState::Max(v) => v.as_ref().map(Value::to_json).unwrap_or(serde_json::Value::Null),
+            MeasureState::Min(v) | MeasureState::Max(v) => {
+                v.as_ref().map(Value::to_json).unwrap_or(serde_json::Value::Null)
+            }
             MeasureState::Avg { sum, count } => {
                 if *count == 0 {
                     serde_json::Value::Null
@@ -145,7 +150,11 @@ impl MeasureState {
             MeasureState::SumFloat(s) => s.map(Value::Float).unwrap_or(Value::Null),
             MeasureState::Min(v) | MeasureState::Max(v) => v.clone().unwrap_or(Value::Null),
             MeasureState::Avg { sum, count } => {
-                if *count == 0 { Value::Null } else { Value::Float(sum / *count as f64) }
+                if *count == 0 {
+                    Value::Null
+                } else {
+                    Value::Float(sum / *count as f64)
+                }
             }
         }
     }

@@ -97,17 +97,15 @@ pub fn state_columns(measure: &Measure) -> Vec<(String, DataType)> {
         MeasureKind::Min | MeasureKind::Max => {
             vec![(name.clone(), arrow_type(measure.field.as_ref().expect("min/max have a field").1))]
         }
-        MeasureKind::Avg => vec![(format!("{name}__sum"), DataType::Float64), (format!("{name}__count"), DataType::Int64)],
+        MeasureKind::Avg => {
+            vec![(format!("{name}__sum"), DataType::Float64), (format!("{name}__count"), DataType::Int64)]
+        }
     }
 }
 
 /// Reads the groups of a batch version back into states.
 pub fn groups_from_batch(view: &CompiledView, batch: &RecordBatch, into: &mut Groups) -> Result<(), String> {
-    let col = |name: &str| {
-        batch
-            .column_by_name(name)
-            .ok_or_else(|| format!("batch version lacks column {name:?}"))
-    };
+    let col = |name: &str| batch.column_by_name(name).ok_or_else(|| format!("batch version lacks column {name:?}"));
     let bucket = col(BUCKET_COLUMN)?
         .as_primitive_opt::<TimestampMicrosecondType>()
         .ok_or("bucket column is not a microsecond timestamp")?;
@@ -164,8 +162,12 @@ pub fn value_at(array: &ArrayRef, row: usize, ty: FieldType) -> Value {
             .map(|a| Value::String(a.value(row).to_string()))
             .or_else(|| array.as_string_view_opt().map(|a| Value::String(a.value(row).to_string())))
             .unwrap_or(Value::Null),
-        FieldType::Int64 => array.as_primitive_opt::<Int64Type>().map(|a| Value::Int(a.value(row))).unwrap_or(Value::Null),
-        FieldType::Float64 => array.as_primitive_opt::<Float64Type>().map(|a| Value::Float(a.value(row))).unwrap_or(Value::Null),
+        FieldType::Int64 => {
+            array.as_primitive_opt::<Int64Type>().map(|a| Value::Int(a.value(row))).unwrap_or(Value::Null)
+        }
+        FieldType::Float64 => {
+            array.as_primitive_opt::<Float64Type>().map(|a| Value::Float(a.value(row))).unwrap_or(Value::Null)
+        }
         FieldType::Bool => array.as_boolean_opt().map(|a| Value::Bool(a.value(row))).unwrap_or(Value::Null),
         FieldType::Timestamp => array
             .as_primitive_opt::<TimestampMicrosecondType>()

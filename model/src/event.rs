@@ -66,8 +66,7 @@ fn split(format: Format, body: &[u8]) -> Result<Vec<Json>, Vec<EventError>> {
             Err(e) => Err(vec![EventError::new(0, None, format!("malformed JSON: {e}"))]),
         },
         Format::Ndjson => {
-            let text = std::str::from_utf8(body)
-                .map_err(|_| vec![EventError::new(0, None, "body is not UTF-8")])?;
+            let text = std::str::from_utf8(body).map_err(|_| vec![EventError::new(0, None, "body is not UTF-8")])?;
             let mut items = Vec::new();
             let mut errors = Vec::new();
             for (line_no, line) in text.lines().enumerate() {
@@ -77,7 +76,11 @@ fn split(format: Format, body: &[u8]) -> Result<Vec<Json>, Vec<EventError>> {
                 match serde_json::from_str::<Json>(line) {
                     Ok(v) => items.push(v),
                     Err(e) => {
-                        errors.push(EventError::new(items.len() + errors.len(), None, format!("line {}: malformed JSON: {e}", line_no + 1)));
+                        errors.push(EventError::new(
+                            items.len() + errors.len(),
+                            None,
+                            format!("line {}: malformed JSON: {e}", line_no + 1),
+                        ));
                         if errors.len() >= MAX_ERRORS {
                             break;
                         }
@@ -178,7 +181,10 @@ mod tests {
         let one = decode(&s, Format::Json, br#"{"ts":1000,"id":"a","n":3}"#).unwrap();
         assert_eq!(one.len(), 1);
         // fields in name order: b, f, id, n, ts
-        assert_eq!(one[0], vec![Value::Null, Value::Null, Value::String("a".into()), Value::Int(3), Value::Timestamp(1_000_000)]);
+        assert_eq!(
+            one[0],
+            vec![Value::Null, Value::Null, Value::String("a".into()), Value::Int(3), Value::Timestamp(1_000_000)]
+        );
         let many = decode(&s, Format::Json, br#"[{"ts":"2026-01-01T00:00:00Z"},{"ts":0,"f":1}]"#).unwrap();
         assert_eq!(many[1][1], Value::Float(1.0));
         let nd = decode(&s, Format::Ndjson, b"{\"ts\":1}\n\n{\"ts\":2,\"b\":true}\n").unwrap();

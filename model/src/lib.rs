@@ -29,14 +29,8 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     let ok = !bytes.is_empty()
         && bytes.len() <= 63
         && bytes[0].is_ascii_lowercase()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("invalid name {name:?}: names match [a-z][a-z0-9_]{{0,62}}"))
-    }
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_');
+    if ok { Ok(()) } else { Err(format!("invalid name {name:?}: names match [a-z][a-z0-9_]{{0,62}}")) }
 }
 
 #[cfg(test)]

@@ -107,10 +107,7 @@ pub fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
 /// Sealed segments with the last sequence number each holds: every segment but the newest.
 pub fn sealed_segments(dir: &Path) -> Result<Vec<(Segment, u64)>> {
     let segments = list_segments(dir)?;
-    Ok(segments
-        .windows(2)
-        .map(|pair| (pair[0].clone(), pair[1].first_seq - 1))
-        .collect())
+    Ok(segments.windows(2).map(|pair| (pair[0].clone(), pair[1].first_seq - 1)).collect())
 }
 
 /// What reading a segment found.
@@ -223,7 +220,15 @@ impl LogWriter {
         file.write_all(MAGIC).map_err(io_err(&path))?;
         file.sync_all().map_err(io_err(&path))?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
-        Ok(LogWriter { dir: dir.to_path_buf(), file, path, first_seq, len: MAGIC.len() as u64, next_seq: first_seq, buf: Vec::new() })
+        Ok(LogWriter {
+            dir: dir.to_path_buf(),
+            file,
+            path,
+            first_seq,
+            len: MAGIC.len() as u64,
+            next_seq: first_seq,
+            buf: Vec::new(),
+        })
     }
 
     /// The sequence number the next event will get.
@@ -417,7 +422,14 @@ mod tests {
     use super::*;
 
     fn row(i: i64) -> Row {
-        vec![Value::Int(i), Value::String(format!("s{i}")), Value::Null, Value::Timestamp(i * 10), Value::Bool(i % 2 == 0), Value::Float(i as f64 / 3.0)]
+        vec![
+            Value::Int(i),
+            Value::String(format!("s{i}")),
+            Value::Null,
+            Value::Timestamp(i * 10),
+            Value::Bool(i % 2 == 0),
+            Value::Float(i as f64 / 3.0),
+        ]
     }
 
     #[test]
@@ -432,10 +444,13 @@ mod tests {
         assert_eq!(log.append(7, &[row(4)]), 4);
         log.sync().unwrap();
         let records = read_sealed(&sealed.path).unwrap();
-        assert_eq!(records, vec![
-            Record { first_seq: 1, ingest_time: 5, rows: vec![row(1), row(2)] },
-            Record { first_seq: 3, ingest_time: 6, rows: vec![row(3)] },
-        ]);
+        assert_eq!(
+            records,
+            vec![
+                Record { first_seq: 1, ingest_time: 5, rows: vec![row(1), row(2)] },
+                Record { first_seq: 3, ingest_time: 6, rows: vec![row(3)] },
+            ]
+        );
         assert_eq!(sealed_segments(dir.path()).unwrap().len(), 1);
         // reopening seals the active segment and continues the numbering
         drop(log);

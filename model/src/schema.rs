@@ -54,18 +54,15 @@ impl DatasetSpec {
         }
         match self.fields.get(&self.time_field) {
             Some(FieldType::Timestamp) => {}
-            Some(other) => problems.push(format!(
-                "time_field {:?} must be a timestamp field, not {other:?}",
-                self.time_field
-            )),
+            Some(other) => {
+                problems.push(format!("time_field {:?} must be a timestamp field, not {other:?}", self.time_field))
+            }
             None => problems.push(format!("time_field {:?} is not a field", self.time_field)),
         }
         if let Some(id) = &self.id_field {
             match self.fields.get(id) {
                 Some(FieldType::String) | Some(FieldType::Int64) => {}
-                Some(other) => problems.push(format!(
-                    "id_field {id:?} must be a string or int64 field, not {other:?}"
-                )),
+                Some(other) => problems.push(format!("id_field {id:?} must be a string or int64 field, not {other:?}")),
                 None => problems.push(format!("id_field {id:?} is not a field")),
             }
         }
@@ -111,16 +108,11 @@ mod tests {
     #[test]
     fn unknown_types_and_keys_are_refused() {
         assert!(
-            serde_json::from_str::<DatasetSpec>(
-                r#"{"name":"p","time_field":"ts","fields":{"ts":"date"}}"#
-            )
-            .is_err()
+            serde_json::from_str::<DatasetSpec>(r#"{"name":"p","time_field":"ts","fields":{"ts":"date"}}"#).is_err()
         );
         assert!(
-            serde_json::from_str::<DatasetSpec>(
-                r#"{"name":"p","time_field":"ts","fields":{"ts":"timestamp"},"x":1}"#
-            )
-            .is_err()
+            serde_json::from_str::<DatasetSpec>(r#"{"name":"p","time_field":"ts","fields":{"ts":"timestamp"},"x":1}"#)
+                .is_err()
         );
     }
 

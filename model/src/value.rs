@@ -65,9 +65,9 @@ impl Value {
             Value::Null => serde_json::Value::Null,
             Value::String(s) => serde_json::Value::String(s.clone()),
             Value::Int(i) => (*i).into(),
-            Value::Float(f) => serde_json::Number::from_f64(*f)
-                .map(serde_json::Value::Number)
-                .unwrap_or(serde_json::Value::Null),
+            Value::Float(f) => {
+                serde_json::Number::from_f64(*f).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
+            }
             Value::Bool(b) => (*b).into(),
             Value::Timestamp(t) => serde_json::Value::String(format_timestamp(*t)),
         }
@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn nulls_sort_first() {
-        let mut v = vec![Value::String("b".into()), Value::Null, Value::String("a".into())];
+        let mut v = [Value::String("b".into()), Value::Null, Value::String("a".into())];
         v.sort_by(|a, b| a.total_cmp(b));
         assert_eq!(v[0], Value::Null);
         assert_eq!(v[1], Value::String("a".into()));

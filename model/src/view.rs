@@ -78,16 +78,11 @@ impl Measure {
         if text == "count" || text == "count(*)" {
             return Ok(Measure { name: name.to_string(), kind: MeasureKind::Count, field: None });
         }
-        let (func, rest) = text
-            .split_once('(')
-            .ok_or_else(|| format!("measure {name:?}: {text:?} is not count, count(f), sum(f), min(f), max(f) or avg(f)"))?;
-        let field = rest
-            .strip_suffix(')')
-            .ok_or_else(|| format!("measure {name:?}: missing ')' in {text:?}"))?
-            .trim();
-        let ty = dataset
-            .field_type(field)
-            .ok_or_else(|| format!("measure {name:?}: unknown field {field:?}"))?;
+        let (func, rest) = text.split_once('(').ok_or_else(|| {
+            format!("measure {name:?}: {text:?} is not count, count(f), sum(f), min(f), max(f) or avg(f)")
+        })?;
+        let field = rest.strip_suffix(')').ok_or_else(|| format!("measure {name:?}: missing ')' in {text:?}"))?.trim();
+        let ty = dataset.field_type(field).ok_or_else(|| format!("measure {name:?}: unknown field {field:?}"))?;
         let kind = match func.trim() {
             "count" => MeasureKind::CountField,
             "sum" => MeasureKind::Sum,
@@ -162,7 +157,9 @@ impl ViewSpec {
                     dimension_index.push(dataset.index_of(dim).unwrap());
                     dimension_types.push(ty);
                 }
-                Some(ty) => problems.push(format!("dimension {dim:?} is {ty:?}; dimensions are string, int64 or bool fields")),
+                Some(ty) => {
+                    problems.push(format!("dimension {dim:?} is {ty:?}; dimensions are string, int64 or bool fields"))
+                }
                 None => problems.push(format!("dimension {dim:?} is not a field of dataset {:?}", dataset.name)),
             }
         }

@@ -48,18 +48,28 @@ impl AppState {
     /// Connects the catalog, loads every view's published version and replays the log
     /// past it into the speed layer.
     pub async fn start(config: ServeConfig) -> anyhow::Result<AppState> {
-        let catalog = Catalog::connect(config.storage.database_url.as_deref(), &config.storage.data_dir).await.context("opening the catalog")?;
+        let catalog = Catalog::connect(config.storage.database_url.as_deref(), &config.storage.data_dir)
+            .await
+            .context("opening the catalog")?;
         let env = BatchEnv::local(catalog.clone(), config.storage.data_dir.clone())?;
         let abandoned = catalog.fail_all_abandoned().await?;
         if abandoned > 0 {
             tracing::warn!(runs = abandoned, "marked runs abandoned by a stopped process as failed");
         }
-        let state = AppState(Arc::new(Inner { env, config, datasets: RwLock::new(BTreeMap::new()), views: RwLock::new(BTreeMap::new()) }));
+        let state = AppState(Arc::new(Inner {
+            env,
+            config,
+            datasets: RwLock::new(BTreeMap::new()),
+            views: RwLock::new(BTreeMap::new()),
+        }));
         let views = catalog.views().await?;
         for dataset in catalog.datasets().await? {
             let mut lives = Vec::new();
             for view in views.iter().filter(|v| v.spec.dataset == dataset.spec.name) {
-                let live = state.load_view(&dataset.spec, view).await.with_context(|| format!("loading view {:?}", view.spec.name))?;
+                let live = state
+                    .load_view(&dataset.spec, view)
+                    .await
+                    .with_context(|| format!("loading view {:?}", view.spec.name))?;
                 lives.push(live);
             }
             state.open_dataset(dataset, lives.clone())?;
@@ -72,7 +82,11 @@ impl AppState {
     }
 
     fn writer_config(&self) -> WriterConfig {
-        WriterConfig { dedup_window: self.config.dedup_window, roll_interval: self.config.segment_interval, ..WriterConfig::default() }
+        WriterConfig {
+            dedup_window: self.config.dedup_window,
+            roll_interval: self.config.segment_interval,
+            ..WriterConfig::default()
+        }
     }
 
     fn open_dataset(&self, record: DatasetRecord, views: Vec<Arc<ViewLive>>) -> anyhow::Result<Dataset> {
@@ -101,15 +115,22 @@ impl AppState {
         Ok(Arc::new(live))
     }
 
-    async fn snapshot(&self, view: &tandem_model::view::CompiledView, version: i64) -> tandem_batch::Result<BatchSnapshot> {
-        let record = self
-            .env
-            .catalog
-            .version(&view.spec.name, version)
-            .await?
-            .ok_or_else(|| tandem_batch::Error::NotFound(format!("version {version} of view {:?}", view.spec.name)))?;
+    async fn snapshot(
+        &self,
+        view: &tandem_model::view::CompiledView,
+        version: i64,
+    ) -> tandem_batch::Result<BatchSnapshot> {
+        let record =
+            self.env.catalog.version(&view.spec.name, version).await?.ok_or_else(|| {
+                tandem_batch::Error::NotFound(format!("version {version} of view {:?}", view.spec.name))
+            })?;
         let groups = load_version(&self.env.store, view, &record.files).await?;
-        Ok(BatchSnapshot { version, watermark: record.watermark, finished_at: Some(format_timestamp(record.created_at)), groups })
+        Ok(BatchSnapshot {
+            version,
+            watermark: record.watermark,
+            finished_at: Some(format_timestamp(record.created_at)),
+            groups,
+        })
     }
 
     /// Installs version `version` of a view if it is newer than what the view serves.
@@ -145,21 +166,39 @@ impl AppState {
     pub async fn create_dataset(&self, spec: DatasetSpec) -> ApiResult<DatasetRecord> {
         spec.validate().map_err(|p| ApiError::invalid("invalid_dataset", "invalid dataset", p))?;
         let record = self.env.catalog.create_dataset(&spec).await?;
-        self.open_dataset(record.clone(), Vec::new()).map_err(|e| ApiError::internal("could not open the dataset's log", format!("{e:#}")))?;
+        self.open_dataset(record.clone(), Vec::new())
+            .map_err(|e| ApiError::internal("could not open the dataset's log", format!("{e:#}")))?;
         Ok(record)
     }
 
     /// Creates a view. Its speed layer starts with the next event; if the dataset already
     /// holds events, the view is building until its first batch run publishes.
     pub async fn create_view(&self, spec: ViewSpec) -> ApiResult<(ViewRecord, Arc<ViewLive>)> {
-        let dataset = self.dataset(&spec.dataset).ok_or_else(|| ApiError::invalid("invalid_view", "invalid view", vec![format!("dataset {:?} does not exist", spec.dataset)]))?;
-        let compiled = spec.compile(&dataset.record.spec).map_err(|p| ApiError::invalid("invalid_view", "invalid view", p))?;
+        let dataset = self.dataset(&spec.dataset).ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_view",
+                "invalid view",
+                vec![format!("dataset {:?} does not exist", spec.dataset)],
+            )
+        })?;
+        let compiled =
+            spec.compile(&dataset.record.spec).map_err(|p| ApiError::invalid("invalid_view", "invalid view", p))?;
         if let Err(e) = spec.schedule().parse::<croner::Cron>() {
-            return Err(ApiError::invalid("invalid_view", "invalid view", vec![format!("schedule {:?}: {e}", spec.schedule())]));
+            return Err(ApiError::invalid(
+                "invalid_view",
+                "invalid view",
+                vec![format!("schedule {:?}: {e}", spec.schedule())],
+            ));
         }
-        let live = Arc::new(ViewLive::new(compiled, None).map_err(|e| ApiError::invalid("invalid_view", "invalid view", vec![e]))?);
+        let live = Arc::new(
+            ViewLive::new(compiled, None).map_err(|e| ApiError::invalid("invalid_view", "invalid view", vec![e]))?,
+        );
         if self.env.catalog.view(&spec.name).await?.is_some() {
-            return Err(ApiError::new(axum::http::StatusCode::CONFLICT, "conflict", format!("view {:?} already exists", spec.name)));
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "conflict",
+                format!("view {:?} already exists", spec.name),
+            ));
         }
         let floor = dataset.writer.add_view(live.clone()).await?;
         let record = match self.env.catalog.create_view(&spec, floor).await {
@@ -174,7 +213,8 @@ impl AppState {
     }
 
     pub async fn delete_view(&self, name: &str) -> ApiResult<()> {
-        let files = self.env.catalog.delete_view(name).await?.ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
+        let files =
+            self.env.catalog.delete_view(name).await?.ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
         let removed = self.views.write().remove(name);
         if let Some(live) = removed
             && let Some(dataset) = self.dataset(&live.view.spec.dataset)

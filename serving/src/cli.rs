@@ -28,7 +28,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}
@@ -37,7 +38,9 @@ async fn shutdown_signal() {
 
 /// Recomputes the chosen views in this process; fails if any run fails.
 pub async fn batch(config: BatchConfig) -> anyhow::Result<()> {
-    let catalog = Catalog::connect(config.storage.database_url.as_deref(), &config.storage.data_dir).await.context("opening the catalog")?;
+    let catalog = Catalog::connect(config.storage.database_url.as_deref(), &config.storage.data_dir)
+        .await
+        .context("opening the catalog")?;
     let env = BatchEnv::local(catalog.clone(), config.storage.data_dir.clone())?;
     let views = match &config.view {
         Some(name) => {

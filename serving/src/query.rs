@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
-use tandem_model::agg::{Groups, MeasureState};
+use tandem_model::agg::{GroupKey, Groups, MeasureState};
 use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
 use tandem_model::{FieldType, Granularity, Value};
@@ -53,13 +53,21 @@ impl QueryRequest {
                 "from" => q.from = Some(value),
                 "to" => q.to = Some(value),
                 "granularity" => {
-                    q.granularity = Some(Granularity::parse(&value).ok_or_else(|| invalid(format!("unknown granularity {value:?}")))?)
+                    q.granularity = Some(
+                        Granularity::parse(&value).ok_or_else(|| invalid(format!("unknown granularity {value:?}")))?,
+                    )
                 }
                 "group_by" => q.group_by = Some(list(&value)),
                 "measures" => q.measures = Some(list(&value)),
                 "filter" => {
-                    let (dim, values) = value.split_once(':').ok_or_else(|| invalid(format!("filter {value:?} is not dim:value,value")))?;
-                    q.filter.get_or_insert_with(HashMap::new).entry(dim.to_string()).or_default().extend(list(values).into_iter().map(Json::String));
+                    let (dim, values) = value
+                        .split_once(':')
+                        .ok_or_else(|| invalid(format!("filter {value:?} is not dim:value,value")))?;
+                    q.filter
+                        .get_or_insert_with(HashMap::new)
+                        .entry(dim.to_string())
+                        .or_default()
+                        .extend(list(values).into_iter().map(Json::String));
                 }
                 "order_by" => {
                     q.order_by = Some(
@@ -72,7 +80,9 @@ impl QueryRequest {
                             .collect(),
                     )
                 }
-                "limit" => q.limit = Some(value.parse().map_err(|_| invalid(format!("limit {value:?} is not a count")))?),
+                "limit" => {
+                    q.limit = Some(value.parse().map_err(|_| invalid(format!("limit {value:?} is not a count")))?)
+                }
                 other => return Err(invalid(format!("unknown query key {other:?}"))),
             }
         }
@@ -108,13 +118,21 @@ enum Column {
 
 fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
     let time = |t: &Option<String>, key: &str| -> Result<Option<i64>, ApiError> {
-        t.as_ref().map(|s| parse_timestamp(s).ok_or_else(|| invalid(format!("{key} {s:?} is not an RFC 3339 time")))).transpose()
+        t.as_ref()
+            .map(|s| parse_timestamp(s).ok_or_else(|| invalid(format!("{key} {s:?} is not an RFC 3339 time"))))
+            .transpose()
     };
     let dims = &view.spec.dimensions;
-    let dim_pos = |d: &str| dims.iter().position(|x| x == d).ok_or_else(|| invalid(format!("{d:?} is not a dimension of view {:?}", view.spec.name)));
+    let dim_pos = |d: &str| {
+        dims.iter()
+            .position(|x| x == d)
+            .ok_or_else(|| invalid(format!("{d:?} is not a dimension of view {:?}", view.spec.name)))
+    };
     let granularity = q.granularity.unwrap_or(view.spec.granularity);
     if granularity < view.spec.granularity {
-        return Err(invalid(format!("granularity {granularity:?} is finer than the view's {:?}", view.spec.granularity).to_lowercase()));
+        return Err(invalid(
+            format!("granularity {granularity:?} is finer than the view's {:?}", view.spec.granularity).to_lowercase(),
+        ));
     }
     let group = match &q.group_by {
         Some(g) => g.iter().map(|d| dim_pos(d)).collect::<Result<Vec<_>, _>>()?,
@@ -124,14 +142,25 @@ fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
     for (dim, values) in q.filter.unwrap_or_default() {
         let pos = dim_pos(&dim)?;
         let ty = view.dimension_types[pos];
-        let set = values.iter().map(|v| filter_value(ty, v).ok_or_else(|| invalid(format!("filter value {v} does not fit dimension {dim:?} ({ty:?})")))).collect::<Result<_, _>>()?;
+        let set = values
+            .iter()
+            .map(|v| {
+                filter_value(ty, v)
+                    .ok_or_else(|| invalid(format!("filter value {v} does not fit dimension {dim:?} ({ty:?})")))
+            })
+            .collect::<Result<_, _>>()?;
         filters.push((pos, set));
     }
     let measure_names: Vec<&str> = view.measures.iter().map(|(m, _)| m.name.as_str()).collect();
     let measures = match &q.measures {
         Some(ms) => ms
             .iter()
-            .map(|m| measure_names.iter().position(|x| x == m).ok_or_else(|| invalid(format!("{m:?} is not a measure of view {:?}", view.spec.name))))
+            .map(|m| {
+                measure_names
+                    .iter()
+                    .position(|x| x == m)
+                    .ok_or_else(|| invalid(format!("{m:?} is not a measure of view {:?}", view.spec.name)))
+            })
             .collect::<Result<Vec<_>, _>>()?,
         None => (0..measure_names.len()).collect(),
     };
@@ -148,7 +177,16 @@ fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
         };
         order.push((column, o.desc));
     }
-    Ok(Plan { from: time(&q.from, "from")?, to: time(&q.to, "to")?, granularity, group, filters, measures, order, limit: q.limit })
+    Ok(Plan {
+        from: time(&q.from, "from")?,
+        to: time(&q.to, "to")?,
+        granularity,
+        group,
+        filters,
+        measures,
+        order,
+        limit: q.limit,
+    })
 }
 
 fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {
@@ -169,9 +207,13 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
     let plan = plan(view, request)?;
     let (groups, freshness) = live.read(|state| {
         if !state.is_ready() {
-            return Err(ApiError::unavailable("view_building", format!("view {:?} is building its first batch version", view.spec.name), 5));
+            return Err(ApiError::unavailable(
+                "view_building",
+                format!("view {:?} is building its first batch version", view.spec.name),
+                5,
+            ));
         }
-        let mut merged: HashMap<(i64, Vec<Value>), Vec<MeasureState>> = HashMap::new();
+        let mut merged = Groups::new();
         let layers = state.batch.iter().map(|b| &b.groups).chain(state.segments.values().map(|s| &s.groups));
         for groups in layers {
             fold_groups(&plan, groups, &mut merged);
@@ -184,15 +226,17 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
         });
         Ok((merged, freshness))
     })?;
-    let mut rows: Vec<((i64, Vec<Value>), Vec<MeasureState>)> = groups.into_iter().collect();
-    let default_order = |a: &(i64, Vec<Value>), b: &(i64, Vec<Value>)| {
-        a.0.cmp(&b.0).then_with(|| a.1.iter().zip(&b.1).map(|(x, y)| x.total_cmp(y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal))
+    let mut rows: Vec<(GroupKey, Vec<MeasureState>)> = groups.into_iter().collect();
+    let default_order = |a: &GroupKey, b: &GroupKey| {
+        a.bucket.cmp(&b.bucket).then_with(|| {
+            a.dims.iter().zip(&b.dims).map(|(x, y)| x.total_cmp(y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
+        })
     };
     rows.sort_by(|(ka, sa), (kb, sb)| {
         for (column, desc) in &plan.order {
             let o = match column {
-                Column::Bucket => ka.0.cmp(&kb.0),
-                Column::Dim(i) => ka.1[*i].total_cmp(&kb.1[*i]),
+                Column::Bucket => ka.bucket.cmp(&kb.bucket),
+                Column::Dim(i) => ka.dims[*i].total_cmp(&kb.dims[*i]),
                 Column::Measure(i) => sa[*i].sort_key().total_cmp(&sb[*i].sort_key()),
             };
             let o = if *desc { o.reverse() } else { o };
@@ -207,7 +251,7 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
     }
     let out: Vec<Json> = rows
         .into_iter()
-        .map(|((bucket, dims), states)| {
+        .map(|(GroupKey { bucket, dims }, states)| {
             let mut row = Map::new();
             if plan.granularity != Granularity::All {
                 row.insert("bucket".into(), Json::String(format_timestamp(bucket)));
@@ -226,7 +270,7 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
 
 /// Folds one layer's groups into the answer's groups, applying the plan's range, filters,
 /// granularity and grouping. `[from, to)` applies to the start of the view's own buckets.
-fn fold_groups(plan: &Plan, groups: &Groups, into: &mut HashMap<(i64, Vec<Value>), Vec<MeasureState>>) {
+fn fold_groups(plan: &Plan, groups: &Groups, into: &mut Groups) {
     for (key, states) in groups {
         if plan.from.is_some_and(|f| key.bucket < f) || plan.to.is_some_and(|t| key.bucket >= t) {
             continue;
@@ -234,7 +278,10 @@ fn fold_groups(plan: &Plan, groups: &Groups, into: &mut HashMap<(i64, Vec<Value>
         if !plan.filters.iter().all(|(pos, allowed)| allowed.contains(&key.dims[*pos])) {
             continue;
         }
-        let out_key = (plan.granularity.truncate(key.bucket), plan.group.iter().map(|&g| key.dims[g].clone()).collect());
+        let out_key = GroupKey {
+            bucket: plan.granularity.truncate(key.bucket),
+            dims: plan.group.iter().map(|&g| key.dims[g].clone()).collect(),
+        };
         let selected = plan.measures.iter().map(|&m| &states[m]);
         match into.get_mut(&out_key) {
             Some(existing) => existing.iter_mut().zip(selected).for_each(|(a, b)| a.merge(b)),

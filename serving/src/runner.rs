@@ -46,7 +46,11 @@ async fn execute_run(state: &AppState, run: &RunRecord) {
 /// Starts the background tasks: the version poller, the scheduler, and first runs for
 /// views still building after a restart.
 pub fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
-    vec![tokio::spawn(poll_versions(state.clone())), tokio::spawn(schedule(state.clone())), tokio::spawn(resume_building(state.clone()))]
+    vec![
+        tokio::spawn(poll_versions(state.clone())),
+        tokio::spawn(schedule(state.clone())),
+        tokio::spawn(resume_building(state.clone())),
+    ]
 }
 
 /// Installs versions that another process (`tandem batch`) published.
@@ -81,9 +85,14 @@ async fn schedule(state: AppState) {
         for name in names {
             let Some(live) = state.view(&name) else { continue };
             let Ok(cron) = live.view.spec.schedule().parse::<croner::Cron>() else { continue };
-            let due = *next.entry(name.clone()).or_insert_with(|| cron.find_next_occurrence(&now, false).unwrap_or(now + chrono::Duration::days(365)));
+            let due = *next
+                .entry(name.clone())
+                .or_insert_with(|| cron.find_next_occurrence(&now, false).unwrap_or(now + chrono::Duration::days(365)));
             if due <= now {
-                next.insert(name.clone(), cron.find_next_occurrence(&now, false).unwrap_or(now + chrono::Duration::days(365)));
+                next.insert(
+                    name.clone(),
+                    cron.find_next_occurrence(&now, false).unwrap_or(now + chrono::Duration::days(365)),
+                );
                 if let Err(e) = trigger(&state, &name, Trigger::Schedule).await {
                     tracing::warn!(view = name, error = e.message, "scheduled run could not start");
                 }

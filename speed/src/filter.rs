@@ -26,19 +26,32 @@ impl ViewFilter {
         let schema = dataset_schema(dataset, false);
         let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| e.to_string())?;
         let ctx = SessionContext::new();
-        let expr = ctx.parse_sql_expr(sql, &df_schema).map_err(|e| format!("filter: {}", first_line(&e.to_string())))?;
+        let expr =
+            ctx.parse_sql_expr(sql, &df_schema).map_err(|e| format!("filter: {}", first_line(&e.to_string())))?;
         let mut forbidden = None;
         expr.apply(|e| {
-            if matches!(e, Expr::AggregateFunction(_) | Expr::WindowFunction(_) | Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) | Expr::Placeholder(_)) {
+            if matches!(
+                e,
+                Expr::AggregateFunction(_)
+                    | Expr::WindowFunction(_)
+                    | Expr::ScalarSubquery(_)
+                    | Expr::Exists(_)
+                    | Expr::InSubquery(_)
+                    | Expr::Placeholder(_)
+            ) {
                 forbidden = Some(e.to_string());
             }
             Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
         })
         .map_err(|e| e.to_string())?;
         if let Some(what) = forbidden {
-            return Err(format!("filter: {what} is not allowed; a filter is a boolean expression over one event's fields"));
+            return Err(format!(
+                "filter: {what} is not allowed; a filter is a boolean expression over one event's fields"
+            ));
         }
-        let physical = ctx.create_physical_expr(expr, &df_schema).map_err(|e| format!("filter: {}", first_line(&e.to_string())))?;
+        let physical = ctx
+            .create_physical_expr(expr, &df_schema)
+            .map_err(|e| format!("filter: {}", first_line(&e.to_string())))?;
         let ty = physical.data_type(&schema).map_err(|e| e.to_string())?;
         if ty != DataType::Boolean {
             return Err(format!("filter: expression is {ty}, not boolean"));
@@ -78,7 +91,12 @@ mod tests {
     #[test]
     fn accepts_boolean_expressions_only() {
         let d = dataset();
-        for good in ["bot = false", "country IN ('US', 'DE') AND ms > 10", "NOT bot OR bot IS NULL", "ts >= '2026-01-01T00:00:00Z'"] {
+        for good in [
+            "bot = false",
+            "country IN ('US', 'DE') AND ms > 10",
+            "NOT bot OR bot IS NULL",
+            "ts >= '2026-01-01T00:00:00Z'",
+        ] {
             ViewFilter::compile(&d, good).unwrap_or_else(|e| panic!("{good}: {e}"));
         }
         for bad in [

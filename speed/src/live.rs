@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use tandem_model::Row;
 use tandem_model::agg::{Groups, fold_row, merge_groups};
 use tandem_model::columnar::rows_to_batch;
 use tandem_model::view::CompiledView;
-use tandem_model::Row;
 
 use crate::filter::ViewFilter;
 
@@ -78,7 +78,11 @@ impl ViewLive {
             None => None,
         };
         let floor = batch.as_ref().map(|b| b.watermark).unwrap_or(0);
-        Ok(ViewLive { view, filter, state: RwLock::new(LiveState { batch: batch.map(Arc::new), floor, segments: BTreeMap::new() }) })
+        Ok(ViewLive {
+            view,
+            filter,
+            state: RwLock::new(LiveState { batch: batch.map(Arc::new), floor, segments: BTreeMap::new() }),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -114,7 +118,10 @@ impl ViewLive {
                 let refs: Vec<&Row> = rows.iter().collect();
                 let batch = rows_to_batch(&self.view.dataset, &refs, None).map_err(|e| e.to_string())?;
                 let mask = filter.evaluate(&batch)?;
-                rows.iter().zip(mask).filter(|(_, keep)| *keep).for_each(|(row, _)| fold_row(&self.view, &mut partial, row));
+                rows.iter()
+                    .zip(mask)
+                    .filter(|(_, keep)| *keep)
+                    .for_each(|(row, _)| fold_row(&self.view, &mut partial, row));
             }
             None => rows.iter().for_each(|row| fold_row(&self.view, &mut partial, row)),
         }
@@ -158,8 +165,12 @@ mod tests {
     use tandem_model::{DatasetSpec, Value, ViewSpec};
 
     fn view(filter: Option<&str>) -> CompiledView {
-        let d: DatasetSpec = serde_json::from_str(r#"{"name":"d","time_field":"ts","fields":{"ts":"timestamp","n":"int64"}}"#).unwrap();
-        let mut v: ViewSpec = serde_json::from_str(r#"{"name":"v","dataset":"d","granularity":"day","measures":{"c":"count","s":"sum(n)"}}"#).unwrap();
+        let d: DatasetSpec =
+            serde_json::from_str(r#"{"name":"d","time_field":"ts","fields":{"ts":"timestamp","n":"int64"}}"#).unwrap();
+        let mut v: ViewSpec = serde_json::from_str(
+            r#"{"name":"v","dataset":"d","granularity":"day","measures":{"c":"count","s":"sum(n)"}}"#,
+        )
+        .unwrap();
         v.filter = filter.map(str::to_string);
         v.compile(&d).unwrap()
     }

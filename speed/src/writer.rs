@@ -83,9 +83,23 @@ pub struct DatasetWriter {
 impl DatasetWriter {
     /// Opens the dataset's log in `dir`, rebuilds each view's speed layer and the dedup
     /// index from it, and starts the writer thread.
-    pub fn open(dir: &Path, spec: DatasetSpec, views: Vec<Arc<ViewLive>>, config: WriterConfig) -> Result<(DatasetWriter, Recovery), WriteError> {
+    pub fn open(
+        dir: &Path,
+        spec: DatasetSpec,
+        views: Vec<Arc<ViewLive>>,
+        config: WriterConfig,
+    ) -> Result<(DatasetWriter, Recovery), WriteError> {
         let (log, recovery) = LogWriter::open(dir)?;
-        let mut thread = WriterThread { spec: spec.clone(), log, views, dedup: Dedup::default(), config, opened: Instant::now(), dir: dir.to_path_buf(), group_ids: HashSet::new() };
+        let mut thread = WriterThread {
+            spec: spec.clone(),
+            log,
+            views,
+            dedup: Dedup::default(),
+            config,
+            opened: Instant::now(),
+            dir: dir.to_path_buf(),
+            group_ids: HashSet::new(),
+        };
         thread.replay()?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let handle = std::thread::Builder::new()
@@ -205,7 +219,8 @@ impl WriterThread {
                     }
                 }
                 for view in &self.views {
-                    view.apply(segment.first_seq, record.first_seq, record.ingest_time, &record.rows).map_err(WriteError::View)?;
+                    view.apply(segment.first_seq, record.first_seq, record.ingest_time, &record.rows)
+                        .map_err(WriteError::View)?;
                 }
             }
         }
@@ -297,7 +312,10 @@ impl WriterThread {
             let message = e.to_string();
             tracing::error!(dataset = %self.spec.name, error = %message, "log sync failed; rejecting the group");
             for p in pending {
-                let _ = p.reply.send(Err(WriteError::Log(LogError::Io { path: self.dir.clone(), source: std::io::Error::other(message.clone()) })));
+                let _ = p.reply.send(Err(WriteError::Log(LogError::Io {
+                    path: self.dir.clone(),
+                    source: std::io::Error::other(message.clone()),
+                })));
             }
             return;
         }
@@ -328,12 +346,12 @@ impl WriterThread {
                 let _ = reply.send(self.roll());
             }
             Command::AddView { view, reply } => {
-                let result = self.roll().map(|sealed_through| {
+                let result = self.roll();
+                if let Ok(sealed_through) = result {
                     view.set_floor(sealed_through);
                     self.views.retain(|v| v.name() != view.name());
                     self.views.push(view);
-                    sealed_through
-                });
+                }
                 let _ = reply.send(result);
             }
             Command::RemoveView { name, reply } => {
@@ -352,10 +370,12 @@ impl WriterThread {
 
     fn maybe_roll(&mut self) {
         let has_events = self.log.next_seq() > self.log.active_first_seq();
-        if has_events && (self.opened.elapsed() >= self.config.roll_interval || self.log.active_len() >= self.config.roll_bytes) {
-            if let Err(e) = self.roll() {
-                tracing::error!(dataset = %self.spec.name, error = %e, "could not seal the active segment");
-            }
+        let due = self.opened.elapsed() >= self.config.roll_interval || self.log.active_len() >= self.config.roll_bytes;
+        if has_events
+            && due
+            && let Err(e) = self.roll()
+        {
+            tracing::error!(dataset = %self.spec.name, error = %e, "could not seal the active segment");
         }
     }
 }
@@ -367,11 +387,17 @@ mod tests {
     use tandem_model::{Value, ViewSpec};
 
     fn dataset() -> DatasetSpec {
-        serde_json::from_str(r#"{"name":"d","time_field":"ts","id_field":"id","fields":{"ts":"timestamp","id":"string","n":"int64"}}"#).unwrap()
+        serde_json::from_str(
+            r#"{"name":"d","time_field":"ts","id_field":"id","fields":{"ts":"timestamp","id":"string","n":"int64"}}"#,
+        )
+        .unwrap()
     }
 
     fn view() -> Arc<ViewLive> {
-        let v: ViewSpec = serde_json::from_str(r#"{"name":"v","dataset":"d","granularity":"day","measures":{"c":"count","s":"sum(n)"}}"#).unwrap();
+        let v: ViewSpec = serde_json::from_str(
+            r#"{"name":"v","dataset":"d","granularity":"day","measures":{"c":"count","s":"sum(n)"}}"#,
+        )
+        .unwrap();
         Arc::new(ViewLive::new(v.compile(&dataset()).unwrap(), None).unwrap())
     }
 
@@ -393,14 +419,17 @@ mod tests {
     async fn duplicates_are_dropped_and_everything_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let live = view();
-        let (writer, _) = DatasetWriter::open(dir.path(), dataset(), vec![live.clone()], WriterConfig::default()).unwrap();
+        let (writer, _) =
+            DatasetWriter::open(dir.path(), dataset(), vec![live.clone()], WriterConfig::default()).unwrap();
         let out = writer.append(vec![event("a", 1), event("b", 2), event("a", 100)]).await.unwrap();
         assert_eq!(out, AppendOutcome { accepted: 2, duplicates: 1 });
         // concurrent requests share group commits; all are applied exactly once
-        let tasks: Vec<_> = (0..50).map(|i| {
-            let w = writer.clone();
-            tokio::spawn(async move { w.append(vec![event(&format!("x{i}"), i)]).await.unwrap() })
-        }).collect();
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let w = writer.clone();
+                tokio::spawn(async move { w.append(vec![event(&format!("x{i}"), i)]).await.unwrap() })
+            })
+            .collect();
         for t in tasks {
             assert_eq!(t.await.unwrap().accepted, 1);
         }
@@ -410,7 +439,8 @@ mod tests {
         assert!(writer.append(vec![event("z", 1)]).await.is_err());
 
         let again = view();
-        let (writer, recovery) = DatasetWriter::open(dir.path(), dataset(), vec![again.clone()], WriterConfig::default()).unwrap();
+        let (writer, recovery) =
+            DatasetWriter::open(dir.path(), dataset(), vec![again.clone()], WriterConfig::default()).unwrap();
         assert!(recovery.truncated.is_none());
         assert_eq!(totals(&again), expected, "replay rebuilds the speed layer");
         let out = writer.append(vec![event("b", 5), event("c", 5)]).await.unwrap();

@@ -15,7 +15,10 @@ fn to_json(record: &DatasetRecord) -> Value {
     v
 }
 
-pub async fn create(State(state): State<AppState>, ApiJson(spec): ApiJson<DatasetSpec>) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(spec): ApiJson<DatasetSpec>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let record = state.create_dataset(spec).await?;
     Ok((StatusCode::CREATED, Json(to_json(&record))))
 }

@@ -10,7 +10,12 @@ use super::error::{ApiError, ApiResult};
 use crate::app::AppState;
 
 /// `POST /v1/datasets/{name}/events`: validate all, store all durably, answer.
-pub async fn ingest(State(state): State<AppState>, Path(name): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+pub async fn ingest(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
     let dataset = state.dataset(&name).ok_or_else(|| ApiError::not_found(format!("dataset {name:?}")))?;
     let format = format_of(&headers)?;
     let body = body?;

@@ -39,7 +39,11 @@ async fn view_json(state: &AppState, record: &ViewRecord) -> ApiResult<Value> {
     v["created_at"] = json!(format_timestamp(record.created_at));
     let (status, version, watermark) = match state.view(&record.spec.name) {
         Some(live) => live.read(|s| {
-            (if s.is_ready() { "ready" } else { "building" }, s.batch.as_ref().map(|b| b.version), s.batch.as_ref().map(|b| b.watermark))
+            (
+                if s.is_ready() { "ready" } else { "building" },
+                s.batch.as_ref().map(|b| b.version),
+                s.batch.as_ref().map(|b| b.watermark),
+            )
         }),
         None => ("building", None, None),
     };
@@ -55,7 +59,10 @@ async fn record(state: &AppState, name: &str) -> ApiResult<ViewRecord> {
     state.env.catalog.view(name).await?.ok_or_else(|| ApiError::not_found(format!("view {name:?}")))
 }
 
-pub async fn create(State(state): State<AppState>, ApiJson(spec): ApiJson<ViewSpec>) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(spec): ApiJson<ViewSpec>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let (record, live) = state.create_view(spec).await?;
     if !live.read(|s| s.is_ready()) {
         runner::trigger(&state, &record.spec.name, Trigger::Create).await?;
@@ -81,7 +88,11 @@ pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> 
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn query_post(State(state): State<AppState>, Path(name): Path<String>, ApiJson(request): ApiJson<QueryRequest>) -> ApiResult<Json<Value>> {
+pub async fn query_post(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<QueryRequest>,
+) -> ApiResult<Json<Value>> {
     let live = state.view(&name).ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
     Ok(Json(answer(&live, request)?))
 }
@@ -96,7 +107,10 @@ pub async fn query_get(
     Ok(Json(answer(&live, QueryRequest::from_pairs(pairs)?)?))
 }
 
-pub async fn start_run(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn start_run(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     record(&state, &name).await?;
     let (run, _) = runner::trigger(&state, &name, Trigger::Manual).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": run.id, "status": run.status }))))

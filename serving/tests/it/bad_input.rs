@@ -30,22 +30,31 @@ async fn bad_requests_are_refused_and_change_nothing() {
         let (s, b) = server.call("POST", "/v1/datasets", Some(bad)).await;
         assert_error(s, &b, 400, "invalid_dataset");
     }
-    let (s, b) = server.call("POST", "/v1/datasets", Some(json!({"name": "x", "time_field": "ts", "fields": {"ts": "date"}}))).await;
+    let (s, b) = server
+        .call("POST", "/v1/datasets", Some(json!({"name": "x", "time_field": "ts", "fields": {"ts": "date"}})))
+        .await;
     assert_error(s, &b, 400, "invalid_request");
 
     // events: every problem reported with its index and field; nothing stored
     let (s, b) = server
-        .call("POST", "/v1/datasets/pageviews/events", Some(json!([
-            {"ts": "2026-11-01T00:00:00Z", "event_id": "ok"},
-            {"ts": "yesterday", "bytes": 1.5, "extra": 1},
-            {"event_id": "no time"},
-            {"ts": 0, "bytes": 9223372036854775808u64, "bot": "true", "country": ["US"]}
-        ])))
+        .call(
+            "POST",
+            "/v1/datasets/pageviews/events",
+            Some(json!([
+                {"ts": "2026-11-01T00:00:00Z", "event_id": "ok"},
+                {"ts": "yesterday", "bytes": 1.5, "extra": 1},
+                {"event_id": "no time"},
+                {"ts": 0, "bytes": 9223372036854775808u64, "bot": "true", "country": ["US"]}
+            ])),
+        )
         .await;
     assert_error(s, &b, 400, "invalid_events");
     let details = b["error"]["details"].as_array().unwrap();
     for (index, field) in [(1, "ts"), (1, "bytes"), (1, "extra"), (2, "ts"), (3, "bytes"), (3, "bot"), (3, "country")] {
-        assert!(details.iter().any(|d| d["index"] == index && d["field"] == field), "missing ({index}, {field}) in {details:?}");
+        assert!(
+            details.iter().any(|d| d["index"] == index && d["field"] == field),
+            "missing ({index}, {field}) in {details:?}"
+        );
     }
     let (s, b) = server.raw("/v1/datasets/pageviews/events", "application/json", "{\"ts\": 1").await;
     assert_error(s, &b, 400, "invalid_events");
@@ -68,14 +77,35 @@ async fn bad_requests_are_refused_and_change_nothing() {
 
     // views
     for (bad, code) in [
-        (json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "filter": "bot = false; DROP TABLE views"}), "invalid_view"),
-        (json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "filter": "nope = 1"}), "invalid_view"),
-        (json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "filter": "duration_ms + 1"}), "invalid_view"),
-        (json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "sum(country)"}}), "invalid_view"),
-        (json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "dimensions": ["duration_ms"], "measures": {"n": "count"}}), "invalid_view"),
-        (json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "schedule": "every day"}), "invalid_view"),
+        (
+            json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "filter": "bot = false; DROP TABLE views"}),
+            "invalid_view",
+        ),
+        (
+            json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "filter": "nope = 1"}),
+            "invalid_view",
+        ),
+        (
+            json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "filter": "duration_ms + 1"}),
+            "invalid_view",
+        ),
+        (
+            json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "sum(country)"}}),
+            "invalid_view",
+        ),
+        (
+            json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "dimensions": ["duration_ms"], "measures": {"n": "count"}}),
+            "invalid_view",
+        ),
+        (
+            json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "schedule": "every day"}),
+            "invalid_view",
+        ),
         (json!({"name": "w", "dataset": "nope", "granularity": "hour", "measures": {"n": "count"}}), "invalid_view"),
-        (json!({"name": "w", "dataset": "pageviews", "granularity": "week", "measures": {"n": "count"}}), "invalid_request"),
+        (
+            json!({"name": "w", "dataset": "pageviews", "granularity": "week", "measures": {"n": "count"}}),
+            "invalid_request",
+        ),
     ] {
         let (s, b) = server.call("POST", "/v1/views", Some(bad.clone())).await;
         assert_error(s, &b, 400, code);

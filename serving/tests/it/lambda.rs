@@ -60,7 +60,9 @@ impl Gen {
         const COUNTRIES: [Option<&str>; 5] = [Some("US"), Some("DE"), Some("FR"), Some("BR"), None];
         (0..n)
             .map(|_| Event {
-                ts: base + (self.below((spread_hours * 3600) as u64) as i64) * 1_000_000 + self.below(1000) as i64 * 1000,
+                ts: base
+                    + (self.below((spread_hours * 3600) as u64) as i64) * 1_000_000
+                    + self.below(1000) as i64 * 1000,
                 id: format!("e{}", self.below(ids)),
                 country: COUNTRIES[self.below(5) as usize],
                 duration: if self.below(6) == 0 { None } else { Some(self.below(100_000) as f64 / 7.0) },
@@ -122,8 +124,19 @@ fn by_bot_view() -> Value {
            "measures": {"n": "count", "b": "sum(bytes)", "first_ms": "min(duration_ms)"}})
 }
 
+/// One query and what it asks, spelled out for the reference.
+struct Shape<'a> {
+    query: Value,
+    granularity: &'a str,
+    group_by: Vec<&'a str>,
+    countries: Option<&'a [&'a str]>,
+    range: Option<(i64, i64)>,
+}
+
 /// The reference: one straightforward pass over the accepted events.
-fn reference(events: &[Event], view: &str, granularity: &str, group_by: &[&str], countries: Option<&[&str]>, range: Option<(i64, i64)>) -> Vec<Value> {
+fn reference(events: &[Event], view: &str, shape: &Shape) -> Vec<Value> {
+    let Shape { granularity, group_by, countries, range, .. } = shape;
+    let (granularity, countries, range) = (*granularity, *countries, *range);
     let view_width: i64 = if view == "by_country" { 3_600_000_000 } else { 86_400_000_000 };
     let width: Option<i64> = match granularity {
         "hour" => Some(3_600_000_000),
@@ -182,7 +195,15 @@ fn reference(events: &[Event], view: &str, granularity: &str, group_by: &[&str],
         .map(|((bucket, dims), a)| {
             let mut row = serde_json::Map::new();
             if width.is_some() {
-                row.insert("bucket".into(), json!(chrono::DateTime::from_timestamp_micros(bucket).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string()));
+                row.insert(
+                    "bucket".into(),
+                    json!(
+                        chrono::DateTime::from_timestamp_micros(bucket)
+                            .unwrap()
+                            .format("%Y-%m-%dT%H:%M:%SZ")
+                            .to_string()
+                    ),
+                );
             }
             for (d, v) in group_by.iter().zip(dims) {
                 let v = match (*d, v) {
@@ -219,7 +240,9 @@ fn assert_rows_match(got: &Value, want: &[Value], context: &str) {
         for (k, wv) in w {
             let gv = &g[k];
             let same = match (gv.as_f64(), wv.as_f64()) {
-                (Some(a), Some(b)) if gv.is_f64() || wv.is_f64() => (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300),
+                (Some(a), Some(b)) if gv.is_f64() || wv.is_f64() => {
+                    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300)
+                }
                 _ => gv == wv,
             };
             assert!(same, "{context}: {k}: got {gv}, want {wv}\n row got {g:?}\n row want {w:?}");
@@ -236,23 +259,44 @@ async fn check_answers(server: &TestServer, events: &[Event], views: &[&str], co
     for view in views {
         let dims: &[&str] = if *view == "by_country" { &["country"] } else { &["bot", "country"] };
         let native = if *view == "by_country" { "hour" } else { "day" };
-        let shapes: Vec<(Value, &str, Vec<&str>, Option<&[&str]>, Option<(i64, i64)>)> = vec![
-            (json!({}), native, dims.to_vec(), None, None),
-            (json!({"granularity": "day"}), "day", dims.to_vec(), None, None),
-            (json!({"granularity": "all"}), "all", dims.to_vec(), None, None),
-            (json!({"group_by": [], "granularity": "all"}), "all", vec![], None, None),
-            (json!({"group_by": ["country"], "filter": {"country": ["US", "DE"]}}), native, vec!["country"], Some(&["US", "DE"]), None),
-            (json!({"from": from_s, "to": to_s, "granularity": "day"}), "day", dims.to_vec(), None, Some((from, to))),
+        let shape = |query: Value, granularity, group_by: &[&'static str], countries, range| Shape {
+            query,
+            granularity,
+            group_by: group_by.to_vec(),
+            countries,
+            range,
+        };
+        let shapes = [
+            shape(json!({}), native, dims, None, None),
+            shape(json!({"granularity": "day"}), "day", dims, None, None),
+            shape(json!({"granularity": "all"}), "all", dims, None, None),
+            shape(json!({"group_by": [], "granularity": "all"}), "all", &[], None, None),
+            shape(
+                json!({"group_by": ["country"], "filter": {"country": ["US", "DE"]}}),
+                native,
+                &["country"],
+                Some(&["US", "DE"]),
+                None,
+            ),
+            shape(json!({"from": from_s, "to": to_s, "granularity": "day"}), "day", dims, None, Some((from, to))),
         ];
-        for (q, granularity, group_by, countries, range) in shapes {
+        for shape in &shapes {
+            let q = &shape.query;
             let answer = server.query(view, q.clone()).await;
-            let want = reference(events, view, granularity, &group_by, countries, range);
+            let want = reference(events, view, shape);
             assert_rows_match(&answer["rows"], &want, &format!("{context}: {view} {q}"));
         }
     }
     // the GET form answers the same as the POST form
-    let get = server.ok("GET", "/v1/views/by_country/query?granularity=day&group_by=country&filter=country:US,DE", None).await;
-    let post = server.query("by_country", json!({"granularity": "day", "group_by": ["country"], "filter": {"country": ["US", "DE"]}})).await;
+    let get = server
+        .ok("GET", "/v1/views/by_country/query?granularity=day&group_by=country&filter=country:US,DE", None)
+        .await;
+    let post = server
+        .query(
+            "by_country",
+            json!({"granularity": "day", "group_by": ["country"], "filter": {"country": ["US", "DE"]}}),
+        )
+        .await;
     assert_eq!(get["rows"], post["rows"], "{context}: GET and POST differ");
 }
 
@@ -325,7 +369,8 @@ async fn lambda_path_end_to_end() {
 async fn a_version_published_by_tandem_batch_is_served_within_five_seconds() {
     for catalog in catalogs().await {
         let dir = tempfile::tempdir().unwrap();
-        let server = TestServer::start(dir.path(), catalog.clone(), &["--segment-interval", "300ms", "--poll-interval", "1s"]);
+        let server =
+            TestServer::start(dir.path(), catalog.clone(), &["--segment-interval", "300ms", "--poll-interval", "1s"]);
         let mut rng = Gen(42);
         let mut acc = Accepted::default();
         server.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
@@ -350,7 +395,11 @@ async fn a_version_published_by_tandem_batch_is_served_within_five_seconds() {
                 assert_eq!(a["freshness"]["speed_events"], json!(0));
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(5), "the server did not pick up the version: {}", a["freshness"]);
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the server did not pick up the version: {}",
+                a["freshness"]
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         check_answers(&server, &acc.events, &["by_country"], "after tandem batch").await;

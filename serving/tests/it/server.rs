@@ -9,31 +9,7 @@ use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tandem");
 
-/// The catalogs every suite runs against: SQLite always, Postgres when configured.
-pub async fn catalogs() -> Vec<Option<String>> {
-    let mut out = vec![None];
-    if let Some(url) = fresh_postgres_database().await {
-        out.push(Some(url));
-    }
-    out
-}
-
-/// A new empty Postgres database, if `TANDEM_TEST_DATABASE_URL` names a server.
-pub async fn fresh_postgres_database() -> Option<String> {
-    use sqlx::Connection;
-    let base = std::env::var("TANDEM_TEST_DATABASE_URL").ok()?;
-    let mut conn = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|e| panic!("TANDEM_TEST_DATABASE_URL={base} is not reachable: {e}"));
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let name = format!(
-        "tandem_e2e_{}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
-    );
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("creating a test database");
-    let (prefix, _) = base.rsplit_once('/').expect("database URL has a path");
-    Some(format!("{prefix}/{name}"))
-}
+pub use tandem_batch::testing::catalog_urls as catalogs;
 
 pub struct TestServer {
     child: Option<Child>,
@@ -70,7 +46,10 @@ impl TestServer {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("reading tandem's address");
-        let addr = line.trim().strip_prefix("tandem listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let addr = line
+            .trim()
+            .strip_prefix("tandem listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         self.base = addr.to_string();
         self.child = Some(child);
     }
@@ -115,7 +94,14 @@ impl TestServer {
     }
 
     pub async fn raw(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let resp = self.http.post(format!("{}{}", self.base, path)).header("content-type", content_type).body(body).send().await.expect("request");
+        let resp = self
+            .http
+            .post(format!("{}{}", self.base, path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))

@@ -1,0 +1,173 @@
+use std::collections::HashSet;
+
+use sqlx::AssertSqlSafe;
+use tandem_batch::Catalog;
+use tandem_batch::catalog::{Backend, Publication, RUN_LEASE, Trigger};
+use tandem_batch::testing::catalog_urls;
+use tandem_model::{DatasetSpec, ViewSpec};
+
+fn dataset(name: &str) -> DatasetSpec {
+    serde_json::from_str(&format!(
+        r#"{{"name":"{name}","time_field":"ts","fields":{{"ts":"timestamp","c":"string"}}}}"#
+    ))
+    .unwrap()
+}
+
+fn view(name: &str, dataset: &str) -> ViewSpec {
+    serde_json::from_str(&format!(
+        r#"{{"name":"{name}","dataset":"{dataset}","granularity":"hour","dimensions":["c"],"measures":{{"n":"count"}}}}"#
+    ))
+    .unwrap()
+}
+
+/// Every catalog the suite runs on, each fresh, with a label for messages.
+async fn catalogs() -> Vec<(Catalog, tempfile::TempDir)> {
+    let mut out = Vec::new();
+    for url in catalog_urls().await {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::connect(url.as_deref(), dir.path()).await.unwrap();
+        assert_eq!(catalog.backend(), if url.is_some() { Backend::Postgres } else { Backend::Sqlite });
+        out.push((catalog, dir));
+    }
+    out
+}
+
+fn publication(run_id: i64, version: i64, watermark: u64) -> Publication {
+    Publication {
+        run_id,
+        view: "v".into(),
+        version,
+        watermark,
+        files: vec![format!("views/v/v{version:06}/part-00000.parquet")],
+        rows_in: 10,
+        rows_out: 3,
+    }
+}
+
+#[tokio::test]
+async fn datasets_and_views_are_stored_once() {
+    for (catalog, dir) in catalogs().await {
+        let backend = catalog.backend();
+        catalog.create_dataset(&dataset("b")).await.unwrap();
+        catalog.create_dataset(&dataset("a")).await.unwrap();
+        assert!(catalog.create_dataset(&dataset("a")).await.is_err(), "{backend:?}: duplicate dataset");
+        let names: Vec<_> = catalog.datasets().await.unwrap().into_iter().map(|d| d.spec.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(catalog.dataset("a").await.unwrap().unwrap().spec, dataset("a"));
+        assert!(catalog.dataset("zz").await.unwrap().is_none());
+
+        catalog.set_compacted("a", 10).await.unwrap();
+        catalog.set_compacted("a", 5).await.unwrap();
+        assert_eq!(catalog.dataset("a").await.unwrap().unwrap().compacted_seq, 10, "compaction never moves back");
+
+        let created = catalog.create_view(&view("v", "a"), 7).await.unwrap();
+        assert_eq!(created.start_seq, 7);
+        assert!(catalog.create_view(&view("v", "a"), 0).await.is_err(), "{backend:?}: duplicate view");
+        let stored = catalog.view("v").await.unwrap().unwrap();
+        assert_eq!((stored.spec, stored.start_seq, stored.current_version), (view("v", "a"), 7, None));
+
+        // reopening the same catalog keeps everything (and migrations run again harmlessly)
+        drop(catalog);
+        if backend == Backend::Sqlite {
+            let again = Catalog::connect(None, dir.path()).await.unwrap();
+            assert_eq!(again.views().await.unwrap().len(), 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_active_run_per_view_even_under_concurrent_requests() {
+    for (catalog, _dir) in catalogs().await {
+        catalog.create_dataset(&dataset("d")).await.unwrap();
+        catalog.create_view(&view("v", "d"), 0).await.unwrap();
+        let attempts: Vec<_> = (0..12)
+            .map(|_| {
+                let c = catalog.clone();
+                tokio::spawn(async move { c.queue_run("v", Trigger::Manual).await })
+            })
+            .collect();
+        let mut created = 0;
+        let mut ids = HashSet::new();
+        for a in attempts {
+            if let Ok((run, new)) = a.await.unwrap() {
+                created += new as usize;
+                ids.insert(run.id);
+            }
+        }
+        assert_eq!(created, 1, "{:?}: exactly one run is created", catalog.backend());
+        assert_eq!(ids.len(), 1, "every caller gets that run");
+        let id = *ids.iter().next().unwrap();
+        assert!(catalog.start_run(id).await.unwrap());
+        assert!(!catalog.start_run(id).await.unwrap(), "a run starts once");
+        let (again, new) = catalog.queue_run("v", Trigger::Schedule).await.unwrap();
+        assert_eq!((again.id, new, again.status.as_str()), (id, false, "running"));
+    }
+}
+
+#[tokio::test]
+async fn publishing_is_one_transaction() {
+    for (catalog, _dir) in catalogs().await {
+        catalog.create_dataset(&dataset("d")).await.unwrap();
+        catalog.create_view(&view("v", "d"), 0).await.unwrap();
+        let (run, _) = catalog.queue_run("v", Trigger::Manual).await.unwrap();
+        // a run that is not running cannot publish, and nothing of it is written
+        assert!(catalog.publish(&publication(run.id, 1, 5)).await.is_err());
+        assert!(catalog.version("v", 1).await.unwrap().is_none());
+        assert_eq!(catalog.view("v").await.unwrap().unwrap().current_version, None);
+
+        assert!(catalog.start_run(run.id).await.unwrap());
+        catalog.publish(&publication(run.id, 1, 5)).await.unwrap();
+        let v = catalog.version("v", 1).await.unwrap().unwrap();
+        assert_eq!((v.watermark, v.run_id, v.rows, v.files.len()), (5, run.id, 3, 1));
+        assert_eq!(catalog.view("v").await.unwrap().unwrap().current_version, Some(1));
+        assert_eq!(catalog.current_versions().await.unwrap(), vec![("v".to_string(), 1)]);
+        let done = catalog.run(run.id).await.unwrap().unwrap();
+        assert_eq!((done.status.as_str(), done.watermark, done.version), ("succeeded", Some(5), Some(1)));
+        assert!(catalog.publish(&publication(run.id, 2, 9)).await.is_err(), "a finished run publishes once");
+
+        // a second run may not reuse a version number: the whole publication rolls back
+        let (run2, _) = catalog.queue_run("v", Trigger::Manual).await.unwrap();
+        catalog.start_run(run2.id).await.unwrap();
+        assert!(catalog.publish(&publication(run2.id, 1, 9)).await.is_err());
+        assert_eq!(catalog.run(run2.id).await.unwrap().unwrap().status, "running", "the run's success rolled back");
+        assert_eq!(catalog.version("v", 1).await.unwrap().unwrap().watermark, 5);
+        catalog.fail_run(run2.id, "boom", Some(9)).await.unwrap();
+        let failed = catalog.run(run2.id).await.unwrap().unwrap();
+        assert_eq!((failed.status.as_str(), failed.error.as_deref()), ("failed", Some("boom")));
+
+        let runs = catalog.runs_of("v", 10).await.unwrap();
+        assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), vec![run2.id, run.id], "newest first");
+
+        let files = catalog.delete_view("v").await.unwrap().unwrap();
+        assert_eq!(files, vec!["views/v/v000001/part-00000.parquet".to_string()]);
+        assert!(catalog.view("v").await.unwrap().is_none());
+        assert!(catalog.run(run.id).await.unwrap().is_none());
+        assert!(catalog.delete_view("v").await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_run_whose_process_died_is_failed_and_replaced() {
+    for (catalog, _dir) in catalogs().await {
+        catalog.create_dataset(&dataset("d")).await.unwrap();
+        catalog.create_view(&view("v", "d"), 0).await.unwrap();
+        let (run, _) = catalog.queue_run("v", Trigger::Manual).await.unwrap();
+        catalog.start_run(run.id).await.unwrap();
+        // a live lease keeps the run
+        let (same, new) = catalog.queue_run("v", Trigger::Manual).await.unwrap();
+        assert_eq!((same.id, new), (run.id, false));
+        // age its heartbeat past the lease, as if its process had been killed
+        let old = tandem_batch::catalog::now_micros() - 2 * RUN_LEASE.as_micros() as i64;
+        sqlx::query(AssertSqlSafe(format!("UPDATE runs SET heartbeat_at = {old} WHERE id = {}", run.id)))
+            .execute(catalog.pool())
+            .await
+            .unwrap();
+        let (next, new) = catalog.queue_run("v", Trigger::Manual).await.unwrap();
+        assert!(new && next.id != run.id);
+        let dead = catalog.run(run.id).await.unwrap().unwrap();
+        assert_eq!(dead.status, "failed");
+        assert!(dead.error.unwrap().contains("abandoned"));
+        // and its late publication is refused
+        assert!(catalog.publish(&publication(run.id, 1, 5)).await.is_err());
+    }
+}
