@@ -415,3 +415,38 @@ async fn a_version_published_by_tandem_batch_is_served_within_five_seconds() {
         assert!(!cmd.output().unwrap().status.success());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_keeps_the_previous_version_serving_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, &["--segment-interval", "200ms"]);
+    let mut rng = Gen(7);
+    let mut acc = Accepted::default();
+    server.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
+    server.ok("POST", "/v1/views", Some(by_country_view())).await;
+    ingest_json(&server, &mut acc, &rng.events(200, T0, 24, 100_000)).await;
+    assert_eq!(server.run_batch("by_country").await["status"], "succeeded");
+    ingest_json(&server, &mut acc, &rng.events(200, T0, 24, 100_000)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await; // sealed, not yet compacted
+
+    // damage the sealed segment the next run must compact
+    let log_dir = dir.path().join("log/pageviews");
+    let mut segments: Vec<_> = std::fs::read_dir(&log_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    segments.sort();
+    let target = &segments[segments.len() - 2];
+    let mut bytes = std::fs::read(target).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(target, &bytes).unwrap();
+
+    let run = server.run_batch("by_country").await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(run["error"].as_str().unwrap().contains("corrupt"), "{run}");
+    let view = server.ok("GET", "/v1/views/by_country", None).await;
+    assert_eq!(view["batch_version"], json!(1));
+    assert_eq!(view["last_run"]["id"], run["id"]);
+    // the speed layer still holds what the failed run could not cover: answers stay exact
+    let a = server.query("by_country", json!({})).await;
+    assert_eq!(a["freshness"]["batch_version"], json!(1));
+    check_answers(&server, &acc.events, &["by_country"], "after a failed run").await;
+}
