@@ -123,6 +123,25 @@ pub fn now_micros() -> i64 {
 
 const RUN_COLUMNS: &str = "id, view_name, status, trigger_kind, created_at, started_at, finished_at, watermark, rows_in, rows_out, version, error";
 
+/// This process as a run owner: `host/pid`.
+fn this_process() -> String {
+    format!("{}/{}", hostname(), std::process::id())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+/// Whether `owner` (`host/pid`) names a process of this host that no longer exists. Owners
+/// on other hosts, or where `/proc` is missing, are left to the heartbeat lease.
+fn owner_is_gone(owner: &str) -> bool {
+    let Some((host, pid)) = owner.rsplit_once('/') else { return false };
+    if host != hostname() || !std::path::Path::new("/proc/self").exists() {
+        return false;
+    }
+    pid.parse::<u32>().is_ok_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -394,13 +413,14 @@ impl Catalog {
     /// false). Runs whose process stopped heart-beating are failed first.
     pub async fn queue_run(&self, view: &str, trigger: Trigger) -> Result<(RunRecord, bool)> {
         let now = now_micros();
-        self.fail_abandoned(view, now).await?;
+        self.fail_abandoned(Some(view)).await?;
         let inserted = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO runs (view_name, status, trigger_kind, created_at, heartbeat_at) VALUES ($1, 'queued', $2, $3, $3) RETURNING {RUN_COLUMNS}"
+            "INSERT INTO runs (view_name, status, trigger_kind, created_at, heartbeat_at, owner) VALUES ($1, 'queued', $2, $3, $3, $4) RETURNING {RUN_COLUMNS}"
         )))
         .bind(view)
         .bind(trigger.as_str())
         .bind(now)
+        .bind(this_process())
         .fetch_one(&self.pool)
         .await;
         match inserted {
@@ -421,34 +441,52 @@ impl Catalog {
         }
     }
 
-    async fn fail_abandoned(&self, view: &str, now: i64) -> Result<u64> {
+    /// Fails the queued or running runs (of one view, or all) whose process is gone: its
+    /// heartbeat is older than [`RUN_LEASE`], or it ran on this host under a pid that no
+    /// longer exists.
+    async fn fail_abandoned(&self, view: Option<&str>) -> Result<u64> {
+        let now = now_micros();
         let cutoff = now - RUN_LEASE.as_micros() as i64;
-        let done = sqlx::query(
-            "UPDATE runs SET status = 'failed', finished_at = $1, error = 'abandoned: the process running it stopped' WHERE view_name = $2 AND status IN ('queued', 'running') AND heartbeat_at < $3",
+        let rows = sqlx::query(
+            "SELECT id, owner, heartbeat_at FROM runs WHERE status IN ('queued', 'running') AND ($1 = '' OR view_name = $1)",
         )
-        .bind(now)
-        .bind(view)
-        .bind(cutoff)
-        .execute(&self.pool)
+        .bind(view.unwrap_or(""))
+        .fetch_all(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        let mut failed = 0;
+        for row in rows {
+            let id: i64 = row.try_get("id")?;
+            let owner: Option<String> = row.try_get("owner")?;
+            let heartbeat: i64 = row.try_get("heartbeat_at")?;
+            if heartbeat >= cutoff && !owner.as_deref().is_some_and(owner_is_gone) {
+                continue;
+            }
+            let done = sqlx::query(
+                "UPDATE runs SET status = 'failed', finished_at = $1, error = 'abandoned: the process running it stopped' WHERE id = $2 AND status IN ('queued', 'running')",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+            failed += done.rows_affected();
+        }
+        Ok(failed)
     }
 
-    /// Fails every abandoned run of every view (at start-up).
+    /// Fails every abandoned run of every view (at start-up, and periodically).
     pub async fn fail_all_abandoned(&self) -> Result<u64> {
-        let mut n = 0;
-        for view in self.views().await? {
-            n += self.fail_abandoned(&view.spec.name, now_micros()).await?;
-        }
-        Ok(n)
+        self.fail_abandoned(None).await
     }
 
     /// Moves a queued run to running; false if it is not queued any more.
     pub async fn start_run(&self, id: i64) -> Result<bool> {
         let now = now_micros();
-        let done = sqlx::query("UPDATE runs SET status = 'running', started_at = $1, heartbeat_at = $1 WHERE id = $2 AND status = 'queued'")
-            .bind(now)
-            .bind(id)
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'running', started_at = $1, heartbeat_at = $1, owner = $2 WHERE id = $3 AND status = 'queued'",
+        )
+        .bind(now)
+        .bind(this_process())
+        .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)

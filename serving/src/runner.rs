@@ -53,11 +53,15 @@ pub fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
     ]
 }
 
-/// Installs versions that another process (`tandem batch`) published.
+/// Installs versions that another process (`tandem batch`) published, and fails runs
+/// whose process died.
 async fn poll_versions(state: AppState) {
     let mut tick = tokio::time::interval(state.config.poll_interval);
     loop {
         tick.tick().await;
+        if let Err(e) = state.env.catalog.fail_all_abandoned().await {
+            tracing::warn!(error = %e, "could not check for abandoned runs");
+        }
         let versions = match state.env.catalog.current_versions().await {
             Ok(v) => v,
             Err(e) => {

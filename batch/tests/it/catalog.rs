@@ -169,5 +169,23 @@ async fn a_run_whose_process_died_is_failed_and_replaced() {
         assert!(dead.error.unwrap().contains("abandoned"));
         // and its late publication is refused
         assert!(catalog.publish(&publication(run.id, 1, 5)).await.is_err());
+
+        // a run of this host whose process is gone is failed at once, lease or not
+        catalog.start_run(next.id).await.unwrap();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE runs SET owner = '{}/4000000000' WHERE id = {}",
+            host.trim(),
+            next.id
+        )))
+        .execute(catalog.pool())
+        .await
+        .unwrap();
+        assert_eq!(catalog.fail_all_abandoned().await.unwrap(), 1);
+        assert_eq!(catalog.run(next.id).await.unwrap().unwrap().status, "failed");
+        // while a live one (this process) is kept
+        let (mine, _) = catalog.queue_run("v", Trigger::Manual).await.unwrap();
+        catalog.start_run(mine.id).await.unwrap();
+        assert_eq!(catalog.fail_all_abandoned().await.unwrap(), 0);
     }
 }

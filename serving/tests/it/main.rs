@@ -5,4 +5,5 @@
 mod server;
 
 mod bad_input;
+mod crash;
 mod lambda;
