@@ -15,6 +15,7 @@ use object_store::ObjectStore;
 pub mod catalog;
 pub mod compaction;
 pub mod run;
+pub mod sketches;
 pub mod store;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;

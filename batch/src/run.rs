@@ -25,6 +25,7 @@ use tandem_model::view::{CompiledView, MeasureKind};
 
 use crate::catalog::{Publication, RunRecord};
 use crate::compaction::compact;
+use crate::sketches::sketch_udaf;
 use crate::store::{delete_prefix, list, master_file_segment, master_prefix, version_dir, version_file, write_parquet};
 use crate::{BatchEnv, Error, Result};
 
@@ -164,6 +165,9 @@ async fn aggregate(env: &BatchEnv, view: &CompiledView, watermark: u64) -> Resul
             MeasureKind::Avg => {
                 aggs.push(sum(cast(field(), DataType::Float64)).alias(format!("{name}__sum")));
                 aggs.push(count(field()).alias(format!("{name}__count")));
+            }
+            MeasureKind::ApproxDistinct | MeasureKind::ApproxPercentile => {
+                aggs.push(sketch_udaf(m).call(vec![field()]).alias(name));
             }
         }
     }

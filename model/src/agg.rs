@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use crate::FieldType;
+use crate::sketch::{Distinct, Quantiles};
 use crate::value::{Row, Value};
 use crate::view::{CompiledView, Measure, MeasureKind};
 
@@ -29,6 +30,13 @@ pub enum MeasureState {
         sum: f64,
         count: i64,
     },
+    /// `approx_distinct`.
+    Distinct(Box<Distinct>),
+    /// `approx_percentile` at `p`.
+    Percentile {
+        sketch: Box<Quantiles>,
+        p: f64,
+    },
 }
 
 impl MeasureState {
@@ -43,6 +51,10 @@ impl MeasureState {
             MeasureKind::Min => MeasureState::Min(None),
             MeasureKind::Max => MeasureState::Max(None),
             MeasureKind::Avg => MeasureState::Avg { sum: 0.0, count: 0 },
+            MeasureKind::ApproxDistinct => MeasureState::Distinct(Box::default()),
+            MeasureKind::ApproxPercentile => {
+                MeasureState::Percentile { sketch: Box::default(), p: measure.percentile.unwrap_or(0.5) }
+            }
         }
     }
 
@@ -86,6 +98,8 @@ impl MeasureState {
                     *count += 1;
                 }
             }
+            MeasureState::Distinct(d) => d.insert(value),
+            MeasureState::Percentile { sketch, .. } => sketch.insert(value),
         }
     }
 
@@ -117,33 +131,16 @@ impl MeasureState {
                 *sum += s;
                 *count += c;
             }
+            (MeasureState::Distinct(a), MeasureState::Distinct(b)) => a.merge(b),
+            (MeasureState::Percentile { sketch: a, .. }, MeasureState::Percentile { sketch: b, .. }) => a.merge(b),
             (MeasureState::Min(_), MeasureState::Min(None)) | (MeasureState::Max(_), MeasureState::Max(None)) => {}
             (a, b) => debug_assert!(false, "merging unlike states {a:?} and {b:?}"),
         }
     }
 
-    /// The answer: count → integer, sums keep their type, min/max the field's, avg → float;
-    /// null when no value contributed.
-    pub fn finish(&self) -> serde_json::Value {
-        match self {
-            MeasureState::Count(n) => (*n).into(),
-            MeasureState::SumInt(s) => s.map(Into::into).unwrap_or(serde_json::Value::Null),
-            MeasureState::SumFloat(s) => s.map(|f| Value::Float(f).to_json()).unwrap_or(serde_json::Value::Null),
-            MeasureState::Min(v) | MeasureState::Max(v) => {
-                v.as_ref().map(Value::to_json).unwrap_or(serde_json::Value::Null)
-            }
-            MeasureState::Avg { sum, count } => {
-                if *count == 0 {
-                    serde_json::Value::Null
-                } else {
-                    Value::Float(sum / *count as f64).to_json()
-                }
-            }
-        }
-    }
-
-    /// A number to order answers by (nulls lowest).
-    pub fn sort_key(&self) -> Value {
+    /// The answer: count → integer, sums keep their type, min/max the field's, avg → float,
+    /// approx_distinct → integer, approx_percentile → float; null when no value contributed.
+    pub fn value(&self) -> Value {
         match self {
             MeasureState::Count(n) => Value::Int(*n),
             MeasureState::SumInt(s) => s.map(Value::Int).unwrap_or(Value::Null),
@@ -156,7 +153,14 @@ impl MeasureState {
                     Value::Float(sum / *count as f64)
                 }
             }
+            MeasureState::Distinct(d) => Value::Int(d.estimate()),
+            MeasureState::Percentile { sketch, p } => sketch.quantile(*p).map(Value::Float).unwrap_or(Value::Null),
         }
+    }
+
+    /// [`value`](Self::value) as it appears in a JSON answer.
+    pub fn finish(&self) -> serde_json::Value {
+        self.value().to_json()
     }
 }
 
@@ -216,7 +220,7 @@ mod tests {
     use super::*;
 
     fn measure(kind: MeasureKind, ty: FieldType) -> Measure {
-        Measure { name: "m".into(), kind, field: Some(("f".into(), ty)) }
+        Measure { name: "m".into(), kind, field: Some(("f".into(), ty)), percentile: Some(0.5) }
     }
 
     /// Splitting a stream anywhere and merging the halves gives the state of the whole.

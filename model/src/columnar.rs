@@ -12,6 +12,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::agg::{GroupKey, Groups, MeasureState};
 use crate::schema::{DatasetSpec, FieldType};
+use crate::sketch::{Distinct, Quantiles};
 use crate::value::{Row, Value};
 use crate::view::{CompiledView, Measure, MeasureKind};
 
@@ -100,6 +101,7 @@ pub fn state_columns(measure: &Measure) -> Vec<(String, DataType)> {
         MeasureKind::Avg => {
             vec![(format!("{name}__sum"), DataType::Float64), (format!("{name}__count"), DataType::Int64)]
         }
+        MeasureKind::ApproxDistinct | MeasureKind::ApproxPercentile => vec![(name.clone(), DataType::Binary)],
     }
 }
 
@@ -148,6 +150,16 @@ fn state_at(m: &Measure, cols: &[&ArrayRef], row: usize) -> Result<MeasureState,
             if m.kind == MeasureKind::Min { MeasureState::Min(v) } else { MeasureState::Max(v) }
         }
         MeasureKind::Avg => MeasureState::Avg { sum: float(cols[0]).unwrap_or(0.0), count: int(cols[1]).unwrap_or(0) },
+        MeasureKind::ApproxDistinct | MeasureKind::ApproxPercentile => {
+            let bytes = cols[0].as_binary_opt::<i32>().filter(|a| a.is_valid(row)).map(|a| a.value(row));
+            let mut state = MeasureState::empty(m);
+            match (&mut state, bytes) {
+                (MeasureState::Distinct(d), Some(b)) => **d = Distinct::from_bytes(b)?,
+                (MeasureState::Percentile { sketch, .. }, Some(b)) => **sketch = Quantiles::from_bytes(b)?,
+                _ => {}
+            }
+            state
+        }
     })
 }
 

@@ -13,6 +13,7 @@ pub mod columnar;
 pub mod event;
 pub mod log;
 pub mod schema;
+pub mod sketch;
 pub mod value;
 pub mod view;
 

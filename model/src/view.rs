@@ -60,6 +60,10 @@ pub enum MeasureKind {
     Min,
     Max,
     Avg,
+    /// `approx_distinct(f)`: HyperLogLog, precision 14.
+    ApproxDistinct,
+    /// `approx_percentile(f, p)`: DDSketch, 1 % relative error.
+    ApproxPercentile,
 }
 
 /// One measure of a view, resolved against its dataset.
@@ -69,19 +73,45 @@ pub struct Measure {
     pub kind: MeasureKind,
     /// The field it reads and that field's type; `None` for `count`.
     pub field: Option<(String, FieldType)>,
+    /// The percentile `p` of `approx_percentile`.
+    pub percentile: Option<f64>,
 }
 
 impl Measure {
-    /// Parses `count`, `count(f)`, `sum(f)`, `min(f)`, `max(f)`, `avg(f)` against a dataset.
+    /// Parses `count`, `count(f)`, `sum(f)`, `min(f)`, `max(f)`, `avg(f)`, `approx_distinct(f)` and
+    /// `approx_percentile(f, p)` against a dataset.
     pub fn parse(name: &str, text: &str, dataset: &DatasetSpec) -> Result<Measure, String> {
         let text = text.trim();
         if text == "count" || text == "count(*)" {
-            return Ok(Measure { name: name.to_string(), kind: MeasureKind::Count, field: None });
+            return Ok(Measure { name: name.to_string(), kind: MeasureKind::Count, field: None, percentile: None });
         }
         let (func, rest) = text.split_once('(').ok_or_else(|| {
-            format!("measure {name:?}: {text:?} is not count, count(f), sum(f), min(f), max(f) or avg(f)")
+            format!(
+                "measure {name:?}: {text:?} is not count, count(f), sum(f), min(f), max(f), avg(f), \
+                 approx_distinct(f) or approx_percentile(f, p)"
+            )
         })?;
-        let field = rest.strip_suffix(')').ok_or_else(|| format!("measure {name:?}: missing ')' in {text:?}"))?.trim();
+        let func = func.trim();
+        let args = rest.strip_suffix(')').ok_or_else(|| format!("measure {name:?}: missing ')' in {text:?}"))?;
+        let (field, percentile) = match (func, args.split_once(',')) {
+            ("approx_percentile", Some((field, p))) => {
+                let p: f64 = p
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("measure {name:?}: percentile {:?} is not a number", p.trim()))?;
+                if !(p > 0.0 && p < 1.0) {
+                    return Err(format!("measure {name:?}: the percentile must lie strictly between 0 and 1"));
+                }
+                (field.trim(), Some(p))
+            }
+            ("approx_percentile", None) => {
+                return Err(format!(
+                    "measure {name:?}: write approx_percentile(field, p), e.g. approx_percentile(f, 0.95)"
+                ));
+            }
+            (_, Some(_)) => return Err(format!("measure {name:?}: {func}() takes one field")),
+            (_, None) => (args.trim(), None),
+        };
         let ty = dataset.field_type(field).ok_or_else(|| format!("measure {name:?}: unknown field {field:?}"))?;
         let kind = match func.trim() {
             "count" => MeasureKind::CountField,
@@ -89,17 +119,19 @@ impl Measure {
             "min" => MeasureKind::Min,
             "max" => MeasureKind::Max,
             "avg" => MeasureKind::Avg,
+            "approx_distinct" => MeasureKind::ApproxDistinct,
+            "approx_percentile" => MeasureKind::ApproxPercentile,
             other => return Err(format!("measure {name:?}: unknown function {other:?}")),
         };
         let type_ok = match kind {
-            MeasureKind::Sum | MeasureKind::Avg => ty.is_numeric(),
+            MeasureKind::Sum | MeasureKind::Avg | MeasureKind::ApproxPercentile => ty.is_numeric(),
             MeasureKind::Min | MeasureKind::Max => ty.is_numeric() || ty == FieldType::Timestamp,
             _ => true,
         };
         if !type_ok {
             return Err(format!("measure {name:?}: {func}() needs a numeric field, {field:?} is {ty:?}"));
         }
-        Ok(Measure { name: name.to_string(), kind, field: Some((field.to_string(), ty)) })
+        Ok(Measure { name: name.to_string(), kind, field: Some((field.to_string(), ty)), percentile })
     }
 }
 
@@ -234,11 +266,14 @@ mod tests {
     fn compiles_measures_against_the_dataset() {
         let spec: ViewSpec = serde_json::from_str(
             r#"{"name":"v","dataset":"pv","granularity":"hour","dimensions":["country"],
-                "measures":{"views":"count","n":"count(ms)","total":"sum(bytes)","lo":"min(ms)","mean":"avg(ms)"}}"#,
+                "measures":{"views":"count","n":"count(ms)","total":"sum(bytes)","lo":"min(ms)","mean":"avg(ms)",
+                            "uniq":"approx_distinct(country)","p95":"approx_percentile(ms, 0.95)"}}"#,
         )
         .unwrap();
         let c = spec.compile(&dataset()).unwrap();
-        assert_eq!(c.measures.len(), 5);
+        assert_eq!(c.measures.len(), 7);
+        let p95 = c.measures.iter().find(|(m, _)| m.name == "p95").unwrap();
+        assert_eq!((p95.0.kind, p95.0.percentile), (MeasureKind::ApproxPercentile, Some(0.95)));
         assert_eq!(c.dimension_index, vec![dataset().index_of("country").unwrap()]);
     }
 
@@ -250,6 +285,10 @@ mod tests {
             (r#"[]"#, r#"{"v":"sum(country)"}"#),
             (r#"[]"#, r#"{"v":"median(ms)"}"#),
             (r#"[]"#, r#"{"v":"sum(nope)"}"#),
+            (r#"[]"#, r#"{"v":"approx_percentile(ms)"}"#),
+            (r#"[]"#, r#"{"v":"approx_percentile(ms, 1.5)"}"#),
+            (r#"[]"#, r#"{"v":"approx_percentile(country, 0.5)"}"#),
+            (r#"[]"#, r#"{"v":"approx_distinct(ms, 0.5)"}"#),
             (r#"[]"#, r#"{}"#),
             (r#"["country"]"#, r#"{"country":"count"}"#),
         ] {

@@ -237,7 +237,7 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
             let o = match column {
                 Column::Bucket => ka.bucket.cmp(&kb.bucket),
                 Column::Dim(i) => ka.dims[*i].total_cmp(&kb.dims[*i]),
-                Column::Measure(i) => sa[*i].sort_key().total_cmp(&sb[*i].sort_key()),
+                Column::Measure(i) => sa[*i].value().total_cmp(&sb[*i].value()),
             };
             let o = if *desc { o.reverse() } else { o };
             if o.is_ne() {

@@ -80,7 +80,7 @@ async fn kill_9_under_concurrent_ingest_loses_and_splits_nothing() {
             (r["req"].as_str().unwrap().to_string(), (r["events"].as_i64().unwrap(), r["total"].as_i64().unwrap()))
         })
         .collect();
-    let acked = acked.lock().unwrap();
+    let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > CYCLES * WRITERS, "too few acknowledged requests ({}) to mean anything", acked.len());
     let whole = (EVENTS_PER_REQUEST as i64, (0..EVENTS_PER_REQUEST as i64).sum::<i64>());
     for req in acked.iter() {

@@ -115,7 +115,8 @@ async fn ingest_ndjson(server: &TestServer, acc: &mut Accepted, events: &[Event]
 fn by_country_view() -> Value {
     json!({"name": "by_country", "dataset": "pageviews", "granularity": "hour", "dimensions": ["country"],
            "measures": {"views": "count", "n_ms": "count(duration_ms)", "total": "sum(bytes)", "lo": "min(duration_ms)",
-                        "hi": "max(duration_ms)", "mean": "avg(duration_ms)"},
+                        "hi": "max(duration_ms)", "mean": "avg(duration_ms)",
+                        "uniq": "approx_distinct(event_id)", "p90": "approx_percentile(duration_ms, 0.9)"},
            "filter": "bot = false"})
 }
 
@@ -151,6 +152,8 @@ fn reference(events: &[Event], view: &str, shape: &Shape) -> Vec<Value> {
         lo: Option<f64>,
         hi: Option<f64>,
         sum_ms: f64,
+        ids: HashSet<String>,
+        durations: Vec<f64>,
     }
     // dimension values as sortable text, None (null) first; "false" < "true" as for booleans
     let mut groups: BTreeMap<(i64, Vec<Option<String>>), Acc> = BTreeMap::new();
@@ -183,7 +186,9 @@ fn reference(events: &[Event], view: &str, shape: &Shape) -> Vec<Value> {
         if let Some(b) = e.bytes {
             a.total = Some(a.total.unwrap_or(0).wrapping_add(b));
         }
+        a.ids.insert(e.id.clone());
         if let Some(d) = e.duration {
+            a.durations.push(d);
             a.n_ms += 1;
             a.sum_ms += d;
             a.lo = Some(a.lo.map_or(d, |x| x.min(d)));
@@ -220,6 +225,12 @@ fn reference(events: &[Event], view: &str, shape: &Shape) -> Vec<Value> {
                 row.insert("lo".into(), json!(a.lo));
                 row.insert("hi".into(), json!(a.hi));
                 row.insert("mean".into(), if a.n_ms == 0 { Value::Null } else { json!(a.sum_ms / a.n_ms as f64) });
+                row.insert("uniq".into(), json!(a.ids.len()));
+                // the element a rank-based percentile sketch approximates: sorted[floor(p * (n - 1))]
+                let mut d = a.durations.clone();
+                d.sort_by(f64::total_cmp);
+                let p90 = (!d.is_empty()).then(|| d[(0.9 * (d.len() as f64 - 1.0)) as usize]);
+                row.insert("p90".into(), json!(p90));
             } else {
                 row.insert("n".into(), json!(a.n));
                 row.insert("b".into(), json!(a.total));
@@ -239,10 +250,15 @@ fn assert_rows_match(got: &Value, want: &[Value], context: &str) {
         assert_eq!(g.keys().collect::<HashSet<_>>(), w.keys().collect::<HashSet<_>>(), "{context}: columns");
         for (k, wv) in w {
             let gv = &g[k];
+            // sketches: approx_distinct within 3 standard errors of HLL-14 (0.8 %), at least 1;
+            // approx_percentile within DDSketch's 1 % relative error; other floats 1e-9 relative
+            let tolerance: fn(f64) -> f64 = match k.as_str() {
+                "uniq" => |b| (0.025 * b).max(1.0),
+                "p90" => |b| 0.01 * b.abs() + 1e-9,
+                _ => |b| 1e-9 * b.abs().max(1e-300),
+            };
             let same = match (gv.as_f64(), wv.as_f64()) {
-                (Some(a), Some(b)) if gv.is_f64() || wv.is_f64() => {
-                    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300)
-                }
+                (Some(a), Some(b)) if gv.is_f64() || wv.is_f64() || k == "uniq" => (a - b).abs() <= tolerance(b),
                 _ => gv == wv,
             };
             assert!(same, "{context}: {k}: got {gv}, want {wv}\n row got {g:?}\n row want {w:?}");
@@ -362,6 +378,30 @@ async fn lambda_path_end_to_end() {
         let a = server.query("by_bot", json!({})).await;
         assert_eq!(a["freshness"]["batch_version"], json!(2));
         assert!(a["freshness"]["speed_events"].as_u64().unwrap() > 0);
+
+        // the same events in one request, without a batch run, then with one: the sketch
+        // answers are identical to the bit, whatever the split between layers and requests
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = TestServer::start(other_dir.path(), None, &[]);
+        other.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
+        other.ok("POST", "/v1/views", Some(by_country_view())).await;
+        let mut again = Accepted::default();
+        ingest_json(&other, &mut again, &acc.events).await;
+        assert_same_sketch_answers(&server, &other, &format!("{label}: one request, speed only")).await;
+        assert_eq!(other.run_batch("by_country").await["status"], "succeeded");
+        assert_same_sketch_answers(&server, &other, &format!("{label}: one request, batch only")).await;
+    }
+}
+
+/// `approx_distinct` and `approx_percentile` answers of two servers agree to the bit.
+async fn assert_same_sketch_answers(a: &TestServer, b: &TestServer, context: &str) {
+    for q in [json!({}), json!({"granularity": "day"}), json!({"granularity": "all", "group_by": []})] {
+        let (ra, rb) = (a.query("by_country", q.clone()).await, b.query("by_country", q.clone()).await);
+        let pick = |r: &Value| -> Vec<(Value, Value)> {
+            r["rows"].as_array().unwrap().iter().map(|row| (row["uniq"].clone(), row["p90"].clone())).collect()
+        };
+        assert_eq!(pick(&ra), pick(&rb), "{context}: {q}");
+        assert!(!pick(&ra).is_empty());
     }
 }
 
