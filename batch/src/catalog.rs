@@ -97,6 +97,10 @@ pub struct RunRecord {
     pub rows_out: Option<i64>,
     pub version: Option<i64>,
     pub error: Option<String>,
+    /// `full` or `incremental`, once known.
+    pub mode: Option<String>,
+    /// The event days (`YYYY-MM-DD`) the run recomputed.
+    pub partitions: Option<Vec<String>>,
 }
 
 impl RunRecord {
@@ -115,13 +119,17 @@ pub struct Publication {
     pub files: Vec<String>,
     pub rows_in: i64,
     pub rows_out: i64,
+    /// `full` or `incremental`.
+    pub mode: &'static str,
+    /// The event days recomputed; the others were carried over from the previous version.
+    pub partitions: Vec<String>,
 }
 
 pub fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-const RUN_COLUMNS: &str = "id, view_name, status, trigger_kind, created_at, started_at, finished_at, watermark, rows_in, rows_out, version, error";
+const RUN_COLUMNS: &str = "id, view_name, status, trigger_kind, created_at, started_at, finished_at, watermark, rows_in, rows_out, version, error, mode, partitions";
 
 /// This process as a run owner: `host/pid`.
 fn this_process() -> String {
@@ -355,13 +363,15 @@ impl Catalog {
         let now = now_micros();
         let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query(
-            "UPDATE runs SET status = 'succeeded', finished_at = $1, heartbeat_at = $1, watermark = $2, rows_in = $3, rows_out = $4, version = $5 WHERE id = $6 AND status = 'running'",
+            "UPDATE runs SET status = 'succeeded', finished_at = $1, heartbeat_at = $1, watermark = $2, rows_in = $3, rows_out = $4, version = $5, mode = $6, partitions = $7 WHERE id = $8 AND status = 'running'",
         )
         .bind(now)
         .bind(p.watermark as i64)
         .bind(p.rows_in)
         .bind(p.rows_out)
         .bind(p.version)
+        .bind(p.mode)
+        .bind(serde_json::to_string(&p.partitions).expect("strings serialize"))
         .bind(p.run_id)
         .execute(&mut *tx)
         .await?;
@@ -406,6 +416,11 @@ impl Catalog {
             rows_out: row.try_get("rows_out")?,
             version: row.try_get("version")?,
             error: row.try_get("error")?,
+            mode: row.try_get("mode")?,
+            partitions: row
+                .try_get::<Option<String>, _>("partitions")?
+                .map(|p| serde_json::from_str(&p).map_err(|e| Error::Invalid(format!("stored partitions: {e}"))))
+                .transpose()?,
         })
     }
 

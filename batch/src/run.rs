@@ -2,11 +2,17 @@
 //!
 //! 1. claim the queued run (at most one per view, see the catalog) and keep its lease alive;
 //! 2. compact sealed segments; the watermark is the last compacted sequence number;
-//! 3. aggregate the master events with `_seq <= watermark` with DataFusion: the view's
-//!    filter (the same SQL text the speed layer compiled), `date_trunc` buckets, dimensions,
-//!    and one state column per measure (see `tandem_model::columnar::state_columns`);
-//! 4. write the states as `views/{view}/v{N}/part-00000.parquet`;
-//! 5. publish version, watermark, files and run status in one catalog transaction.
+//! 3. choose the event days to recompute: all of them for a full run (the first run of a
+//!    view, or when asked), otherwise only the *dirty* days, those holding events with a
+//!    sequence number past the previous version's watermark (late events make an old day
+//!    dirty). Master files are partitioned by day and named by log segment, so the dirty days
+//!    are read off file names, without scanning data;
+//! 4. aggregate the master events of those days with `_seq <= watermark` with DataFusion: the
+//!    view's filter (the same SQL text the speed layer compiled), `date_trunc` buckets,
+//!    dimensions, and one state column per measure (`tandem_model::columnar::state_columns`);
+//! 5. write one file per day, `views/{view}/v{N}/date={day}/part-00000.parquet`, and copy the
+//!    previous version's files of the clean days (view buckets never straddle days);
+//! 6. publish version, watermark, files, mode and recomputed days in one catalog transaction.
 //!
 //! A run that fails at any step records its error and leaves the previous version serving.
 
@@ -23,10 +29,20 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext, ident, lit};
 use tandem_model::columnar::{BUCKET_COLUMN, SEQ_COLUMN, dataset_schema, state_columns};
 use tandem_model::view::{CompiledView, MeasureKind};
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use datafusion::arrow::array::{AsArray, BooleanArray};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use object_store::path::Path;
+
 use crate::catalog::{Publication, RunRecord};
 use crate::compaction::compact;
 use crate::sketches::sketch_udaf;
-use crate::store::{delete_prefix, list, master_file_segment, master_prefix, version_dir, version_file, write_parquet};
+use crate::store::{
+    copy_parquet, delete_prefix, list, master_file_segment, master_prefix, partition_date, version_dir, version_file,
+    write_parquet,
+};
 use crate::{BatchEnv, Error, Result};
 
 const STORE_URL: &str = "tandem://store";
@@ -37,8 +53,9 @@ pub struct RunOutcome {
     pub publication: Publication,
 }
 
-/// Executes a queued run to the end, recording success or failure in the catalog.
-pub async fn execute(env: &BatchEnv, run: &RunRecord) -> Result<RunOutcome> {
+/// Executes a queued run to the end, recording success or failure in the catalog. `full`
+/// recomputes every day even when an incremental run would do.
+pub async fn execute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOutcome> {
     if !env.catalog.start_run(run.id).await? {
         return Err(Error::Conflict(format!("run {} is not queued", run.id)));
     }
@@ -55,7 +72,7 @@ pub async fn execute(env: &BatchEnv, run: &RunRecord) -> Result<RunOutcome> {
             }
         })
     };
-    let result = recompute(env, run).await;
+    let result = recompute(env, run, full).await;
     lease.abort();
     match result {
         Ok(outcome) => Ok(outcome),
@@ -69,7 +86,7 @@ pub async fn execute(env: &BatchEnv, run: &RunRecord) -> Result<RunOutcome> {
     }
 }
 
-async fn recompute(env: &BatchEnv, run: &RunRecord) -> Result<RunOutcome> {
+async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOutcome> {
     let view_record =
         env.catalog.view(&run.view).await?.ok_or_else(|| Error::NotFound(format!("view {:?}", run.view)))?;
     let dataset = env
@@ -80,29 +97,95 @@ async fn recompute(env: &BatchEnv, run: &RunRecord) -> Result<RunOutcome> {
     let view = view_record.spec.compile(&dataset.spec).map_err(|e| Error::Invalid(e.join("; ")))?;
     let compacted = compact(env, &dataset).await?;
     let watermark = compacted.through_seq;
+    let previous = match view_record.current_version {
+        Some(v) if !full => env.catalog.version(&view.spec.name, v).await?,
+        _ => None,
+    };
     let version = view_record.current_version.unwrap_or(0) + 1;
 
-    let (batches, rows_in) = aggregate(env, &view, watermark).await?;
-    delete_prefix(&env.store, &version_dir(&view.spec.name, version)).await?;
-    let path = version_file(&view.spec.name, version, 0);
-    let schema = version_schema(&view);
-    let batches = batches
+    // master files up to the watermark, with their day and log segment
+    let master: Vec<(Path, String, u64)> = list(&env.store, &master_prefix(&dataset.spec.name))
+        .await?
         .into_iter()
-        .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let rows_out = write_parquet(&env.store, &path, schema, &batches).await? as i64;
+        .filter_map(|p| {
+            let segment = master_file_segment(&p)?;
+            let date = partition_date(&p)?;
+            (segment <= watermark).then_some((p, date, segment))
+        })
+        .collect();
+    let (mode, days): (&'static str, BTreeSet<String>) = match &previous {
+        None => ("full", master.iter().map(|(_, d, _)| d.clone()).collect()),
+        Some(prev) => {
+            ("incremental", master.iter().filter(|(_, _, s)| *s > prev.watermark).map(|(_, d, _)| d.clone()).collect())
+        }
+    };
+    let inputs: Vec<Path> = master.iter().filter(|(_, d, _)| days.contains(d)).map(|(p, _, _)| p.clone()).collect();
+    let (batches, rows_in) = aggregate(env, &view, watermark, &inputs).await?;
+
+    let dir = version_dir(&view.spec.name, version);
+    delete_prefix(&env.store, &dir).await?;
+    let schema = version_schema(&view);
+    let mut files = Vec::new();
+    let mut rows_out = 0;
+    for (date, batch) in split_by_day(&schema, batches)? {
+        let path = version_file(&view.spec.name, version, &date);
+        rows_out += write_parquet(&env.store, &path, schema.clone(), &[batch]).await? as i64;
+        files.push(path.to_string());
+    }
+    if let Some(prev) = &previous {
+        for file in &prev.files {
+            let from = Path::from(file.as_str());
+            let Some(date) = partition_date(&from) else { continue };
+            if days.contains(&date) {
+                continue;
+            }
+            let to = version_file(&view.spec.name, version, &date);
+            rows_out += copy_parquet(&env.store, &from, &to).await?;
+            files.push(to.to_string());
+        }
+    }
+    files.sort();
     let publication = Publication {
         run_id: run.id,
         view: view.spec.name.clone(),
         version,
         watermark,
-        files: vec![path.to_string()],
+        files,
         rows_in,
         rows_out,
+        mode,
+        partitions: days.into_iter().collect(),
     };
     env.catalog.publish(&publication).await?;
-    tracing::info!(view = %publication.view, version, watermark, rows_in, rows_out, "published batch version");
+    tracing::info!(view = %publication.view, version, watermark, mode, rows_in, rows_out, "published batch version");
     Ok(RunOutcome { publication })
+}
+
+/// Splits aggregated batches by the UTC day of their bucket.
+fn split_by_day(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<BTreeMap<String, RecordBatch>> {
+    const DAY: i64 = 86_400_000_000;
+    let mut by_day: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
+    for batch in batches {
+        let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
+        let buckets = batch
+            .column(0)
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| Error::Invalid("bucket column is not a timestamp".into()))?;
+        let days: BTreeSet<i64> = buckets.iter().flatten().map(|b| b.div_euclid(DAY)).collect();
+        for day in days {
+            let mask: BooleanArray =
+                buckets.iter().map(|b| Some(b.is_some_and(|b| b.div_euclid(DAY) == day))).collect();
+            by_day.entry(day).or_default().push(filter_record_batch(&batch, &mask)?);
+        }
+    }
+    by_day
+        .into_iter()
+        .map(|(day, parts)| {
+            let date =
+                chrono::DateTime::from_timestamp_micros(day * DAY).expect("valid day").format("%Y-%m-%d").to_string();
+            Ok((date, concat_batches(schema, &parts)?))
+        })
+        .collect()
 }
 
 /// The schema of a version file: bucket, dimensions, state columns.
@@ -121,16 +204,16 @@ fn version_schema(view: &CompiledView) -> datafusion::arrow::datatypes::SchemaRe
     Arc::new(Schema::new(fields))
 }
 
-/// Runs the view's aggregation over the master events up to `watermark`. Returns the
-/// batches (in [`version_schema`] column order) and the number of events read.
-async fn aggregate(env: &BatchEnv, view: &CompiledView, watermark: u64) -> Result<(Vec<RecordBatch>, i64)> {
+/// Runs the view's aggregation over the events of `inputs` (master files) up to
+/// `watermark`. Returns the batches and the number of events read.
+async fn aggregate(
+    env: &BatchEnv,
+    view: &CompiledView,
+    watermark: u64,
+    inputs: &[Path],
+) -> Result<(Vec<RecordBatch>, i64)> {
     let dataset = &view.dataset;
-    let files: Vec<String> = list(&env.store, &master_prefix(&dataset.name))
-        .await?
-        .into_iter()
-        .filter(|p| master_file_segment(p).is_some_and(|first| first <= watermark))
-        .map(|p| format!("{STORE_URL}/{p}"))
-        .collect();
+    let files: Vec<String> = inputs.iter().map(|p| format!("{STORE_URL}/{p}")).collect();
     if files.is_empty() {
         return Ok((Vec::new(), 0));
     }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! master/{dataset}/date={YYYY-MM-DD}/{first_seq:020}.parquet   one file per log segment and day
-//! views/{view}/v{version:06}/part-00000.parquet                one directory per version
+//! views/{view}/v{version:06}/date={YYYY-MM-DD}/part-00000.parquet   one directory per version,
+//!                                                               one file per event day
 //! ```
 //! Every object is written whole with one `put` (atomic on the local store and on S3), so a
 //! reader never sees half a file.
@@ -16,6 +17,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 use datafusion::parquet::file::properties::WriterProperties;
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -43,8 +45,13 @@ pub fn version_dir(view: &str, version: i64) -> Path {
     Path::from(format!("views/{view}/v{version:06}"))
 }
 
-pub fn version_file(view: &str, version: i64, part: usize) -> Path {
-    Path::from(format!("views/{view}/v{version:06}/part-{part:05}.parquet"))
+pub fn version_file(view: &str, version: i64, date: &str) -> Path {
+    Path::from(format!("views/{view}/v{version:06}/date={date}/part-00000.parquet"))
+}
+
+/// The `YYYY-MM-DD` of a path's `date=` directory.
+pub fn partition_date(path: &Path) -> Option<String> {
+    path.parts().find_map(|part| part.as_ref().strip_prefix("date=").map(str::to_string))
 }
 
 /// Every object under `prefix`.
@@ -88,6 +95,14 @@ pub async fn read_parquet(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<V
     let bytes: Bytes = store.get(path).await?.bytes().await?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Copies a Parquet object and returns its row count (read from its footer).
+pub async fn copy_parquet(store: &Arc<dyn ObjectStore>, from: &Path, to: &Path) -> Result<i64> {
+    let bytes: Bytes = store.get(from).await?.bytes().await?;
+    let rows = ParquetMetaDataReader::new().parse_and_finish(&bytes)?.file_metadata().num_rows();
+    store.put(to, PutPayload::from(bytes)).await?;
+    Ok(rows)
 }
 
 /// Loads a published version's files into groups of aggregate states.

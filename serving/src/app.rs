@@ -125,12 +125,7 @@ impl AppState {
                 tandem_batch::Error::NotFound(format!("version {version} of view {:?}", view.spec.name))
             })?;
         let groups = load_version(&self.env.store, view, &record.files).await?;
-        Ok(BatchSnapshot {
-            version,
-            watermark: record.watermark,
-            finished_at: Some(format_timestamp(record.created_at)),
-            groups,
-        })
+        Ok(BatchSnapshot::new(version, record.watermark, Some(format_timestamp(record.created_at)), groups))
     }
 
     /// Installs version `version` of a view if it is newer than what the view serves.

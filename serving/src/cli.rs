@@ -57,12 +57,13 @@ pub async fn batch(config: BatchConfig) -> anyhow::Result<()> {
             failed += 1;
             continue;
         }
-        match tandem_batch::run::execute(&env, &run).await {
+        match tandem_batch::run::execute(&env, &run, config.full).await {
             Ok(outcome) => {
                 let p = outcome.publication;
                 println!(
                     "{}",
-                    serde_json::json!({"view": p.view, "run": p.run_id, "version": p.version, "watermark": p.watermark, "rows_in": p.rows_in, "rows_out": p.rows_out})
+                    serde_json::json!({"view": p.view, "run": p.run_id, "version": p.version, "watermark": p.watermark,
+                        "mode": p.mode, "partitions": p.partitions, "rows_in": p.rows_in, "rows_out": p.rows_out})
                 );
             }
             Err(e) => {

@@ -63,4 +63,7 @@ pub struct BatchConfig {
     /// Recompute every view.
     #[arg(long)]
     pub all: bool,
+    /// Recompute every day, not only the days that received events since the last version.
+    #[arg(long)]
+    pub full: bool,
 }

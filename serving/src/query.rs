@@ -223,6 +223,8 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
             "batch_watermark": state.batch.as_ref().map(|b| b.watermark),
             "batch_finished_at": state.batch.as_ref().and_then(|b| b.finished_at.clone()),
             "speed_events": state.speed_events(),
+            "speed_newest_ingest_at": state.newest_ingest().map(format_timestamp),
+            "late_events": state.late_events(),
         });
         Ok((merged, freshness))
     })?;

@@ -12,27 +12,27 @@ use tokio::task::JoinHandle;
 use crate::api::error::ApiResult;
 use crate::app::AppState;
 
-/// Queues a run of `view` (or returns the one already queued or running) and, if it is
+/// Queues a run of `view` (`full`: recompute every day, not only the dirty ones) (or returns the one already queued or running) and, if it is
 /// new, executes it in the background: seal the log's active segment so the run covers
 /// every event acknowledged so far, recompute, then serve the new version at once.
-pub async fn trigger(state: &AppState, view: &str, trigger: Trigger) -> ApiResult<(RunRecord, bool)> {
+pub async fn trigger(state: &AppState, view: &str, trigger: Trigger, full: bool) -> ApiResult<(RunRecord, bool)> {
     let (run, created) = state.env.catalog.queue_run(view, trigger).await?;
     if created {
         let state = state.clone();
         let run = run.clone();
-        tokio::spawn(async move { execute_run(&state, &run).await });
+        tokio::spawn(async move { execute_run(&state, &run, full).await });
     }
     Ok((run, created))
 }
 
-async fn execute_run(state: &AppState, run: &RunRecord) {
+async fn execute_run(state: &AppState, run: &RunRecord, full: bool) {
     if let Some(live) = state.view(&run.view)
         && let Some(dataset) = state.dataset(&live.view.spec.dataset)
         && let Err(e) = dataset.writer.roll().await
     {
         tracing::warn!(run = run.id, error = %e, "could not seal the active segment before a run");
     }
-    match execute(&state.env, run).await {
+    match execute(&state.env, run, full).await {
         Ok(outcome) => {
             let p = outcome.publication;
             if let Err(e) = state.refresh_view(&p.view, p.version).await {
@@ -97,7 +97,7 @@ async fn schedule(state: AppState) {
                     name.clone(),
                     cron.find_next_occurrence(&now, false).unwrap_or(now + chrono::Duration::days(365)),
                 );
-                if let Err(e) = trigger(&state, &name, Trigger::Schedule).await {
+                if let Err(e) = trigger(&state, &name, Trigger::Schedule, false).await {
                     tracing::warn!(view = name, error = e.message, "scheduled run could not start");
                 }
             }
@@ -110,7 +110,7 @@ async fn resume_building(state: AppState) {
     for name in state.view_names() {
         let Some(live) = state.view(&name) else { continue };
         if !live.read(|s| s.is_ready())
-            && let Err(e) = trigger(&state, &name, Trigger::Create).await
+            && let Err(e) = trigger(&state, &name, Trigger::Create, true).await
         {
             tracing::warn!(view = name, error = e.message, "could not restart the first run of a building view");
         }

@@ -14,12 +14,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use tandem_model::Row;
 use tandem_model::agg::{Groups, fold_row, merge_groups};
 use tandem_model::columnar::rows_to_batch;
 use tandem_model::view::CompiledView;
+use tandem_model::{Row, Value};
 
 use crate::filter::ViewFilter;
+
+const DAY: i64 = 86_400_000_000;
 
 /// A published batch version, loaded into memory.
 #[derive(Debug, Default)]
@@ -30,6 +32,15 @@ pub struct BatchSnapshot {
     /// When the run that made it finished, RFC 3339.
     pub finished_at: Option<String>,
     pub groups: Groups,
+    /// The newest event day (days since the epoch, UTC) the version holds groups for.
+    pub newest_day: Option<i64>,
+}
+
+impl BatchSnapshot {
+    pub fn new(version: i64, watermark: u64, finished_at: Option<String>, groups: Groups) -> BatchSnapshot {
+        let newest_day = groups.keys().map(|k| k.bucket.div_euclid(DAY)).max();
+        BatchSnapshot { version, watermark, finished_at, groups, newest_day }
+    }
 }
 
 /// The groups of one log segment's events past the floor.
@@ -40,6 +51,8 @@ pub struct SegmentGroups {
     pub events: u64,
     /// Newest ingest time, UTC micros.
     pub newest_ingest: i64,
+    /// Events per event day (days since the epoch, UTC).
+    pub days: BTreeMap<i64, u64>,
 }
 
 #[derive(Debug)]
@@ -59,6 +72,18 @@ impl LiveState {
 
     pub fn speed_events(&self) -> u64 {
         self.segments.values().map(|s| s.events).sum()
+    }
+
+    /// When the newest event in the speed layer was acknowledged (UTC micros).
+    pub fn newest_ingest(&self) -> Option<i64> {
+        self.segments.values().map(|s| s.newest_ingest).max()
+    }
+
+    /// Speed-layer events of days the batch version already holds: late events, each of
+    /// which makes its day dirty for the next (incremental) run.
+    pub fn late_events(&self) -> u64 {
+        let Some(newest) = self.batch.as_ref().and_then(|b| b.newest_day) else { return 0 };
+        self.segments.values().flat_map(|s| s.days.range(..=newest)).map(|(_, n)| n).sum()
     }
 }
 
@@ -133,6 +158,11 @@ impl ViewLive {
         merge_groups(&mut entry.groups, &partial);
         entry.events += rows.len() as u64;
         entry.newest_ingest = entry.newest_ingest.max(ingest_time);
+        for row in rows {
+            if let Value::Timestamp(ts) = row[self.view.time_index] {
+                *entry.days.entry(ts.div_euclid(DAY)).or_default() += 1;
+            }
+        }
         Ok(())
     }
 
@@ -199,7 +229,7 @@ mod tests {
         // a batch version covering segment 1 (seq 1..=3) with the same numbers
         let mut covered = Groups::new();
         rows(&[1, 2]).iter().for_each(|r| fold_row(&live.view, &mut covered, r));
-        assert!(live.publish(BatchSnapshot { version: 1, watermark: 3, finished_at: None, groups: covered }));
+        assert!(live.publish(BatchSnapshot::new(1, 3, None, covered)));
         assert_eq!(total(&live), before);
         live.read(|s| assert_eq!(s.segments.keys().copied().collect::<Vec<_>>(), vec![4]));
         // replaying covered events changes nothing

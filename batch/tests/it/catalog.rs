@@ -41,6 +41,8 @@ fn publication(run_id: i64, version: i64, watermark: u64) -> Publication {
         files: vec![format!("views/v/v{version:06}/part-00000.parquet")],
         rows_in: 10,
         rows_out: 3,
+        mode: "incremental",
+        partitions: vec!["2026-11-01".into()],
     }
 }
 
@@ -123,6 +125,10 @@ async fn publishing_is_one_transaction() {
         assert_eq!(catalog.current_versions().await.unwrap(), vec![("v".to_string(), 1)]);
         let done = catalog.run(run.id).await.unwrap().unwrap();
         assert_eq!((done.status.as_str(), done.watermark, done.version), ("succeeded", Some(5), Some(1)));
+        assert_eq!(
+            (done.mode.as_deref(), done.partitions),
+            (Some("incremental"), Some(vec!["2026-11-01".to_string()]))
+        );
         assert!(catalog.publish(&publication(run.id, 2, 9)).await.is_err(), "a finished run publishes once");
 
         // a second run may not reuse a version number: the whole publication rolls back

@@ -1,7 +1,9 @@
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tandem_batch::catalog::{RunRecord, Trigger, ViewRecord};
 use tandem_model::ViewSpec;
@@ -29,6 +31,8 @@ pub fn run_json(run: &RunRecord) -> Value {
         "rows_in": run.rows_in,
         "rows_out": run.rows_out,
         "version": run.version,
+        "mode": run.mode,
+        "partitions": run.partitions,
         "error": run.error,
     })
 }
@@ -65,7 +69,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let (record, live) = state.create_view(spec).await?;
     if !live.read(|s| s.is_ready()) {
-        runner::trigger(&state, &record.spec.name, Trigger::Create).await?;
+        runner::trigger(&state, &record.spec.name, Trigger::Create, true).await?;
     }
     Ok((StatusCode::CREATED, Json(view_json(&state, &record).await?)))
 }
@@ -107,12 +111,28 @@ pub async fn query_get(
     Ok(Json(answer(&live, QueryRequest::from_pairs(pairs)?)?))
 }
 
+/// The optional body of `POST /v1/views/{name}/runs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunRequest {
+    #[serde(default)]
+    full: bool,
+}
+
 pub async fn start_run(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body = body?;
+    let request: RunRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RunRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_request", format!("run request: {e}")))?
+    };
     record(&state, &name).await?;
-    let (run, _) = runner::trigger(&state, &name, Trigger::Manual).await?;
+    let (run, _) = runner::trigger(&state, &name, Trigger::Manual, request.full).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": run.id, "status": run.status }))))
 }
 

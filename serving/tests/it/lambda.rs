@@ -3,7 +3,7 @@
 //! existing events, a crash, a clean restart; every answer checked against a reference
 //! computed here from the raw events, not by tandem's code.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -489,4 +489,71 @@ async fn a_failed_run_keeps_the_previous_version_serving_and_says_why() {
     let a = server.query("by_country", json!({})).await;
     assert_eq!(a["freshness"]["batch_version"], json!(1));
     check_answers(&server, &acc.events, &["by_country"], "after a failed run").await;
+}
+
+fn date_of(ts: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(ts).unwrap().format("%Y-%m-%d").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_runs_recompute_only_dirty_days() {
+    const DAY: i64 = 86_400_000_000;
+    for catalog in catalogs().await {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start(dir.path(), catalog, &[]);
+        let mut rng = Gen(99);
+        let mut acc = Accepted::default();
+        server.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
+        server.ok("POST", "/v1/views", Some(by_country_view())).await;
+        ingest_json(&server, &mut acc, &rng.events(600, T0, 5 * 24, 1_000_000)).await;
+        let all_days: BTreeSet<String> = acc.events.iter().map(|e| date_of(e.ts)).collect();
+        assert_eq!(all_days.len(), 5);
+
+        let first = server.run_batch("by_country").await;
+        assert_eq!((first["status"].as_str(), first["mode"].as_str()), (Some("succeeded"), Some("full")), "{first}");
+        assert_eq!(first["partitions"], json!(all_days));
+
+        // new events on the last day, and late ones on the first
+        let newest_batch_day = acc.events.iter().filter(|e| !e.bot).map(|e| e.ts.div_euclid(DAY)).max().unwrap();
+        let before = acc.events.len();
+        ingest_json(&server, &mut acc, &rng.events(80, T0 + 4 * DAY, 24, 1_000_000)).await;
+        ingest_ndjson(&server, &mut acc, &rng.events(15, T0, 24, 1_000_000)).await;
+        let fresh = &acc.events[before..];
+        let a = server.query("by_country", json!({})).await;
+        let late = fresh.iter().filter(|e| e.ts.div_euclid(DAY) <= newest_batch_day).count();
+        assert_eq!(a["freshness"]["late_events"], json!(late));
+        assert_eq!(a["freshness"]["speed_events"], json!(fresh.len()));
+        assert!(a["freshness"]["speed_newest_ingest_at"].is_string());
+
+        let dirty: BTreeSet<String> = fresh.iter().map(|e| date_of(e.ts)).collect();
+        assert_eq!(dirty.len(), 2);
+        let second = server.run_batch("by_country").await;
+        assert_eq!(
+            (second["status"].as_str(), second["mode"].as_str()),
+            (Some("succeeded"), Some("incremental")),
+            "{second}"
+        );
+        assert_eq!(second["partitions"], json!(dirty));
+        let read = acc.events.iter().filter(|e| dirty.contains(&date_of(e.ts))).count();
+        assert_eq!(second["rows_in"], json!(read), "an incremental run reads only the dirty days");
+        check_answers(&server, &acc.events, &["by_country"], "after an incremental run").await;
+        let a = server.query("by_country", json!({})).await;
+        assert_eq!(
+            (a["freshness"]["late_events"].clone(), a["freshness"]["speed_events"].clone()),
+            (json!(0), json!(0))
+        );
+        // the version directory is whole: one file per day, clean days carried over
+        let days_on_disk = std::fs::read_dir(dir.path().join("views/by_country/v000002")).unwrap().count();
+        assert_eq!(days_on_disk, all_days.len());
+
+        // a full run on request recomputes every day, to the same answers
+        let (status, run) = server.call("POST", "/v1/views/by_country/runs", Some(json!({"full": true}))).await;
+        assert_eq!(status, 202, "{run}");
+        let third = server.wait_run(run["id"].as_i64().unwrap()).await;
+        assert_eq!((third["mode"].as_str(), third["rows_in"].clone()), (Some("full"), json!(acc.events.len())));
+        assert_eq!(third["rows_out"], second["rows_out"]);
+        check_answers(&server, &acc.events, &["by_country"], "after a full run").await;
+        let (status, _) = server.call("POST", "/v1/views/by_country/runs", Some(json!({"fast": true}))).await;
+        assert_eq!(status, 400);
+    }
 }
