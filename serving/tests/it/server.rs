@@ -120,11 +120,17 @@ impl TestServer {
         self.wait_run(run["id"].as_i64().unwrap()).await
     }
 
+    /// Waits until a run has finished and, if it succeeded, until its version is served
+    /// (the catalog commit comes a moment before the server installs the version).
     pub async fn wait_run(&self, id: i64) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let run = self.ok("GET", &format!("/v1/runs/{id}"), None).await;
-            if run["status"] == "succeeded" || run["status"] == "failed" {
+            let served = || async {
+                let view = self.ok("GET", &format!("/v1/views/{}", run["view"].as_str().unwrap()), None).await;
+                view["batch_version"].as_i64() >= run["version"].as_i64()
+            };
+            if run["status"] == "failed" || (run["status"] == "succeeded" && served().await) {
                 return run;
             }
             assert!(Instant::now() < deadline, "run {id} did not finish: {run}");
