@@ -2,6 +2,7 @@
 //! Every suite runs with the embedded SQLite catalog, and with Postgres when
 //! `TANDEM_TEST_DATABASE_URL` is set (`.ci/run` sets it and fails if Postgres is down).
 
+mod reference;
 mod server;
 
 mod bad_input;
