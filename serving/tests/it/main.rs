@@ -8,3 +8,4 @@ mod server;
 mod bad_input;
 mod crash;
 mod lambda;
+mod prop;
