@@ -225,6 +225,16 @@ mod tests {
         }
     }
 
+    /// A float arrives as exactly the number the client wrote (correctly rounded parsing).
+    #[test]
+    fn floats_are_parsed_exactly() {
+        let s = spec();
+        for text in ["516597.24625005835", "0.1", "1e-300", "2.2250738585072014e-308", "9007199254740993"] {
+            let rows = decode(&s, Format::Json, format!(r#"{{"ts":1,"f":{text}}}"#).as_bytes()).unwrap();
+            assert_eq!(rows[0][1], Value::Float(text.parse::<f64>().unwrap()), "{text}");
+        }
+    }
+
     #[test]
     fn caps_the_error_list() {
         let s = spec();
