@@ -18,13 +18,17 @@
 //!   i64 LE  ingest time, UTC microseconds
 //!   u32 LE  number of events
 //!   u32 LE  values per event (the dataset's field count)
+//!   u32 LE  events of the request dropped as duplicate ids (to answer a retry the same way)
+//!   u16 LE  length of the request's idempotency key (0: none), then the key
 //!   events: each value of each row, in field order, as a tag byte and a body:
 //!     0 null | 1 string (u32 LE length, UTF-8) | 2 int64 | 3 float64 bits | 4 false | 5 true
 //!     | 6 timestamp (i64 LE micros)
 //! ```
 //!
 //! One record is one ingest request, so a request is stored whole or not at all: a record
-//! whose length or checksum does not hold is not a record.
+//! whose length or checksum does not hold is not a record. A request with an idempotency key
+//! is recorded even when all its events were duplicates (a record of no events), so that a
+//! retry after a restart still gets the first answer.
 //!
 //! # Durability and recovery
 //! The writer appends records and the caller calls [`LogWriter::sync`] (fsync) before it
@@ -44,7 +48,7 @@ use crate::value::{Row, Value};
 
 const MAGIC: &[u8; 8] = b"TNDMLOG1";
 const RECORD_HEADER: usize = 8;
-const PAYLOAD_HEADER: usize = 24;
+const PAYLOAD_HEADER: usize = 30;
 /// A record larger than this is corruption, not data (requests are capped far below it).
 const MAX_RECORD: usize = 1 << 30;
 
@@ -68,12 +72,16 @@ pub struct Record {
     pub first_seq: u64,
     pub ingest_time: i64,
     pub rows: Vec<Row>,
+    /// Events of the request dropped as duplicates.
+    pub duplicates: u32,
+    /// The request's idempotency key.
+    pub key: Option<String>,
 }
 
 impl Record {
-    /// Sequence number of the last event.
-    pub fn last_seq(&self) -> u64 {
-        self.first_seq + self.rows.len() as u64 - 1
+    /// The sequence number after the record's last event.
+    pub fn end_seq(&self) -> u64 {
+        self.first_seq + self.rows.len() as u64
     }
 }
 
@@ -196,8 +204,9 @@ impl LogWriter {
             file.sync_all().map_err(io_err(&last.path))?;
             recovery.truncated = Some((last.path.clone(), file_len.saturating_sub(keep), reason.clone()));
         }
-        let next_seq = contents.records.last().map(|r| r.last_seq() + 1).unwrap_or(last.first_seq);
-        if contents.records.is_empty() {
+        let next_seq = contents.records.last().map(Record::end_seq).unwrap_or(last.first_seq);
+        if next_seq == last.first_seq {
+            // no events yet (at most keyed records of duplicates): keep appending here
             let file = OpenOptions::new().append(true).open(&last.path).map_err(io_err(&last.path))?;
             let len = file.metadata().map_err(io_err(&last.path))?.len();
             let writer = LogWriter {
@@ -246,11 +255,13 @@ impl LogWriter {
         self.len
     }
 
-    /// Buffers a record for `rows`, numbering them from [`next_seq`](Self::next_seq), and
-    /// returns the first sequence number. Nothing reaches the file before [`flush`](Self::flush).
-    pub fn append(&mut self, ingest_time: i64, rows: &[Row]) -> u64 {
+    /// Buffers a record for a request's `rows`, numbering them from
+    /// [`next_seq`](Self::next_seq), and returns the first sequence number. `duplicates` and
+    /// `key` are kept to answer a retry of the request. Nothing reaches the file before
+    /// [`sync`](Self::sync).
+    pub fn append(&mut self, ingest_time: i64, rows: &[Row], duplicates: u32, key: Option<&str>) -> u64 {
         let first_seq = self.next_seq;
-        encode_record(&mut self.buf, first_seq, ingest_time, rows);
+        encode_record(&mut self.buf, first_seq, ingest_time, rows, duplicates, key);
         self.next_seq += rows.len() as u64;
         first_seq
     }
@@ -304,7 +315,14 @@ fn count_events(buf: &[u8]) -> u64 {
     n
 }
 
-fn encode_record(out: &mut Vec<u8>, first_seq: u64, ingest_time: i64, rows: &[Row]) {
+fn encode_record(
+    out: &mut Vec<u8>,
+    first_seq: u64,
+    ingest_time: i64,
+    rows: &[Row],
+    duplicates: u32,
+    key: Option<&str>,
+) {
     let start = out.len();
     out.extend_from_slice(&[0; RECORD_HEADER]);
     out.extend_from_slice(&first_seq.to_le_bytes());
@@ -312,6 +330,11 @@ fn encode_record(out: &mut Vec<u8>, first_seq: u64, ingest_time: i64, rows: &[Ro
     out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
     let width = rows.first().map(Vec::len).unwrap_or(0);
     out.extend_from_slice(&(width as u32).to_le_bytes());
+    out.extend_from_slice(&duplicates.to_le_bytes());
+    let key = key.unwrap_or("").as_bytes();
+    let key = &key[..key.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    out.extend_from_slice(key);
     for row in rows {
         debug_assert_eq!(row.len(), width, "rows of one record have one width");
         for value in row {
@@ -366,6 +389,10 @@ fn decode_record(bytes: &[u8]) -> std::result::Result<(Record, usize), String> {
     let ingest_time = r.u64()? as i64;
     let n = r.u32()? as usize;
     let width = r.u32()? as usize;
+    let duplicates = r.u32()?;
+    let key_len = u16::from_le_bytes(r.take(2)?.try_into().unwrap()) as usize;
+    let key = std::str::from_utf8(r.take(key_len)?).map_err(|_| "idempotency key is not UTF-8")?.to_string();
+    let key = (!key.is_empty()).then_some(key);
     let mut rows = Vec::with_capacity(n.min(1 << 16));
     for _ in 0..n {
         let row = (0..width).map(|_| r.value()).collect::<std::result::Result<Row, String>>()?;
@@ -374,10 +401,10 @@ fn decode_record(bytes: &[u8]) -> std::result::Result<(Record, usize), String> {
     if r.pos != payload.len() {
         return Err("trailing bytes in record".into());
     }
-    if rows.is_empty() {
+    if rows.is_empty() && key.is_none() {
         return Err("empty record".into());
     }
-    Ok((Record { first_seq, ingest_time, rows }, RECORD_HEADER + len))
+    Ok((Record { first_seq, ingest_time, rows, duplicates, key }, RECORD_HEADER + len))
 }
 
 struct Reader<'a> {
@@ -436,19 +463,27 @@ mod tests {
     fn appends_read_back_and_number_events() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = LogWriter::open(dir.path()).unwrap();
-        assert_eq!(log.append(5, &[row(1), row(2)]), 1);
-        assert_eq!(log.append(6, &[row(3)]), 3);
+        assert_eq!(log.append(5, &[row(1), row(2)], 1, Some("k1")), 1);
+        assert_eq!(log.append(6, &[row(3)], 0, None), 3);
+        assert_eq!(log.append(6, &[], 4, Some("k2")), 4, "a keyed request of duplicates only");
         log.sync().unwrap();
         let (sealed, last) = log.roll().unwrap().unwrap();
         assert_eq!((sealed.first_seq, last), (1, 3));
-        assert_eq!(log.append(7, &[row(4)]), 4);
+        assert_eq!(log.append(7, &[row(4)], 0, None), 4);
         log.sync().unwrap();
         let records = read_sealed(&sealed.path).unwrap();
         assert_eq!(
             records,
             vec![
-                Record { first_seq: 1, ingest_time: 5, rows: vec![row(1), row(2)] },
-                Record { first_seq: 3, ingest_time: 6, rows: vec![row(3)] },
+                Record {
+                    first_seq: 1,
+                    ingest_time: 5,
+                    rows: vec![row(1), row(2)],
+                    duplicates: 1,
+                    key: Some("k1".into())
+                },
+                Record { first_seq: 3, ingest_time: 6, rows: vec![row(3)], duplicates: 0, key: None },
+                Record { first_seq: 4, ingest_time: 6, rows: vec![], duplicates: 4, key: Some("k2".into()) },
             ]
         );
         assert_eq!(sealed_segments(dir.path()).unwrap().len(), 1);
@@ -465,8 +500,8 @@ mod tests {
     fn a_torn_tail_is_cut_at_the_last_whole_record() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = LogWriter::open(dir.path()).unwrap();
-        log.append(1, &[row(1)]);
-        log.append(1, &[row(2), row(3)]);
+        log.append(1, &[row(1)], 0, None);
+        log.append(1, &[row(2), row(3)], 0, None);
         log.sync().unwrap();
         drop(log);
         let path = list_segments(dir.path()).unwrap()[0].path.clone();
@@ -487,7 +522,7 @@ mod tests {
     fn a_flipped_byte_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = LogWriter::open(dir.path()).unwrap();
-        log.append(1, &[row(1)]);
+        log.append(1, &[row(1)], 0, None);
         log.sync().unwrap();
         let path = list_segments(dir.path()).unwrap()[0].path.clone();
         let mut bytes = fs::read(&path).unwrap();
@@ -501,7 +536,7 @@ mod tests {
     fn a_failed_sync_gives_back_its_sequence_numbers() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = LogWriter::open(dir.path()).unwrap();
-        log.append(1, &[row(1), row(2)]);
+        log.append(1, &[row(1), row(2)], 0, None);
         assert_eq!(count_events(&log.buf), 2);
     }
 }

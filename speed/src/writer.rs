@@ -7,12 +7,20 @@
 //! of them. A failed fsync answers every request of the group with an error, and nothing of
 //! the group is visible or remembered as a duplicate.
 //!
+//! A request may carry an idempotency key: a retry with a key accepted within the window
+//! gets the first answer and appends nothing. Keys live in the log records (see
+//! `tandem_model::log`), so they survive restarts like the events do.
+//!
+//! Backpressure: at most `max_queued` requests wait for the thread; past that, `append`
+//! fails at once with [`WriteError::Overloaded`] instead of queueing without bound.
+//!
 //! The thread is also the only place that rolls segments and adds views, so both happen
 //! between requests, never inside one.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,21 +35,27 @@ use crate::live::ViewLive;
 pub struct WriterConfig {
     /// Ids accepted within this window make later events with the same id duplicates.
     pub dedup_window: Duration,
+    /// A retry with an idempotency key answered within this window gets the first answer.
+    pub key_window: Duration,
     /// The active segment is sealed when it holds events and is this old...
     pub roll_interval: Duration,
     /// ...or this large.
     pub roll_bytes: u64,
     /// Most requests in one group commit.
     pub max_group: usize,
+    /// Most requests waiting for the writer; more are refused with `Overloaded`.
+    pub max_queued: usize,
 }
 
 impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
             dedup_window: Duration::from_secs(24 * 3600),
+            key_window: Duration::from_secs(24 * 3600),
             roll_interval: Duration::from_secs(60),
             roll_bytes: 128 << 20,
             max_group: 4096,
+            max_queued: 4096,
         }
     }
 }
@@ -54,6 +68,8 @@ pub enum WriteError {
     Stopped(String),
     #[error("view: {0}")]
     View(String),
+    #[error("the writer of dataset {0:?} has {1} requests waiting; retry shortly")]
+    Overloaded(String, usize),
 }
 
 /// What an append did.
@@ -64,7 +80,7 @@ pub struct AppendOutcome {
 }
 
 enum Command {
-    Append { rows: Vec<Row>, reply: oneshot::Sender<Result<AppendOutcome, WriteError>> },
+    Append { rows: Vec<Row>, key: Option<String>, reply: oneshot::Sender<Result<AppendOutcome, WriteError>> },
     Roll { reply: oneshot::Sender<Result<u64, WriteError>> },
     AddView { view: Arc<ViewLive>, reply: oneshot::Sender<Result<u64, WriteError>> },
     RemoveView { name: String, reply: oneshot::Sender<()> },
@@ -78,6 +94,8 @@ pub struct DatasetWriter {
     name: String,
     tx: Sender<Command>,
     thread: Arc<parking_lot::Mutex<Option<JoinHandle<()>>>>,
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
 }
 
 impl DatasetWriter {
@@ -90,6 +108,7 @@ impl DatasetWriter {
         config: WriterConfig,
     ) -> Result<(DatasetWriter, Recovery), WriteError> {
         let (log, recovery) = LogWriter::open(dir)?;
+        let max_queued = config.max_queued;
         let mut thread = WriterThread {
             spec: spec.clone(),
             log,
@@ -99,6 +118,8 @@ impl DatasetWriter {
             opened: Instant::now(),
             dir: dir.to_path_buf(),
             group_ids: HashSet::new(),
+            keys: HashMap::new(),
+            group_keys: HashMap::new(),
         };
         thread.replay()?;
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -106,7 +127,14 @@ impl DatasetWriter {
             .name(format!("writer-{}", spec.name))
             .spawn(move || thread.run(rx))
             .map_err(|e| LogError::Io { path: dir.to_path_buf(), source: e })?;
-        Ok((DatasetWriter { name: spec.name, tx, thread: Arc::new(parking_lot::Mutex::new(Some(handle))) }, recovery))
+        let writer = DatasetWriter {
+            name: spec.name,
+            tx,
+            thread: Arc::new(parking_lot::Mutex::new(Some(handle))),
+            queued: Arc::new(AtomicUsize::new(0)),
+            max_queued,
+        };
+        Ok((writer, recovery))
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, WriteError> {
@@ -116,9 +144,15 @@ impl DatasetWriter {
     }
 
     /// Stores `rows` durably as one record and folds them into every view. Answers only
-    /// after the fsync and the fold.
-    pub async fn append(&self, rows: Vec<Row>) -> Result<AppendOutcome, WriteError> {
-        self.call(|reply| Command::Append { rows, reply }).await?
+    /// after the fsync and the fold. With a `key` already answered within the window, returns
+    /// that answer and stores nothing.
+    pub async fn append(&self, rows: Vec<Row>, key: Option<String>) -> Result<AppendOutcome, WriteError> {
+        let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
+        let _leave = QueueSlot(&self.queued);
+        if waiting >= self.max_queued {
+            return Err(WriteError::Overloaded(self.name.clone(), waiting));
+        }
+        self.call(|reply| Command::Append { rows, key, reply }).await?
     }
 
     /// Seals the active segment (if it holds events); returns the last sealed sequence number.
@@ -142,6 +176,15 @@ impl DatasetWriter {
         if let Some(handle) = self.thread.lock().take() {
             let _ = handle.join();
         }
+    }
+}
+
+/// Takes a request off the queue count when it is answered or abandoned.
+struct QueueSlot<'a>(&'a AtomicUsize);
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -179,6 +222,10 @@ struct WriterThread {
     dir: PathBuf,
     /// Ids staged in the group being committed.
     group_ids: HashSet<String>,
+    /// Idempotency keys answered within the window: the answer and when (UTC micros).
+    keys: HashMap<String, (AppendOutcome, i64)>,
+    /// Keys staged in the group being committed, with their answer.
+    group_keys: HashMap<String, AppendOutcome>,
 }
 
 fn now_micros() -> i64 {
@@ -189,11 +236,17 @@ struct Pending {
     reply: oneshot::Sender<Result<AppendOutcome, WriteError>>,
     outcome: AppendOutcome,
     record: Option<(u64, Vec<Row>)>,
+    /// A new idempotency key to remember once the group is durable.
+    key: Option<String>,
 }
 
 impl WriterThread {
     fn window(&self) -> i64 {
         self.config.dedup_window.as_micros() as i64
+    }
+
+    fn key_window(&self) -> i64 {
+        self.config.key_window.as_micros() as i64
     }
 
     /// Rebuilds the views' speed layers and the dedup index from every segment.
@@ -209,6 +262,12 @@ impl WriterThread {
                 log::read_sealed(&segment.path)?
             };
             for record in records {
+                if let Some(key) = &record.key
+                    && now - record.ingest_time < self.key_window()
+                {
+                    let outcome = AppendOutcome { accepted: record.rows.len(), duplicates: record.duplicates as usize };
+                    self.keys.insert(key.clone(), (outcome, record.ingest_time));
+                }
                 if let Some(id) = self.spec.id_index() {
                     for row in &record.rows {
                         if let Some(key) = Dedup::key(&row[id])
@@ -250,8 +309,8 @@ impl WriterThread {
             let mut stop = None;
             for command in group {
                 match command {
-                    Command::Append { rows, reply } => {
-                        let staged = self.stage(rows, reply);
+                    Command::Append { rows, key, reply } => {
+                        let staged = self.stage(rows, key, reply);
                         pending.push(staged);
                     }
                     Command::Shutdown { reply } => stop = Some(reply),
@@ -268,7 +327,10 @@ impl WriterThread {
             }
             self.maybe_roll();
             if last_evict.elapsed() > Duration::from_secs(60) {
-                self.dedup.evict(now_micros(), self.window());
+                let (now, window) = (now_micros(), self.window());
+                self.dedup.evict(now, window);
+                let key_window = self.key_window();
+                self.keys.retain(|_, (_, at)| now - *at < key_window);
                 last_evict = Instant::now();
             }
         }
@@ -276,34 +338,49 @@ impl WriterThread {
     }
 
     /// Drops duplicates and buffers the record; nothing is durable or visible yet.
-    fn stage(&mut self, rows: Vec<Row>, reply: oneshot::Sender<Result<AppendOutcome, WriteError>>) -> Pending {
-        let total = rows.len();
-        let rows = match self.spec.id_index() {
-            None => rows,
-            Some(id) => {
-                let now = now_micros();
-                let window = self.window();
-                rows.into_iter()
-                    .filter(|row| match Dedup::key(&row[id]) {
-                        None => true,
-                        Some(key) => !self.dedup.is_duplicate(&key, now, window) && self.group_ids.insert(key),
-                    })
-                    .collect()
+    fn stage(
+        &mut self,
+        rows: Vec<Row>,
+        key: Option<String>,
+        reply: oneshot::Sender<Result<AppendOutcome, WriteError>>,
+    ) -> Pending {
+        let now = now_micros();
+        let window = self.window();
+        if let Some(k) = &key {
+            let key_window = self.key_window();
+            let answered = self.keys.get(k).filter(|(_, at)| now - at < key_window).map(|(o, _)| *o);
+            if let Some(outcome) = answered.or_else(|| self.group_keys.get(k).copied()) {
+                return Pending { reply, outcome, record: None, key: None };
             }
+        }
+        let total = rows.len();
+        let rows: Vec<Row> = match self.spec.id_index() {
+            None => rows,
+            Some(id) => rows
+                .into_iter()
+                .filter(|row| match Dedup::key(&row[id]) {
+                    None => true,
+                    Some(k) => !self.dedup.is_duplicate(&k, now, window) && self.group_ids.insert(k),
+                })
+                .collect(),
         };
         let outcome = AppendOutcome { accepted: rows.len(), duplicates: total - rows.len() };
-        let record = if rows.is_empty() {
+        let record = if rows.is_empty() && key.is_none() {
             None
         } else {
-            let first_seq = self.log.append(now_micros(), &rows);
+            let first_seq = self.log.append(now, &rows, outcome.duplicates as u32, key.as_deref());
             Some((first_seq, rows))
         };
-        Pending { reply, outcome, record }
+        if let Some(k) = &key {
+            self.group_keys.insert(k.clone(), outcome);
+        }
+        Pending { reply, outcome, record, key }
     }
 
     /// Fsyncs the staged records, then makes them visible and remembered, then answers.
     fn commit(&mut self, pending: Vec<Pending>) {
         self.group_ids.clear();
+        self.group_keys.clear();
         if pending.is_empty() {
             return;
         }
@@ -321,6 +398,9 @@ impl WriterThread {
         }
         let segment = self.log.active_first_seq();
         for p in pending {
+            if let Some(key) = p.key {
+                self.keys.insert(key, (p.outcome, ingest_time));
+            }
             if let Some((first_seq, rows)) = &p.record {
                 if let Some(id) = self.spec.id_index() {
                     for row in rows {
@@ -421,13 +501,13 @@ mod tests {
         let live = view();
         let (writer, _) =
             DatasetWriter::open(dir.path(), dataset(), vec![live.clone()], WriterConfig::default()).unwrap();
-        let out = writer.append(vec![event("a", 1), event("b", 2), event("a", 100)]).await.unwrap();
+        let out = writer.append(vec![event("a", 1), event("b", 2), event("a", 100)], None).await.unwrap();
         assert_eq!(out, AppendOutcome { accepted: 2, duplicates: 1 });
         // concurrent requests share group commits; all are applied exactly once
         let tasks: Vec<_> = (0..50)
             .map(|i| {
                 let w = writer.clone();
-                tokio::spawn(async move { w.append(vec![event(&format!("x{i}"), i)]).await.unwrap() })
+                tokio::spawn(async move { w.append(vec![event(&format!("x{i}"), i)], None).await.unwrap() })
             })
             .collect();
         for t in tasks {
@@ -436,14 +516,14 @@ mod tests {
         let expected = serde_json::json!([52, 3 + (0..50).sum::<i64>()]);
         assert_eq!(totals(&live), expected);
         writer.shutdown().await;
-        assert!(writer.append(vec![event("z", 1)]).await.is_err());
+        assert!(writer.append(vec![event("z", 1)], None).await.is_err());
 
         let again = view();
         let (writer, recovery) =
             DatasetWriter::open(dir.path(), dataset(), vec![again.clone()], WriterConfig::default()).unwrap();
         assert!(recovery.truncated.is_none());
         assert_eq!(totals(&again), expected, "replay rebuilds the speed layer");
-        let out = writer.append(vec![event("b", 5), event("c", 5)]).await.unwrap();
+        let out = writer.append(vec![event("b", 5), event("c", 5)], None).await.unwrap();
         assert_eq!(out, AppendOutcome { accepted: 1, duplicates: 1 }, "dedup survives a restart");
     }
 
@@ -451,11 +531,89 @@ mod tests {
     async fn a_view_added_later_starts_after_a_sealed_floor() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, _) = DatasetWriter::open(dir.path(), dataset(), vec![], WriterConfig::default()).unwrap();
-        writer.append(vec![event("a", 1), event("b", 2)]).await.unwrap();
+        writer.append(vec![event("a", 1), event("b", 2)], None).await.unwrap();
         let live = view();
         assert_eq!(writer.add_view(live.clone()).await.unwrap(), 2);
         assert_eq!(log::sealed_segments(dir.path()).unwrap().last().unwrap().1, 2);
-        writer.append(vec![event("c", 3)]).await.unwrap();
+        writer.append(vec![event("c", 3)], None).await.unwrap();
         assert_eq!(totals(&live), serde_json::json!([1, 3]));
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+    use tandem_model::Value;
+
+    fn dataset() -> DatasetSpec {
+        serde_json::from_str(
+            r#"{"name":"d","time_field":"ts","id_field":"id","fields":{"ts":"timestamp","id":"string"}}"#,
+        )
+        .unwrap()
+    }
+
+    fn event(id: &str) -> Row {
+        vec![Value::String(id.into()), Value::Timestamp(0)]
+    }
+
+    #[tokio::test]
+    async fn a_retried_key_gets_the_first_answer_and_stores_nothing_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _) = DatasetWriter::open(dir.path(), dataset(), vec![], WriterConfig::default()).unwrap();
+        let first = writer.append(vec![event("a"), event("b")], Some("k1".into())).await.unwrap();
+        assert_eq!(first, AppendOutcome { accepted: 2, duplicates: 0 });
+        // concurrent retries, some in the same group commit
+        let retries: Vec<_> = (0..20)
+            .map(|_| {
+                let w = writer.clone();
+                tokio::spawn(async move { w.append(vec![event("c")], Some("k1".into())).await.unwrap() })
+            })
+            .collect();
+        for r in retries {
+            assert_eq!(r.await.unwrap(), first);
+        }
+        // a keyed request of duplicates only is remembered too
+        let dups = writer.append(vec![event("a")], Some("k2".into())).await.unwrap();
+        assert_eq!(dups, AppendOutcome { accepted: 0, duplicates: 1 });
+        writer.shutdown().await;
+
+        let (writer, _) = DatasetWriter::open(dir.path(), dataset(), vec![], WriterConfig::default()).unwrap();
+        assert_eq!(writer.append(vec![event("x")], Some("k1".into())).await.unwrap(), first);
+        assert_eq!(writer.append(vec![event("y")], Some("k2".into())).await.unwrap(), dups);
+        // "c", "x", "y" were never stored: a new key may add them
+        let fresh = writer.append(vec![event("c"), event("x"), event("y")], Some("k3".into())).await.unwrap();
+        assert_eq!(fresh, AppendOutcome { accepted: 3, duplicates: 0 });
+        writer.shutdown().await;
+        let stored: usize = log::list_segments(dir.path())
+            .unwrap()
+            .iter()
+            .map(|s| log::read_segment(&s.path).unwrap().records.iter().map(|r| r.rows.len()).sum::<usize>())
+            .sum();
+        assert_eq!(stored, 5);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WriterConfig { max_queued: 2, ..WriterConfig::default() };
+        let (writer, _) = DatasetWriter::open(dir.path(), dataset(), vec![], config).unwrap();
+        let attempts: Vec<_> = (0..64)
+            .map(|i| {
+                let w = writer.clone();
+                tokio::spawn(async move { w.append(vec![event(&format!("e{i}"))], None).await })
+            })
+            .collect();
+        let mut refused = 0;
+        let mut accepted = 0;
+        for a in attempts {
+            match a.await.unwrap() {
+                Ok(o) => accepted += o.accepted,
+                Err(WriteError::Overloaded(..)) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(accepted + refused, 64);
+        assert!(accepted >= 1 && refused >= 1, "accepted {accepted}, refused {refused}");
+        assert_eq!(writer.queued.load(Ordering::SeqCst), 0, "every slot is given back");
     }
 }

@@ -83,8 +83,17 @@ impl From<BatchError> for ApiError {
 
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> ApiError {
-        tracing::error!(error = %e, "ingest failed");
-        ApiError::unavailable("log_unavailable", "events could not be stored durably; nothing was stored, retry", 1)
+        match e {
+            WriteError::Overloaded(..) => ApiError::unavailable("overloaded", format!("{e}; nothing was stored"), 1),
+            e => {
+                tracing::error!(error = %e, "ingest failed");
+                ApiError::unavailable(
+                    "log_unavailable",
+                    "events could not be stored durably; nothing was stored, retry",
+                    1,
+                )
+            }
+        }
     }
 }
 

@@ -9,7 +9,8 @@ use tandem_model::event::{Format, decode};
 use super::error::{ApiError, ApiResult};
 use crate::app::AppState;
 
-/// `POST /v1/datasets/{name}/events`: validate all, store all durably, answer.
+/// `POST /v1/datasets/{name}/events`: validate all, store all durably, answer. A retry with
+/// the same `Idempotency-Key` within 24 h gets the first answer and stores nothing.
 pub async fn ingest(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -27,8 +28,21 @@ pub async fn ingest(
         ApiError::bad_request("invalid_events", format!("{n} problem(s) in the events; nothing was stored"))
             .with_details(errors.into_iter().map(|e| serde_json::to_value(e).expect("errors serialize")))
     })?;
-    let outcome = dataset.writer.append(rows).await?;
+    let outcome = dataset.writer.append(rows, idempotency_key(&headers)?).await?;
     Ok(Json(json!({ "accepted": outcome.accepted, "duplicates": outcome.duplicates })))
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key =
+        value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
+    match key {
+        Some(k) => Ok(Some(k.to_string())),
+        None => {
+            Err(ApiError::bad_request("invalid_request", "Idempotency-Key must be 1 to 255 visible ASCII characters"))
+        }
+    }
 }
 
 fn format_of(headers: &HeaderMap) -> ApiResult<Format> {

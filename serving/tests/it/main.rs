@@ -9,3 +9,4 @@ mod bad_input;
 mod crash;
 mod lambda;
 mod prop;
+mod retries;

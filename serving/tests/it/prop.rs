@@ -71,7 +71,7 @@ async fn ingest(state: &AppState, acc: &mut Accepted, events: &[Event]) {
     let dataset = state.dataset("pageviews").unwrap();
     let body = serde_json::to_vec(&events.iter().map(|e| e.to_json(false)).collect::<Vec<_>>()).unwrap();
     let rows = decode(&dataset.record.spec, Format::Json, &body).expect("generated events are valid");
-    let outcome = dataset.writer.append(rows).await.unwrap();
+    let outcome = dataset.writer.append(rows, None).await.unwrap();
     let (accepted, duplicates) = acc.add(events);
     assert_eq!((outcome.accepted, outcome.duplicates), (accepted, duplicates));
 }
