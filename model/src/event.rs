@@ -12,6 +12,19 @@ use crate::value::{Row, Value, parse_timestamp};
 /// How many problems a rejected request reports.
 pub const MAX_ERRORS: usize = 100;
 
+/// Bounds on one request, so that no request can take unbounded memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_events: usize,
+    pub max_string_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_events: 100_000, max_string_bytes: 64 << 10 }
+    }
+}
+
 /// The body's framing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -37,12 +50,18 @@ impl EventError {
 }
 
 /// Decodes a request body into rows, or every problem found (up to [`MAX_ERRORS`]).
-pub fn decode(spec: &DatasetSpec, format: Format, body: &[u8]) -> Result<Vec<Row>, Vec<EventError>> {
+/// JSON nested deeper than 128 levels is malformed (serde_json's recursion limit), so no
+/// body can exhaust the stack.
+pub fn decode(spec: &DatasetSpec, format: Format, body: &[u8], limits: &Limits) -> Result<Vec<Row>, Vec<EventError>> {
     let objects = split(format, body)?;
+    if objects.len() > limits.max_events {
+        let message = format!("request holds {} events; the limit is {}", objects.len(), limits.max_events);
+        return Err(vec![EventError::new(0, None, message)]);
+    }
     let mut rows = Vec::with_capacity(objects.len());
     let mut errors = Vec::new();
     for (index, object) in objects.into_iter().enumerate() {
-        match validate(spec, index, object) {
+        match validate(spec, index, object, limits) {
             Ok(row) => rows.push(row),
             Err(mut errs) => {
                 let room = MAX_ERRORS - errors.len();
@@ -92,7 +111,7 @@ fn split(format: Format, body: &[u8]) -> Result<Vec<Json>, Vec<EventError>> {
     }
 }
 
-fn validate(spec: &DatasetSpec, index: usize, object: Json) -> Result<Row, Vec<EventError>> {
+fn validate(spec: &DatasetSpec, index: usize, object: Json, limits: &Limits) -> Result<Row, Vec<EventError>> {
     let Json::Object(mut map) = object else {
         return Err(vec![EventError::new(index, None, "event must be a JSON object")]);
     };
@@ -101,7 +120,7 @@ fn validate(spec: &DatasetSpec, index: usize, object: Json) -> Result<Row, Vec<E
     for (name, ty) in &spec.fields {
         let value = map.remove(name).unwrap_or(Json::Null);
         let is_time = *name == spec.time_field;
-        match convert(*ty, value, is_time) {
+        match convert(*ty, value, is_time, limits) {
             Ok(v) => row.push(v),
             Err(message) => {
                 errors.push(EventError::new(index, Some(name), message));
@@ -115,11 +134,14 @@ fn validate(spec: &DatasetSpec, index: usize, object: Json) -> Result<Row, Vec<E
     if errors.is_empty() { Ok(row) } else { Err(errors) }
 }
 
-fn convert(ty: FieldType, value: Json, required: bool) -> Result<Value, String> {
+fn convert(ty: FieldType, value: Json, required: bool, limits: &Limits) -> Result<Value, String> {
     if value.is_null() {
         return if required { Err("missing time value".into()) } else { Ok(Value::Null) };
     }
     match (ty, value) {
+        (FieldType::String, Json::String(s)) if s.len() > limits.max_string_bytes => {
+            Err(format!("string of {} bytes; the limit is {}", s.len(), limits.max_string_bytes))
+        }
         (FieldType::String, Json::String(s)) => Ok(Value::String(s)),
         (FieldType::Int64, Json::Number(n)) => match n.as_i64() {
             Some(i) => Ok(Value::Int(i)),
@@ -178,16 +200,17 @@ mod tests {
     #[test]
     fn decodes_arrays_objects_and_ndjson() {
         let s = spec();
-        let one = decode(&s, Format::Json, br#"{"ts":1000,"id":"a","n":3}"#).unwrap();
+        let one = decode(&s, Format::Json, br#"{"ts":1000,"id":"a","n":3}"#, &Limits::default()).unwrap();
         assert_eq!(one.len(), 1);
         // fields in name order: b, f, id, n, ts
         assert_eq!(
             one[0],
             vec![Value::Null, Value::Null, Value::String("a".into()), Value::Int(3), Value::Timestamp(1_000_000)]
         );
-        let many = decode(&s, Format::Json, br#"[{"ts":"2026-01-01T00:00:00Z"},{"ts":0,"f":1}]"#).unwrap();
+        let many =
+            decode(&s, Format::Json, br#"[{"ts":"2026-01-01T00:00:00Z"},{"ts":0,"f":1}]"#, &Limits::default()).unwrap();
         assert_eq!(many[1][1], Value::Float(1.0));
-        let nd = decode(&s, Format::Ndjson, b"{\"ts\":1}\n\n{\"ts\":2,\"b\":true}\n").unwrap();
+        let nd = decode(&s, Format::Ndjson, b"{\"ts\":1}\n\n{\"ts\":2,\"b\":true}\n", &Limits::default()).unwrap();
         assert_eq!(nd.len(), 2);
         assert_eq!(nd[1][0], Value::Bool(true));
     }
@@ -195,7 +218,8 @@ mod tests {
     #[test]
     fn reports_every_bad_field_with_its_index() {
         let s = spec();
-        let errs = decode(&s, Format::Json, br#"[{"ts":1},{"ts":"nope","n":1.5,"x":1},{"n":1}]"#).unwrap_err();
+        let errs = decode(&s, Format::Json, br#"[{"ts":1},{"ts":"nope","n":1.5,"x":1},{"n":1}]"#, &Limits::default())
+            .unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| (e.index, e.field.clone().unwrap())).collect();
         assert!(fields.contains(&(1, "ts".into())));
         assert!(fields.contains(&(1, "n".into())));
@@ -221,7 +245,7 @@ mod tests {
             r#""text""#,
             r#"{"ts":1"#,
         ] {
-            assert!(decode(&s, Format::Json, bad.as_bytes()).is_err(), "{bad} accepted");
+            assert!(decode(&s, Format::Json, bad.as_bytes(), &Limits::default()).is_err(), "{bad} accepted");
         }
     }
 
@@ -230,15 +254,29 @@ mod tests {
     fn floats_are_parsed_exactly() {
         let s = spec();
         for text in ["516597.24625005835", "0.1", "1e-300", "2.2250738585072014e-308", "9007199254740993"] {
-            let rows = decode(&s, Format::Json, format!(r#"{{"ts":1,"f":{text}}}"#).as_bytes()).unwrap();
+            let rows =
+                decode(&s, Format::Json, format!(r#"{{"ts":1,"f":{text}}}"#).as_bytes(), &Limits::default()).unwrap();
             assert_eq!(rows[0][1], Value::Float(text.parse::<f64>().unwrap()), "{text}");
         }
+    }
+
+    #[test]
+    fn bounds_requests() {
+        let s = spec();
+        let limits = Limits { max_events: 2, max_string_bytes: 4 };
+        assert!(decode(&s, Format::Json, br#"[{"ts":1},{"ts":2}]"#, &limits).is_ok());
+        assert!(decode(&s, Format::Json, br#"[{"ts":1},{"ts":2},{"ts":3}]"#, &limits).is_err());
+        assert!(decode(&s, Format::Json, br#"{"ts":1,"id":"abcd"}"#, &limits).is_ok());
+        assert!(decode(&s, Format::Json, br#"{"ts":1,"id":"abcde"}"#, &limits).is_err());
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(decode(&s, Format::Json, deep.as_bytes(), &Limits::default()).is_err());
+        assert!(decode(&s, Format::Ndjson, deep.as_bytes(), &Limits::default()).is_err());
     }
 
     #[test]
     fn caps_the_error_list() {
         let s = spec();
         let body = format!("[{}]", vec![r#"{"ts":"x","n":"y"}"#; 200].join(","));
-        assert_eq!(decode(&s, Format::Json, body.as_bytes()).unwrap_err().len(), MAX_ERRORS);
+        assert_eq!(decode(&s, Format::Json, body.as_bytes(), &Limits::default()).unwrap_err().len(), MAX_ERRORS);
     }
 }

@@ -83,6 +83,7 @@ impl AppState {
 
     fn writer_config(&self) -> WriterConfig {
         WriterConfig {
+            max_queued: self.config.max_queued_requests,
             dedup_window: self.config.dedup_window,
             roll_interval: self.config.segment_interval,
             ..WriterConfig::default()

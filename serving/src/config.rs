@@ -51,6 +51,15 @@ pub struct ServeConfig {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "TANDEM_MAX_BODY_BYTES", default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// Most events in one ingest request.
+    #[arg(long, env = "TANDEM_MAX_EVENTS_PER_REQUEST", default_value_t = 100_000)]
+    pub max_events_per_request: usize,
+    /// Longest string value, in bytes.
+    #[arg(long, env = "TANDEM_MAX_STRING_BYTES", default_value_t = 64 << 10)]
+    pub max_string_bytes: usize,
+    /// Most ingest requests waiting for a dataset's writer; more get 503 with Retry-After.
+    #[arg(long, env = "TANDEM_MAX_QUEUED_REQUESTS", default_value_t = 4096)]
+    pub max_queued_requests: usize,
 }
 
 #[derive(Debug, Clone, Args)]

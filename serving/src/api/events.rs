@@ -4,7 +4,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
-use tandem_model::event::{Format, decode};
+use tandem_model::event::{Format, Limits, decode};
 
 use super::error::{ApiError, ApiResult};
 use crate::app::AppState;
@@ -23,7 +23,9 @@ pub async fn ingest(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("invalid_events", "request body is empty"));
     }
-    let rows = decode(&dataset.record.spec, format, &body).map_err(|errors| {
+    let limits =
+        Limits { max_events: state.config.max_events_per_request, max_string_bytes: state.config.max_string_bytes };
+    let rows = decode(&dataset.record.spec, format, &body, &limits).map_err(|errors| {
         let n = errors.len();
         ApiError::bad_request("invalid_events", format!("{n} problem(s) in the events; nothing was stored"))
             .with_details(errors.into_iter().map(|e| serde_json::to_value(e).expect("errors serialize")))

@@ -72,6 +72,19 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let (s, b) = server.raw("/v1/datasets/pageviews/events", "application/json", big).await;
     assert_error(s, &b, 413, "payload_too_large");
 
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (s, b) = server.raw("/v1/datasets/pageviews/events", "application/json", deep).await;
+    assert_error(s, &b, 400, "invalid_events");
+    let huge = json!({"ts": 1, "country": "x".repeat(100_000)});
+    let (s, b) = server.call("POST", "/v1/datasets/pageviews/events", Some(huge)).await;
+    assert_error(s, &b, 400, "invalid_events");
+    let nested = json!({"ts": 1, "country": {"a": 1}});
+    let (s, b) = server.call("POST", "/v1/datasets/pageviews/events", Some(nested)).await;
+    assert_error(s, &b, 400, "invalid_events");
+    let nonfinite = "{\"ts\": 1, \"duration_ms\": 1e999}";
+    let (s, b) = server.raw("/v1/datasets/pageviews/events", "application/json", nonfinite).await;
+    assert_error(s, &b, 400, "invalid_events");
+
     let a = server.query("v", json!({"granularity": "all", "group_by": []})).await;
     assert_eq!(a["rows"], json!([]), "nothing was stored by refused requests");
 

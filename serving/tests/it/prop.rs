@@ -12,7 +12,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tandem_batch::catalog::Trigger;
-use tandem_model::event::{Format, decode};
+use tandem_model::event::{Format, Limits, decode};
 use tandem_serving::app::AppState;
 use tandem_serving::config::{ServeConfig, StorageConfig};
 use tandem_serving::query::{QueryRequest, answer};
@@ -64,13 +64,17 @@ fn config(dir: &std::path::Path) -> ServeConfig {
         segment_interval: Duration::from_secs(3600),
         poll_interval: Duration::from_secs(1),
         max_body_bytes: 16 << 20,
+        max_events_per_request: 100_000,
+        max_string_bytes: 64 << 10,
+        max_queued_requests: 4096,
     }
 }
 
 async fn ingest(state: &AppState, acc: &mut Accepted, events: &[Event]) {
     let dataset = state.dataset("pageviews").unwrap();
     let body = serde_json::to_vec(&events.iter().map(|e| e.to_json(false)).collect::<Vec<_>>()).unwrap();
-    let rows = decode(&dataset.record.spec, Format::Json, &body).expect("generated events are valid");
+    let rows =
+        decode(&dataset.record.spec, Format::Json, &body, &Limits::default()).expect("generated events are valid");
     let outcome = dataset.writer.append(rows, None).await.unwrap();
     let (accepted, duplicates) = acc.add(events);
     assert_eq!((outcome.accepted, outcome.duplicates), (accepted, duplicates));
