@@ -1,0 +1,495 @@
+//! tandem's benchmark suite: starts a real `tandem serve` (the release binary beside this
+//! one) on loopback with a temporary data dir, drives it with a keep-alive, concurrent HTTP
+//! load generator, and writes a Markdown and a JSON report: each figure is the median and
+//! spread (min..max) over `--runs` runs, with the machine's core count and memory.
+//!
+//! `cargo run --release -p tandem-serving --bin tandem-bench -- --out bench-report`
+//!
+//! Every request loop is bounded in time and count and talks only to 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Parser;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark a real tandem server on loopback")]
+struct Args {
+    /// Directory for report.md and report.json.
+    #[arg(long, default_value = "bench-report")]
+    out: PathBuf,
+    /// Repetitions of each measurement.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds per throughput measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent connections for batched ingest.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Requests per query-latency measurement.
+    #[arg(long, default_value_t = 2000)]
+    queries: usize,
+    /// Events loaded before the batch measurements (besides what the ingest runs sent).
+    #[arg(long, default_value_t = 2_000_000)]
+    batch_events: usize,
+}
+
+/// A running `tandem serve`.
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> anyhow::Result<Server> {
+        let exe = std::env::current_exe()?.with_file_name("tandem");
+        if !exe.exists() {
+            bail!("{} not found: build with `cargo build --release -p tandem-serving`", exe.display());
+        }
+        let dir = tempfile::tempdir()?;
+        let mut child = Command::new(&exe)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("TANDEM_LOG", "warn")
+            .env_remove("TANDEM_DATABASE_URL")
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting tandem")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+        let base = line.trim().strip_prefix("tandem listening on ").context("unexpected first line")?.to_string();
+        Ok(Server { child, base, _dir: dir })
+    }
+
+    /// Peak resident memory so far, from /proc.
+    fn peak_rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Deterministic event stream: several dimensions of different cardinality, a heavy-tailed
+/// duration, a user id with many distinct values, 5 % late events (up to 3 days old).
+struct Events {
+    state: u64,
+    now_ms: i64,
+}
+
+impl Events {
+    fn next_u64(&mut self) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state
+    }
+
+    fn event(&mut self) -> String {
+        let r = self.next_u64();
+        let late = r % 100 < 5;
+        let ts = self.now_ms - if late { (r >> 8) as i64 % (3 * 86_400_000) } else { (r >> 8) as i64 % 3_600_000 };
+        let country = COUNTRIES[(r >> 20) as usize % COUNTRIES.len()];
+        let path = (r >> 28) % 200;
+        let device = DEVICES[(r >> 40) as usize % DEVICES.len()];
+        let user = self.next_u64() % 2_000_000;
+        // Pareto(alpha = 1.5) durations, from 5 ms
+        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let duration = 5.0 / (1.0 - u).powf(1.0 / 1.5);
+        let bytes = (self.next_u64() % 100_000) as i64;
+        format!(
+            r#"{{"ts":{ts},"country":"{country}","path":"/p/{path}","device":"{device}","user_id":"u{user}","duration_ms":{duration:.3},"bytes":{bytes},"bot":{}}}"#,
+            r.is_multiple_of(17)
+        )
+    }
+
+    fn ndjson(&mut self, n: usize) -> Bytes {
+        let mut body = String::with_capacity(n * 180);
+        for _ in 0..n {
+            body.push_str(&self.event());
+            body.push('\n');
+        }
+        Bytes::from(body)
+    }
+}
+
+const COUNTRIES: [&str; 40] = [
+    "US", "DE", "FR", "GB", "BR", "IN", "JP", "CN", "CA", "AU", "ES", "IT", "NL", "SE", "NO", "PL", "MX", "AR", "ZA",
+    "NG", "EG", "KR", "ID", "TR", "RU", "UA", "CH", "AT", "BE", "DK", "FI", "IE", "PT", "GR", "CZ", "HU", "RO", "IL",
+    "SG", "NZ",
+];
+const DEVICES: [&str; 5] = ["desktop", "mobile", "tablet", "tv", "bot"];
+
+#[derive(Default)]
+struct Report {
+    figures: BTreeMap<String, (Vec<f64>, &'static str)>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, unit: &'static str, value: f64) {
+        println!("  {name}: {value:.3} {unit}");
+        self.figures.entry(name.to_string()).or_insert_with(|| (Vec::new(), unit)).0.push(value);
+    }
+}
+
+fn median_spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((p * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: Bytes) -> anyhow::Result<Value> {
+    let resp = http.post(url).header("content-type", "application/x-ndjson").body(body).send().await?;
+    let status = resp.status();
+    let v: Value = resp.json().await?;
+    if !status.is_success() {
+        bail!("{status}: {v}");
+    }
+    Ok(v)
+}
+
+/// Closed-loop ingest for `seconds` over `connections` connections; returns events/s.
+async fn ingest_throughput(
+    http: &reqwest::Client,
+    base: &str,
+    bodies: &[Bytes],
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let url = format!("{base}/v1/datasets/pageviews/events");
+    let sent = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..connections {
+        let (http, url, sent) = (http.clone(), url.clone(), sent.clone());
+        let bodies: Vec<Bytes> = bodies.to_vec();
+        tasks.spawn(async move {
+            let mut i = c;
+            while Instant::now() < deadline {
+                let out = post(&http, &url, bodies[i % bodies.len()].clone()).await?;
+                sent.fetch_add(out["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                i += connections;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(sent.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Open-loop ingest at `rate` events/s; returns sorted acknowledgement latencies (ms).
+async fn ack_latencies(
+    http: &reqwest::Client,
+    base: &str,
+    bodies: &[Bytes],
+    per_body: usize,
+    rate: f64,
+    seconds: u64,
+) -> anyhow::Result<Vec<f64>> {
+    let url = format!("{base}/v1/datasets/pageviews/events");
+    let interval = Duration::from_secs_f64(per_body as f64 / rate);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut i = 0;
+    while Instant::now() < deadline && tasks.len() < 10_000 {
+        ticker.tick().await;
+        let (http, url, body) = (http.clone(), url.clone(), bodies[i % bodies.len()].clone());
+        i += 1;
+        tasks.spawn(async move {
+            let t = Instant::now();
+            post(&http, &url, body).await?;
+            anyhow::Ok(t.elapsed().as_secs_f64() * 1000.0)
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        lat.push(r??);
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(lat)
+}
+
+/// Sequential query latencies (ms), sorted.
+async fn query_latencies(
+    http: &reqwest::Client,
+    base: &str,
+    query: &Value,
+    n: usize,
+) -> anyhow::Result<(Vec<f64>, usize)> {
+    let url = format!("{base}/v1/views/traffic/query");
+    let mut lat = Vec::with_capacity(n);
+    let mut rows = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        let resp = http.post(&url).json(query).send().await?;
+        if !resp.status().is_success() {
+            bail!("query {query}: {}", resp.text().await?);
+        }
+        let v: Value = resp.json().await?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        rows = v["rows"].as_array().map(Vec::len).unwrap_or(0);
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok((lat, rows))
+}
+
+async fn run_batch(http: &reqwest::Client, base: &str, full: bool) -> anyhow::Result<Value> {
+    let run: Value =
+        http.post(format!("{base}/v1/views/traffic/runs")).json(&json!({"full": full})).send().await?.json().await?;
+    let id = run["id"].as_i64().context("run id")?;
+    loop {
+        let r: Value = http.get(format!("{base}/v1/runs/{id}")).send().await?.json().await?;
+        match r["status"].as_str() {
+            Some("succeeded") => return Ok(r),
+            Some("failed") => bail!("run failed: {r}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn seconds_between(a: &Value, b: &Value) -> f64 {
+    let parse =
+        |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default()).map(|t| t.timestamp_micros());
+    match (parse(a), parse(b)) {
+        (Ok(a), Ok(b)) => (b - a) as f64 / 1e6,
+        _ => f64::NAN,
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let server = Server::start()?;
+    let base = server.base.clone();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let ok = |r: reqwest::Response| async move {
+        let s = r.status();
+        let text = r.text().await?;
+        if !s.is_success() {
+            bail!("{s}: {text}");
+        }
+        anyhow::Ok(())
+    };
+    ok(http
+        .post(format!("{base}/v1/datasets"))
+        .json(&json!({"name": "pageviews", "time_field": "ts", "fields": {"ts": "timestamp", "country": "string", "path": "string",
+            "device": "string", "user_id": "string", "duration_ms": "float64", "bytes": "int64", "bot": "bool"}}))
+        .send()
+        .await?)
+    .await?;
+    ok(http
+        .post(format!("{base}/v1/views"))
+        .json(
+            &json!({"name": "traffic", "dataset": "pageviews", "granularity": "hour", "dimensions": ["country", "path"],
+            "measures": {"views": "count", "bytes": "sum(bytes)", "mean_ms": "avg(duration_ms)",
+                         "users": "approx_distinct(user_id)", "p95_ms": "approx_percentile(duration_ms, 0.95)"},
+            "filter": "bot = false"}),
+        )
+        .send()
+        .await?)
+    .await?;
+
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut events = Events { state: 0x7a4d_e3b1_9c2f_0001, now_ms };
+    let bodies_1k: Vec<Bytes> = (0..64).map(|_| events.ndjson(1000)).collect();
+    let bodies_10k: Vec<Bytes> = (0..8).map(|_| events.ndjson(10_000)).collect();
+    let bodies_1: Vec<Bytes> = (0..1024).map(|_| events.ndjson(1)).collect();
+    let mut report = Report::default();
+
+    println!("ingest throughput");
+    for _ in 0..args.runs {
+        let r = ingest_throughput(&http, &base, &bodies_1k, args.connections, args.seconds).await?;
+        report.add("ingest, NDJSON 1,000-event batches", "events/s", r);
+        let r = ingest_throughput(&http, &base, &bodies_10k, args.connections, args.seconds).await?;
+        report.add("ingest, NDJSON 10,000-event batches", "events/s", r);
+        let r = ingest_throughput(&http, &base, &bodies_1, 64, args.seconds).await?;
+        report.add("ingest, single-event requests (64 connections)", "requests/s", r);
+    }
+    let max_1k = median_spread(&report.figures["ingest, NDJSON 1,000-event batches"].0).0;
+
+    println!("ack latency at half of the maximum throughput ({:.0} events/s)", max_1k / 2.0);
+    for _ in 0..args.runs {
+        let lat = ack_latencies(&http, &base, &bodies_1k, 1000, max_1k / 2.0, args.seconds).await?;
+        report.add("ack latency p50 at half max (1,000-event batches)", "ms", percentile(&lat, 0.5));
+        report.add("ack latency p99 at half max (1,000-event batches)", "ms", percentile(&lat, 0.99));
+        report.add("ack latency p99.9 at half max (1,000-event batches)", "ms", percentile(&lat, 0.999));
+    }
+
+    println!("freshness");
+    for _ in 0..args.runs {
+        let probe = |i: usize| {
+            Bytes::from(format!(
+                r#"{{"ts":{now_ms},"country":"ZZ","path":"/fresh/{i}","device":"desktop","user_id":"f","duration_ms":1,"bytes":1,"bot":false}}"#
+            ))
+        };
+        let q = json!({"granularity": "all", "group_by": ["country"], "filter": {"country": ["ZZ"]}, "measures": ["views"]});
+        let mut visible_at_ack = 0;
+        let mut gaps = Vec::new();
+        for i in 0..200 {
+            let before = http
+                .post(format!("{base}/v1/views/traffic/query"))
+                .json(&q)
+                .send()
+                .await?
+                .json::<Value>()
+                .await?["rows"][0]["views"]
+                .as_i64()
+                .unwrap_or(0);
+            post(&http, &format!("{base}/v1/datasets/pageviews/events"), probe(i)).await?;
+            let acked = Instant::now();
+            let after = http
+                .post(format!("{base}/v1/views/traffic/query"))
+                .json(&q)
+                .send()
+                .await?
+                .json::<Value>()
+                .await?["rows"][0]["views"]
+                .as_i64()
+                .unwrap_or(0);
+            if after == before + 1 {
+                visible_at_ack += 1;
+            }
+            gaps.push(acked.elapsed().as_secs_f64() * 1000.0);
+        }
+        report.add("freshness: events visible to the first query after their ack", "%", visible_at_ack as f64 / 2.0);
+        gaps.sort_by(f64::total_cmp);
+        report.add("freshness: ack to visible (one query round trip), p50", "ms", percentile(&gaps, 0.5));
+    }
+
+    println!("merged query latency, idle");
+    let hour = chrono::Duration::hours(1);
+    let now = chrono::Utc::now();
+    let dashboards = [
+        (
+            "24 h by hour, one dimension",
+            json!({"from": (now - hour * 24).to_rfc3339(), "granularity": "hour", "group_by": ["country"]}),
+        ),
+        ("30 days by day, all groups", json!({"from": (now - hour * 24 * 30).to_rfc3339(), "granularity": "day"})),
+        (
+            "top 10 paths by views",
+            json!({"granularity": "all", "group_by": ["path"], "order_by": [{"field": "views", "desc": true}], "limit": 10}),
+        ),
+    ];
+    for _ in 0..args.runs {
+        for (name, q) in &dashboards {
+            let (lat, rows) = query_latencies(&http, &base, q, args.queries).await?;
+            report.add(&format!("query p50, idle: {name}"), "ms", percentile(&lat, 0.5));
+            report.add(&format!("query p99, idle: {name}"), "ms", percentile(&lat, 0.99));
+            report.add(&format!("rows answered: {name}"), "rows", rows as f64);
+        }
+    }
+
+    println!("merged query latency while ingesting 200,000 events/s");
+    for _ in 0..args.runs {
+        let (h, b, bodies) = (http.clone(), base.clone(), bodies_1k.clone());
+        let secs = args.seconds.max(3) * 3;
+        let load = tokio::spawn(async move { ack_latencies(&h, &b, &bodies, 1000, 200_000.0, secs).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (name, q) in &dashboards {
+            let (lat, _) = query_latencies(&http, &base, q, args.queries / 4).await?;
+            report.add(&format!("query p50, under ingest: {name}"), "ms", percentile(&lat, 0.5));
+            report.add(&format!("query p99, under ingest: {name}"), "ms", percentile(&lat, 0.99));
+        }
+        load.await??;
+    }
+
+    println!("batch runs");
+    // top the dataset up to --batch-events events past the watermark (bounded: 200 rounds)
+    let load_bodies: Vec<Bytes> = (0..32).map(|_| events.ndjson(10_000)).collect();
+    for _ in 0..200 {
+        let v: Value = http
+            .post(format!("{base}/v1/views/traffic/query"))
+            .json(&json!({"granularity": "all", "group_by": []}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if v["freshness"]["speed_events"].as_u64().unwrap_or(0) as usize >= args.batch_events {
+            break;
+        }
+        ingest_throughput(&http, &base, &load_bodies, args.connections, 2).await?;
+    }
+    for run in 0..args.runs {
+        let full = run_batch(&http, &base, true).await?;
+        let secs = seconds_between(&full["started_at"], &full["finished_at"]);
+        let rows_in = full["rows_in"].as_f64().unwrap_or(0.0);
+        report.add("batch: full recompute", "s", secs);
+        report.add("batch: full recompute input", "events", rows_in);
+        report.add("batch: full recompute rate", "events/s", rows_in / secs);
+        // 1 % late events, then an incremental run
+        let late: Vec<Bytes> = {
+            let mut late_events = Events { state: 0x1a7e + run as u64, now_ms: now_ms - 2 * 86_400_000 };
+            (0..((rows_in as usize / 100) / 1000).max(1)).map(|_| late_events.ndjson(1000)).collect()
+        };
+        for body in &late {
+            post(&http, &format!("{base}/v1/datasets/pageviews/events"), body.clone()).await?;
+        }
+        let inc = run_batch(&http, &base, false).await?;
+        let inc_secs = seconds_between(&inc["started_at"], &inc["finished_at"]);
+        report.add("batch: incremental run after 1 % late events", "s", inc_secs);
+        report.add("batch: incremental / full time", "%", 100.0 * inc_secs / secs);
+    }
+
+    if let Some(rss) = server.peak_rss_bytes() {
+        report.add("server peak RSS over the whole suite", "MiB", rss as f64 / (1 << 20) as f64);
+    }
+    report
+        .notes
+        .push(format!("load generator on the same machine; {} connection(s) for batched ingest", args.connections));
+    write_report(&args, &report)?;
+    Ok(())
+}
+
+fn write_report(args: &Args, report: &Report) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
+        .map(|kb| format!("{:.1} GiB", kb as f64 / (1 << 20) as f64))
+        .unwrap_or_default();
+    let mut md = format!(
+        "# tandem benchmark\n\nMachine: {cores} cores, {mem}. Runs per figure: {}. {} s per throughput measurement.\n\n| measurement | median | spread (min .. max) | unit |\n|---|---|---|---|\n",
+        args.runs, args.seconds
+    );
+    let mut js = serde_json::Map::new();
+    for (name, (values, unit)) in &report.figures {
+        let (med, lo, hi) = median_spread(values);
+        md.push_str(&format!("| {name} | {med:.3} | {lo:.3} .. {hi:.3} | {unit} |\n"));
+        js.insert(name.clone(), json!({"median": med, "min": lo, "max": hi, "unit": unit, "runs": values}));
+    }
+    for note in &report.notes {
+        md.push_str(&format!("\n{note}\n"));
+    }
+    std::fs::write(args.out.join("report.md"), &md)?;
+    let doc = json!({"machine": {"cores": cores, "memory": mem}, "runs": args.runs, "figures": js});
+    std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&doc)?)?;
+    println!("\n{md}");
+    Ok(())
+}
