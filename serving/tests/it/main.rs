@@ -8,5 +8,6 @@ mod server;
 mod bad_input;
 mod crash;
 mod lambda;
+mod outage;
 mod prop;
 mod retries;
