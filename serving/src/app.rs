@@ -179,12 +179,8 @@ impl AppState {
         })?;
         let compiled =
             spec.compile(&dataset.record.spec).map_err(|p| ApiError::invalid("invalid_view", "invalid view", p))?;
-        if let Err(e) = spec.schedule().parse::<croner::Cron>() {
-            return Err(ApiError::invalid(
-                "invalid_view",
-                "invalid view",
-                vec![format!("schedule {:?}: {e}", spec.schedule())],
-            ));
+        if let Err(e) = crate::runner::parse_schedule(spec.schedule()) {
+            return Err(ApiError::invalid("invalid_view", "invalid view", vec![e]));
         }
         let live = Arc::new(
             ViewLive::new(compiled, None).map_err(|e| ApiError::invalid("invalid_view", "invalid view", vec![e]))?,

@@ -77,28 +77,46 @@ async fn poll_versions(state: AppState) {
     }
 }
 
-/// Fires each view's cron schedule (UTC).
+/// Parses a view's cron schedule: five fields, or six with leading seconds; UTC.
+pub fn parse_schedule(text: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(text)
+        .map_err(|e| format!("schedule {text:?}: {e}"))
+}
+
+/// Fires each view's cron schedule (UTC). A scheduled run that cannot start (the catalog is
+/// unreachable) is retried with exponential backoff, 1 s doubling to 60 s, until it starts.
 async fn schedule(state: AppState) {
+    const MAX_BACKOFF: Duration = Duration::from_secs(60);
     let mut next: HashMap<String, DateTime<Utc>> = HashMap::new();
+    let mut backoff: HashMap<String, Duration> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let now = Utc::now();
         let names = state.view_names();
         next.retain(|name, _| names.contains(name));
+        backoff.retain(|name, _| names.contains(name));
         for name in names {
             let Some(live) = state.view(&name) else { continue };
-            let Ok(cron) = live.view.spec.schedule().parse::<croner::Cron>() else { continue };
-            let due = *next
-                .entry(name.clone())
-                .or_insert_with(|| cron.find_next_occurrence(&now, false).unwrap_or(now + chrono::Duration::days(365)));
-            if due <= now {
-                next.insert(
-                    name.clone(),
-                    cron.find_next_occurrence(&now, false).unwrap_or(now + chrono::Duration::days(365)),
-                );
-                if let Err(e) = trigger(&state, &name, Trigger::Schedule, false).await {
-                    tracing::warn!(view = name, error = e.message, "scheduled run could not start");
+            let Ok(cron) = parse_schedule(live.view.spec.schedule()) else { continue };
+            let upcoming = || cron.find_next_occurrence(&now, false).unwrap_or(now + chrono::Duration::days(365));
+            let due = *next.entry(name.clone()).or_insert_with(upcoming);
+            if due > now {
+                continue;
+            }
+            match trigger(&state, &name, Trigger::Schedule, false).await {
+                Ok(_) => {
+                    next.insert(name.clone(), upcoming());
+                    backoff.remove(&name);
+                }
+                Err(e) => {
+                    let wait = backoff.get(&name).map_or(Duration::from_secs(1), |b| (*b * 2).min(MAX_BACKOFF));
+                    tracing::warn!(view = name, error = e.message, retry_in = ?wait, "scheduled run could not start");
+                    next.insert(name.clone(), now + chrono::Duration::from_std(wait).expect("small duration"));
+                    backoff.insert(name, wait);
                 }
             }
         }

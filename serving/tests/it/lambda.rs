@@ -289,3 +289,33 @@ async fn incremental_runs_recompute_only_dirty_days() {
         assert_eq!(status, 400);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_schedule_runs_batches_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, &[]);
+    let mut rng = Gen(5);
+    let mut acc = Accepted::default();
+    server.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
+    let mut view = by_country_view();
+    view["schedule"] = json!("*/2 * * * * *"); // every two seconds (six fields: with seconds)
+    server.ok("POST", "/v1/views", Some(view)).await;
+    ingest_json(&server, &mut acc, &rng.events(100, T0, 24, 100_000)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let runs = server.ok("GET", "/v1/views/by_country/runs", None).await;
+        let done = runs["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["trigger"] == "schedule" && r["status"] == "succeeded")
+            .cloned();
+        if let Some(run) = done {
+            server.wait_run(run["id"].as_i64().unwrap()).await;
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no scheduled run: {runs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    check_answers(&server, &acc.events, &["by_country"], "after a scheduled run").await;
+}
