@@ -235,23 +235,22 @@ async fn ack_latencies(
     Ok(lat)
 }
 
+/// One query of the benchmark view.
+async fn query(http: &reqwest::Client, base: &str, q: &Value) -> anyhow::Result<Value> {
+    let resp = http.post(format!("{base}/v1/views/traffic/query")).json(q).send().await?;
+    if !resp.status().is_success() {
+        bail!("query {q}: {}", resp.text().await?);
+    }
+    Ok(resp.json().await?)
+}
+
 /// Sequential query latencies (ms), sorted.
-async fn query_latencies(
-    http: &reqwest::Client,
-    base: &str,
-    query: &Value,
-    n: usize,
-) -> anyhow::Result<(Vec<f64>, usize)> {
-    let url = format!("{base}/v1/views/traffic/query");
+async fn query_latencies(http: &reqwest::Client, base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec<f64>, usize)> {
     let mut lat = Vec::with_capacity(n);
     let mut rows = 0;
     for _ in 0..n {
         let t = Instant::now();
-        let resp = http.post(&url).json(query).send().await?;
-        if !resp.status().is_success() {
-            bail!("query {query}: {}", resp.text().await?);
-        }
-        let v: Value = resp.json().await?;
+        let v = query(http, base, q).await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
         rows = v["rows"].as_array().map(Vec::len).unwrap_or(0);
     }
@@ -352,26 +351,10 @@ async fn main() -> anyhow::Result<()> {
         let mut visible_at_ack = 0;
         let mut gaps = Vec::new();
         for i in 0..200 {
-            let before = http
-                .post(format!("{base}/v1/views/traffic/query"))
-                .json(&q)
-                .send()
-                .await?
-                .json::<Value>()
-                .await?["rows"][0]["views"]
-                .as_i64()
-                .unwrap_or(0);
+            let before = query(&http, &base, &q).await?["rows"][0]["views"].as_i64().unwrap_or(0);
             post(&http, &format!("{base}/v1/datasets/pageviews/events"), probe(i)).await?;
             let acked = Instant::now();
-            let after = http
-                .post(format!("{base}/v1/views/traffic/query"))
-                .json(&q)
-                .send()
-                .await?
-                .json::<Value>()
-                .await?["rows"][0]["views"]
-                .as_i64()
-                .unwrap_or(0);
+            let after = query(&http, &base, &q).await?["rows"][0]["views"].as_i64().unwrap_or(0);
             if after == before + 1 {
                 visible_at_ack += 1;
             }
@@ -423,13 +406,7 @@ async fn main() -> anyhow::Result<()> {
     // top the dataset up to --batch-events events past the watermark (bounded: 200 rounds)
     let load_bodies: Vec<Bytes> = (0..32).map(|_| events.ndjson(10_000)).collect();
     for _ in 0..200 {
-        let v: Value = http
-            .post(format!("{base}/v1/views/traffic/query"))
-            .json(&json!({"granularity": "all", "group_by": []}))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let v = query(&http, &base, &json!({"granularity": "all", "group_by": []})).await?;
         if v["freshness"]["speed_events"].as_u64().unwrap_or(0) as usize >= args.batch_events {
             break;
         }

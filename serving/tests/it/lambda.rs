@@ -119,8 +119,7 @@ async fn lambda_path_end_to_end() {
         // answers are identical to the bit, whatever the split between layers and requests
         let other_dir = tempfile::tempdir().unwrap();
         let other = TestServer::start(other_dir.path(), None, &[]);
-        other.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
-        other.ok("POST", "/v1/views", Some(by_country_view())).await;
+        other.create_pageviews(by_country_view()).await;
         let mut again = Accepted::default();
         ingest_json(&other, &mut again, &acc.events).await;
         assert_same_sketch_answers(&server, &other, &format!("{label}: one request, speed only")).await;
@@ -149,8 +148,7 @@ async fn a_version_published_by_tandem_batch_is_served_within_five_seconds() {
             TestServer::start(dir.path(), catalog.clone(), &["--segment-interval", "300ms", "--poll-interval", "1s"]);
         let mut rng = Gen(42);
         let mut acc = Accepted::default();
-        server.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
-        server.ok("POST", "/v1/views", Some(by_country_view())).await;
+        server.create_pageviews(by_country_view()).await;
         ingest_json(&server, &mut acc, &rng.events(500, T0, 24, 10_000)).await;
         tokio::time::sleep(Duration::from_millis(1500)).await; // the active segment gets sealed
 
@@ -198,8 +196,7 @@ async fn a_failed_run_keeps_the_previous_version_serving_and_says_why() {
     let server = TestServer::start(dir.path(), None, &["--segment-interval", "200ms"]);
     let mut rng = Gen(7);
     let mut acc = Accepted::default();
-    server.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
-    server.ok("POST", "/v1/views", Some(by_country_view())).await;
+    server.create_pageviews(by_country_view()).await;
     ingest_json(&server, &mut acc, &rng.events(200, T0, 24, 100_000)).await;
     assert_eq!(server.run_batch("by_country").await["status"], "succeeded");
     ingest_json(&server, &mut acc, &rng.events(200, T0, 24, 100_000)).await;
@@ -235,8 +232,7 @@ async fn incremental_runs_recompute_only_dirty_days() {
         let server = TestServer::start(dir.path(), catalog, &[]);
         let mut rng = Gen(99);
         let mut acc = Accepted::default();
-        server.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
-        server.ok("POST", "/v1/views", Some(by_country_view())).await;
+        server.create_pageviews(by_country_view()).await;
         ingest_json(&server, &mut acc, &rng.events(600, T0, 5 * 24, 1_000_000)).await;
         let all_days: BTreeSet<String> = acc.events.iter().map(|e| date_of(e.ts)).collect();
         assert_eq!(all_days.len(), 5);

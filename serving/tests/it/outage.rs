@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::server::{TestServer, pageviews_dataset};
+use crate::server::{TestServer, count_view};
 
 /// A TCP proxy to Postgres that can be cut (every connection dropped, new ones refused).
 struct Proxy {
@@ -70,14 +70,7 @@ async fn a_catalog_outage_degrades_readiness_but_not_ingest_or_answers() {
 
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), Some(through_proxy), &["--poll-interval", "500ms"]);
-    server.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
-    server
-        .ok(
-            "POST",
-            "/v1/views",
-            Some(json!({"name": "v", "dataset": "pageviews", "granularity": "day", "measures": {"n": "count"}})),
-        )
-        .await;
+    server.create_pageviews(count_view()).await;
     let events = |n: usize, from: usize| {
         json!(
             (from..from + n)

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::server::{TestServer, pageviews_dataset};
+use crate::server::{TestServer, count_view};
 
 async fn post_with_key(server: &TestServer, key: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
     let resp = server
@@ -26,14 +26,7 @@ async fn total_views(server: &TestServer) -> serde_json::Value {
 async fn idempotency_keys_and_ids_survive_restarts_and_runs() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = TestServer::start(dir.path(), None, &[]);
-    server.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
-    server
-        .ok(
-            "POST",
-            "/v1/views",
-            Some(json!({"name": "v", "dataset": "pageviews", "granularity": "day", "measures": {"n": "count"}})),
-        )
-        .await;
+    server.create_pageviews(count_view()).await;
     let batch = |ids: &[&str]| {
         json!(ids.iter().map(|id| json!({"ts": 1_793_491_200_000i64, "event_id": id})).collect::<Vec<_>>())
     };

@@ -138,6 +138,12 @@ impl TestServer {
         }
     }
 
+    /// Creates the `pageviews` dataset and `view` over it.
+    pub async fn create_pageviews(&self, view: Value) {
+        self.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
+        self.ok("POST", "/v1/views", Some(view)).await;
+    }
+
     pub async fn query(&self, view: &str, q: Value) -> Value {
         self.ok("POST", &format!("/v1/views/{view}/query"), Some(q)).await
     }
@@ -147,6 +153,11 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A view counting all events by day.
+pub fn count_view() -> Value {
+    json!({"name": "v", "dataset": "pageviews", "granularity": "day", "measures": {"n": "count"}})
 }
 
 pub fn pageviews_dataset() -> Value {
