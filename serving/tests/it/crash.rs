@@ -96,3 +96,57 @@ async fn kill_9_under_concurrent_ingest_loses_and_splits_nothing() {
     let after = server.query("per_request", json!({"granularity": "all"})).await;
     assert_eq!(after["rows"], answer["rows"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_batch_run_fails_it_and_the_next_run_succeeds() {
+    use crate::reference::{Accepted, Gen, T0, by_country_view};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), None, &[]);
+    server.create_pageviews(by_country_view()).await;
+    let mut rng = Gen(11);
+    let mut acc = Accepted::default();
+    for _ in 0..20 {
+        let events = rng.events(2000, T0, 24 * 20, 10_000_000);
+        let body: Vec<Value> = events.iter().map(|e| e.to_json(false)).collect();
+        server.ok("POST", "/v1/datasets/pageviews/events", Some(Value::Array(body))).await;
+        acc.add(&events);
+    }
+    assert_eq!(server.run_batch("by_country").await["status"], "succeeded");
+    let events = rng.events(2000, T0, 24 * 20, 10_000_000);
+    let body: Vec<Value> = events.iter().map(|e| e.to_json(false)).collect();
+    server.ok("POST", "/v1/datasets/pageviews/events", Some(Value::Array(body))).await;
+    acc.add(&events);
+
+    let (_, run) = server.call("POST", "/v1/views/by_country/runs", Some(json!({"full": true}))).await;
+    let id = run["id"].as_i64().unwrap();
+    loop {
+        let r = server.ok("GET", &format!("/v1/runs/{id}"), None).await;
+        if r["status"] != "queued" {
+            assert_eq!(r["status"], "running", "the run finished before it could be interrupted: {r}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.kill();
+    server.restart();
+    let interrupted = server.ok("GET", &format!("/v1/runs/{id}"), None).await;
+    assert_eq!(interrupted["status"], "failed", "{interrupted}");
+    assert!(interrupted["error"].as_str().unwrap().contains("abandoned"));
+    let view = server.ok("GET", "/v1/views/by_country", None).await;
+    assert_eq!(view["batch_version"], json!(1), "the previous version keeps serving");
+
+    let next = server.run_batch("by_country").await;
+    assert_eq!((next["status"].as_str(), next["version"].as_i64()), (Some("succeeded"), Some(2)), "{next}");
+    let answer = server.query("by_country", json!({"granularity": "all", "group_by": []})).await;
+    let views = acc.events.iter().filter(|e| !e.bot).count();
+    assert_eq!(answer["rows"][0]["views"], json!(views));
+    // nothing of the interrupted run is left beside the published versions
+    let versions: Vec<String> = std::fs::read_dir(dir.path().join("views/by_country"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut versions = versions;
+    versions.sort();
+    assert_eq!(versions, ["v000001", "v000002"]);
+}
