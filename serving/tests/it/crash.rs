@@ -150,3 +150,42 @@ async fn kill_9_during_a_batch_run_fails_it_and_the_next_run_succeeds() {
     versions.sort();
     assert_eq!(versions, ["v000001", "v000002"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_log_tail_is_cut_and_every_acknowledged_event_kept() {
+    use crate::server::count_view;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), None, &[]);
+    server.create_pageviews(count_view()).await;
+    let body = |from: usize| {
+        json!(
+            (from..from + 50)
+                .map(|i| json!({"ts": 1_793_491_200_000i64, "event_id": format!("e{i}")}))
+                .collect::<Vec<_>>()
+        )
+    };
+    server.ok("POST", "/v1/datasets/pageviews/events", Some(body(0))).await;
+    server.ok("POST", "/v1/datasets/pageviews/events", Some(body(50))).await;
+    server.kill();
+
+    // a crash in the middle of writing a third request: half a record at the tail
+    let log_dir = dir.path().join("log/pageviews");
+    let mut segments: Vec<_> = std::fs::read_dir(&log_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    segments.sort();
+    let active = segments.last().unwrap();
+    let mut bytes = std::fs::read(active).unwrap();
+    let whole = bytes.len();
+    bytes.extend_from_slice(&[200, 1, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+    std::fs::write(active, &bytes).unwrap();
+
+    server.restart();
+    let a = server.query("v", json!({"granularity": "all"})).await;
+    assert_eq!(a["rows"][0]["n"], json!(100));
+    assert_eq!(std::fs::metadata(active).unwrap().len() as usize, whole, "the torn tail was cut");
+    let out = server.ok("POST", "/v1/datasets/pageviews/events", Some(body(100))).await;
+    assert_eq!(out["accepted"], json!(50));
+    server.kill();
+    server.restart();
+    assert_eq!(server.query("v", json!({"granularity": "all"})).await["rows"][0]["n"], json!(150));
+}
