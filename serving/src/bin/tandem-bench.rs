@@ -365,6 +365,37 @@ async fn main() -> anyhow::Result<()> {
         report.add("freshness: ack to visible (one query round trip), p50", "ms", percentile(&gaps, 0.5));
     }
 
+    println!("batch runs");
+    // top the dataset up to --batch-events events past the watermark (bounded: 200 rounds)
+    let load_bodies: Vec<Bytes> = (0..32).map(|_| events.ndjson(10_000)).collect();
+    for _ in 0..200 {
+        let v = query(&http, &base, &json!({"granularity": "all", "group_by": []})).await?;
+        if v["freshness"]["speed_events"].as_u64().unwrap_or(0) as usize >= args.batch_events {
+            break;
+        }
+        ingest_throughput(&http, &base, &load_bodies, args.connections, 2).await?;
+    }
+    for run in 0..args.runs {
+        let full = run_batch(&http, &base, true).await?;
+        let secs = seconds_between(&full["started_at"], &full["finished_at"]);
+        let rows_in = full["rows_in"].as_f64().unwrap_or(0.0);
+        report.add("batch: full recompute", "s", secs);
+        report.add("batch: full recompute input", "events", rows_in);
+        report.add("batch: full recompute rate", "events/s", rows_in / secs);
+        // 1 % late events, then an incremental run
+        let late: Vec<Bytes> = {
+            let mut late_events = Events { state: 0x1a7e + run as u64, now_ms: now_ms - 2 * 86_400_000 };
+            (0..((rows_in as usize / 100) / 1000).max(1)).map(|_| late_events.ndjson(1000)).collect()
+        };
+        for body in &late {
+            post(&http, &format!("{base}/v1/datasets/pageviews/events"), body.clone()).await?;
+        }
+        let inc = run_batch(&http, &base, false).await?;
+        let inc_secs = seconds_between(&inc["started_at"], &inc["finished_at"]);
+        report.add("batch: incremental run after 1 % late events", "s", inc_secs);
+        report.add("batch: incremental / full time", "%", 100.0 * inc_secs / secs);
+    }
+
     println!("merged query latency, idle");
     let hour = chrono::Duration::hours(1);
     let now = chrono::Utc::now();
@@ -400,37 +431,6 @@ async fn main() -> anyhow::Result<()> {
             report.add(&format!("query p99, under ingest: {name}"), "ms", percentile(&lat, 0.99));
         }
         load.await??;
-    }
-
-    println!("batch runs");
-    // top the dataset up to --batch-events events past the watermark (bounded: 200 rounds)
-    let load_bodies: Vec<Bytes> = (0..32).map(|_| events.ndjson(10_000)).collect();
-    for _ in 0..200 {
-        let v = query(&http, &base, &json!({"granularity": "all", "group_by": []})).await?;
-        if v["freshness"]["speed_events"].as_u64().unwrap_or(0) as usize >= args.batch_events {
-            break;
-        }
-        ingest_throughput(&http, &base, &load_bodies, args.connections, 2).await?;
-    }
-    for run in 0..args.runs {
-        let full = run_batch(&http, &base, true).await?;
-        let secs = seconds_between(&full["started_at"], &full["finished_at"]);
-        let rows_in = full["rows_in"].as_f64().unwrap_or(0.0);
-        report.add("batch: full recompute", "s", secs);
-        report.add("batch: full recompute input", "events", rows_in);
-        report.add("batch: full recompute rate", "events/s", rows_in / secs);
-        // 1 % late events, then an incremental run
-        let late: Vec<Bytes> = {
-            let mut late_events = Events { state: 0x1a7e + run as u64, now_ms: now_ms - 2 * 86_400_000 };
-            (0..((rows_in as usize / 100) / 1000).max(1)).map(|_| late_events.ndjson(1000)).collect()
-        };
-        for body in &late {
-            post(&http, &format!("{base}/v1/datasets/pageviews/events"), body.clone()).await?;
-        }
-        let inc = run_batch(&http, &base, false).await?;
-        let inc_secs = seconds_between(&inc["started_at"], &inc["finished_at"]);
-        report.add("batch: incremental run after 1 % late events", "s", inc_secs);
-        report.add("batch: incremental / full time", "%", 100.0 * inc_secs / secs);
     }
 
     if let Some(rss) = server.peak_rss_bytes() {
