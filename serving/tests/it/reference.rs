@@ -114,6 +114,8 @@ pub struct Shape<'a> {
     pub range: Option<(i64, i64)>,
     /// `order_by` this measure descending (ties in bucket, dimension order), then `limit`.
     pub top: Option<(&'a str, usize)>,
+    /// Only these measures are asked for.
+    pub measures: Option<&'a [&'a str]>,
 }
 
 /// The reference: one straightforward pass over the accepted events.
@@ -221,6 +223,12 @@ pub fn reference(events: &[Event], view: &str, shape: &Shape) -> Vec<Value> {
             Value::Object(row)
         })
         .collect();
+    if let Some(keep) = shape.measures {
+        let all_measures = ["views", "n_ms", "total", "lo", "hi", "mean", "uniq", "p90", "n", "b", "first_ms"];
+        for row in rows.iter_mut().filter_map(Value::as_object_mut) {
+            row.retain(|k, _| !all_measures.contains(&k.as_str()) || keep.contains(&k.as_str()));
+        }
+    }
     if let Some((measure, limit)) = shape.top {
         // stable: ties keep the bucket-then-dimensions order
         rows.sort_by_key(|r| std::cmp::Reverse(r[measure].as_i64()));
@@ -271,6 +279,7 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
         countries,
         range,
         top: None,
+        measures: None,
     };
     vec![
         shape(json!({}), native, dims, None, None),
@@ -285,6 +294,16 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
             None,
         ),
         shape(json!({"from": from_s, "to": to_s, "granularity": "day"}), "day", dims, None, Some((from, to))),
+        Shape {
+            measures: Some(if view == "by_country" { &["views", "mean", "uniq"] } else { &["n"] }),
+            ..shape(
+                json!({"granularity": "all", "measures": if view == "by_country" { json!(["views", "mean", "uniq"]) } else { json!(["n"]) }}),
+                "all",
+                dims,
+                None,
+                None,
+            )
+        },
         Shape {
             top: Some((count, 3)),
             ..shape(
