@@ -15,7 +15,6 @@ use datafusion::logical_expr::{Accumulator, AggregateUDF, Volatility, create_uda
 use tandem_model::FieldType;
 use tandem_model::agg::MeasureState;
 use tandem_model::columnar::{arrow_type, value_at};
-use tandem_model::sketch::{Distinct, Quantiles};
 use tandem_model::view::Measure;
 
 /// The aggregate for a sketch measure over its field's type.
@@ -41,11 +40,7 @@ struct SketchAccumulator {
 
 impl SketchAccumulator {
     fn bytes(&self) -> Vec<u8> {
-        match &self.state {
-            MeasureState::Distinct(d) => d.to_bytes(),
-            MeasureState::Percentile { sketch, .. } => sketch.to_bytes(),
-            other => unreachable!("not a sketch state: {other:?}"),
-        }
+        self.state.sketch_bytes().expect("the accumulator holds a sketch state")
     }
 }
 
@@ -66,16 +61,7 @@ impl Accumulator for SketchAccumulator {
             if !array.is_valid(row) {
                 continue;
             }
-            let bytes = array.value(row);
-            let other = match &self.state {
-                MeasureState::Distinct(_) => Distinct::from_bytes(bytes).map(|d| MeasureState::Distinct(Box::new(d))),
-                MeasureState::Percentile { p, .. } => {
-                    Quantiles::from_bytes(bytes).map(|q| MeasureState::Percentile { sketch: Box::new(q), p: *p })
-                }
-                other => unreachable!("not a sketch state: {other:?}"),
-            }
-            .map_err(DataFusionError::Execution)?;
-            self.state.merge(&other);
+            self.state.merge_sketch_bytes(array.value(row)).map_err(DataFusionError::Execution)?;
         }
         Ok(())
     }

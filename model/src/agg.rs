@@ -158,6 +158,26 @@ impl MeasureState {
         }
     }
 
+    /// The stored form of a sketch state (`approx_distinct`, `approx_percentile`), as a batch
+    /// version's binary column holds it; `None` for other states.
+    pub fn sketch_bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            MeasureState::Distinct(d) => Some(d.to_bytes()),
+            MeasureState::Percentile { sketch, .. } => Some(sketch.to_bytes()),
+            _ => None,
+        }
+    }
+
+    /// Merges a stored sketch state (see [`sketch_bytes`](Self::sketch_bytes)) into this one.
+    pub fn merge_sketch_bytes(&mut self, bytes: &[u8]) -> Result<(), String> {
+        match self {
+            MeasureState::Distinct(d) => d.merge(&Distinct::from_bytes(bytes)?),
+            MeasureState::Percentile { sketch, .. } => sketch.merge(&Quantiles::from_bytes(bytes)?),
+            other => return Err(format!("{other:?} is not a sketch state")),
+        }
+        Ok(())
+    }
+
     /// [`value`](Self::value) as it appears in a JSON answer.
     pub fn finish(&self) -> serde_json::Value {
         self.value().to_json()

@@ -12,7 +12,6 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::agg::{GroupKey, Groups, MeasureState};
 use crate::schema::{DatasetSpec, FieldType};
-use crate::sketch::{Distinct, Quantiles};
 use crate::value::{Row, Value};
 use crate::view::{CompiledView, Measure, MeasureKind};
 
@@ -153,10 +152,8 @@ fn state_at(m: &Measure, cols: &[&ArrayRef], row: usize) -> Result<MeasureState,
         MeasureKind::ApproxDistinct | MeasureKind::ApproxPercentile => {
             let bytes = cols[0].as_binary_opt::<i32>().filter(|a| a.is_valid(row)).map(|a| a.value(row));
             let mut state = MeasureState::empty(m);
-            match (&mut state, bytes) {
-                (MeasureState::Distinct(d), Some(b)) => **d = Distinct::from_bytes(b)?,
-                (MeasureState::Percentile { sketch, .. }, Some(b)) => **sketch = Quantiles::from_bytes(b)?,
-                _ => {}
+            if let Some(b) = bytes {
+                state.merge_sketch_bytes(b)?;
             }
             state
         }

@@ -228,7 +228,10 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
         });
         Ok((merged, freshness))
     })?;
-    let mut rows: Vec<(GroupKey, Vec<MeasureState>)> = groups.into_iter().collect();
+    // each measure's value once per row: sketch estimates are not free, and sorting would
+    // otherwise recompute them at every comparison
+    let mut rows: Vec<(GroupKey, Vec<Value>)> =
+        groups.into_iter().map(|(key, states)| (key, states.iter().map(MeasureState::value).collect())).collect();
     let default_order = |a: &GroupKey, b: &GroupKey| {
         a.bucket.cmp(&b.bucket).then_with(|| {
             a.dims.iter().zip(&b.dims).map(|(x, y)| x.total_cmp(y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
@@ -239,7 +242,7 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
             let o = match column {
                 Column::Bucket => ka.bucket.cmp(&kb.bucket),
                 Column::Dim(i) => ka.dims[*i].total_cmp(&kb.dims[*i]),
-                Column::Measure(i) => sa[*i].value().total_cmp(&sb[*i].value()),
+                Column::Measure(i) => sa[*i].total_cmp(&sb[*i]),
             };
             let o = if *desc { o.reverse() } else { o };
             if o.is_ne() {
@@ -253,7 +256,7 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
     }
     let out: Vec<Json> = rows
         .into_iter()
-        .map(|(GroupKey { bucket, dims }, states)| {
+        .map(|(GroupKey { bucket, dims }, values)| {
             let mut row = Map::new();
             if plan.granularity != Granularity::All {
                 row.insert("bucket".into(), Json::String(format_timestamp(bucket)));
@@ -261,8 +264,8 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
             for (&g, value) in plan.group.iter().zip(&dims) {
                 row.insert(view.spec.dimensions[g].clone(), value.to_json());
             }
-            for (&m, state) in plan.measures.iter().zip(&states) {
-                row.insert(view.measures[m].0.name.clone(), state.finish());
+            for (&m, value) in plan.measures.iter().zip(&values) {
+                row.insert(view.measures[m].0.name.clone(), value.to_json());
             }
             Json::Object(row)
         })
