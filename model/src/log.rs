@@ -223,12 +223,19 @@ impl LogWriter {
         Ok((LogWriter::create(dir, next_seq)?, recovery))
     }
 
+    /// Starts segment `first_seq`. If that fails (a full disk), the half-made file is removed
+    /// again so that a later attempt can start it afresh.
     fn create(dir: &Path, first_seq: u64) -> Result<LogWriter> {
         let path = dir.join(format!("{first_seq:020}.seg"));
         let mut file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path))?;
-        file.write_all(MAGIC).map_err(io_err(&path))?;
-        file.sync_all().map_err(io_err(&path))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+        let started = file
+            .write_all(MAGIC)
+            .and_then(|_| file.sync_all())
+            .and_then(|_| File::open(dir).and_then(|d| d.sync_all()));
+        if let Err(e) = started {
+            let _ = fs::remove_file(&path);
+            return Err(io_err(&path)(e));
+        }
         Ok(LogWriter {
             dir: dir.to_path_buf(),
             file,

@@ -72,6 +72,13 @@ pub enum WriteError {
     Overloaded(String, usize),
 }
 
+impl WriteError {
+    /// The log could not be written because its disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, WriteError::Log(LogError::Io { source, .. }) if source.kind() == std::io::ErrorKind::StorageFull)
+    }
+}
+
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendOutcome {
@@ -120,6 +127,7 @@ impl DatasetWriter {
             group_ids: HashSet::new(),
             keys: HashMap::new(),
             group_keys: HashMap::new(),
+            roll_failed: None,
         };
         thread.replay()?;
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -226,6 +234,8 @@ struct WriterThread {
     keys: HashMap<String, (AppendOutcome, i64)>,
     /// Keys staged in the group being committed, with their answer.
     group_keys: HashMap<String, AppendOutcome>,
+    /// When sealing last failed (a full disk): the next timed attempt waits a second.
+    roll_failed: Option<Instant>,
 }
 
 fn now_micros() -> i64 {
@@ -387,11 +397,15 @@ impl WriterThread {
         let ingest_time = now_micros();
         if let Err(e) = self.log.sync() {
             let message = e.to_string();
+            let kind = match &e {
+                LogError::Io { source, .. } => source.kind(),
+                LogError::Corrupt { .. } => std::io::ErrorKind::InvalidData,
+            };
             tracing::error!(dataset = %self.spec.name, error = %message, "log sync failed; rejecting the group");
             for p in pending {
                 let _ = p.reply.send(Err(WriteError::Log(LogError::Io {
                     path: self.dir.clone(),
-                    source: std::io::Error::other(message.clone()),
+                    source: std::io::Error::new(kind, message.clone()),
                 })));
             }
             return;
@@ -451,11 +465,15 @@ impl WriterThread {
     fn maybe_roll(&mut self) {
         let has_events = self.log.next_seq() > self.log.active_first_seq();
         let due = self.opened.elapsed() >= self.config.roll_interval || self.log.active_len() >= self.config.roll_bytes;
-        if has_events
-            && due
-            && let Err(e) = self.roll()
-        {
-            tracing::error!(dataset = %self.spec.name, error = %e, "could not seal the active segment");
+        let backing_off = self.roll_failed.is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        if has_events && due && !backing_off {
+            match self.roll() {
+                Ok(_) => self.roll_failed = None,
+                Err(e) => {
+                    tracing::error!(dataset = %self.spec.name, error = %e, "could not seal the active segment");
+                    self.roll_failed = Some(Instant::now());
+                }
+            }
         }
     }
 }

@@ -85,6 +85,17 @@ impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> ApiError {
         match e {
             WriteError::Overloaded(..) => ApiError::unavailable("overloaded", format!("{e}; nothing was stored"), 1),
+            e if e.is_disk_full() => {
+                tracing::error!(error = %e, "ingest failed: the log's disk is full");
+                ApiError {
+                    retry_after: Some(30),
+                    ..ApiError::new(
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        "insufficient_storage",
+                        "the disk holding the log is full; nothing was stored, retry once space is freed",
+                    )
+                }
+            }
             e => {
                 tracing::error!(error = %e, "ingest failed");
                 ApiError::unavailable(

@@ -7,6 +7,7 @@ mod server;
 
 mod bad_input;
 mod crash;
+mod disk_full;
 mod lambda;
 mod outage;
 mod prop;
