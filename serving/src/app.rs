@@ -31,6 +31,8 @@ pub struct Inner {
     pub config: ServeConfig,
     datasets: RwLock<BTreeMap<String, Dataset>>,
     views: RwLock<BTreeMap<String, Arc<ViewLive>>>,
+    /// Request-body bytes that ingest requests may hold at once (`--max-inflight-bytes`).
+    pub ingest_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// Shared state of the server, cheap to clone.
@@ -56,8 +58,10 @@ impl AppState {
         if abandoned > 0 {
             tracing::warn!(runs = abandoned, "marked runs abandoned by a stopped process as failed");
         }
+        let ingest_budget = Arc::new(tokio::sync::Semaphore::new(config.max_inflight_bytes));
         let state = AppState(Arc::new(Inner {
             env,
+            ingest_budget,
             config,
             datasets: RwLock::new(BTreeMap::new()),
             views: RwLock::new(BTreeMap::new()),

@@ -60,6 +60,10 @@ pub struct ServeConfig {
     /// Most ingest requests waiting for a dataset's writer; more get 503 with Retry-After.
     #[arg(long, env = "TANDEM_MAX_QUEUED_REQUESTS", default_value_t = 4096)]
     pub max_queued_requests: usize,
+    /// Most request-body bytes held by ingest requests at once (read, decoded or waiting for
+    /// the writer); past it requests wait up to half a second, then get 503 with Retry-After.
+    #[arg(long, env = "TANDEM_MAX_INFLIGHT_BYTES", default_value_t = 256 << 20)]
+    pub max_inflight_bytes: usize,
 }
 
 #[derive(Debug, Clone, Args)]

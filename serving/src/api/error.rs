@@ -35,6 +35,14 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }
 
+    pub fn payload_too_large() -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is larger than the configured limit",
+        )
+    }
+
     pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u32) -> ApiError {
         ApiError { retry_after: Some(retry_after), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message) }
     }
@@ -125,11 +133,7 @@ impl From<JsonRejection> for ApiError {
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> ApiError {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request body is larger than the configured limit",
-            )
+            ApiError::payload_too_large()
         } else {
             ApiError::bad_request("invalid_request", r.body_text())
         }

@@ -1,25 +1,60 @@
+use std::time::Duration;
+
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use bytes::BytesMut;
+use futures::StreamExt;
 use serde_json::{Value, json};
 use tandem_model::event::{Format, Limits, decode};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::{ApiError, ApiResult};
 use crate::app::AppState;
 
+/// How long an ingest request waits for room in the in-flight budget before it is refused.
+const BUDGET_WAIT: Duration = Duration::from_millis(500);
+
 /// `POST /v1/datasets/{name}/events`: validate all, store all durably, answer. A retry with
 /// the same `Idempotency-Key` within 24 h gets the first answer and stores nothing.
+///
+/// The request holds its share of the in-flight budget (`--max-inflight-bytes`) from before
+/// its body is read until it is answered, so the memory held by ingest is bounded whatever
+/// the number of clients.
 pub async fn ingest(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<Value>> {
     let dataset = state.dataset(&name).ok_or_else(|| ApiError::not_found(format!("dataset {name:?}")))?;
     let format = format_of(&headers)?;
-    let body = body?;
+    let limit = state.config.max_body_bytes;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::payload_too_large());
+    }
+    let _permit = match reserve(&state, declared.unwrap_or(limit)).await {
+        Some(permit) => permit,
+        None => {
+            // read and drop the body so the connection stays usable, in constant memory
+            let mut stream = body.into_data_stream();
+            let mut seen = 0;
+            while let Some(Ok(chunk)) = stream.next().await {
+                seen += chunk.len();
+                if seen > limit {
+                    break;
+                }
+            }
+            return Err(ApiError::unavailable(
+                "overloaded",
+                "too many ingest bytes are in flight; nothing was stored, retry shortly",
+                1,
+            ));
+        }
+    };
+    let body = read_body(body, limit).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("invalid_events", "request body is empty"));
     }
@@ -30,8 +65,31 @@ pub async fn ingest(
         ApiError::bad_request("invalid_events", format!("{n} problem(s) in the events; nothing was stored"))
             .with_details(errors.into_iter().map(|e| serde_json::to_value(e).expect("errors serialize")))
     })?;
+    drop(body);
     let outcome = dataset.writer.append(rows, idempotency_key(&headers)?).await?;
     Ok(Json(json!({ "accepted": outcome.accepted, "duplicates": outcome.duplicates })))
+}
+
+/// Takes `bytes` of the in-flight budget, waiting up to [`BUDGET_WAIT`]; `None` if there is
+/// no room by then.
+async fn reserve(state: &AppState, bytes: usize) -> Option<OwnedSemaphorePermit> {
+    let budget = state.ingest_budget.clone();
+    let wanted = bytes.clamp(1, state.config.max_inflight_bytes.min(u32::MAX as usize)) as u32;
+    tokio::time::timeout(BUDGET_WAIT, budget.acquire_many_owned(wanted)).await.ok()?.ok()
+}
+
+/// The whole body, refusing more than `limit` bytes with 413.
+async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_request", format!("reading the body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::payload_too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.

@@ -10,5 +10,6 @@ mod crash;
 mod disk_full;
 mod lambda;
 mod outage;
+mod overload;
 mod prop;
 mod retries;

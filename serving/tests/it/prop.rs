@@ -67,6 +67,7 @@ fn config(dir: &std::path::Path) -> ServeConfig {
         max_events_per_request: 100_000,
         max_string_bytes: 64 << 10,
         max_queued_requests: 4096,
+        max_inflight_bytes: 256 << 20,
     }
 }
 

@@ -54,6 +54,11 @@ impl TestServer {
         self.child = Some(child);
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server is running").id()
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
