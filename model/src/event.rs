@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use crate::schema::{DatasetSpec, FieldType};
-use crate::value::{Row, Value, parse_timestamp};
+use crate::value::{Row, TIMESTAMP_RANGE, Value, parse_timestamp};
 
 /// How many problems a rejected request reports.
 pub const MAX_ERRORS: usize = 100;
@@ -153,14 +153,17 @@ fn convert(ty: FieldType, value: Json, required: bool, limits: &Limits) -> Resul
             _ => Err("number out of float64 range".into()),
         },
         (FieldType::Bool, Json::Bool(b)) => Ok(Value::Bool(b)),
-        (FieldType::Timestamp, Json::String(s)) => parse_timestamp(&s)
-            .map(Value::Timestamp)
-            .ok_or_else(|| format!("bad timestamp {s:?}: expected RFC 3339 or epoch milliseconds")),
+        (FieldType::Timestamp, Json::String(s)) => match parse_timestamp(&s) {
+            Some(t) if TIMESTAMP_RANGE.contains(&t) => Ok(Value::Timestamp(t)),
+            Some(_) => Err(format!("timestamp {s:?} is outside the accepted years 1678 to 2261")),
+            None => Err(format!("bad timestamp {s:?}: expected RFC 3339 or epoch milliseconds")),
+        },
         (FieldType::Timestamp, Json::Number(n)) => n
             .as_i64()
             .and_then(|ms| ms.checked_mul(1000))
+            .filter(|t| TIMESTAMP_RANGE.contains(t))
             .map(Value::Timestamp)
-            .ok_or_else(|| "bad timestamp: epoch milliseconds must be an integer in range".into()),
+            .ok_or_else(|| "bad timestamp: epoch milliseconds must be an integer within the years 1678 to 2261".into()),
         (ty, other) => Err(format!("expected {}, got {}", type_name(ty), json_kind(&other))),
     }
 }

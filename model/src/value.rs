@@ -82,6 +82,12 @@ pub fn format_timestamp(micros: i64) -> String {
     }
 }
 
+/// Accepted event times: 1678-01-01 (inclusive) to 2262-01-01 (exclusive), UTC micros. Within
+/// this range every time also fits in nanoseconds, so no cast, truncation or comparison in
+/// either layer (DataFusion compares timestamp literals in nanoseconds) can overflow on an
+/// event that was acknowledged.
+pub const TIMESTAMP_RANGE: std::ops::Range<i64> = -9_214_560_000_000_000..9_214_646_400_000_000;
+
 /// Parses an RFC 3339 string into UTC microseconds.
 pub fn parse_timestamp(text: &str) -> Option<i64> {
     DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())

@@ -33,20 +33,13 @@ pub async fn ingest(
     let limit = state.config.max_body_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
+        discard(body, limit.saturating_mul(4)).await;
         return Err(ApiError::payload_too_large());
     }
     let _permit = match reserve(&state, declared.unwrap_or(limit)).await {
         Some(permit) => permit,
         None => {
-            // read and drop the body so the connection stays usable, in constant memory
-            let mut stream = body.into_data_stream();
-            let mut seen = 0;
-            while let Some(Ok(chunk)) = stream.next().await {
-                seen += chunk.len();
-                if seen > limit {
-                    break;
-                }
-            }
+            discard(body, limit).await;
             return Err(ApiError::unavailable(
                 "overloaded",
                 "too many ingest bytes are in flight; nothing was stored, retry shortly",
@@ -76,6 +69,19 @@ async fn reserve(state: &AppState, bytes: usize) -> Option<OwnedSemaphorePermit>
     let budget = state.ingest_budget.clone();
     let wanted = bytes.clamp(1, state.config.max_inflight_bytes.min(u32::MAX as usize)) as u32;
     tokio::time::timeout(BUDGET_WAIT, budget.acquire_many_owned(wanted)).await.ok()?.ok()
+}
+
+/// Reads and drops up to `cap` bytes of a refused request's body, in constant memory, so
+/// that the client reads the answer instead of a broken connection.
+async fn discard(body: Body, cap: usize) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len();
+        if seen > cap {
+            break;
+        }
+    }
 }
 
 /// The whole body, refusing more than `limit` bytes with 413.

@@ -44,13 +44,25 @@ async fn bad_requests_are_refused_and_change_nothing() {
                 {"ts": "2026-11-01T00:00:00Z", "event_id": "ok"},
                 {"ts": "yesterday", "bytes": 1.5, "extra": 1},
                 {"event_id": "no time"},
-                {"ts": 0, "bytes": 9223372036854775808u64, "bot": "true", "country": ["US"]}
+                {"ts": 0, "bytes": 9223372036854775808u64, "bot": "true", "country": ["US"]},
+                {"ts": "3000-01-01T00:00:00Z"},
+                {"ts": 9_000_000_000_000_000i64}
             ])),
         )
         .await;
     assert_error(s, &b, 400, "invalid_events");
     let details = b["error"]["details"].as_array().unwrap();
-    for (index, field) in [(1, "ts"), (1, "bytes"), (1, "extra"), (2, "ts"), (3, "bytes"), (3, "bot"), (3, "country")] {
+    for (index, field) in [
+        (1, "ts"),
+        (1, "bytes"),
+        (1, "extra"),
+        (2, "ts"),
+        (3, "bytes"),
+        (3, "bot"),
+        (3, "country"),
+        (4, "ts"),
+        (5, "ts"),
+    ] {
         assert!(
             details.iter().any(|d| d["index"] == index && d["field"] == field),
             "missing ({index}, {field}) in {details:?}"
@@ -100,6 +112,19 @@ async fn bad_requests_are_refused_and_change_nothing() {
         ),
         (
             json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "filter": "duration_ms + 1"}),
+            "invalid_view",
+        ),
+        // filters that could fail on some event: refused, not skipped at ingest
+        (
+            json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "filter": "1000 / bytes > 1"}),
+            "invalid_view",
+        ),
+        (
+            json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "filter": "CAST(country AS BIGINT) > 1"}),
+            "invalid_view",
+        ),
+        (
+            json!({"name": "w", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}, "filter": "ts > 'last week'"}),
             "invalid_view",
         ),
         (
