@@ -5,19 +5,21 @@
 //! each event's time field, and written as one Parquet file per date named after the
 //! segment. Then `compacted_seq` moves to the segment's last sequence number. Compaction is
 //! idempotent: a crash between the writes and the catalog update leaves files that the next
-//! compaction overwrites with the same content, and that no run reads (runs read only up to
+//! compaction deletes and writes again, and that no run reads (runs read only up to
 //! `compacted_seq`). Segments are compacted oldest first, so `compacted_seq` always ends a
 //! segment.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
 use tandem_model::columnar::{dataset_schema, rows_to_batch};
 use tandem_model::log::{self, Record};
 use tandem_model::{Row, Value};
 
 use crate::catalog::DatasetRecord;
-use crate::store::{master_file, write_parquet};
+use crate::store::{list, master_file, master_file_segment, write_parquet};
 use crate::{BatchEnv, Error, Result};
 
 /// What a compaction did.
@@ -67,7 +69,15 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
         let schema = dataset_schema(&dataset.spec, true);
         for (date, (rows, seqs)) in &by_date {
             let batch = rows_to_batch(&dataset.spec, rows, Some(seqs))?;
-            write_parquet(&env.store, &master_file(name, *date, segment.first_seq), schema.clone(), &[batch]).await?;
+            let stem = master_file(name, *date, segment.first_seq);
+            // an earlier, interrupted compaction of this segment may have left its file
+            let day_dir = Path::from(stem.as_ref().rsplit_once('/').map(|(dir, _)| dir).unwrap_or_default());
+            for earlier in list(&env.store, &day_dir).await? {
+                if master_file_segment(&earlier) == Some(segment.first_seq) {
+                    env.store.delete(&earlier).await?;
+                }
+            }
+            write_parquet(&env.store, &stem, schema.clone(), &[batch]).await?;
             done.events += rows.len() as u64;
         }
         env.catalog.set_compacted(name, last_seq).await?;

@@ -44,6 +44,8 @@ pub enum Error {
     Log(#[from] tandem_model::log::LogError),
     #[error("i/o on {0}: {1}")]
     Io(String, std::io::Error),
+    #[error("{0} is corrupt: {1}")]
+    Corrupt(String, String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -10,7 +10,7 @@
 //! 4. aggregate the master events of those days with `_seq <= watermark` with DataFusion: the
 //!    view's filter (the same SQL text the speed layer compiled), `date_trunc` buckets,
 //!    dimensions, and one state column per measure (`tandem_model::columnar::state_columns`);
-//! 5. write one file per day, `views/{view}/v{N}/date={day}/part-00000.parquet`, and copy the
+//! 5. write one file per day, `views/{view}/v{N}/date={day}/part-00000.{crc32}.parquet`, and copy the
 //!    previous version's files of the clean days (view buckets never straddle days);
 //! 6. publish version, watermark, files, mode and recomputed days in one catalog transaction.
 //!
@@ -40,8 +40,8 @@ use crate::catalog::{Publication, RunRecord};
 use crate::compaction::compact;
 use crate::sketches::sketch_udaf;
 use crate::store::{
-    copy_parquet, delete_prefix, list, master_file_segment, master_prefix, partition_date, version_dir, version_file,
-    write_parquet,
+    copy_parquet, delete_prefix, get_verified, list, master_file_segment, master_prefix, partition_date, version_dir,
+    version_file, write_parquet,
 };
 use crate::{BatchEnv, Error, Result};
 
@@ -128,8 +128,9 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
     let mut files = Vec::new();
     let mut rows_out = 0;
     for (date, batch) in split_by_day(&schema, batches)? {
-        let path = version_file(&view.spec.name, version, &date);
-        rows_out += write_parquet(&env.store, &path, schema.clone(), &[batch]).await? as i64;
+        let stem = version_file(&view.spec.name, version, &date);
+        let (path, rows) = write_parquet(&env.store, &stem, schema.clone(), &[batch]).await?;
+        rows_out += rows as i64;
         files.push(path.to_string());
     }
     if let Some(prev) = &previous {
@@ -139,8 +140,8 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
             if days.contains(&date) {
                 continue;
             }
-            let to = version_file(&view.spec.name, version, &date);
-            rows_out += copy_parquet(&env.store, &from, &to).await?;
+            let (to, rows) = copy_parquet(&env.store, &from, &version_file(&view.spec.name, version, &date)).await?;
+            rows_out += rows;
             files.push(to.to_string());
         }
     }
@@ -216,6 +217,11 @@ async fn aggregate(
     let files: Vec<String> = inputs.iter().map(|p| format!("{STORE_URL}/{p}")).collect();
     if files.is_empty() {
         return Ok((Vec::new(), 0));
+    }
+    // DataFusion reads the files itself: check them first, so a damaged file fails the run
+    // (naming it) instead of reading back wrong values
+    for input in inputs {
+        get_verified(&env.store, input).await?;
     }
     let ctx = SessionContext::new();
     ctx.register_object_store(ObjectStoreUrl::parse(STORE_URL)?.as_ref(), env.store.clone());

@@ -1,12 +1,16 @@
 //! Where Parquet lives in the object store, and how it is written and read.
 //!
 //! ```text
-//! master/{dataset}/date={YYYY-MM-DD}/{first_seq:020}.parquet   one file per log segment and day
-//! views/{view}/v{version:06}/date={YYYY-MM-DD}/part-00000.parquet   one directory per version,
-//!                                                               one file per event day
+//! master/{dataset}/date={YYYY-MM-DD}/{first_seq:020}.{crc32:08x}.parquet
+//!     one file per log segment and event day
+//! views/{view}/v{version:06}/date={YYYY-MM-DD}/part-00000.{crc32:08x}.parquet
+//!     one directory per version, one file per event day
 //! ```
 //! Every object is written whole with one `put` (atomic on the local store and on S3), so a
-//! reader never sees half a file.
+//! reader never sees half a file. Its name carries the CRC-32 of its bytes, written in the
+//! same `put`; every read checks it and refuses a damaged file with [`Error::Corrupt`]
+//! (Parquet as written by arrow-rs has no page checksums, and a flipped byte in a data page
+//! otherwise reads back as a different value).
 
 use std::sync::Arc;
 
@@ -26,27 +30,53 @@ use tandem_model::agg::Groups;
 use tandem_model::columnar::groups_from_batch;
 use tandem_model::view::CompiledView;
 
-use crate::Result;
+use crate::{Error, Result};
 
 pub fn master_prefix(dataset: &str) -> Path {
     Path::from(format!("master/{dataset}"))
 }
 
+/// The name of a master file without its checksum (see [`write_parquet`]).
 pub fn master_file(dataset: &str, date: NaiveDate, first_seq: u64) -> Path {
-    Path::from(format!("master/{dataset}/date={}/{first_seq:020}.parquet", date.format("%Y-%m-%d")))
+    Path::from(format!("master/{dataset}/date={}/{first_seq:020}", date.format("%Y-%m-%d")))
 }
 
 /// The log segment a master file came from.
 pub fn master_file_segment(path: &Path) -> Option<u64> {
-    path.filename()?.strip_suffix(".parquet")?.parse().ok()
+    path.filename()?.split('.').next()?.parse().ok()
 }
 
 pub fn version_dir(view: &str, version: i64) -> Path {
     Path::from(format!("views/{view}/v{version:06}"))
 }
 
+/// The name of a version file without its checksum (see [`write_parquet`]).
 pub fn version_file(view: &str, version: i64, date: &str) -> Path {
-    Path::from(format!("views/{view}/v{version:06}/date={date}/part-00000.parquet"))
+    Path::from(format!("views/{view}/v{version:06}/date={date}/part-00000"))
+}
+
+/// `{stem}.{crc32:08x}.parquet`
+fn checksummed(stem: &Path, bytes: &[u8]) -> Path {
+    Path::from(format!("{stem}.{:08x}.parquet", crc32fast::hash(bytes)))
+}
+
+/// The whole object, checked against the checksum in its name.
+pub async fn get_verified(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<Bytes> {
+    let bytes: Bytes = store.get(path).await?.bytes().await?;
+    let named = path
+        .filename()
+        .and_then(|f| f.strip_suffix(".parquet"))
+        .and_then(|f| f.rsplit_once('.'))
+        .and_then(|(_, crc)| u32::from_str_radix(crc, 16).ok());
+    let actual = crc32fast::hash(&bytes);
+    match named {
+        Some(crc) if crc == actual => Ok(bytes),
+        Some(crc) => Err(Error::Corrupt(
+            path.to_string(),
+            format!("its CRC-32 is {actual:08x}, its name says {crc:08x}; restore it or recompute it"),
+        )),
+        None => Err(Error::Corrupt(path.to_string(), "its name carries no checksum".into())),
+    }
 }
 
 /// The `YYYY-MM-DD` of a path's `date=` directory.
@@ -70,13 +100,14 @@ pub async fn delete_prefix(store: &Arc<dyn ObjectStore>, prefix: &Path) -> Resul
     Ok(())
 }
 
-/// Encodes batches as one Parquet file and puts it. Returns the rows written.
+/// Encodes batches as one Parquet file and puts it at `{stem}.{crc32}.parquet`. Returns that
+/// path and the rows written.
 pub async fn write_parquet(
     store: &Arc<dyn ObjectStore>,
-    path: &Path,
+    stem: &Path,
     schema: SchemaRef,
     batches: &[RecordBatch],
-) -> Result<usize> {
+) -> Result<(Path, usize)> {
     let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
     let mut buf = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(props))?;
@@ -86,23 +117,26 @@ pub async fn write_parquet(
         rows += batch.num_rows();
     }
     writer.close()?;
-    store.put(path, PutPayload::from(buf)).await?;
-    Ok(rows)
+    let path = checksummed(stem, &buf);
+    store.put(&path, PutPayload::from(buf)).await?;
+    Ok((path, rows))
 }
 
-/// Reads every record batch of a Parquet object.
+/// Reads every record batch of a Parquet object, after checking its checksum.
 pub async fn read_parquet(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<Vec<RecordBatch>> {
-    let bytes: Bytes = store.get(path).await?.bytes().await?;
+    let bytes = get_verified(store, path).await?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Copies a Parquet object and returns its row count (read from its footer).
-pub async fn copy_parquet(store: &Arc<dyn ObjectStore>, from: &Path, to: &Path) -> Result<i64> {
-    let bytes: Bytes = store.get(from).await?.bytes().await?;
+/// Copies a checked Parquet object to `{to_stem}.{crc32}.parquet`; returns that path and its
+/// row count (read from its footer).
+pub async fn copy_parquet(store: &Arc<dyn ObjectStore>, from: &Path, to_stem: &Path) -> Result<(Path, i64)> {
+    let bytes = get_verified(store, from).await?;
     let rows = ParquetMetaDataReader::new().parse_and_finish(&bytes)?.file_metadata().num_rows();
-    store.put(to, PutPayload::from(bytes)).await?;
-    Ok(rows)
+    let to = checksummed(to_stem, &bytes);
+    store.put(&to, PutPayload::from(bytes)).await?;
+    Ok((to, rows))
 }
 
 /// Loads a published version's files into groups of aggregate states.

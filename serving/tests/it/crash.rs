@@ -189,3 +189,80 @@ async fn a_torn_log_tail_is_cut_and_every_acknowledged_event_kept() {
     server.restart();
     assert_eq!(server.query("v", json!({"granularity": "all"})).await["rows"][0]["n"], json!(150));
 }
+
+/// Flips one byte in the middle of a file.
+fn flip_middle_byte(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(path, &bytes).unwrap();
+}
+
+fn files_under(dir: &std::path::Path, extension: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_under(&path, extension));
+        } else if path.extension().is_some_and(|e| e == extension) {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_master_file_or_sealed_segment_is_reported_never_skipped() {
+    use crate::server::{BIN, count_view};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), None, &[]);
+    server.create_pageviews(count_view()).await;
+    let body: Vec<Value> =
+        (0..500).map(|i| json!({"ts": 1_793_491_200_000i64 + i * 1000, "event_id": format!("e{i}")})).collect();
+    server.ok("POST", "/v1/datasets/pageviews/events", Some(json!(body))).await;
+    assert_eq!(server.run_batch("v").await["status"], "succeeded");
+    let before = server.query("v", json!({"granularity": "all"})).await;
+    assert_eq!(before["rows"][0]["n"], json!(500));
+
+    // a damaged master file: the next full run fails naming it; version 1 keeps serving
+    let master = files_under(&dir.path().join("master"), "parquet");
+    assert_eq!(master.len(), 1, "{master:?}");
+    flip_middle_byte(&master[0]);
+    let (_, run) = server.call("POST", "/v1/views/v/runs", Some(json!({"full": true}))).await;
+    let run = server.wait_run(run["id"].as_i64().unwrap()).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let file_name = master[0].file_name().unwrap().to_str().unwrap();
+    assert!(run["error"].as_str().unwrap().contains(file_name), "the error names the file: {run}");
+    assert_eq!(server.query("v", json!({"granularity": "all"})).await["rows"], before["rows"]);
+    server.kill();
+
+    // a damaged sealed segment: the server refuses to start and says which file and where
+    let segment = files_under(&dir.path().join("log/pageviews"), "seg").into_iter().next().unwrap();
+    flip_middle_byte(&segment);
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("TANDEM_DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tandem started on a corrupt sealed segment");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    let segment_name = segment.file_name().unwrap().to_str().unwrap();
+    assert!(stderr.contains(segment_name) && stderr.contains("corrupt"), "{stderr}");
+}
