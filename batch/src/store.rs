@@ -141,7 +141,7 @@ pub async fn copy_parquet(store: &Arc<dyn ObjectStore>, from: &Path, to_stem: &P
 
 /// Loads a published version's files into groups of aggregate states.
 pub async fn load_version(store: &Arc<dyn ObjectStore>, view: &CompiledView, files: &[String]) -> Result<Groups> {
-    let mut groups = Groups::new();
+    let mut groups = Groups::default();
     for file in files {
         for batch in read_parquet(store, &Path::from(file.as_str())).await? {
             groups_from_batch(view, &batch, &mut groups)

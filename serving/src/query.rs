@@ -213,7 +213,7 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
                 5,
             ));
         }
-        let mut merged = Groups::new();
+        let mut merged = Groups::default();
         let layers = state.batch.iter().map(|b| &b.groups).chain(state.segments.values().map(|s| &s.groups));
         for groups in layers {
             fold_groups(&plan, groups, &mut merged);

@@ -137,7 +137,7 @@ impl ViewLive {
             return Ok(());
         }
         // fold outside the lock; only the (small) merge happens under it
-        let mut partial = Groups::new();
+        let mut partial = Groups::default();
         match &self.filter {
             Some(filter) => {
                 let refs: Vec<&Row> = rows.iter().collect();
@@ -211,7 +211,7 @@ mod tests {
 
     fn total(live: &ViewLive) -> Groups {
         live.read(|s| {
-            let mut all = Groups::new();
+            let mut all = Groups::default();
             if let Some(b) = &s.batch {
                 merge_groups(&mut all, &b.groups);
             }
@@ -227,7 +227,7 @@ mod tests {
         live.apply(4, 4, 0, &rows(&[10])).unwrap();
         let before = total(&live);
         // a batch version covering segment 1 (seq 1..=3) with the same numbers
-        let mut covered = Groups::new();
+        let mut covered = Groups::default();
         rows(&[1, 2]).iter().for_each(|r| fold_row(&live.view, &mut covered, r));
         assert!(live.publish(BatchSnapshot::new(1, 3, None, covered)));
         assert_eq!(total(&live), before);

@@ -506,7 +506,7 @@ mod tests {
 
     fn totals(live: &ViewLive) -> serde_json::Value {
         live.read(|s| {
-            let mut all = Groups::new();
+            let mut all = Groups::default();
             s.segments.values().for_each(|seg| merge_groups(&mut all, &seg.groups));
             let states = all.values().next().cloned().unwrap_or_default();
             serde_json::json!(states.iter().map(|s| s.finish()).collect::<Vec<_>>())
