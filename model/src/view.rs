@@ -23,15 +23,22 @@ const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 24 * HOUR;
 
 impl Granularity {
+    /// The bucket width in microseconds (`None` for `All`).
+    pub fn width(self) -> Option<i64> {
+        match self {
+            Granularity::Minute => Some(MINUTE),
+            Granularity::Hour => Some(HOUR),
+            Granularity::Day => Some(DAY),
+            Granularity::All => None,
+        }
+    }
+
     /// The start of the UTC bucket holding `micros` (0 for `All`).
     pub fn truncate(self, micros: i64) -> i64 {
-        let width = match self {
-            Granularity::Minute => MINUTE,
-            Granularity::Hour => HOUR,
-            Granularity::Day => DAY,
-            Granularity::All => return 0,
-        };
-        micros.div_euclid(width) * width
+        match self.width() {
+            Some(width) => micros.div_euclid(width) * width,
+            None => 0,
+        }
     }
 
     /// DataFusion's `date_trunc` unit for this granularity.

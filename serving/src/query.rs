@@ -6,6 +6,10 @@
 //! query's time range and dimension filters, re-keys each to the query's granularity and
 //! dimensions, and merges their states. Because states merge exactly (`avg` is kept as sum
 //! and count, never as an average), the result equals one pass over all events.
+//!
+//! The batch side of that fold does not change until the next version, so it is kept per
+//! version and query shape (a rollup, see [`answer`]); only the speed side and the output
+//! buckets that the time range cuts through are folded on each query.
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
@@ -17,6 +21,7 @@ use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
 use tandem_model::{FieldType, Granularity, Value};
 use tandem_speed::ViewLive;
+use tandem_speed::live::RollupKey;
 
 use crate::api::error::ApiError;
 
@@ -95,6 +100,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
 }
 
 /// A query checked against its view.
+#[derive(Clone)]
 struct Plan {
     from: Option<i64>,
     to: Option<i64>,
@@ -107,6 +113,61 @@ struct Plan {
     measures: Vec<usize>,
     order: Vec<(Column, bool)>,
     limit: Option<usize>,
+}
+
+/// Where an output bucket lies relative to `[from, to)`, judged by the view's buckets in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Span {
+    Whole,
+    Outside,
+    /// Some of its view buckets are in the range and some are not.
+    Edge,
+}
+
+impl Plan {
+    /// Where the output bucket starting at `bucket` lies, for a view of granularity `view`.
+    fn span(&self, view: Granularity, bucket: i64) -> Span {
+        if self.from.is_none() && self.to.is_none() {
+            return Span::Whole;
+        }
+        let (Some(out_width), Some(view_width)) = (self.granularity.width(), view.width()) else {
+            return Span::Edge; // one bucket for all time, and a range
+        };
+        let last = bucket + out_width - view_width; // the last view bucket inside
+        let after_from = |b: i64| self.from.is_none_or(|f| b >= f);
+        let before_to = |b: i64| self.to.is_none_or(|t| b < t);
+        if after_from(bucket) && before_to(last) {
+            Span::Whole
+        } else if !after_from(last) || !before_to(bucket) {
+            Span::Outside
+        } else {
+            Span::Edge
+        }
+    }
+
+    /// Whether `[from, to)` cuts through an output bucket (only the buckets holding `from`
+    /// or the end of the range can be cut).
+    fn cuts_buckets(&self, view: Granularity) -> bool {
+        let candidates = [self.from, self.to.map(|t| t - 1)];
+        match self.granularity {
+            Granularity::All => self.from.is_some() || self.to.is_some(),
+            g => candidates.iter().flatten().any(|&t| self.span(view, g.truncate(t)) == Span::Edge),
+        }
+    }
+
+    /// The query's shape without its time range: what a batch rollup is keyed by.
+    fn rollup_key(&self) -> RollupKey {
+        let filters = self
+            .filters
+            .iter()
+            .map(|(pos, allowed)| {
+                let mut values: Vec<Value> = allowed.iter().cloned().collect();
+                values.sort_by(Value::total_cmp);
+                (*pos, values)
+            })
+            .collect();
+        (self.granularity, self.group.clone(), filters, self.measures.clone())
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -202,10 +263,16 @@ fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {
 }
 
 /// Answers a query from the view's batch version merged with its speed layer.
+///
+/// The batch side comes from the version's rollup for the query's shape (built once per
+/// version and shape, then reused): output buckets wholly inside `[from, to)` are taken from
+/// it, and the at most two output buckets the range cuts through are folded afresh from the
+/// version's groups. The speed side is folded on every query. Where both hold a group, the
+/// rollup's states are merged with the speed states; elsewhere the rollup's values answer.
 pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> {
     let view = &live.view;
     let plan = plan(view, request)?;
-    let (groups, freshness) = live.read(|state| {
+    let (batch, mut speed, freshness) = live.read(|state| {
         if !state.is_ready() {
             return Err(ApiError::unavailable(
                 "view_building",
@@ -213,10 +280,9 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
                 5,
             ));
         }
-        let mut merged = Groups::default();
-        let layers = state.batch.iter().map(|b| &b.groups).chain(state.segments.values().map(|s| &s.groups));
-        for groups in layers {
-            fold_groups(&plan, groups, &mut merged);
+        let mut speed = Groups::default();
+        for segment in state.segments.values() {
+            fold_groups(&plan, &segment.groups, &mut speed);
         }
         let freshness = json!({
             "batch_version": state.batch.as_ref().map(|b| b.version),
@@ -226,12 +292,59 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
             "speed_newest_ingest_at": state.newest_ingest().map(format_timestamp),
             "late_events": state.late_events(),
         });
-        Ok((merged, freshness))
+        Ok((state.batch.clone(), speed, freshness))
     })?;
+    let values = |states: &[MeasureState]| states.iter().map(MeasureState::value).collect::<Vec<_>>();
+    let merge_speed = |key: &GroupKey, mut states: Vec<MeasureState>, speed: &mut Groups| {
+        if let Some(recent) = speed.remove(key) {
+            states.iter_mut().zip(&recent).for_each(|(a, b)| a.merge(b));
+        }
+        states
+    };
     // each measure's value once per row: sketch estimates are not free, and sorting would
     // otherwise recompute them at every comparison
-    let mut rows: Vec<(GroupKey, Vec<Value>)> =
-        groups.into_iter().map(|(key, states)| (key, states.iter().map(MeasureState::value).collect())).collect();
+    let mut rows: Vec<(GroupKey, Vec<Value>)> = Vec::new();
+    if let Some(batch) = &batch {
+        let span = |bucket: i64| plan.span(view.spec.granularity, bucket);
+        let whole_range = Plan { from: None, to: None, ..plan.clone() };
+        let rollup = batch.rollup(plan.rollup_key(), |groups| {
+            let mut folded = Groups::default();
+            fold_groups(&whole_range, groups, &mut folded);
+            folded
+                .into_iter()
+                .map(|(key, states)| {
+                    let answer = values(&states);
+                    (key, (states, answer))
+                })
+                .collect()
+        });
+        for (key, (states, answer)) in rollup.iter() {
+            if span(key.bucket) != Span::Whole {
+                continue;
+            }
+            if speed.contains_key(key) {
+                let merged = merge_speed(key, states.clone(), &mut speed);
+                rows.push((key.clone(), values(&merged)));
+            } else {
+                rows.push((key.clone(), answer.clone()));
+            }
+        }
+        if plan.cuts_buckets(view.spec.granularity) {
+            let mut edges = Groups::default();
+            let cut = batch.groups.iter().filter(|(k, _)| span(plan.granularity.truncate(k.bucket)) == Span::Edge);
+            fold_groups(&plan, cut, &mut edges);
+            for (key, states) in edges {
+                let merged = merge_speed(&key, states, &mut speed);
+                rows.push((key, values(&merged)));
+            }
+        }
+    }
+    rows.extend(speed.into_iter().map(|(key, states)| {
+        let v = values(&states);
+        (key, v)
+    }));
+    // each measure's value once per row: sketch estimates are not free, and sorting would
+    // otherwise recompute them at every comparison
     let default_order = |a: &GroupKey, b: &GroupKey| {
         a.bucket.cmp(&b.bucket).then_with(|| {
             a.dims.iter().zip(&b.dims).map(|(x, y)| x.total_cmp(y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
@@ -275,7 +388,11 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
 
 /// Folds one layer's groups into the answer's groups, applying the plan's range, filters,
 /// granularity and grouping. `[from, to)` applies to the start of the view's own buckets.
-fn fold_groups(plan: &Plan, groups: &Groups, into: &mut Groups) {
+fn fold_groups<'a>(
+    plan: &Plan,
+    groups: impl IntoIterator<Item = (&'a GroupKey, &'a Vec<MeasureState>)>,
+    into: &mut Groups,
+) {
     for (key, states) in groups {
         if plan.from.is_some_and(|f| key.bucket < f) || plan.to.is_some_and(|t| key.bucket >= t) {
             continue;

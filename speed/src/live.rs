@@ -10,21 +10,23 @@
 //! A batch watermark is always the last sequence number of a sealed segment, so retiring
 //! what a version covers is dropping whole segment maps, never subtracting.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
-use tandem_model::agg::{Groups, fold_row, merge_groups};
+use lru::LruCache;
+use parking_lot::{Mutex, RwLock};
+use tandem_model::agg::{GroupKey, Groups, MeasureState, fold_row, merge_groups};
 use tandem_model::columnar::rows_to_batch;
 use tandem_model::view::CompiledView;
-use tandem_model::{Row, Value};
+use tandem_model::{Granularity, Row, Value};
 
 use crate::filter::ViewFilter;
 
 const DAY: i64 = 86_400_000_000;
 
 /// A published batch version, loaded into memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BatchSnapshot {
     pub version: i64,
     /// Last sequence number the version covers.
@@ -34,12 +36,43 @@ pub struct BatchSnapshot {
     pub groups: Groups,
     /// The newest event day (days since the epoch, UTC) the version holds groups for.
     pub newest_day: Option<i64>,
+    /// Rollups of this version for recent query shapes; they live and die with the version.
+    rollups: Mutex<LruCache<RollupKey, Arc<Rollup>>>,
 }
+
+/// A query shape without its time range: granularity, grouped dimension positions, the
+/// allowed values per filtered dimension position (sorted), measure positions.
+pub type RollupKey = (Granularity, Vec<usize>, Vec<(usize, Vec<Value>)>, Vec<usize>);
+
+/// A batch version's groups re-keyed to a query shape, each with its merged states (to merge
+/// speed groups into) and their values (to answer with when there is nothing to merge).
+pub type Rollup = HashMap<GroupKey, (Vec<MeasureState>, Vec<Value>), foldhash::fast::RandomState>;
+
+/// Rollups kept per version. Each holds at most as many groups as the version.
+const ROLLUPS_PER_VERSION: usize = 32;
 
 impl BatchSnapshot {
     pub fn new(version: i64, watermark: u64, finished_at: Option<String>, groups: Groups) -> BatchSnapshot {
         let newest_day = groups.keys().map(|k| k.bucket.div_euclid(DAY)).max();
-        BatchSnapshot { version, watermark, finished_at, groups, newest_day }
+        let rollups = Mutex::new(LruCache::new(NonZeroUsize::new(ROLLUPS_PER_VERSION).expect("not zero")));
+        BatchSnapshot { version, watermark, finished_at, groups, newest_day, rollups }
+    }
+
+    /// The rollup for `key`, built by `build` from the version's groups on first use (outside
+    /// the cache's lock; two queries racing may both build it).
+    pub fn rollup(&self, key: RollupKey, build: impl FnOnce(&Groups) -> Rollup) -> Arc<Rollup> {
+        if let Some(found) = self.rollups.lock().get(&key) {
+            return found.clone();
+        }
+        let built = Arc::new(build(&self.groups));
+        self.rollups.lock().put(key, built.clone());
+        built
+    }
+}
+
+impl Default for BatchSnapshot {
+    fn default() -> Self {
+        BatchSnapshot::new(0, 0, None, Groups::default())
     }
 }
 

@@ -269,6 +269,9 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
     let to = T0 + 30 * 3_600_000_000;
     let from_s = chrono::DateTime::from_timestamp_micros(from).unwrap().to_rfc3339();
     let to_s = chrono::DateTime::from_timestamp_micros(to).unwrap().to_rfc3339();
+    let (cut_from, cut_to) = (T0 + 7 * 3_600_000_000 + 1_800_000_000, T0 + 53 * 3_600_000_000 + 60_000_000);
+    let cut_from_s = chrono::DateTime::from_timestamp_micros(cut_from).unwrap().to_rfc3339();
+    let cut_to_s = chrono::DateTime::from_timestamp_micros(cut_to).unwrap().to_rfc3339();
     let dims: &'static [&'static str] = if view == "by_country" { &["country"] } else { &["bot", "country"] };
     let native = if view == "by_country" { "hour" } else { "day" };
     let count = if view == "by_country" { "views" } else { "n" };
@@ -304,6 +307,22 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
                 None,
             )
         },
+        // ranges that cut through output buckets (batch answers fold those afresh)
+        shape(json!({"from": cut_from_s, "to": cut_to_s}), native, dims, None, Some((cut_from, cut_to))),
+        shape(
+            json!({"from": cut_from_s, "to": cut_to_s, "granularity": "all"}),
+            "all",
+            dims,
+            None,
+            Some((cut_from, cut_to)),
+        ),
+        shape(
+            json!({"from": cut_from_s, "granularity": "day", "group_by": ["country"]}),
+            "day",
+            &["country"],
+            None,
+            Some((cut_from, i64::MAX)),
+        ),
         Shape {
             top: Some((count, 3)),
             ..shape(
