@@ -140,7 +140,14 @@ impl AppState {
             return Ok(false);
         }
         let snapshot = self.snapshot(&live.view, version).await?;
-        let installed = live.publish(snapshot);
+        let dir = self.env.log_dir(&live.view.dataset.name);
+        let view = live.clone();
+        // may read sealed log segments (see ViewLive::publish)
+        let installed =
+            tokio::task::spawn_blocking(move || view.publish(snapshot, |after, to| view.fold_log(&dir, after, to)))
+                .await
+                .map_err(|e| tandem_batch::Error::Invalid(format!("installing version {version}: {e}")))?
+                .map_err(|e| tandem_batch::Error::Invalid(format!("installing version {version}: {e}")))?;
         if installed {
             tracing::info!(view = name, version, "serving new batch version");
         }

@@ -6,18 +6,25 @@
 //! version and dropping the speed groups it covers happens in [`ViewLive::publish`] under
 //! the write lock, so every reader sees either the old pair or the new one.
 //!
-//! Speed groups are kept per log segment (keyed by the segment's first sequence number).
-//! A batch watermark is always the last sequence number of a sealed segment, so retiring
-//! what a version covers is dropping whole segment maps, never subtracting.
+//! Speed groups are kept in maps keyed by the first sequence number they may hold: one for
+//! the active log segment, and one for all sealed segments together. When the writer seals
+//! a segment, its map is merged into the sealed one in the background ([`ViewLive::coalesce`]),
+//! so the speed layer's memory grows with groups, not with the number of segments between
+//! batch runs. A batch watermark is always the last sequence number of a sealed segment:
+//! publishing drops the maps wholly below it, and a map it cuts through (a run that compacted
+//! fewer segments than the sealed map holds) is folded afresh from the log for the events past
+//! the watermark. Sketch states cannot be subtracted, so rebuilding is the only exact way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
+use std::path::Path;
 use std::sync::Arc;
 
 use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
 use tandem_model::agg::{GroupKey, Groups, MeasureState, fold_row, merge_groups};
 use tandem_model::columnar::rows_to_batch;
+use tandem_model::log;
 use tandem_model::view::CompiledView;
 use tandem_model::{Granularity, Row, Value};
 
@@ -76,16 +83,32 @@ impl Default for BatchSnapshot {
     }
 }
 
-/// The groups of one log segment's events past the floor.
-#[derive(Debug, Default)]
+/// The groups of the events past the floor in one or more log segments.
+#[derive(Debug, Default, Clone)]
 pub struct SegmentGroups {
     pub groups: Groups,
-    /// Events of the dataset (before the view's filter) folded into this segment.
+    /// Events of the dataset (before the view's filter) folded into this map.
     pub events: u64,
     /// Newest ingest time, UTC micros.
     pub newest_ingest: i64,
     /// Events per event day (days since the epoch, UTC).
     pub days: BTreeMap<i64, u64>,
+    /// The last sequence number this map covers.
+    pub through: u64,
+    /// Whether its segments are all sealed (nothing more will be added but by coalescing).
+    pub sealed: bool,
+}
+
+impl SegmentGroups {
+    fn absorb(&mut self, other: &SegmentGroups) {
+        merge_groups(&mut self.groups, &other.groups);
+        self.events += other.events;
+        self.newest_ingest = self.newest_ingest.max(other.newest_ingest);
+        for (day, n) in &other.days {
+            *self.days.entry(*day).or_default() += n;
+        }
+        self.through = self.through.max(other.through);
+    }
 }
 
 #[derive(Debug)]
@@ -126,6 +149,9 @@ pub struct ViewLive {
     pub view: CompiledView,
     filter: Option<ViewFilter>,
     state: RwLock<LiveState>,
+    /// Held while sealed maps are coalesced or a version is published, so the two never
+    /// work from the same maps at once.
+    coalescing: Mutex<()>,
 }
 
 impl ViewLive {
@@ -140,6 +166,7 @@ impl ViewLive {
             view,
             filter,
             state: RwLock::new(LiveState { batch: batch.map(Arc::new), floor, segments: BTreeMap::new() }),
+            coalescing: Mutex::new(()),
         })
     }
 
@@ -160,17 +187,28 @@ impl ViewLive {
         self.state.read().floor
     }
 
-    /// Folds the events of one log record (numbered from `first_seq`, in the segment that
-    /// starts at `segment`) into the speed layer. Events at or below the floor are skipped.
-    pub fn apply(&self, segment: u64, first_seq: u64, ingest_time: i64, rows: &[Row]) -> Result<(), String> {
+    /// Folds the events of one log record (numbered from `first_seq`) into the speed map
+    /// keyed `map` (the first sequence number of its segment). Events at or below the floor
+    /// are skipped.
+    pub fn apply(&self, map: u64, first_seq: u64, ingest_time: i64, rows: &[Row]) -> Result<(), String> {
         let floor = self.floor();
         let skip = floor.saturating_sub(first_seq - 1).min(rows.len() as u64) as usize;
-        let rows = &rows[skip..];
-        if rows.is_empty() {
+        if skip == rows.len() {
             return Ok(());
         }
         // fold outside the lock; only the (small) merge happens under it
-        let mut partial = Groups::default();
+        let mut partial = SegmentGroups::default();
+        self.fold(&mut partial, first_seq + skip as u64, ingest_time, &rows[skip..])?;
+        let mut state = self.state.write();
+        if first_seq + skip as u64 <= state.floor {
+            return Ok(()); // a version covering these events was published meanwhile
+        }
+        state.segments.entry(map).or_default().absorb(&partial);
+        Ok(())
+    }
+
+    /// Folds events numbered from `first_seq` that pass the view's filter into `into`.
+    fn fold(&self, into: &mut SegmentGroups, first_seq: u64, ingest_time: i64, rows: &[Row]) -> Result<(), String> {
         match &self.filter {
             Some(filter) => {
                 let refs: Vec<&Row> = rows.iter().collect();
@@ -179,41 +217,123 @@ impl ViewLive {
                 rows.iter()
                     .zip(mask)
                     .filter(|(_, keep)| *keep)
-                    .for_each(|(row, _)| fold_row(&self.view, &mut partial, row));
+                    .for_each(|(row, _)| fold_row(&self.view, &mut into.groups, row));
             }
-            None => rows.iter().for_each(|row| fold_row(&self.view, &mut partial, row)),
+            None => rows.iter().for_each(|row| fold_row(&self.view, &mut into.groups, row)),
         }
-        let mut state = self.state.write();
-        if first_seq + skip as u64 <= state.floor {
-            return Ok(()); // a version covering these events was published meanwhile
-        }
-        let entry = state.segments.entry(segment).or_default();
-        merge_groups(&mut entry.groups, &partial);
-        entry.events += rows.len() as u64;
-        entry.newest_ingest = entry.newest_ingest.max(ingest_time);
+        into.events += rows.len() as u64;
+        into.newest_ingest = into.newest_ingest.max(ingest_time);
         for row in rows {
             if let Value::Timestamp(ts) = row[self.view.time_index] {
-                *entry.days.entry(ts.div_euclid(DAY)).or_default() += 1;
+                *into.days.entry(ts.div_euclid(DAY)).or_default() += 1;
             }
         }
+        into.through = into.through.max(first_seq + rows.len() as u64 - 1);
         Ok(())
+    }
+
+    /// The writer sealed the map keyed `map`, through sequence number `through`. Returns
+    /// whether there is now more than one sealed map, i.e. whether [`coalesce`](Self::coalesce)
+    /// has work.
+    pub fn seal(&self, map: u64, through: u64) -> bool {
+        let mut state = self.state.write();
+        if let Some(entry) = state.segments.get_mut(&map) {
+            entry.sealed = true;
+            entry.through = entry.through.max(through);
+        }
+        state.segments.values().filter(|s| s.sealed).count() > 1
+    }
+
+    /// Merges all sealed maps into one. The merged map is built from the current ones under
+    /// the read lock (queries and ingest go on) and swapped in under the write lock.
+    pub fn coalesce(&self) {
+        let _only = self.coalescing.lock();
+        let merged = {
+            let state = self.state.read();
+            let mut sealed = state.segments.iter().filter(|(_, s)| s.sealed);
+            let Some((&first, map)) = sealed.next() else { return };
+            let mut merged = map.clone();
+            let mut keys = vec![first];
+            for (&key, map) in sealed {
+                merged.absorb(map);
+                keys.push(key);
+            }
+            if keys.len() < 2 {
+                return;
+            }
+            (keys, merged)
+        };
+        let (keys, merged) = merged;
+        let mut state = self.state.write();
+        // only `publish` removes sealed maps, and it holds `coalescing` too
+        for key in &keys {
+            state.segments.remove(key);
+        }
+        state.segments.insert(keys[0], merged);
     }
 
     /// Installs a batch version and retires the speed groups it covers, atomically for
     /// readers. A version older than the installed one is ignored; so is a first version
     /// that does not reach the floor (the speed layer lacks what lies between). Returns
     /// whether it was installed.
-    pub fn publish(&self, snapshot: BatchSnapshot) -> bool {
-        let mut state = self.state.write();
-        let newer = state.batch.as_ref().is_none_or(|b| snapshot.version > b.version);
-        if !newer || snapshot.watermark < state.floor {
-            return false;
-        }
+    ///
+    /// A sealed map that holds events on both sides of the watermark is replaced by
+    /// `rebuild(watermark, through)`: the view's groups of the events numbered
+    /// `watermark + 1 ..= through`, folded afresh (from the log, see [`ViewLive::fold_log`]).
+    pub fn publish(
+        &self,
+        snapshot: BatchSnapshot,
+        rebuild: impl FnOnce(u64, u64) -> Result<SegmentGroups, String>,
+    ) -> Result<bool, String> {
+        let _only = self.coalescing.lock();
         let watermark = snapshot.watermark;
+        let cut = {
+            let state = self.state.read();
+            let newer = state.batch.as_ref().is_none_or(|b| snapshot.version > b.version);
+            if !newer || watermark < state.floor {
+                return Ok(false);
+            }
+            state
+                .segments
+                .iter()
+                .find(|(first, map)| **first <= watermark && map.through > watermark)
+                .map(|(_, m)| m.through)
+        };
+        let rebuilt = match cut {
+            Some(through) => Some(rebuild(watermark, through)?),
+            None => None,
+        };
+        let mut state = self.state.write();
         state.batch = Some(Arc::new(snapshot));
         state.floor = watermark;
         state.segments.retain(|&first, _| first > watermark);
-        true
+        if let Some(mut map) = rebuilt {
+            map.sealed = true;
+            state.segments.insert(watermark + 1, map);
+        }
+        Ok(true)
+    }
+
+    /// The view's groups of the events numbered `after + 1 ..= through`, read from the sealed
+    /// segments of the dataset's log in `dir`.
+    pub fn fold_log(&self, dir: &Path, after: u64, through: u64) -> Result<SegmentGroups, String> {
+        let mut map = SegmentGroups { sealed: true, ..SegmentGroups::default() };
+        for (segment, last) in log::sealed_segments(dir).map_err(|e| e.to_string())? {
+            if last <= after || segment.first_seq > through {
+                continue;
+            }
+            for record in log::read_sealed(&segment.path).map_err(|e| e.to_string())? {
+                let end = record.first_seq + record.rows.len() as u64; // exclusive
+                let (from, to) = (record.first_seq.max(after + 1), end.min(through + 1));
+                if from >= to {
+                    continue;
+                }
+                let rows = &record.rows[(from - record.first_seq) as usize..(to - record.first_seq) as usize];
+                self.fold(&mut map, from, record.ingest_time, rows)?;
+            }
+        }
+        map.through = through;
+        Ok(map)
     }
 
     /// Runs `f` on a consistent view of batch and speed.
@@ -242,6 +362,10 @@ mod tests {
         ns.iter().map(|&n| vec![Value::Int(n), Value::Timestamp(0)]).collect()
     }
 
+    fn no_rebuild(_: u64, _: u64) -> Result<SegmentGroups, String> {
+        Err("nothing should need rebuilding".into())
+    }
+
     fn total(live: &ViewLive) -> Groups {
         live.read(|s| {
             let mut all = Groups::default();
@@ -262,14 +386,14 @@ mod tests {
         // a batch version covering segment 1 (seq 1..=3) with the same numbers
         let mut covered = Groups::default();
         rows(&[1, 2]).iter().for_each(|r| fold_row(&live.view, &mut covered, r));
-        assert!(live.publish(BatchSnapshot::new(1, 3, None, covered)));
+        assert!(live.publish(BatchSnapshot::new(1, 3, None, covered), no_rebuild).unwrap());
         assert_eq!(total(&live), before);
         live.read(|s| assert_eq!(s.segments.keys().copied().collect::<Vec<_>>(), vec![4]));
         // replaying covered events changes nothing
         live.apply(1, 1, 0, &rows(&[1, 2, -5])).unwrap();
         assert_eq!(total(&live), before);
         // an older version is refused
-        assert!(!live.publish(BatchSnapshot { version: 1, watermark: 4, ..Default::default() }));
+        assert!(!live.publish(BatchSnapshot { version: 1, watermark: 4, ..Default::default() }, no_rebuild).unwrap());
     }
 
     #[test]
@@ -277,8 +401,8 @@ mod tests {
         let live = ViewLive::new(view(None), None).unwrap();
         live.set_floor(10);
         assert!(!live.read(LiveState::is_ready));
-        assert!(!live.publish(BatchSnapshot { version: 1, watermark: 9, ..Default::default() }));
-        assert!(live.publish(BatchSnapshot { version: 1, watermark: 10, ..Default::default() }));
+        assert!(!live.publish(BatchSnapshot { version: 1, watermark: 9, ..Default::default() }, no_rebuild).unwrap());
+        assert!(live.publish(BatchSnapshot { version: 1, watermark: 10, ..Default::default() }, no_rebuild).unwrap());
         assert!(live.read(LiveState::is_ready));
     }
 }
