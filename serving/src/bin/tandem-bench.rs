@@ -41,6 +41,10 @@ struct Args {
     /// Events loaded before the batch measurements (besides what the ingest runs sent).
     #[arg(long, default_value_t = 2_000_000)]
     batch_events: usize,
+    /// Events sent to a fresh server with no batch run, for the speed-layer memory figure
+    /// (0 skips it).
+    #[arg(long, default_value_t = 20_000_000)]
+    memory_events: u64,
 }
 
 /// A running `tandem serve`.
@@ -73,8 +77,17 @@ impl Server {
 
     /// Peak resident memory so far, from /proc.
     fn peak_rss_bytes(&self) -> Option<u64> {
+        self.proc_status("VmHWM:")
+    }
+
+    /// Resident memory now, from /proc.
+    fn rss_bytes(&self) -> Option<u64> {
+        self.proc_status("VmRSS:")
+    }
+
+    fn proc_status(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
         line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
     }
 }
@@ -91,6 +104,8 @@ impl Drop for Server {
 struct Events {
     state: u64,
     now_ms: i64,
+    /// On-time events fall within this many milliseconds before `now_ms`.
+    window_ms: i64,
 }
 
 impl Events {
@@ -104,7 +119,7 @@ impl Events {
     fn event(&mut self) -> String {
         let r = self.next_u64();
         let late = r % 100 < 5;
-        let ts = self.now_ms - if late { (r >> 8) as i64 % (3 * 86_400_000) } else { (r >> 8) as i64 % 3_600_000 };
+        let ts = self.now_ms - if late { (r >> 8) as i64 % (3 * 86_400_000) } else { (r >> 8) as i64 % self.window_ms };
         let country = COUNTRIES[(r >> 20) as usize % COUNTRIES.len()];
         let path = (r >> 28) % 200;
         let device = DEVICES[(r >> 40) as usize % DEVICES.len()];
@@ -315,7 +330,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let mut events = Events { state: 0x7a4d_e3b1_9c2f_0001, now_ms };
+    let mut events = Events { state: 0x7a4d_e3b1_9c2f_0001, now_ms, window_ms: 3_600_000 };
     let bodies_1k: Vec<Bytes> = (0..64).map(|_| events.ndjson(1000)).collect();
     let bodies_10k: Vec<Bytes> = (0..8).map(|_| events.ndjson(10_000)).collect();
     let bodies_1: Vec<Bytes> = (0..1024).map(|_| events.ndjson(1)).collect();
@@ -384,7 +399,8 @@ async fn main() -> anyhow::Result<()> {
         report.add("batch: full recompute rate", "events/s", rows_in / secs);
         // 1 % late events, then an incremental run
         let late: Vec<Bytes> = {
-            let mut late_events = Events { state: 0x1a7e + run as u64, now_ms: now_ms - 2 * 86_400_000 };
+            let mut late_events =
+                Events { state: 0x1a7e + run as u64, now_ms: now_ms - 2 * 86_400_000, window_ms: 3_600_000 };
             (0..((rows_in as usize / 100) / 1000).max(1)).map(|_| late_events.ndjson(1000)).collect()
         };
         for body in &late {
@@ -436,10 +452,80 @@ async fn main() -> anyhow::Result<()> {
     if let Some(rss) = server.peak_rss_bytes() {
         report.add("server peak RSS over the whole suite", "MiB", rss as f64 / (1 << 20) as f64);
     }
+    drop(server);
+    if args.memory_events > 0 {
+        println!("speed-layer memory: {} events with no batch run", args.memory_events);
+        memory(&http, &args, &mut report).await?;
+    }
     report
         .notes
         .push(format!("load generator on the same machine; {} connection(s) for batched ingest", args.connections));
     write_report(&args, &report)?;
+    Ok(())
+}
+
+/// A fresh server receives `--memory-events` events over 1,000 groups (device × path) in
+/// hourly buckets over 24 h (and 5 % late events over 3 days), with no batch run: the speed
+/// layer holds them all. Its RSS is sampled every second.
+async fn memory(http: &reqwest::Client, args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    let server = Server::start()?;
+    let base = server.base.clone();
+    for (path, body) in [
+        (
+            "datasets",
+            json!({"name": "pageviews", "time_field": "ts", "fields": {"ts": "timestamp", "country": "string", "path": "string",
+                "device": "string", "user_id": "string", "duration_ms": "float64", "bytes": "int64", "bot": "bool"}}),
+        ),
+        (
+            "views",
+            json!({"name": "grid", "dataset": "pageviews", "granularity": "hour", "dimensions": ["device", "path"],
+                "measures": {"views": "count", "bytes": "sum(bytes)", "mean_ms": "avg(duration_ms)",
+                             "users": "approx_distinct(user_id)", "p95_ms": "approx_percentile(duration_ms, 0.95)"}}),
+        ),
+    ] {
+        let resp = http.post(format!("{base}/v1/{path}")).json(&body).send().await?;
+        if !resp.status().is_success() {
+            bail!("creating {path}: {}", resp.text().await?);
+        }
+    }
+    let idle = server.rss_bytes().unwrap_or(0);
+    let mut events =
+        Events { state: 0x3e3e_0001, now_ms: chrono::Utc::now().timestamp_millis(), window_ms: 86_400_000 };
+    let bodies: Arc<Vec<Bytes>> = Arc::new((0..64).map(|_| events.ndjson(1000)).collect());
+    let sent = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..args.connections {
+        let (http, url, sent, bodies) =
+            (http.clone(), format!("{base}/v1/datasets/pageviews/events"), sent.clone(), bodies.clone());
+        let target = args.memory_events;
+        tasks.spawn(async move {
+            let mut i = c;
+            while sent.load(Ordering::Relaxed) < target {
+                let out = post(&http, &url, bodies[i % bodies.len()].clone()).await?;
+                sent.fetch_add(out["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                i += 1;
+            }
+            anyhow::Ok(())
+        });
+    }
+    let mut peak_sampled = 0;
+    while !tasks.is_empty() {
+        tokio::select! {
+            done = tasks.join_next() => { if let Some(r) = done { r??; } }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                peak_sampled = peak_sampled.max(server.rss_bytes().unwrap_or(0));
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let total = sent.load(Ordering::Relaxed) as f64;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    report.add("memory: events held by the speed layer", "events", total);
+    report.add("memory: ingest rate while filling", "events/s", total / elapsed);
+    report.add("memory: server RSS idle, before", "MiB", mib(idle));
+    report.add("memory: server RSS after", "MiB", mib(server.rss_bytes().unwrap_or(0)));
+    report.add("memory: server peak RSS", "MiB", mib(server.peak_rss_bytes().unwrap_or(peak_sampled)));
     Ok(())
 }
 
