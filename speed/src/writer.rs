@@ -124,7 +124,7 @@ impl DatasetWriter {
             config,
             opened: Instant::now(),
             dir: dir.to_path_buf(),
-            group_ids: HashSet::new(),
+            group_ids: HashSet::default(),
             keys: HashMap::new(),
             group_keys: HashMap::new(),
             roll_failed: None,
@@ -196,23 +196,45 @@ impl Drop for QueueSlot<'_> {
     }
 }
 
-/// Accepted ids and when they were accepted (UTC micros).
-#[derive(Default)]
+/// Accepted ids and when they were accepted (UTC micros), by a 128-bit keyed hash of the id
+/// (SipHash-1-3 of its type and bytes): 24 bytes an id whatever its length, and no allocation
+/// per lookup. The keys are random per process (the index is rebuilt from the log at start,
+/// never stored), so ids cannot be crafted to collide; two different ids collide with
+/// probability about n²/2¹²⁹, i.e. never at any real volume.
 struct Dedup {
-    seen: HashMap<String, i64>,
+    keys: (u64, u64),
+    seen: HashMap<u128, i64, foldhash::fast::RandomState>,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        let random = std::collections::hash_map::RandomState::new();
+        Dedup { keys: (random.hash_one(1u8), random.hash_one(2u8)), seen: HashMap::default() }
+    }
 }
 
 impl Dedup {
-    fn key(value: &Value) -> Option<String> {
+    fn key(&self, value: &Value) -> Option<u128> {
+        use siphasher::sip128::{Hasher128, SipHasher13};
+        use std::hash::Hasher;
+        let mut h = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
         match value {
-            Value::String(s) => Some(format!("s{s}")),
-            Value::Int(i) => Some(format!("i{i}")),
-            _ => None,
+            Value::String(s) => {
+                h.write_u8(b's');
+                h.write(s.as_bytes());
+            }
+            Value::Int(i) => {
+                h.write_u8(b'i');
+                h.write_i64(*i);
+            }
+            _ => return None,
         }
+        Some(h.finish128().as_u128())
     }
 
-    fn is_duplicate(&self, key: &str, now: i64, window: i64) -> bool {
-        self.seen.get(key).is_some_and(|&at| now - at < window)
+    fn is_duplicate(&self, key: u128, now: i64, window: i64) -> bool {
+        self.seen.get(&key).is_some_and(|&at| now - at < window)
     }
 
     fn evict(&mut self, now: i64, window: i64) {
@@ -229,7 +251,7 @@ struct WriterThread {
     opened: Instant,
     dir: PathBuf,
     /// Ids staged in the group being committed.
-    group_ids: HashSet<String>,
+    group_ids: HashSet<u128, foldhash::fast::RandomState>,
     /// Idempotency keys answered within the window: the answer and when (UTC micros).
     keys: HashMap<String, (AppendOutcome, i64)>,
     /// Keys staged in the group being committed, with their answer.
@@ -283,7 +305,7 @@ impl WriterThread {
                 }
                 if let Some(id) = self.spec.id_index() {
                     for row in &record.rows {
-                        if let Some(key) = Dedup::key(&row[id])
+                        if let Some(key) = self.dedup.key(&row[id])
                             && now - record.ingest_time < window
                         {
                             self.dedup.seen.insert(key, record.ingest_time);
@@ -376,9 +398,9 @@ impl WriterThread {
             None => rows,
             Some(id) => rows
                 .into_iter()
-                .filter(|row| match Dedup::key(&row[id]) {
+                .filter(|row| match self.dedup.key(&row[id]) {
                     None => true,
-                    Some(k) => !self.dedup.is_duplicate(&k, now, window) && self.group_ids.insert(k),
+                    Some(k) => !self.dedup.is_duplicate(k, now, window) && self.group_ids.insert(k),
                 })
                 .collect(),
         };
@@ -426,7 +448,7 @@ impl WriterThread {
             if let Some((first_seq, rows)) = &p.record {
                 if let Some(id) = self.spec.id_index() {
                     for row in rows {
-                        if let Some(key) = Dedup::key(&row[id]) {
+                        if let Some(key) = self.dedup.key(&row[id]) {
                             self.dedup.seen.insert(key, ingest_time);
                         }
                     }
@@ -618,6 +640,18 @@ mod tests {
         let states = all.values().next().unwrap();
         assert_eq!(serde_json::json!(states.iter().map(|s| s.finish()).collect::<Vec<_>>()), expected);
         assert_eq!(live.read(|s| s.speed_events()), (n - 3) as u64);
+    }
+
+    #[test]
+    fn dedup_keys_tell_types_and_values_apart() {
+        let d = Dedup::default();
+        let k = |v: Value| d.key(&v).unwrap();
+        assert_eq!(k(Value::String("a".into())), k(Value::String("a".into())));
+        assert_ne!(k(Value::String("a".into())), k(Value::String("b".into())));
+        assert_ne!(k(Value::String("1".into())), k(Value::Int(1)));
+        assert_ne!(k(Value::Int(1)), k(Value::Int(-1)));
+        assert!(d.key(&Value::Null).is_none());
+        assert_ne!(Dedup::default().keys, d.keys, "keyed per index");
     }
 
     #[tokio::test]
