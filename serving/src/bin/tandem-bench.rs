@@ -51,7 +51,7 @@ struct Args {
 struct Server {
     child: Child,
     base: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -72,7 +72,7 @@ impl Server {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
         let base = line.trim().strip_prefix("tandem listening on ").context("unexpected first line")?.to_string();
-        Ok(Server { child, base, _dir: dir })
+        Ok(Server { child, base, dir })
     }
 
     /// Peak resident memory so far, from /proc.
@@ -397,6 +397,14 @@ async fn main() -> anyhow::Result<()> {
         report.add("batch: full recompute", "s", secs);
         report.add("batch: full recompute input", "events", rows_in);
         report.add("batch: full recompute rate", "events/s", rows_in / secs);
+        match duckdb_seconds(server.dir.path(), full["watermark"].as_u64().unwrap_or(0)) {
+            Ok(duck) => {
+                report.add("batch: DuckDB, same aggregation over the same master Parquet", "s", duck);
+                report.add("batch: tandem full recompute / DuckDB time", "x", secs / duck);
+            }
+            Err(e) if run == 0 => report.notes.push(format!("DuckDB comparison skipped: {e}")),
+            Err(_) => {}
+        }
         // 1 % late events, then an incremental run
         let late: Vec<Bytes> = {
             let mut late_events =
@@ -462,6 +470,38 @@ async fn main() -> anyhow::Result<()> {
         .push(format!("load generator on the same machine; {} connection(s) for batched ingest", args.connections));
     write_report(&args, &report)?;
     Ok(())
+}
+
+/// DuckDB (Python package `duckdb`) computing the view's aggregation over the master
+/// dataset's Parquet up to `watermark` and writing it as Parquet, as a full run does; seconds.
+fn duckdb_seconds(data_dir: &std::path::Path, watermark: u64) -> anyhow::Result<f64> {
+    let script = r#"
+import sys, time, duckdb
+master, out, watermark = sys.argv[1], sys.argv[2], int(sys.argv[3])
+con = duckdb.connect()
+con.execute("SET threads = 2")
+t = time.perf_counter()
+con.execute(f"""COPY (
+  SELECT date_trunc('hour', ts) AS bucket, country, path, count(*) AS views, sum(bytes) AS bytes,
+         sum(duration_ms) AS mean_ms__sum, count(duration_ms) AS mean_ms__count,
+         approx_count_distinct(user_id) AS users, approx_quantile(duration_ms, 0.95) AS p95_ms
+  FROM read_parquet('{master}/**/*.parquet') WHERE _seq <= {watermark} AND bot = false
+  GROUP BY ALL) TO '{out}' (FORMAT parquet)""")
+print(time.perf_counter() - t)
+"#;
+    let out = tempfile::tempdir()?;
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(data_dir.join("master/pageviews"))
+        .arg(out.path().join("duck.parquet"))
+        .arg(watermark.to_string())
+        .output()
+        .context("running python3")?;
+    if !output.status.success() {
+        bail!("{}", String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("python3 failed"));
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().parse()?)
 }
 
 /// A fresh server receives `--memory-events` events over 1,000 groups (device × path) in
