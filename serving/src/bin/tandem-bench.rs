@@ -480,6 +480,7 @@ import sys, time, duckdb
 master, out, watermark = sys.argv[1], sys.argv[2], int(sys.argv[3])
 con = duckdb.connect()
 con.execute("SET threads = 2")
+con.execute("SET enable_progress_bar = false")
 t = time.perf_counter()
 con.execute(f"""COPY (
   SELECT date_trunc('hour', ts) AS bucket, country, path, count(*) AS views, sum(bytes) AS bytes,
@@ -487,7 +488,7 @@ con.execute(f"""COPY (
          approx_count_distinct(user_id) AS users, approx_quantile(duration_ms, 0.95) AS p95_ms
   FROM read_parquet('{master}/**/*.parquet') WHERE _seq <= {watermark} AND bot = false
   GROUP BY ALL) TO '{out}' (FORMAT parquet)""")
-print(time.perf_counter() - t)
+print("seconds", time.perf_counter() - t)
 "#;
     let out = tempfile::tempdir()?;
     let output = Command::new("python3")
@@ -501,7 +502,9 @@ print(time.perf_counter() - t)
     if !output.status.success() {
         bail!("{}", String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("python3 failed"));
     }
-    Ok(String::from_utf8(output.stdout)?.trim().parse()?)
+    let stdout = String::from_utf8(output.stdout)?;
+    let seconds = stdout.lines().find_map(|l| l.strip_prefix("seconds ")).context("no time from python3")?;
+    Ok(seconds.trim().parse()?)
 }
 
 /// A fresh server receives `--memory-events` events over 1,000 groups (device × path) in
