@@ -248,6 +248,7 @@ impl ViewLive {
     /// the read lock (queries and ingest go on) and swapped in under the write lock.
     pub fn coalesce(&self) {
         let _only = self.coalescing.lock();
+        let started = std::time::Instant::now();
         let merged = {
             let state = self.state.read();
             let mut sealed = state.segments.iter().filter(|(_, s)| s.sealed);
@@ -269,7 +270,21 @@ impl ViewLive {
         for key in &keys {
             state.segments.remove(key);
         }
+        let groups = merged.groups.len();
         state.segments.insert(keys[0], merged);
+        drop(state);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if elapsed_ms >= 250 {
+            tracing::warn!(
+                view = self.name(),
+                maps = keys.len(),
+                groups,
+                elapsed_ms,
+                "slow merge of sealed speed maps"
+            );
+        } else {
+            tracing::debug!(view = self.name(), maps = keys.len(), groups, elapsed_ms, "merged sealed speed maps");
+        }
     }
 
     /// Installs a batch version and retires the speed groups it covers, atomically for
