@@ -5,7 +5,7 @@
 //! each event's time field, and written as one Parquet file per date named after the
 //! segment. Then `compacted_seq` moves to the segment's last sequence number. Compaction is
 //! idempotent: a crash between the writes and the catalog update leaves files that the next
-//! compaction deletes and writes again, and that no run reads (runs read only up to
+//! compaction writes again (or, if its bytes differ, replaces), and that no run reads (runs read only up to
 //! `compacted_seq`). Segments are compacted oldest first, so `compacted_seq` always ends a
 //! segment.
 
@@ -70,14 +70,18 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
         for (date, (rows, seqs)) in &by_date {
             let batch = rows_to_batch(&dataset.spec, rows, Some(seqs))?;
             let stem = master_file(name, *date, segment.first_seq);
-            // an earlier, interrupted compaction of this segment may have left its file
-            let day_dir = Path::from(stem.as_ref().rsplit_once('/').map(|(dir, _)| dir).unwrap_or_default());
-            for earlier in list(&env.store, &day_dir).await? {
-                if master_file_segment(&earlier) == Some(segment.first_seq) {
-                    env.store.delete(&earlier).await?;
+            let (written, _) = write_parquet(&env.store, &stem, schema.clone(), &[batch]).await?;
+            if done.segments == 0 {
+                // only the first segment of a pass can have files from an interrupted pass;
+                // one with other bytes (another build's writer) has another name. Same bytes,
+                // same name: a concurrent compaction's file is never deleted.
+                let day_dir = Path::from(stem.as_ref().rsplit_once('/').map(|(dir, _)| dir).unwrap_or_default());
+                for earlier in list(&env.store, &day_dir).await? {
+                    if master_file_segment(&earlier) == Some(segment.first_seq) && earlier != written {
+                        env.store.delete(&earlier).await?;
+                    }
                 }
             }
-            write_parquet(&env.store, &stem, schema.clone(), &[batch]).await?;
             done.events += rows.len() as u64;
         }
         env.catalog.set_compacted(name, last_seq).await?;

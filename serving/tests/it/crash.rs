@@ -222,7 +222,12 @@ async fn a_corrupt_master_file_or_sealed_segment_is_reported_never_skipped() {
     let body: Vec<Value> =
         (0..500).map(|i| json!({"ts": 1_793_491_200_000i64 + i * 1000, "event_id": format!("e{i}")})).collect();
     server.ok("POST", "/v1/datasets/pageviews/events", Some(json!(body))).await;
+    // what an interrupted compaction of segment 1 by another build could have left: replaced
+    let leftover = dir.path().join("master/pageviews/date=2026-11-01/00000000000000000001.0badf00d.parquet");
+    std::fs::create_dir_all(leftover.parent().unwrap()).unwrap();
+    std::fs::write(&leftover, b"half a file").unwrap();
     assert_eq!(server.run_batch("v").await["status"], "succeeded");
+    assert!(!leftover.exists(), "the leftover of an interrupted compaction is removed");
     let before = server.query("v", json!({"granularity": "all"})).await;
     assert_eq!(before["rows"][0]["n"], json!(500));
 
