@@ -55,7 +55,9 @@ pub type RollupKey = (Granularity, Vec<usize>, Vec<(usize, Vec<Value>)>, Vec<usi
 /// speed groups into) and their values (to answer with when there is nothing to merge).
 pub type Rollup = HashMap<GroupKey, (Vec<MeasureState>, Vec<Value>), foldhash::fast::RandomState>;
 
-/// Rollups kept per version. Each holds at most as many groups as the version.
+/// Rollups kept per version, at most; and together they hold at most as many groups as the
+/// version itself (least recently used go first), so the cache costs at most about the
+/// version's own memory again.
 const ROLLUPS_PER_VERSION: usize = 32;
 
 impl BatchSnapshot {
@@ -72,7 +74,12 @@ impl BatchSnapshot {
             return found.clone();
         }
         let built = Arc::new(build(&self.groups));
-        self.rollups.lock().put(key, built.clone());
+        let budget = self.groups.len().max(1024);
+        let mut rollups = self.rollups.lock();
+        rollups.put(key, built.clone());
+        while rollups.len() > 1 && rollups.iter().map(|(_, r)| r.len()).sum::<usize>() > budget {
+            rollups.pop_lru();
+        }
         built
     }
 }
@@ -409,6 +416,32 @@ mod tests {
         assert_eq!(total(&live), before);
         // an older version is refused
         assert!(!live.publish(BatchSnapshot { version: 1, watermark: 4, ..Default::default() }, no_rebuild).unwrap());
+    }
+
+    #[test]
+    fn rollups_are_cached_within_the_versions_size() {
+        let live = ViewLive::new(view(None), None).unwrap();
+        let mut groups = Groups::default();
+        // 2,000 daily buckets of one group each
+        for day in 0..2000 {
+            fold_row(&live.view, &mut groups, &vec![Value::Int(1), Value::Timestamp(day * DAY)]);
+        }
+        let snapshot = BatchSnapshot::new(1, 10, None, groups);
+        let key = |g: Granularity| (g, vec![], vec![], vec![0]);
+        let built = std::cell::Cell::new(0);
+        let build = |g: &Groups| {
+            built.set(built.get() + 1);
+            g.iter().map(|(k, s)| (k.clone(), (s.clone(), vec![]))).collect::<Rollup>()
+        };
+        let first = snapshot.rollup(key(Granularity::Day), build);
+        assert_eq!(first.len(), 2000);
+        snapshot.rollup(key(Granularity::Day), build);
+        assert_eq!(built.get(), 1, "a cached shape is not built again");
+        // a second rollup as large as the version pushes the first out
+        snapshot.rollup(key(Granularity::Hour), build);
+        snapshot.rollup(key(Granularity::Day), build);
+        assert_eq!(built.get(), 3);
+        assert_eq!(snapshot.rollups.lock().len(), 1);
     }
 
     #[test]
