@@ -224,11 +224,16 @@ pub fn fold_row(view: &CompiledView, groups: &mut Groups, row: &Row) {
     }
 }
 
+/// Merges one group's states into another's, measure by measure.
+pub fn merge_states<'a>(into: &mut [MeasureState], from: impl IntoIterator<Item = &'a MeasureState>) {
+    into.iter_mut().zip(from).for_each(|(a, b)| a.merge(b));
+}
+
 /// Merges every group of `from` into `into`.
 pub fn merge_groups(into: &mut Groups, from: &Groups) {
     for (key, states) in from {
         match into.get_mut(key) {
-            Some(existing) => existing.iter_mut().zip(states).for_each(|(a, b)| a.merge(b)),
+            Some(existing) => merge_states(existing, states),
             None => {
                 into.insert(key.clone(), states.clone());
             }

@@ -10,7 +10,7 @@ use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use crate::agg::{GroupKey, Groups, MeasureState};
+use crate::agg::{GroupKey, Groups, MeasureState, merge_states};
 use crate::schema::{DatasetSpec, FieldType};
 use crate::value::{Row, Value};
 use crate::view::{CompiledView, Measure, MeasureKind};
@@ -126,7 +126,7 @@ pub fn groups_from_batch(view: &CompiledView, batch: &RecordBatch, into: &mut Gr
             states.push(state_at(m, cols, row)?);
         }
         match into.get_mut(&key) {
-            Some(existing) => existing.iter_mut().zip(&states).for_each(|(a, b)| a.merge(b)),
+            Some(existing) => merge_states(existing, &states),
             None => {
                 into.insert(key, states);
             }

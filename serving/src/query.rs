@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
-use tandem_model::agg::{GroupKey, Groups, MeasureState};
+use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states};
 use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
 use tandem_model::{FieldType, Granularity, Value};
@@ -294,15 +294,9 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
         });
         Ok((state.batch.clone(), speed, freshness))
     })?;
-    let values = |states: &[MeasureState]| states.iter().map(MeasureState::value).collect::<Vec<_>>();
-    let merge_speed = |key: &GroupKey, mut states: Vec<MeasureState>, speed: &mut Groups| {
-        if let Some(recent) = speed.remove(key) {
-            states.iter_mut().zip(&recent).for_each(|(a, b)| a.merge(b));
-        }
-        states
-    };
     // each measure's value once per row: sketch estimates are not free, and sorting would
     // otherwise recompute them at every comparison
+    let values = |states: &[MeasureState]| states.iter().map(MeasureState::value).collect::<Vec<_>>();
     let mut rows: Vec<(GroupKey, Vec<Value>)> = Vec::new();
     if let Some(batch) = &batch {
         let span = |bucket: i64| plan.span(view.spec.granularity, bucket);
@@ -322,29 +316,29 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
             if span(key.bucket) != Span::Whole {
                 continue;
             }
-            if speed.contains_key(key) {
-                let merged = merge_speed(key, states.clone(), &mut speed);
-                rows.push((key.clone(), values(&merged)));
-            } else {
-                rows.push((key.clone(), answer.clone()));
-            }
+            let answer = match speed.remove(key) {
+                Some(recent) => {
+                    let mut merged = states.clone();
+                    merge_states(&mut merged, &recent);
+                    values(&merged)
+                }
+                None => answer.clone(),
+            };
+            rows.push((key.clone(), answer));
         }
         if plan.cuts_buckets(view.spec.granularity) {
             let mut edges = Groups::default();
             let cut = batch.groups.iter().filter(|(k, _)| span(plan.granularity.truncate(k.bucket)) == Span::Edge);
             fold_groups(&plan, cut, &mut edges);
-            for (key, states) in edges {
-                let merged = merge_speed(&key, states, &mut speed);
-                rows.push((key, values(&merged)));
+            for (key, mut states) in edges {
+                if let Some(recent) = speed.remove(&key) {
+                    merge_states(&mut states, &recent);
+                }
+                rows.push((key, values(&states)));
             }
         }
     }
-    rows.extend(speed.into_iter().map(|(key, states)| {
-        let v = values(&states);
-        (key, v)
-    }));
-    // each measure's value once per row: sketch estimates are not free, and sorting would
-    // otherwise recompute them at every comparison
+    rows.extend(speed.into_iter().map(|(key, states)| (key, values(&states))));
     let default_order = |a: &GroupKey, b: &GroupKey| {
         a.bucket.cmp(&b.bucket).then_with(|| {
             a.dims.iter().zip(&b.dims).map(|(x, y)| x.total_cmp(y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
@@ -406,7 +400,7 @@ fn fold_groups<'a>(
         };
         let selected = plan.measures.iter().map(|&m| &states[m]);
         match into.get_mut(&out_key) {
-            Some(existing) => existing.iter_mut().zip(selected).for_each(|(a, b)| a.merge(b)),
+            Some(existing) => merge_states(existing, selected),
             None => {
                 into.insert(out_key, selected.cloned().collect());
             }

@@ -256,7 +256,7 @@ impl ViewLive {
     pub fn coalesce(&self) {
         let _only = self.coalescing.lock();
         let started = std::time::Instant::now();
-        let merged = {
+        let (keys, merged) = {
             let state = self.state.read();
             let mut sealed = state.segments.iter().filter(|(_, s)| s.sealed);
             let Some((&first, map)) = sealed.next() else { return };
@@ -271,7 +271,6 @@ impl ViewLive {
             }
             (keys, merged)
         };
-        let (keys, merged) = merged;
         let mut state = self.state.write();
         // only `publish` removes sealed maps, and it holds `coalescing` too
         for key in &keys {
