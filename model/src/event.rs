@@ -3,8 +3,10 @@
 //! A request is all-or-nothing: [`decode`] either returns every event as a typed row or
 //! the list of what was wrong (the first [`MAX_ERRORS`]), and the caller stores nothing.
 
-use serde::Serialize;
-use serde_json::Value as Json;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 
 use crate::schema::{DatasetSpec, FieldType};
 use crate::value::{Row, TIMESTAMP_RANGE, Value, parse_timestamp};
@@ -52,119 +54,432 @@ impl EventError {
 /// Decodes a request body into rows, or every problem found (up to [`MAX_ERRORS`]).
 /// JSON nested deeper than 128 levels is malformed (serde_json's recursion limit), so no
 /// body can exhaust the stack.
+///
+/// Events are read straight into typed rows (a serde visitor per event that looks each key
+/// up in the schema), never through a `serde_json::Value` tree: building and tearing down
+/// that tree was the largest cost of ingest after the allocator. A malformed body anywhere
+/// is reported alone, as the only problem; otherwise every event's problems are.
 pub fn decode(spec: &DatasetSpec, format: Format, body: &[u8], limits: &Limits) -> Result<Vec<Row>, Vec<EventError>> {
-    let objects = split(format, body)?;
-    if objects.len() > limits.max_events {
-        let message = format!("request holds {} events; the limit is {}", objects.len(), limits.max_events);
-        return Err(vec![EventError::new(0, None, message)]);
-    }
-    let mut rows = Vec::with_capacity(objects.len());
-    let mut errors = Vec::new();
-    for (index, object) in objects.into_iter().enumerate() {
-        match validate(spec, index, object, limits) {
-            Ok(row) => rows.push(row),
-            Err(mut errs) => {
-                let room = MAX_ERRORS - errors.len();
-                errs.truncate(room);
-                errors.extend(errs);
-                if errors.len() >= MAX_ERRORS {
-                    break;
-                }
+    let schema = Schema::new(spec, limits);
+    let mut out = Collector::default();
+    match format {
+        Format::Json => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let parsed = BodySeed { schema: &schema, out: &mut out }.deserialize(&mut de).and_then(|()| de.end());
+            if let Err(e) = parsed {
+                return Err(vec![match out.too_many {
+                    true => too_many(limits),
+                    false => EventError::new(0, None, format!("malformed JSON: {e}")),
+                }]);
+            }
+            if out.not_a_body {
+                return Err(vec![EventError::new(0, None, "body must be a JSON object or an array of objects")]);
             }
         }
-    }
-    if errors.is_empty() { Ok(rows) } else { Err(errors) }
-}
-
-fn split(format: Format, body: &[u8]) -> Result<Vec<Json>, Vec<EventError>> {
-    match format {
-        Format::Json => match serde_json::from_slice::<Json>(body) {
-            Ok(Json::Array(items)) => Ok(items),
-            Ok(object @ Json::Object(_)) => Ok(vec![object]),
-            Ok(_) => Err(vec![EventError::new(0, None, "body must be a JSON object or an array of objects")]),
-            Err(e) => Err(vec![EventError::new(0, None, format!("malformed JSON: {e}"))]),
-        },
         Format::Ndjson => {
             let text = std::str::from_utf8(body).map_err(|_| vec![EventError::new(0, None, "body is not UTF-8")])?;
-            let mut items = Vec::new();
-            let mut errors = Vec::new();
+            let mut malformed = Vec::new();
             for (line_no, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
                 }
-                match serde_json::from_str::<Json>(line) {
-                    Ok(v) => items.push(v),
+                if out.seen == limits.max_events {
+                    return Err(vec![too_many(limits)]);
+                }
+                let mut de = serde_json::Deserializer::from_str(line);
+                let index = out.seen;
+                let parsed = EventSeed { schema: &schema, index, skip: !malformed.is_empty() || out.is_full() }
+                    .deserialize(&mut de)
+                    .and_then(|event| de.end().map(|()| event));
+                out.seen += 1;
+                match parsed {
+                    Ok(event) => out.push(event),
                     Err(e) => {
-                        errors.push(EventError::new(
-                            items.len() + errors.len(),
+                        malformed.push(EventError::new(
+                            index,
                             None,
                             format!("line {}: malformed JSON: {e}", line_no + 1),
                         ));
-                        if errors.len() >= MAX_ERRORS {
+                        if malformed.len() >= MAX_ERRORS {
                             break;
                         }
                     }
                 }
             }
-            if errors.is_empty() { Ok(items) } else { Err(errors) }
-        }
-    }
-}
-
-fn validate(spec: &DatasetSpec, index: usize, object: Json, limits: &Limits) -> Result<Row, Vec<EventError>> {
-    let Json::Object(mut map) = object else {
-        return Err(vec![EventError::new(index, None, "event must be a JSON object")]);
-    };
-    let mut errors = Vec::new();
-    let mut row = Vec::with_capacity(spec.fields.len());
-    for (name, ty) in &spec.fields {
-        let value = map.remove(name).unwrap_or(Json::Null);
-        let is_time = *name == spec.time_field;
-        match convert(*ty, value, is_time, limits) {
-            Ok(v) => row.push(v),
-            Err(message) => {
-                errors.push(EventError::new(index, Some(name), message));
-                row.push(Value::Null);
+            if !malformed.is_empty() {
+                return Err(malformed);
             }
         }
     }
-    for unknown in map.keys() {
-        errors.push(EventError::new(index, Some(unknown), "unknown field"));
-    }
-    if errors.is_empty() { Ok(row) } else { Err(errors) }
+    if out.errors.is_empty() { Ok(out.rows) } else { Err(out.errors) }
 }
 
-fn convert(ty: FieldType, value: Json, required: bool, limits: &Limits) -> Result<Value, String> {
-    if value.is_null() {
-        return if required { Err("missing time value".into()) } else { Ok(Value::Null) };
+fn too_many(limits: &Limits) -> EventError {
+    EventError::new(0, None, format!("request holds more than {} events, the limit", limits.max_events))
+}
+
+/// The dataset's fields as the decoder looks them up: sorted by name, as rows hold them.
+struct Schema<'a> {
+    fields: Vec<(&'a str, FieldType)>,
+    time: usize,
+    limits: &'a Limits,
+}
+
+impl<'a> Schema<'a> {
+    fn new(spec: &'a DatasetSpec, limits: &'a Limits) -> Schema<'a> {
+        let fields: Vec<(&str, FieldType)> = spec.fields.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        let time = fields.iter().position(|(n, _)| *n == spec.time_field).unwrap_or(usize::MAX);
+        Schema { fields, time, limits }
     }
-    match (ty, value) {
-        (FieldType::String, Json::String(s)) if s.len() > limits.max_string_bytes => {
-            Err(format!("string of {} bytes; the limit is {}", s.len(), limits.max_string_bytes))
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.fields.binary_search_by(|(n, _)| (*n).cmp(name)).ok()
+    }
+}
+
+/// What the events of one body came to so far.
+#[derive(Default)]
+struct Collector {
+    rows: Vec<Row>,
+    errors: Vec<EventError>,
+    /// Events seen, valid or not.
+    seen: usize,
+    too_many: bool,
+    not_a_body: bool,
+}
+
+impl Collector {
+    fn is_full(&self) -> bool {
+        self.errors.len() >= MAX_ERRORS
+    }
+
+    fn push(&mut self, event: Option<Result<Row, Vec<EventError>>>) {
+        match event {
+            Some(Ok(row)) if self.errors.is_empty() => self.rows.push(row),
+            Some(Ok(_)) | None => {}
+            Some(Err(mut errs)) => {
+                self.rows = Vec::new(); // the request is refused; rows are no longer needed
+                errs.truncate(MAX_ERRORS - self.errors.len());
+                self.errors.extend(errs);
+            }
         }
-        (FieldType::String, Json::String(s)) => Ok(Value::String(s)),
-        (FieldType::Int64, Json::Number(n)) => match n.as_i64() {
-            Some(i) => Ok(Value::Int(i)),
-            None if n.is_u64() => Err("integer out of int64 range".into()),
-            None => Err("expected an integer, got a float".into()),
-        },
-        (FieldType::Float64, Json::Number(n)) => match n.as_f64() {
-            Some(f) if f.is_finite() => Ok(Value::Float(f)),
-            _ => Err("number out of float64 range".into()),
-        },
-        (FieldType::Bool, Json::Bool(b)) => Ok(Value::Bool(b)),
-        (FieldType::Timestamp, Json::String(s)) => match parse_timestamp(&s) {
-            Some(t) if TIMESTAMP_RANGE.contains(&t) => Ok(Value::Timestamp(t)),
-            Some(_) => Err(format!("timestamp {s:?} is outside the accepted years 1678 to 2261")),
-            None => Err(format!("bad timestamp {s:?}: expected RFC 3339 or epoch milliseconds")),
-        },
-        (FieldType::Timestamp, Json::Number(n)) => n
-            .as_i64()
-            .and_then(|ms| ms.checked_mul(1000))
+    }
+}
+
+/// A JSON body: one event object or an array of them.
+struct BodySeed<'s, 'a> {
+    schema: &'s Schema<'a>,
+    out: &'s mut Collector,
+}
+
+impl<'de> DeserializeSeed<'de> for BodySeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BodySeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object or an array of objects")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if let Some(n) = seq.size_hint() {
+            self.out.rows.reserve(n.min(self.schema.limits.max_events));
+        }
+        loop {
+            if self.out.seen == self.schema.limits.max_events {
+                // one more element means one too many; stop reading the body here
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    self.out.too_many = true;
+                    return Err(de::Error::custom("too many events"));
+                }
+                return Ok(());
+            }
+            let skip = self.out.is_full();
+            let seed = EventSeed { schema: self.schema, index: self.out.seen, skip };
+            match seq.next_element_seed(seed)? {
+                Some(event) => {
+                    self.out.seen += 1;
+                    self.out.push(event);
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let event = EventSeed { schema: self.schema, index: 0, skip: false }.visit_map(map)?;
+        self.out.seen = 1;
+        self.out.push(event);
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.out.not_a_body = true;
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.visit_bool(false)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.visit_bool(false)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.visit_bool(false)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.visit_bool(false)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.visit_bool(false)
+    }
+}
+
+/// One event: its row, or its problems. `None` when `skip` (the request already holds
+/// [`MAX_ERRORS`] problems; the event is only parsed, to find malformed JSON).
+struct EventSeed<'s, 'a> {
+    schema: &'s Schema<'a>,
+    index: usize,
+    skip: bool,
+}
+
+type Event = Option<Result<Row, Vec<EventError>>>;
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_, '_> {
+    type Value = Event;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Event, D::Error> {
+        if self.skip {
+            IgnoredAny::deserialize(deserializer)?;
+            return Ok(None);
+        }
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl EventSeed<'_, '_> {
+    fn not_an_object(&self) -> Event {
+        Some(Err(vec![EventError::new(self.index, None, "event must be a JSON object")]))
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_, '_> {
+    type Value = Event;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
+        let schema = self.schema;
+        // a key given twice counts once, with its last value (as in a JSON object model)
+        let mut row = vec![Value::Null; schema.fields.len()];
+        let mut refused: Vec<(usize, String)> = Vec::new();
+        let mut unknown: Vec<String> = Vec::new();
+        while let Some(key) = map.next_key_seed(KeySeed(schema))? {
+            match key {
+                Ok(i) => {
+                    let seed = FieldSeed { ty: schema.fields[i].1, is_time: i == schema.time, limits: schema.limits };
+                    let value = map.next_value_seed(seed)?;
+                    if !refused.is_empty() {
+                        refused.retain(|(field, _)| *field != i);
+                    }
+                    match value {
+                        Ok(v) => row[i] = v,
+                        Err(message) => {
+                            row[i] = Value::Null;
+                            refused.push((i, message));
+                        }
+                    }
+                }
+                Err(name) => {
+                    map.next_value::<IgnoredAny>()?;
+                    if !unknown.contains(&name) {
+                        unknown.push(name);
+                    }
+                }
+            }
+        }
+        if row.get(schema.time).is_some_and(|t| matches!(t, Value::Null))
+            && !refused.iter().any(|(i, _)| *i == schema.time)
+        {
+            refused.push((schema.time, "missing time value".into()));
+        }
+        if refused.is_empty() && unknown.is_empty() {
+            return Ok(Some(Ok(row)));
+        }
+        refused.sort_by_key(|(i, _)| *i);
+        unknown.sort();
+        let field = |i: usize| Some(schema.fields[i].0);
+        let errors = refused
+            .into_iter()
+            .map(|(i, message)| EventError::new(self.index, field(i), message))
+            .chain(unknown.iter().map(|name| EventError::new(self.index, Some(name), "unknown field")))
+            .collect();
+        Ok(Some(Err(errors)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Event, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(self.not_an_object())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Event, E> {
+        Ok(self.not_an_object())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Event, E> {
+        Ok(self.not_an_object())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Event, E> {
+        Ok(self.not_an_object())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Event, E> {
+        Ok(self.not_an_object())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Event, E> {
+        Ok(self.not_an_object())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Event, E> {
+        Ok(self.not_an_object())
+    }
+}
+
+/// An event's key: the field's position, or the unknown name.
+struct KeySeed<'s, 'a>(&'s Schema<'a>);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_, '_> {
+    type Value = Result<usize, String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_, '_> {
+    type Value = Result<usize, String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(self.0.position(name).ok_or_else(|| name.to_string()))
+    }
+}
+
+/// One field's value, converted to the field's type or refused with the reason.
+struct FieldSeed<'a> {
+    ty: FieldType,
+    is_time: bool,
+    limits: &'a Limits,
+}
+
+impl FieldSeed<'_> {
+    fn mismatch(&self, got: &str) -> Result<Value, String> {
+        Err(format!("expected {}, got {got}", type_name(self.ty)))
+    }
+
+    fn epoch_millis(ms: Option<i64>) -> Result<Value, String> {
+        ms.and_then(|ms| ms.checked_mul(1000))
             .filter(|t| TIMESTAMP_RANGE.contains(t))
             .map(Value::Timestamp)
-            .ok_or_else(|| "bad timestamp: epoch milliseconds must be an integer within the years 1678 to 2261".into()),
-        (ty, other) => Err(format!("expected {}, got {}", type_name(ty), json_kind(&other))),
+            .ok_or_else(|| "bad timestamp: epoch milliseconds must be an integer within the years 1678 to 2261".into())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = Result<Value, String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldSeed<'_> {
+    type Value = Result<Value, String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(type_name(self.ty))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(if self.is_time { Err("missing time value".into()) } else { Ok(Value::Null) })
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(match self.ty {
+            FieldType::Bool => Ok(Value::Bool(b)),
+            _ => self.mismatch("a boolean"),
+        })
+    }
+
+    fn visit_i64<E: de::Error>(self, i: i64) -> Result<Self::Value, E> {
+        Ok(match self.ty {
+            FieldType::Int64 => Ok(Value::Int(i)),
+            FieldType::Float64 => Ok(Value::Float(i as f64)),
+            FieldType::Timestamp => Self::epoch_millis(Some(i)),
+            _ => self.mismatch("a number"),
+        })
+    }
+
+    fn visit_u64<E: de::Error>(self, u: u64) -> Result<Self::Value, E> {
+        Ok(match (self.ty, i64::try_from(u)) {
+            (FieldType::Int64, Ok(i)) => Ok(Value::Int(i)),
+            (FieldType::Int64, Err(_)) => Err("integer out of int64 range".into()),
+            (FieldType::Float64, _) => Ok(Value::Float(u as f64)),
+            (FieldType::Timestamp, i) => Self::epoch_millis(i.ok()),
+            _ => self.mismatch("a number"),
+        })
+    }
+
+    fn visit_f64<E: de::Error>(self, f: f64) -> Result<Self::Value, E> {
+        Ok(match self.ty {
+            FieldType::Int64 => Err("expected an integer, got a float".into()),
+            FieldType::Float64 if f.is_finite() => Ok(Value::Float(f)),
+            FieldType::Float64 => Err("number out of float64 range".into()),
+            FieldType::Timestamp => Self::epoch_millis(None),
+            _ => self.mismatch("a number"),
+        })
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(match self.ty {
+            FieldType::String if s.len() > self.limits.max_string_bytes => {
+                Err(format!("string of {} bytes; the limit is {}", s.len(), self.limits.max_string_bytes))
+            }
+            FieldType::String => Ok(Value::String(s.to_string())),
+            FieldType::Timestamp => match parse_timestamp(s) {
+                Some(t) if TIMESTAMP_RANGE.contains(&t) => Ok(Value::Timestamp(t)),
+                Some(_) => Err(format!("timestamp {s:?} is outside the accepted years 1678 to 2261")),
+                None => Err(format!("bad timestamp {s:?}: expected RFC 3339 or epoch milliseconds")),
+            },
+            _ => self.mismatch("a string"),
+        })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(self.mismatch("an array"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(self.mismatch("an object"))
     }
 }
 
@@ -175,17 +490,6 @@ fn type_name(ty: FieldType) -> &'static str {
         FieldType::Float64 => "a number",
         FieldType::Bool => "true or false",
         FieldType::Timestamp => "an RFC 3339 string or epoch milliseconds",
-    }
-}
-
-fn json_kind(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "an array",
-        Json::Object(_) => "an object",
     }
 }
 
