@@ -193,10 +193,108 @@ fn as_f64(v: &Value) -> Option<f64> {
 }
 
 /// A group: bucket start (UTC micros) and the dimension values in the view's order.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupKey {
     pub bucket: i64,
     pub dims: Vec<Value>,
+}
+
+/// A group key's parts wherever they lie, so that a group can be looked up in [`Groups`]
+/// from a row (or another key) in place: building a key (a vector and a copy of every
+/// dimension string) for each event only to find its group was a large part of folding.
+pub trait KeyParts {
+    fn bucket(&self) -> i64;
+    fn dim_count(&self) -> usize;
+    fn dim(&self, i: usize) -> &Value;
+
+    /// The key, built.
+    fn to_key(&self) -> GroupKey {
+        GroupKey { bucket: self.bucket(), dims: (0..self.dim_count()).map(|i| self.dim(i).clone()).collect() }
+    }
+}
+
+impl KeyParts for GroupKey {
+    fn bucket(&self) -> i64 {
+        self.bucket
+    }
+
+    fn dim_count(&self) -> usize {
+        self.dims.len()
+    }
+
+    fn dim(&self, i: usize) -> &Value {
+        &self.dims[i]
+    }
+}
+
+/// The key of a group read from a row: a bucket, and the row's values at `dims`.
+pub struct RowKey<'a> {
+    pub bucket: i64,
+    pub row: &'a [Value],
+    pub dims: &'a [usize],
+}
+
+impl KeyParts for RowKey<'_> {
+    fn bucket(&self) -> i64 {
+        self.bucket
+    }
+
+    fn dim_count(&self) -> usize {
+        self.dims.len()
+    }
+
+    fn dim(&self, i: usize) -> &Value {
+        &self.row[self.dims[i]]
+    }
+}
+
+impl std::hash::Hash for dyn KeyParts + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_i64(self.bucket());
+        state.write_usize(self.dim_count());
+        (0..self.dim_count()).for_each(|i| self.dim(i).hash(state));
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.bucket() == other.bucket()
+            && self.dim_count() == other.dim_count()
+            && (0..self.dim_count()).all(|i| self.dim(i) == other.dim(i))
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
+/// Hashes as its parts do, so maps keyed by it can be searched with any [`KeyParts`].
+impl std::hash::Hash for GroupKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self as &dyn KeyParts).hash(state)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn KeyParts + 'a> for GroupKey {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+/// Runs `f` on the states of `key`'s group in `groups`, made from `empty` first if the group
+/// is new. One lookup, and a key is built only for a new group.
+pub fn update_group(
+    groups: &mut Groups,
+    key: &dyn KeyParts,
+    empty: impl FnOnce() -> Vec<MeasureState>,
+    f: impl FnOnce(&mut Vec<MeasureState>),
+) {
+    match groups.get_mut(key) {
+        Some(states) => f(states),
+        None => {
+            let mut states = empty();
+            f(&mut states);
+            groups.insert(key.to_key(), states);
+        }
+    }
 }
 
 /// Aggregated groups of a view, each with one state per measure (in the view's measure order).
@@ -213,15 +311,18 @@ pub fn fold_row(view: &CompiledView, groups: &mut Groups, row: &Row) {
     let Value::Timestamp(ts) = row[view.time_index] else {
         return;
     };
-    let key = GroupKey {
-        bucket: view.spec.granularity.truncate(ts),
-        dims: view.dimension_index.iter().map(|&i| row[i].clone()).collect(),
-    };
-    let states = groups.entry(key).or_insert_with(|| empty_states(view));
-    for (state, (measure, index)) in states.iter_mut().zip(&view.measures) {
-        let value = index.map(|i| &row[i]).unwrap_or(&Value::Null);
-        state.update(value, measure.kind == MeasureKind::Count);
-    }
+    let key = RowKey { bucket: view.spec.granularity.truncate(ts), row, dims: &view.dimension_index };
+    update_group(
+        groups,
+        &key,
+        || empty_states(view),
+        |states| {
+            for (state, (measure, index)) in states.iter_mut().zip(&view.measures) {
+                let value = index.map(|i| &row[i]).unwrap_or(&Value::Null);
+                state.update(value, measure.kind == MeasureKind::Count);
+            }
+        },
+    );
 }
 
 /// Merges one group's states into another's, measure by measure.

@@ -34,31 +34,24 @@ impl Distinct {
         Distinct(HllUnion::new(HLL_LG_K).expect("precision 14 is valid"))
     }
 
-    /// Adds one value (nulls are the caller's to skip).
+    /// Adds one value (nulls are the caller's to skip). A value is hashed as the bytes of
+    /// a type tag followed by its own bytes (a string's UTF-8, a number's little-endian
+    /// bits), fed to the sketch's hasher as one byte slice would be: this is part of the
+    /// stored states' format, since states built by another build must merge with these.
     pub fn insert(&mut self, value: &Value) {
-        let mut key = Vec::with_capacity(16);
-        match value {
+        let number = |tag: u8, bits: [u8; 8]| SketchKey { tag, bytes: KeyBytes::Number(bits) };
+        let key = match value {
             Value::Null => return,
-            Value::String(s) => {
-                key.push(1);
-                key.extend_from_slice(s.as_bytes());
-            }
-            Value::Int(i) => {
-                key.push(2);
-                key.extend_from_slice(&i.to_le_bytes());
-            }
+            Value::String(s) => SketchKey { tag: 1, bytes: KeyBytes::Text(s.as_bytes()) },
+            Value::Int(i) => number(2, i.to_le_bytes()),
             Value::Float(f) => {
-                key.push(3);
                 let f = if *f == 0.0 { 0.0 } else { *f }; // -0.0 and 0.0 are one value
-                key.extend_from_slice(&f.to_bits().to_le_bytes());
+                number(3, f.to_bits().to_le_bytes())
             }
-            Value::Bool(b) => key.push(if *b { 5 } else { 4 }),
-            Value::Timestamp(t) => {
-                key.push(6);
-                key.extend_from_slice(&t.to_le_bytes());
-            }
-        }
-        self.0.update_value(key.as_slice());
+            Value::Bool(b) => SketchKey { tag: if *b { 5 } else { 4 }, bytes: KeyBytes::Text(&[]) },
+            Value::Timestamp(t) => number(6, t.to_le_bytes()),
+        };
+        self.0.update_value(key);
     }
 
     pub fn merge(&mut self, other: &Distinct) {
@@ -99,6 +92,30 @@ impl PartialEq for Distinct {
 impl std::fmt::Debug for Distinct {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Distinct(~{})", self.estimate())
+    }
+}
+
+/// What [`Distinct::insert`] hashes: hashes exactly as the byte slice `[tag, bytes..]` does
+/// (a length prefix, then the bytes; the sketch's hasher streams), without building it.
+struct SketchKey<'a> {
+    tag: u8,
+    bytes: KeyBytes<'a>,
+}
+
+enum KeyBytes<'a> {
+    Text(&'a [u8]),
+    Number([u8; 8]),
+}
+
+impl std::hash::Hash for SketchKey<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let bytes = match &self.bytes {
+            KeyBytes::Text(b) => b,
+            KeyBytes::Number(b) => &b[..],
+        };
+        state.write_usize(1 + bytes.len());
+        state.write(&[self.tag]);
+        state.write(bytes);
     }
 }
 
@@ -214,6 +231,42 @@ mod tests {
                     assert_eq!(mq.quantile(p).map(f64::to_bits), q.quantile(p).map(f64::to_bits), "n={n} p={p}");
                 }
             }
+        }
+    }
+
+    /// Values hash as the byte slice `[tag, bytes..]`, the format states were first stored
+    /// in: a sketch fed those slices directly is identical, byte for byte.
+    #[test]
+    fn values_hash_as_their_tagged_bytes() {
+        let tagged = |v: &Value| -> Vec<u8> {
+            let (tag, bytes) = match v {
+                Value::String(s) => (1, s.as_bytes().to_vec()),
+                Value::Int(i) => (2, i.to_le_bytes().to_vec()),
+                Value::Float(f) => (3, f.to_bits().to_le_bytes().to_vec()),
+                Value::Bool(b) => (if *b { 5 } else { 4 }, vec![]),
+                Value::Timestamp(t) => (6, t.to_le_bytes().to_vec()),
+                Value::Null => unreachable!(),
+            };
+            [vec![tag], bytes].concat()
+        };
+        for n in [5, 5000] {
+            let vs: Vec<Value> = (0..n)
+                .flat_map(|i| {
+                    [
+                        Value::String(format!("user-{i}-{}", "x".repeat(i as usize % 40))),
+                        Value::Int(i * 31 - 7),
+                        Value::Float(i as f64 / 3.0),
+                        Value::Timestamp(i * 1_000_007),
+                        Value::Bool(i % 2 == 0),
+                    ]
+                })
+                .collect();
+            let (mut ours, mut bytes) = (Distinct::new(), HllUnion::new(HLL_LG_K).unwrap());
+            for v in &vs {
+                ours.insert(v);
+                bytes.update_value(tagged(v).as_slice());
+            }
+            assert_eq!(ours.to_bytes(), bytes.to_sketch(HllType::Hll8).serialize(), "n={n}");
         }
     }
 

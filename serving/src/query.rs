@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
-use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states};
+use tandem_model::agg::{GroupKey, Groups, KeyParts, MeasureState, RowKey, merge_states};
 use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
 use tandem_model::{FieldType, Granularity, Value};
@@ -394,15 +394,12 @@ fn fold_groups<'a>(
         if !plan.filters.iter().all(|(pos, allowed)| allowed.contains(&key.dims[*pos])) {
             continue;
         }
-        let out_key = GroupKey {
-            bucket: plan.granularity.truncate(key.bucket),
-            dims: plan.group.iter().map(|&g| key.dims[g].clone()).collect(),
-        };
-        let selected = plan.measures.iter().map(|&m| &states[m]);
-        match into.get_mut(&out_key) {
-            Some(existing) => merge_states(existing, selected),
+        let out_key = RowKey { bucket: plan.granularity.truncate(key.bucket), row: &key.dims, dims: &plan.group };
+        let selected = || plan.measures.iter().map(|&m| &states[m]);
+        match into.get_mut(&out_key as &dyn KeyParts) {
+            Some(existing) => merge_states(existing, selected()),
             None => {
-                into.insert(out_key, selected.cloned().collect());
+                into.insert(out_key.to_key(), selected().cloned().collect());
             }
         }
     }

@@ -194,38 +194,55 @@ impl ViewLive {
         self.state.read().floor
     }
 
-    /// Folds the events of one log record (numbered from `first_seq`) into the speed map
-    /// keyed `map` (the first sequence number of its segment). Events at or below the floor
-    /// are skipped.
-    pub fn apply(&self, map: u64, first_seq: u64, ingest_time: i64, rows: &[Row]) -> Result<(), String> {
-        let floor = self.floor();
-        let skip = floor.saturating_sub(first_seq - 1).min(rows.len() as u64) as usize;
-        if skip == rows.len() {
-            return Ok(());
-        }
-        // fold outside the lock; only the (small) merge happens under it
-        let mut partial = SegmentGroups::default();
-        self.fold(&mut partial, first_seq + skip as u64, ingest_time, &rows[skip..])?;
+    /// Folds log records (each its first sequence number and rows) into the speed map keyed
+    /// `map` (the first sequence number of their segment). Events at or below the floor are
+    /// skipped. Nothing is folded for a record whose filter failed; the first such error is
+    /// returned.
+    ///
+    /// The filter runs outside the lock; the fold happens under it, straight into the map.
+    /// (Folding each request into a map of its own and merging that in made fresh sketch
+    /// states for every group a request touched, only to merge and drop them: 8 % of ingest.)
+    pub fn apply(&self, map: u64, ingest_time: i64, records: &[(u64, &[Row])]) -> Result<(), String> {
+        let masks: Vec<_> = records.iter().map(|(_, rows)| self.mask(rows)).collect();
         let mut state = self.state.write();
-        if first_seq + skip as u64 <= state.floor {
-            return Ok(()); // a version covering these events was published meanwhile
+        let floor = state.floor;
+        let mut failed = None;
+        for ((first_seq, rows), mask) in records.iter().zip(masks) {
+            let skip = floor.saturating_sub(first_seq - 1).min(rows.len() as u64) as usize;
+            if skip == rows.len() {
+                continue; // a version covering these events is already published
+            }
+            match mask {
+                Ok(mask) => {
+                    let into = state.segments.entry(map).or_default();
+                    let mask = mask.as_ref().map(|m| &m[skip..]);
+                    self.fold(into, first_seq + skip as u64, ingest_time, &rows[skip..], mask);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
         }
-        state.segments.entry(map).or_default().absorb(&partial);
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
-    /// Folds events numbered from `first_seq` that pass the view's filter into `into`.
-    fn fold(&self, into: &mut SegmentGroups, first_seq: u64, ingest_time: i64, rows: &[Row]) -> Result<(), String> {
-        match &self.filter {
-            Some(filter) => {
-                let refs: Vec<&Row> = rows.iter().collect();
-                let batch = rows_to_batch(&self.view.dataset, &refs, None).map_err(|e| e.to_string())?;
-                let mask = filter.evaluate(&batch)?;
-                rows.iter()
-                    .zip(mask)
-                    .filter(|(_, keep)| *keep)
-                    .for_each(|(row, _)| fold_row(&self.view, &mut into.groups, row));
-            }
+    /// Which of `rows` pass the view's filter; `None` when the view has none.
+    fn mask(&self, rows: &[Row]) -> Result<Option<Vec<bool>>, String> {
+        let Some(filter) = &self.filter else { return Ok(None) };
+        let refs: Vec<&Row> = rows.iter().collect();
+        let batch = rows_to_batch(&self.view.dataset, &refs, None).map_err(|e| e.to_string())?;
+        filter.evaluate(&batch).map(Some)
+    }
+
+    /// Folds events numbered from `first_seq` into `into`: those `mask` keeps (all without
+    /// one) into its groups, all of them into its event counts.
+    fn fold(&self, into: &mut SegmentGroups, first_seq: u64, ingest_time: i64, rows: &[Row], mask: Option<&[bool]>) {
+        match mask {
+            Some(mask) => rows
+                .iter()
+                .zip(mask)
+                .filter(|(_, keep)| **keep)
+                .for_each(|(row, _)| fold_row(&self.view, &mut into.groups, row)),
             None => rows.iter().for_each(|row| fold_row(&self.view, &mut into.groups, row)),
         }
         into.events += rows.len() as u64;
@@ -236,7 +253,6 @@ impl ViewLive {
             }
         }
         into.through = into.through.max(first_seq + rows.len() as u64 - 1);
-        Ok(())
     }
 
     /// The writer sealed the map keyed `map`, through sequence number `through`. Returns
@@ -350,7 +366,8 @@ impl ViewLive {
                     continue;
                 }
                 let rows = &record.rows[(from - record.first_seq) as usize..(to - record.first_seq) as usize];
-                self.fold(&mut map, from, record.ingest_time, rows)?;
+                let mask = self.mask(rows)?;
+                self.fold(&mut map, from, record.ingest_time, rows, mask.as_deref());
             }
         }
         map.through = through;
@@ -401,8 +418,8 @@ mod tests {
     #[test]
     fn publish_retires_exactly_the_covered_segments() {
         let live = ViewLive::new(view(Some("n > 0")), None).unwrap();
-        live.apply(1, 1, 0, &rows(&[1, 2, -5])).unwrap();
-        live.apply(4, 4, 0, &rows(&[10])).unwrap();
+        live.apply(1, 0, &[(1, &rows(&[1, 2, -5]))]).unwrap();
+        live.apply(4, 0, &[(4, &rows(&[10]))]).unwrap();
         let before = total(&live);
         // a batch version covering segment 1 (seq 1..=3) with the same numbers
         let mut covered = Groups::default();
@@ -411,7 +428,7 @@ mod tests {
         assert_eq!(total(&live), before);
         live.read(|s| assert_eq!(s.segments.keys().copied().collect::<Vec<_>>(), vec![4]));
         // replaying covered events changes nothing
-        live.apply(1, 1, 0, &rows(&[1, 2, -5])).unwrap();
+        live.apply(1, 0, &[(1, &rows(&[1, 2, -5]))]).unwrap();
         assert_eq!(total(&live), before);
         // an older version is refused
         assert!(!live.publish(BatchSnapshot { version: 1, watermark: 4, ..Default::default() }, no_rebuild).unwrap());

@@ -313,7 +313,8 @@ impl WriterThread {
                     }
                 }
                 for (view, map) in self.views.iter().zip(&maps) {
-                    view.apply(*map, record.first_seq, record.ingest_time, &record.rows).map_err(WriteError::View)?;
+                    view.apply(*map, record.ingest_time, &[(record.first_seq, &record.rows)])
+                        .map_err(WriteError::View)?;
                 }
                 sealed_through = sealed_through.max(Some(record.end_seq().saturating_sub(1)));
             }
@@ -441,24 +442,29 @@ impl WriterThread {
             return;
         }
         let segment = self.log.active_first_seq();
+        let id = self.spec.id_index();
+        for p in &pending {
+            if let Some(key) = &p.key {
+                self.keys.insert(key.clone(), (p.outcome, ingest_time));
+            }
+            for row in p.record.iter().flat_map(|(_, rows)| rows) {
+                if let Some(key) = id.and_then(|id| self.dedup.key(&row[id])) {
+                    self.dedup.seen.insert(key, ingest_time);
+                }
+            }
+        }
+        // the whole group is folded into each view at once: one lock per view and group
+        let records: Vec<(u64, &[Row])> =
+            pending.iter().filter_map(|p| p.record.as_ref().map(|(seq, rows)| (*seq, rows.as_slice()))).collect();
+        if !records.is_empty() {
+            for view in &self.views {
+                if let Err(e) = view.apply(segment, ingest_time, &records) {
+                    tracing::error!(view = view.name(), error = %e, "speed layer could not fold events");
+                }
+            }
+        }
+        drop(records);
         for p in pending {
-            if let Some(key) = p.key {
-                self.keys.insert(key, (p.outcome, ingest_time));
-            }
-            if let Some((first_seq, rows)) = &p.record {
-                if let Some(id) = self.spec.id_index() {
-                    for row in rows {
-                        if let Some(key) = self.dedup.key(&row[id]) {
-                            self.dedup.seen.insert(key, ingest_time);
-                        }
-                    }
-                }
-                for view in &self.views {
-                    if let Err(e) = view.apply(segment, *first_seq, ingest_time, rows) {
-                        tracing::error!(view = view.name(), error = %e, "speed layer could not fold events");
-                    }
-                }
-            }
             let _ = p.reply.send(Ok(p.outcome));
         }
     }
