@@ -45,6 +45,16 @@ struct Args {
     /// (0 skips it).
     #[arg(long, default_value_t = 20_000_000)]
     memory_events: u64,
+    /// Run only these sections (comma-separated: ingest, ack, freshness, batch, queries,
+    /// memory); all by default. Sections that need an earlier one's figure use a default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 /// A running `tandem serve`.
@@ -337,7 +347,7 @@ async fn main() -> anyhow::Result<()> {
     let mut report = Report::default();
 
     println!("ingest throughput");
-    for _ in 0..args.runs {
+    for _ in 0..args.runs * args.runs("ingest") as usize {
         let r = ingest_throughput(&http, &base, &bodies_1k, args.connections, args.seconds).await?;
         report.add("ingest, NDJSON 1,000-event batches", "events/s", r);
         let r = ingest_throughput(&http, &base, &bodies_10k, args.connections, args.seconds).await?;
@@ -345,10 +355,10 @@ async fn main() -> anyhow::Result<()> {
         let r = ingest_throughput(&http, &base, &bodies_1, 64, args.seconds).await?;
         report.add("ingest, single-event requests (64 connections)", "requests/s", r);
     }
-    let max_1k = median_spread(&report.figures["ingest, NDJSON 1,000-event batches"].0).0;
+    let max_1k = report.figures.get("ingest, NDJSON 1,000-event batches").map_or(300_000.0, |f| median_spread(&f.0).0);
 
     println!("ack latency at half of the maximum throughput ({:.0} events/s)", max_1k / 2.0);
-    for _ in 0..args.runs {
+    for _ in 0..args.runs * args.runs("ack") as usize {
         let lat = ack_latencies(&http, &base, &bodies_1k, 1000, max_1k / 2.0, args.seconds).await?;
         report.add("ack latency p50 at half max (1,000-event batches)", "ms", percentile(&lat, 0.5));
         report.add("ack latency p99 at half max (1,000-event batches)", "ms", percentile(&lat, 0.99));
@@ -356,7 +366,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!("freshness");
-    for _ in 0..args.runs {
+    for _ in 0..args.runs * args.runs("freshness") as usize {
         let probe = |i: usize| {
             Bytes::from(format!(
                 r#"{{"ts":{now_ms},"country":"ZZ","path":"/fresh/{i}","device":"desktop","user_id":"f","duration_ms":1,"bytes":1,"bot":false}}"#
@@ -383,14 +393,14 @@ async fn main() -> anyhow::Result<()> {
     println!("batch runs");
     // top the dataset up to --batch-events events past the watermark (bounded: 200 rounds)
     let load_bodies: Vec<Bytes> = (0..32).map(|_| events.ndjson(10_000)).collect();
-    for _ in 0..200 {
+    for _ in 0..200 * args.runs("batch") as usize {
         let v = query(&http, &base, &json!({"granularity": "all", "group_by": []})).await?;
         if v["freshness"]["speed_events"].as_u64().unwrap_or(0) as usize >= args.batch_events {
             break;
         }
         ingest_throughput(&http, &base, &load_bodies, args.connections, 2).await?;
     }
-    for run in 0..args.runs {
+    for run in 0..args.runs * args.runs("batch") as usize {
         let full = run_batch(&http, &base, true).await?;
         let secs = seconds_between(&full["started_at"], &full["finished_at"]);
         let rows_in = full["rows_in"].as_f64().unwrap_or(0.0);
@@ -434,7 +444,7 @@ async fn main() -> anyhow::Result<()> {
             json!({"granularity": "all", "group_by": ["path"], "order_by": [{"field": "views", "desc": true}], "limit": 10}),
         ),
     ];
-    for _ in 0..args.runs {
+    for _ in 0..args.runs * args.runs("queries") as usize {
         for (name, q) in &dashboards {
             let (lat, rows) = query_latencies(&http, &base, q, args.queries).await?;
             report.add(&format!("query p50, idle: {name}"), "ms", percentile(&lat, 0.5));
@@ -444,7 +454,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!("merged query latency while ingesting 200,000 events/s");
-    for _ in 0..args.runs {
+    for _ in 0..args.runs * args.runs("queries") as usize {
         let (h, b, bodies) = (http.clone(), base.clone(), bodies_1k.clone());
         let secs = args.seconds.max(3) * 3;
         let load = tokio::spawn(async move { ack_latencies(&h, &b, &bodies, 1000, 200_000.0, secs).await });
@@ -461,7 +471,7 @@ async fn main() -> anyhow::Result<()> {
         report.add("server peak RSS over the whole suite", "MiB", rss as f64 / (1 << 20) as f64);
     }
     drop(server);
-    if args.memory_events > 0 {
+    if args.memory_events > 0 && args.runs("memory") {
         println!("speed-layer memory: {} events with no batch run", args.memory_events);
         memory(&http, &args, &mut report).await?;
     }
