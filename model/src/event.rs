@@ -3,6 +3,7 @@
 //! A request is all-or-nothing: [`decode`] either returns every event as a typed row or
 //! the list of what was wrong (the first [`MAX_ERRORS`]), and the caller stores nothing.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -123,17 +124,31 @@ struct Schema<'a> {
     fields: Vec<(&'a str, FieldType)>,
     time: usize,
     limits: &'a Limits,
+    /// The field positions in the order the previous event gave its keys: clients write
+    /// their events' keys in one order, so the n-th key is looked for there first (one
+    /// comparison instead of a search; the search was a tenth of ingest).
+    order: RefCell<Vec<usize>>,
 }
 
 impl<'a> Schema<'a> {
     fn new(spec: &'a DatasetSpec, limits: &'a Limits) -> Schema<'a> {
         let fields: Vec<(&str, FieldType)> = spec.fields.iter().map(|(n, t)| (n.as_str(), *t)).collect();
         let time = fields.iter().position(|(n, _)| *n == spec.time_field).unwrap_or(usize::MAX);
-        Schema { fields, time, limits }
+        Schema { fields, time, limits, order: RefCell::new(Vec::new()) }
     }
 
-    fn position(&self, name: &str) -> Option<usize> {
-        self.fields.binary_search_by(|(n, _)| (*n).cmp(name)).ok()
+    /// The position of the field named `name`, given as an event's `nth` key.
+    fn position(&self, nth: usize, name: &str) -> Option<usize> {
+        let mut order = self.order.borrow_mut();
+        if let Some(&guess) = order.get(nth)
+            && self.fields[guess].0 == name
+        {
+            return Some(guess);
+        }
+        let found = self.fields.binary_search_by(|(n, _)| (*n).cmp(name)).ok()?;
+        order.truncate(nth);
+        order.push(found);
+        Some(found)
     }
 }
 
@@ -286,7 +301,9 @@ impl<'de> Visitor<'de> for EventSeed<'_, '_> {
         let mut row = vec![Value::Null; schema.fields.len()];
         let mut refused: Vec<(usize, String)> = Vec::new();
         let mut unknown: Vec<String> = Vec::new();
-        while let Some(key) = map.next_key_seed(KeySeed(schema))? {
+        let mut nth = 0;
+        while let Some(key) = map.next_key_seed(KeySeed(schema, nth))? {
+            nth += 1;
             match key {
                 Ok(i) => {
                     let seed = FieldSeed { ty: schema.fields[i].1, is_time: i == schema.time, limits: schema.limits };
@@ -359,8 +376,8 @@ impl<'de> Visitor<'de> for EventSeed<'_, '_> {
     }
 }
 
-/// An event's key: the field's position, or the unknown name.
-struct KeySeed<'s, 'a>(&'s Schema<'a>);
+/// An event's `.1`-th key: the field's position, or the unknown name.
+struct KeySeed<'s, 'a>(&'s Schema<'a>, usize);
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_, '_> {
     type Value = Result<usize, String>;
@@ -378,7 +395,7 @@ impl<'de> Visitor<'de> for KeySeed<'_, '_> {
     }
 
     fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
-        Ok(self.0.position(name).ok_or_else(|| name.to_string()))
+        Ok(self.0.position(self.1, name).ok_or_else(|| name.to_string()))
     }
 }
 
