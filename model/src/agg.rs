@@ -178,6 +178,17 @@ impl MeasureState {
         Ok(())
     }
 
+    /// About how many bytes the state holds on the heap, cheaply (without serializing it):
+    /// what DataFusion asks of an aggregate after every batch to account its memory.
+    pub fn heap_size(&self) -> usize {
+        match self {
+            MeasureState::Min(Some(Value::String(s))) | MeasureState::Max(Some(Value::String(s))) => s.capacity(),
+            MeasureState::Distinct(d) => d.heap_size(),
+            MeasureState::Percentile { sketch, .. } => sketch.heap_size(),
+            _ => 0,
+        }
+    }
+
     /// [`value`](Self::value) as it appears in a JSON answer.
     pub fn finish(&self) -> serde_json::Value {
         self.value().to_json()

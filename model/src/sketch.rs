@@ -67,6 +67,13 @@ impl Distinct {
         self.0.to_sketch(HllType::Hll8).serialize()
     }
 
+    /// About how many bytes it holds: a few bytes a coupon while it keeps a list or set of
+    /// them, then one register byte each of its 2^14 registers.
+    pub fn heap_size(&self) -> usize {
+        let coupons = self.0.estimate().max(0.0) as usize;
+        coupons.saturating_mul(8).min(1 << HLL_LG_K) + 64
+    }
+
     pub fn from_bytes(bytes: &[u8]) -> Result<Distinct, String> {
         let sketch = HllSketch::deserialize(bytes).map_err(|e| format!("bad approx_distinct state: {e}"))?;
         let mut d = Distinct::new();
@@ -152,6 +159,11 @@ impl Quantiles {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         postcard::to_allocvec(&self.0).expect("DDSketch serializes")
+    }
+
+    /// About how many bytes it holds: its bins (eight bytes each) and the sketch itself.
+    pub fn heap_size(&self) -> usize {
+        self.0.length() * 8 + 128
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Quantiles, String> {
