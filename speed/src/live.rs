@@ -123,7 +123,10 @@ pub struct LiveState {
     pub batch: Option<Arc<BatchSnapshot>>,
     /// Events with sequence numbers up to here are not in the speed layer.
     pub floor: u64,
-    pub segments: BTreeMap<u64, SegmentGroups>,
+    /// Behind `Arc`s so that coalescing can take the sealed maps (which never change) and
+    /// merge them with no lock held; the active map is never shared, so it is changed in
+    /// place.
+    pub segments: BTreeMap<u64, Arc<SegmentGroups>>,
 }
 
 impl LiveState {
@@ -214,7 +217,7 @@ impl ViewLive {
             }
             match mask {
                 Ok(mask) => {
-                    let into = state.segments.entry(map).or_default();
+                    let into = Arc::make_mut(state.segments.entry(map).or_default());
                     let mask = mask.as_ref().map(|m| &m[skip..]);
                     self.fold(into, first_seq + skip as u64, ingest_time, &rows[skip..], mask);
                 }
@@ -261,40 +264,39 @@ impl ViewLive {
     pub fn seal(&self, map: u64, through: u64) -> bool {
         let mut state = self.state.write();
         if let Some(entry) = state.segments.get_mut(&map) {
+            let entry = Arc::make_mut(entry);
             entry.sealed = true;
             entry.through = entry.through.max(through);
         }
         state.segments.values().filter(|s| s.sealed).count() > 1
     }
 
-    /// Merges all sealed maps into one. The merged map is built from the current ones under
-    /// the read lock (queries and ingest go on) and swapped in under the write lock.
+    /// Merges all sealed maps into one. The merged map is built from the current ones with no
+    /// lock held (queries and ingest go on: building it under the read lock held the writer's
+    /// folds, and so acknowledgements, for as long as the merge took) and swapped in under the
+    /// write lock.
     pub fn coalesce(&self) {
         let _only = self.coalescing.lock();
         let started = std::time::Instant::now();
-        let (keys, merged) = {
-            let state = self.state.read();
-            let mut sealed = state.segments.iter().filter(|(_, s)| s.sealed);
-            let Some((&first, map)) = sealed.next() else { return };
-            let mut merged = map.clone();
-            let mut keys = vec![first];
-            for (&key, map) in sealed {
-                merged.absorb(map);
-                keys.push(key);
-            }
-            if keys.len() < 2 {
-                return;
-            }
-            (keys, merged)
-        };
+        let sealed: Vec<(u64, Arc<SegmentGroups>)> =
+            self.state.read().segments.iter().filter(|(_, s)| s.sealed).map(|(k, s)| (*k, s.clone())).collect();
+        if sealed.len() < 2 {
+            return;
+        }
+        let mut merged = SegmentGroups::clone(&sealed[0].1);
+        for (_, map) in &sealed[1..] {
+            merged.absorb(map);
+        }
+        let keys: Vec<u64> = sealed.iter().map(|(k, _)| *k).collect();
         let mut state = self.state.write();
         // only `publish` removes sealed maps, and it holds `coalescing` too
         for key in &keys {
             state.segments.remove(key);
         }
         let groups = merged.groups.len();
-        state.segments.insert(keys[0], merged);
+        state.segments.insert(keys[0], Arc::new(merged));
         drop(state);
+        drop(sealed); // the old maps are freed here, not under the lock
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if elapsed_ms >= 250 {
             tracing::warn!(
@@ -341,13 +343,16 @@ impl ViewLive {
             None => None,
         };
         let mut state = self.state.write();
-        state.batch = Some(Arc::new(snapshot));
+        let old_batch = state.batch.replace(Arc::new(snapshot));
         state.floor = watermark;
-        state.segments.retain(|&first, _| first > watermark);
+        let kept = state.segments.split_off(&(watermark + 1));
+        let retired = std::mem::replace(&mut state.segments, kept);
         if let Some(mut map) = rebuilt {
             map.sealed = true;
-            state.segments.insert(watermark + 1, map);
+            state.segments.insert(watermark + 1, Arc::new(map));
         }
+        drop(state);
+        drop((old_batch, retired)); // freed here, not under the lock
         Ok(true)
     }
 
