@@ -27,7 +27,7 @@ use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::{Expr, cast};
 use datafusion::prelude::{ParquetReadOptions, SessionContext, ident, lit};
 use tandem_model::columnar::{BUCKET_COLUMN, SEQ_COLUMN, dataset_schema, state_columns};
-use tandem_model::view::{CompiledView, MeasureKind};
+use tandem_model::view::{CompiledView, DAY, MeasureKind};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -164,7 +164,6 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
 
 /// Splits aggregated batches by the UTC day of their bucket.
 fn split_by_day(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<BTreeMap<String, RecordBatch>> {
-    const DAY: i64 = 86_400_000_000;
     let mut by_day: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
     for batch in batches {
         let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;

@@ -20,7 +20,8 @@ pub enum Granularity {
 
 const MINUTE: i64 = 60_000_000;
 const HOUR: i64 = 60 * MINUTE;
-const DAY: i64 = 24 * HOUR;
+/// Microseconds in a UTC day: event days (`micros.div_euclid(DAY)`) are counted in it everywhere.
+pub const DAY: i64 = 24 * HOUR;
 
 impl Granularity {
     /// The bucket width in microseconds (`None` for `All`).

@@ -25,12 +25,10 @@ use parking_lot::{Mutex, RwLock};
 use tandem_model::agg::{GroupKey, Groups, MeasureState, fold_row, merge_groups};
 use tandem_model::columnar::rows_to_batch;
 use tandem_model::log;
-use tandem_model::view::CompiledView;
+use tandem_model::view::{CompiledView, DAY};
 use tandem_model::{Granularity, Row, Value};
 
 use crate::filter::ViewFilter;
-
-const DAY: i64 = 86_400_000_000;
 
 /// A published batch version, loaded into memory.
 #[derive(Debug)]

@@ -30,6 +30,7 @@ pub async fn ingest(
 ) -> ApiResult<Json<Value>> {
     let dataset = state.dataset(&name).ok_or_else(|| ApiError::not_found(format!("dataset {name:?}")))?;
     let format = format_of(&headers)?;
+    let key = idempotency_key(&headers)?;
     let limit = state.config.max_body_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -59,7 +60,7 @@ pub async fn ingest(
             .with_details(errors.into_iter().map(|e| serde_json::to_value(e).expect("errors serialize")))
     })?;
     drop(body);
-    let outcome = dataset.writer.append(rows, idempotency_key(&headers)?).await?;
+    let outcome = dataset.writer.append(rows, key).await?;
     Ok(Json(json!({ "accepted": outcome.accepted, "duplicates": outcome.duplicates })))
 }
 

@@ -97,6 +97,20 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let (s, b) = server.raw("/v1/datasets/pageviews/events", "application/json", nonfinite).await;
     assert_error(s, &b, 400, "invalid_events");
 
+    // a valid event with an unusable Idempotency-Key
+    for key in ["has space", &"k".repeat(256)] {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/datasets/pageviews/events", server.base))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(r#"{"ts": 1, "country": "DE"}"#)
+            .send()
+            .await
+            .unwrap();
+        let s = resp.status().as_u16();
+        assert_error(s, &resp.json().await.unwrap(), 400, "invalid_request");
+    }
+
     let a = server.query("v", json!({"granularity": "all", "group_by": []})).await;
     assert_eq!(a["rows"], json!([]), "nothing was stored by refused requests");
 
