@@ -95,7 +95,9 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
         .await?
         .ok_or_else(|| Error::NotFound(format!("dataset {:?}", view_record.spec.dataset)))?;
     let view = view_record.spec.compile(&dataset.spec).map_err(|e| Error::Invalid(e.join("; ")))?;
+    let started = std::time::Instant::now();
     let compacted = compact(env, &dataset).await?;
+    let compact_ms = started.elapsed().as_millis() as u64;
     let watermark = compacted.through_seq;
     let previous = match view_record.current_version {
         Some(v) if !full => env.catalog.version(&view.spec.name, v).await?,
@@ -120,7 +122,10 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
         }
     };
     let inputs: Vec<Path> = master.iter().filter(|(_, d, _)| days.contains(d)).map(|(p, _, _)| p.clone()).collect();
+    let started = std::time::Instant::now();
     let (batches, rows_in) = aggregate(env, &view, watermark, &inputs).await?;
+    let aggregate_ms = started.elapsed().as_millis() as u64;
+    let started = std::time::Instant::now();
 
     let dir = version_dir(&view.spec.name, version);
     delete_prefix(&env.store, &dir).await?;
@@ -146,6 +151,7 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
         }
     }
     files.sort();
+    let write_ms = started.elapsed().as_millis() as u64;
     let publication = Publication {
         run_id: run.id,
         view: view.spec.name.clone(),
@@ -157,8 +163,22 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
         mode,
         partitions: days.into_iter().collect(),
     };
+    let started = std::time::Instant::now();
     env.catalog.publish(&publication).await?;
-    tracing::info!(view = %publication.view, version, watermark, mode, rows_in, rows_out, "published batch version");
+    let publish_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(
+        view = %publication.view,
+        version,
+        watermark,
+        mode,
+        rows_in,
+        rows_out,
+        compact_ms,
+        aggregate_ms,
+        write_ms,
+        publish_ms,
+        "published batch version"
+    );
     Ok(RunOutcome { publication })
 }
 
