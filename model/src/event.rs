@@ -187,6 +187,14 @@ struct BodySeed<'s, 'a> {
     out: &'s mut Collector,
 }
 
+impl BodySeed<'_, '_> {
+    /// A scalar body: consumed, and reported once parsing has succeeded.
+    fn not_a_body<E>(self) -> Result<(), E> {
+        self.out.not_a_body = true;
+        Ok(())
+    }
+}
+
 impl<'de> DeserializeSeed<'de> for BodySeed<'_, '_> {
     type Value = ();
 
@@ -235,28 +243,27 @@ impl<'de> Visitor<'de> for BodySeed<'_, '_> {
     }
 
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        self.out.not_a_body = true;
-        Ok(())
+        self.not_a_body()
     }
 
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        self.visit_bool(false)
+        self.not_a_body()
     }
 
     fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        self.visit_bool(false)
+        self.not_a_body()
     }
 
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        self.visit_bool(false)
+        self.not_a_body()
     }
 
     fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        self.visit_bool(false)
+        self.not_a_body()
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.visit_bool(false)
+        self.not_a_body()
     }
 }
 

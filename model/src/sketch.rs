@@ -39,19 +39,26 @@ impl Distinct {
     /// bits), fed to the sketch's hasher as one byte slice would be: this is part of the
     /// stored states' format, since states built by another build must merge with these.
     pub fn insert(&mut self, value: &Value) {
-        let number = |tag: u8, bits: [u8; 8]| SketchKey { tag, bytes: KeyBytes::Number(bits) };
-        let key = match value {
+        let bits: [u8; 8];
+        let (tag, bytes): (u8, &[u8]) = match value {
             Value::Null => return,
-            Value::String(s) => SketchKey { tag: 1, bytes: KeyBytes::Text(s.as_bytes()) },
-            Value::Int(i) => number(2, i.to_le_bytes()),
+            Value::String(s) => (1, s.as_bytes()),
+            Value::Int(i) => {
+                bits = i.to_le_bytes();
+                (2, &bits)
+            }
             Value::Float(f) => {
                 let f = if *f == 0.0 { 0.0 } else { *f }; // -0.0 and 0.0 are one value
-                number(3, f.to_bits().to_le_bytes())
+                bits = f.to_bits().to_le_bytes();
+                (3, &bits)
             }
-            Value::Bool(b) => SketchKey { tag: if *b { 5 } else { 4 }, bytes: KeyBytes::Text(&[]) },
-            Value::Timestamp(t) => number(6, t.to_le_bytes()),
+            Value::Bool(b) => (if *b { 5 } else { 4 }, &[]),
+            Value::Timestamp(t) => {
+                bits = t.to_le_bytes();
+                (6, &bits)
+            }
         };
-        self.0.update_value(key);
+        self.0.update_value(SketchKey { tag, bytes });
     }
 
     pub fn merge(&mut self, other: &Distinct) {
@@ -106,23 +113,14 @@ impl std::fmt::Debug for Distinct {
 /// (a length prefix, then the bytes; the sketch's hasher streams), without building it.
 struct SketchKey<'a> {
     tag: u8,
-    bytes: KeyBytes<'a>,
-}
-
-enum KeyBytes<'a> {
-    Text(&'a [u8]),
-    Number([u8; 8]),
+    bytes: &'a [u8],
 }
 
 impl std::hash::Hash for SketchKey<'_> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let bytes = match &self.bytes {
-            KeyBytes::Text(b) => b,
-            KeyBytes::Number(b) => &b[..],
-        };
-        state.write_usize(1 + bytes.len());
+        state.write_usize(1 + self.bytes.len());
         state.write(&[self.tag]);
-        state.write(bytes);
+        state.write(self.bytes);
     }
 }
 

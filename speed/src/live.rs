@@ -285,27 +285,20 @@ impl ViewLive {
         for (_, map) in &sealed[1..] {
             merged.absorb(map);
         }
-        let keys: Vec<u64> = sealed.iter().map(|(k, _)| *k).collect();
+        let (first, maps, groups) = (sealed[0].0, sealed.len(), merged.groups.len());
         let mut state = self.state.write();
         // only `publish` removes sealed maps, and it holds `coalescing` too
-        for key in &keys {
+        for (key, _) in &sealed {
             state.segments.remove(key);
         }
-        let groups = merged.groups.len();
-        state.segments.insert(keys[0], Arc::new(merged));
+        state.segments.insert(first, Arc::new(merged));
         drop(state);
         drop(sealed); // the old maps are freed here, not under the lock
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if elapsed_ms >= 250 {
-            tracing::warn!(
-                view = self.name(),
-                maps = keys.len(),
-                groups,
-                elapsed_ms,
-                "slow merge of sealed speed maps"
-            );
+            tracing::warn!(view = self.name(), maps, groups, elapsed_ms, "slow merge of sealed speed maps");
         } else {
-            tracing::debug!(view = self.name(), maps = keys.len(), groups, elapsed_ms, "merged sealed speed maps");
+            tracing::debug!(view = self.name(), maps, groups, elapsed_ms, "merged sealed speed maps");
         }
     }
 
