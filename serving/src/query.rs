@@ -7,21 +7,21 @@
 //! dimensions, and merges their states. Because states merge exactly (`avg` is kept as sum
 //! and count, never as an average), the result equals one pass over all events.
 //!
-//! The batch side of that fold does not change until the next version, so it is kept per
-//! version and query shape (a rollup, see [`answer`]); only the speed side and the output
-//! buckets that the time range cuts through are folded on each query.
+//! That fold is not redone for each query: the view keeps it per query shape, merged and up
+//! to date (`tandem_speed::shapes`), and a query reads the rows its time range selects. Only
+//! output buckets that the range cuts through are folded afresh.
 
 use std::cmp::Ordering;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
-use tandem_model::agg::{GroupKey, Groups, KeyParts, MeasureState, RowKey, merge_states};
+use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states};
 use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
 use tandem_model::{FieldType, Granularity, Value};
 use tandem_speed::ViewLive;
-use tandem_speed::live::RollupKey;
+use tandem_speed::shapes::{Range, Shape};
 
 use crate::api::error::ApiError;
 
@@ -104,13 +104,8 @@ fn invalid(message: impl Into<String>) -> ApiError {
 struct Plan {
     from: Option<i64>,
     to: Option<i64>,
-    granularity: Granularity,
-    /// Positions (in the view's dimensions) of the dimensions to group by.
-    group: Vec<usize>,
-    /// Allowed values per view dimension position.
-    filters: Vec<(usize, HashSet<Value>)>,
-    /// Positions of the measures to return.
-    measures: Vec<usize>,
+    /// Granularity, grouping, filters and measures.
+    shape: Shape,
     order: Vec<(Column, bool)>,
     limit: Option<usize>,
 }
@@ -130,7 +125,7 @@ impl Plan {
         if self.from.is_none() && self.to.is_none() {
             return Span::Whole;
         }
-        let (Some(out_width), Some(view_width)) = (self.granularity.width(), view.width()) else {
+        let (Some(out_width), Some(view_width)) = (self.shape.granularity.width(), view.width()) else {
             return Span::Edge; // one bucket for all time, and a range
         };
         let last = bucket + out_width - view_width; // the last view bucket inside
@@ -149,24 +144,14 @@ impl Plan {
     /// or the end of the range can be cut).
     fn cuts_buckets(&self, view: Granularity) -> bool {
         let candidates = [self.from, self.to.map(|t| t - 1)];
-        match self.granularity {
+        match self.shape.granularity {
             Granularity::All => self.from.is_some() || self.to.is_some(),
             g => candidates.iter().flatten().any(|&t| self.span(view, g.truncate(t)) == Span::Edge),
         }
     }
 
-    /// The query's shape without its time range: what a batch rollup is keyed by.
-    fn rollup_key(&self) -> RollupKey {
-        let filters = self
-            .filters
-            .iter()
-            .map(|(pos, allowed)| {
-                let mut values: Vec<Value> = allowed.iter().cloned().collect();
-                values.sort_by(Value::total_cmp);
-                (*pos, values)
-            })
-            .collect();
-        (self.granularity, self.group.clone(), filters, self.measures.clone())
+    fn range(&self) -> Range {
+        (self.from, self.to)
     }
 }
 
@@ -203,14 +188,14 @@ fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
     for (dim, values) in q.filter.unwrap_or_default() {
         let pos = dim_pos(&dim)?;
         let ty = view.dimension_types[pos];
-        let set = values
+        let allowed = values
             .iter()
             .map(|v| {
                 filter_value(ty, v)
                     .ok_or_else(|| invalid(format!("filter value {v} does not fit dimension {dim:?} ({ty:?})")))
             })
             .collect::<Result<_, _>>()?;
-        filters.push((pos, set));
+        filters.push((pos, allowed));
     }
     let measure_names: Vec<&str> = view.measures.iter().map(|(m, _)| m.name.as_str()).collect();
     let measures = match &q.measures {
@@ -241,10 +226,7 @@ fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
     Ok(Plan {
         from: time(&q.from, "from")?,
         to: time(&q.to, "to")?,
-        granularity,
-        group,
-        filters,
-        measures,
+        shape: Shape::new(granularity, group, filters, measures),
         order,
         limit: q.limit,
     })
@@ -264,81 +246,63 @@ fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {
 
 /// Answers a query from the view's batch version merged with its speed layer.
 ///
-/// The batch side comes from the version's rollup for the query's shape (built once per
-/// version and shape, then reused): output buckets wholly inside `[from, to)` are taken from
-/// it, and the at most two output buckets the range cuts through are folded afresh from the
-/// version's groups. The speed side is folded on every query. Where both hold a group, the
-/// rollup's states are merged with the speed states; elsewhere the rollup's values answer.
+/// Output buckets wholly inside `[from, to)` are read from the view's kept rows for the
+/// query's shape (batch and speed merged, up to date). The at most two output buckets the
+/// range cuts through are folded afresh from the version's groups and the speed groups.
 pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> {
     let view = &live.view;
     let plan = plan(view, request)?;
-    let (batch, mut speed, freshness) = live.read(|state| {
-        if !state.is_ready() {
-            return Err(ApiError::unavailable(
-                "view_building",
-                format!("view {:?} is building its first batch version", view.spec.name),
-                5,
-            ));
-        }
-        let mut speed = Groups::default();
-        for segment in state.segments.values() {
-            fold_groups(&plan, &segment.groups, &mut speed);
-        }
-        let freshness = json!({
-            "batch_version": state.batch.as_ref().map(|b| b.version),
-            "batch_watermark": state.batch.as_ref().map(|b| b.watermark),
-            "batch_finished_at": state.batch.as_ref().and_then(|b| b.finished_at.clone()),
-            "speed_events": state.speed_events(),
-            "speed_newest_ingest_at": state.newest_ingest().map(format_timestamp),
-            "late_events": state.late_events(),
-        });
-        Ok((state.batch.clone(), speed, freshness))
-    })?;
-    // each measure's value once per row: sketch estimates are not free, and sorting would
-    // otherwise recompute them at every comparison
-    let values = |states: &[MeasureState]| states.iter().map(MeasureState::value).collect::<Vec<_>>();
-    let mut rows: Vec<(GroupKey, Vec<Value>)> = Vec::new();
-    if let Some(batch) = &batch {
-        let span = |bucket: i64| plan.span(view.spec.granularity, bucket);
-        let whole_range = Plan { from: None, to: None, ..plan.clone() };
-        let rollup = batch.rollup(plan.rollup_key(), |groups| {
-            let mut folded = Groups::default();
-            fold_groups(&whole_range, groups, &mut folded);
-            folded
-                .into_iter()
-                .map(|(key, states)| {
-                    let answer = values(&states);
-                    (key, (states, answer))
-                })
-                .collect()
-        });
-        for (key, (states, answer)) in rollup.iter() {
-            if span(key.bucket) != Span::Whole {
-                continue;
+    let span = |bucket: i64| plan.span(view.spec.granularity, bucket);
+    let cuts = plan.cuts_buckets(view.spec.granularity);
+    let on_edge = |key: &&GroupKey| span(plan.shape.granularity.truncate(key.bucket)) == Span::Edge;
+    let (mut rows, batch, mut speed_edges, freshness) = live.query(
+        &plan.shape,
+        |state| {
+            if !state.is_ready() {
+                return Err(ApiError::unavailable(
+                    "view_building",
+                    format!("view {:?} is building its first batch version", view.spec.name),
+                    5,
+                ));
             }
-            let answer = match speed.remove(key) {
-                Some(recent) => {
-                    let mut merged = states.clone();
-                    merge_states(&mut merged, &recent);
-                    values(&merged)
+            let mut speed_edges = Groups::default();
+            if cuts {
+                for segment in state.segments.values() {
+                    plan.shape.fold(plan.range(), segment.groups.iter().filter(|(k, _)| on_edge(k)), &mut speed_edges);
                 }
-                None => answer.clone(),
-            };
-            rows.push((key.clone(), answer));
-        }
-        if plan.cuts_buckets(view.spec.granularity) {
-            let mut edges = Groups::default();
-            let cut = batch.groups.iter().filter(|(k, _)| span(plan.granularity.truncate(k.bucket)) == Span::Edge);
-            fold_groups(&plan, cut, &mut edges);
-            for (key, mut states) in edges {
-                if let Some(recent) = speed.remove(&key) {
-                    merge_states(&mut states, &recent);
-                }
-                rows.push((key, values(&states)));
             }
+            let freshness = json!({
+                "batch_version": state.batch.as_ref().map(|b| b.version),
+                "batch_watermark": state.batch.as_ref().map(|b| b.watermark),
+                "batch_finished_at": state.batch.as_ref().and_then(|b| b.finished_at.clone()),
+                "speed_events": state.speed_events(),
+                "speed_newest_ingest_at": state.newest_ingest().map(format_timestamp),
+                "late_events": state.late_events(),
+            });
+            Ok((state.batch.clone(), speed_edges, freshness))
+        },
+        |locked, merged| {
+            let (batch, speed_edges, freshness) = locked?;
+            let rows: Vec<(GroupKey, Vec<Value>)> =
+                merged.rows(|bucket| span(bucket) == Span::Whole).map(|(k, v)| (k.clone(), v.clone())).collect();
+            Ok::<_, ApiError>((rows, batch, speed_edges, freshness))
+        },
+    )?;
+    if cuts {
+        let mut edges = Groups::default();
+        if let Some(batch) = &batch {
+            plan.shape.fold(plan.range(), batch.groups.iter().filter(|(k, _)| on_edge(k)), &mut edges);
         }
+        for (key, mut states) in edges {
+            if let Some(recent) = speed_edges.remove(&key) {
+                merge_states(&mut states, &recent);
+            }
+            rows.push((key, states.iter().map(MeasureState::value).collect()));
+        }
+        rows.extend(
+            speed_edges.into_iter().map(|(key, states)| (key, states.iter().map(MeasureState::value).collect())),
+        );
     }
-    rows.extend(speed.into_iter().map(|(key, states)| (key, values(&states))));
     let default_order = |a: &GroupKey, b: &GroupKey| {
         a.bucket.cmp(&b.bucket).then_with(|| {
             a.dims.iter().zip(&b.dims).map(|(x, y)| x.total_cmp(y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
@@ -365,42 +329,17 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
         .into_iter()
         .map(|(GroupKey { bucket, dims }, values)| {
             let mut row = Map::new();
-            if plan.granularity != Granularity::All {
+            if plan.shape.granularity != Granularity::All {
                 row.insert("bucket".into(), Json::String(format_timestamp(bucket)));
             }
-            for (&g, value) in plan.group.iter().zip(&dims) {
+            for (&g, value) in plan.shape.group.iter().zip(&dims) {
                 row.insert(view.spec.dimensions[g].clone(), value.to_json());
             }
-            for (&m, value) in plan.measures.iter().zip(&values) {
+            for (&m, value) in plan.shape.measures.iter().zip(&values) {
                 row.insert(view.measures[m].0.name.clone(), value.to_json());
             }
             Json::Object(row)
         })
         .collect();
     Ok(json!({ "rows": out, "freshness": freshness }))
-}
-
-/// Folds one layer's groups into the answer's groups, applying the plan's range, filters,
-/// granularity and grouping. `[from, to)` applies to the start of the view's own buckets.
-fn fold_groups<'a>(
-    plan: &Plan,
-    groups: impl IntoIterator<Item = (&'a GroupKey, &'a Vec<MeasureState>)>,
-    into: &mut Groups,
-) {
-    for (key, states) in groups {
-        if plan.from.is_some_and(|f| key.bucket < f) || plan.to.is_some_and(|t| key.bucket >= t) {
-            continue;
-        }
-        if !plan.filters.iter().all(|(pos, allowed)| allowed.contains(&key.dims[*pos])) {
-            continue;
-        }
-        let out_key = RowKey { bucket: plan.granularity.truncate(key.bucket), row: &key.dims, dims: &plan.group };
-        let selected = || plan.measures.iter().map(|&m| &states[m]);
-        match into.get_mut(&out_key as &dyn KeyParts) {
-            Some(existing) => merge_states(existing, selected()),
-            None => {
-                into.insert(out_key.to_key(), selected().cloned().collect());
-            }
-        }
-    }
 }

@@ -11,6 +11,7 @@
 
 pub mod filter;
 pub mod live;
+pub mod shapes;
 pub mod writer;
 
 pub use filter::ViewFilter;

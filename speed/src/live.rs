@@ -15,20 +15,24 @@
 //! fewer segments than the sealed map holds) is folded afresh from the log for the events past
 //! the watermark. Sketch states cannot be subtracted, so rebuilding is the only exact way.
 
-use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroUsize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use lru::LruCache;
-use parking_lot::{Mutex, RwLock};
-use tandem_model::agg::{GroupKey, Groups, MeasureState, fold_row, merge_groups};
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+use tandem_model::agg::{Groups, fold_row, merge_groups};
 use tandem_model::columnar::rows_to_batch;
 use tandem_model::log;
 use tandem_model::view::{CompiledView, DAY};
-use tandem_model::{Granularity, Row, Value};
+use tandem_model::{Row, Value};
 
 use crate::filter::ViewFilter;
+use crate::shapes::{Merged, Shape, Shapes};
+
+/// Kept query shapes are dropped, and the writer stops keeping their delta, when no query
+/// has taken the delta for this long.
+const SHAPES_IDLE: Duration = Duration::from_secs(10);
 
 /// A published batch version, loaded into memory.
 #[derive(Debug)]
@@ -41,44 +45,12 @@ pub struct BatchSnapshot {
     pub groups: Groups,
     /// The newest event day (days since the epoch, UTC) the version holds groups for.
     pub newest_day: Option<i64>,
-    /// Rollups of this version for recent query shapes; they live and die with the version.
-    rollups: Mutex<LruCache<RollupKey, Arc<Rollup>>>,
 }
-
-/// A query shape without its time range: granularity, grouped dimension positions, the
-/// allowed values per filtered dimension position (sorted), measure positions.
-pub type RollupKey = (Granularity, Vec<usize>, Vec<(usize, Vec<Value>)>, Vec<usize>);
-
-/// A batch version's groups re-keyed to a query shape, each with its merged states (to merge
-/// speed groups into) and their values (to answer with when there is nothing to merge).
-pub type Rollup = HashMap<GroupKey, (Vec<MeasureState>, Vec<Value>), foldhash::fast::RandomState>;
-
-/// Rollups kept per version, at most; and together they hold at most as many groups as the
-/// version itself (least recently used go first), so the cache costs at most about the
-/// version's own memory again.
-const ROLLUPS_PER_VERSION: usize = 32;
 
 impl BatchSnapshot {
     pub fn new(version: i64, watermark: u64, finished_at: Option<String>, groups: Groups) -> BatchSnapshot {
         let newest_day = groups.keys().map(|k| k.bucket.div_euclid(DAY)).max();
-        let rollups = Mutex::new(LruCache::new(NonZeroUsize::new(ROLLUPS_PER_VERSION).expect("not zero")));
-        BatchSnapshot { version, watermark, finished_at, groups, newest_day, rollups }
-    }
-
-    /// The rollup for `key`, built by `build` from the version's groups on first use (outside
-    /// the cache's lock; two queries racing may both build it).
-    pub fn rollup(&self, key: RollupKey, build: impl FnOnce(&Groups) -> Rollup) -> Arc<Rollup> {
-        if let Some(found) = self.rollups.lock().get(&key) {
-            return found.clone();
-        }
-        let built = Arc::new(build(&self.groups));
-        let budget = self.groups.len().max(1024);
-        let mut rollups = self.rollups.lock();
-        rollups.put(key, built.clone());
-        while rollups.len() > 1 && rollups.iter().map(|(_, r)| r.len()).sum::<usize>() > budget {
-            rollups.pop_lru();
-        }
-        built
+        BatchSnapshot { version, watermark, finished_at, groups, newest_day }
     }
 }
 
@@ -125,6 +97,11 @@ pub struct LiveState {
     /// merge them with no lock held; the active map is never shared, so it is changed in
     /// place.
     pub segments: BTreeMap<u64, Arc<SegmentGroups>>,
+    /// While query shapes are kept: the view's groups of the events folded since a query
+    /// last took it (see [`crate::shapes`]). `None` when no shapes are kept.
+    delta: Option<Groups>,
+    /// When a query last took the delta.
+    delta_taken: Instant,
 }
 
 impl LiveState {
@@ -157,6 +134,8 @@ pub struct ViewLive {
     pub view: CompiledView,
     filter: Option<ViewFilter>,
     state: RwLock<LiveState>,
+    /// Recently asked query shapes, merged. Locked before `state` when both are.
+    shapes: Mutex<Shapes>,
     /// Held while sealed maps are coalesced or a version is published, so the two never
     /// work from the same maps at once.
     coalescing: Mutex<()>,
@@ -173,7 +152,14 @@ impl ViewLive {
         Ok(ViewLive {
             view,
             filter,
-            state: RwLock::new(LiveState { batch: batch.map(Arc::new), floor, segments: BTreeMap::new() }),
+            state: RwLock::new(LiveState {
+                batch: batch.map(Arc::new),
+                floor,
+                segments: BTreeMap::new(),
+                delta: None,
+                delta_taken: Instant::now(),
+            }),
+            shapes: Mutex::new(Shapes::default()),
             coalescing: Mutex::new(()),
         })
     }
@@ -188,6 +174,7 @@ impl ViewLive {
         if state.batch.is_none() {
             state.floor = floor;
             state.segments.retain(|&first, _| first > floor);
+            state.delta = None;
         }
     }
 
@@ -205,8 +192,12 @@ impl ViewLive {
     /// states for every group a request touched, only to merge and drop them: 8 % of ingest.)
     pub fn apply(&self, map: u64, ingest_time: i64, records: &[(u64, &[Row])]) -> Result<(), String> {
         let masks: Vec<_> = records.iter().map(|(_, rows)| self.mask(rows)).collect();
-        let mut state = self.state.write();
+        let mut guard = self.state.write();
+        let state = &mut *guard;
         let floor = state.floor;
+        if state.delta.is_some() && state.delta_taken.elapsed() > SHAPES_IDLE {
+            state.delta = None; // nobody asks: stop keeping it (the shapes are rebuilt when asked)
+        }
         let mut failed = None;
         for ((first_seq, rows), mask) in records.iter().zip(masks) {
             let skip = floor.saturating_sub(first_seq - 1).min(rows.len() as u64) as usize;
@@ -218,6 +209,9 @@ impl ViewLive {
                     let into = Arc::make_mut(state.segments.entry(map).or_default());
                     let mask = mask.as_ref().map(|m| &m[skip..]);
                     self.fold(into, first_seq + skip as u64, ingest_time, &rows[skip..], mask);
+                    if let Some(delta) = &mut state.delta {
+                        self.fold_groups(delta, &rows[skip..], mask);
+                    }
                 }
                 Err(e) => {
                     failed.get_or_insert(e);
@@ -238,14 +232,7 @@ impl ViewLive {
     /// Folds events numbered from `first_seq` into `into`: those `mask` keeps (all without
     /// one) into its groups, all of them into its event counts.
     fn fold(&self, into: &mut SegmentGroups, first_seq: u64, ingest_time: i64, rows: &[Row], mask: Option<&[bool]>) {
-        match mask {
-            Some(mask) => rows
-                .iter()
-                .zip(mask)
-                .filter(|(_, keep)| **keep)
-                .for_each(|(row, _)| fold_row(&self.view, &mut into.groups, row)),
-            None => rows.iter().for_each(|row| fold_row(&self.view, &mut into.groups, row)),
-        }
+        self.fold_groups(&mut into.groups, rows, mask);
         into.events += rows.len() as u64;
         into.newest_ingest = into.newest_ingest.max(ingest_time);
         for row in rows {
@@ -254,6 +241,16 @@ impl ViewLive {
             }
         }
         into.through = into.through.max(first_seq + rows.len() as u64 - 1);
+    }
+
+    /// Folds the events `mask` keeps (all without one) into `groups`.
+    fn fold_groups(&self, groups: &mut Groups, rows: &[Row], mask: Option<&[bool]>) {
+        match mask {
+            Some(mask) => {
+                rows.iter().zip(mask).filter(|(_, keep)| **keep).for_each(|(row, _)| fold_row(&self.view, groups, row))
+            }
+            None => rows.iter().for_each(|row| fold_row(&self.view, groups, row)),
+        }
     }
 
     /// The writer sealed the map keyed `map`, through sequence number `through`. Returns
@@ -336,6 +333,7 @@ impl ViewLive {
         let mut state = self.state.write();
         let old_batch = state.batch.replace(Arc::new(snapshot));
         state.floor = watermark;
+        state.delta = None; // the kept shapes merge the old version
         let kept = state.segments.split_off(&(watermark + 1));
         let retired = std::mem::replace(&mut state.segments, kept);
         if let Some(mut map) = rebuilt {
@@ -374,12 +372,61 @@ impl ViewLive {
     pub fn read<T>(&self, f: impl FnOnce(&LiveState) -> T) -> T {
         f(&self.state.read())
     }
+
+    /// Answers through the kept query shape `shape` (see [`crate::shapes`]), brought up to
+    /// date first: the events folded since the previous query are merged into every kept
+    /// shape, and a shape not kept yet is built (its speed part under the read lock, its batch
+    /// part after). `locked` runs under the read lock on the state of that same moment, so
+    /// what it returns (freshness, the speed groups of buckets a time range cuts) matches
+    /// the shape's rows; `answer` then reads them.
+    pub fn query<A, T>(
+        &self,
+        shape: &Shape,
+        locked: impl FnOnce(&LiveState) -> A,
+        answer: impl FnOnce(A, &mut Merged) -> T,
+    ) -> T {
+        let mut shapes = self.shapes.lock();
+        let mut state = self.state.write();
+        let delta = state.delta.replace(Groups::default());
+        state.delta_taken = Instant::now();
+        let state = RwLockWriteGuard::downgrade(state);
+        let batch = state.batch.clone();
+        let version = batch.as_ref().map_or(0, |b| b.version);
+        // without a delta to catch them up (none kept, or a new version) the shapes start over
+        let delta = delta.filter(|_| shapes.version == version);
+        if delta.is_none() {
+            shapes.reset(version);
+        }
+        let speed = shapes.get(shape).is_none().then(|| {
+            let mut folded = Groups::default();
+            state.segments.values().for_each(|s| shape.fold((None, None), &s.groups, &mut folded));
+            folded
+        });
+        let budget = batch.as_ref().map_or(0, |b| b.groups.len())
+            + state.segments.values().map(|s| s.groups.len()).sum::<usize>();
+        let locked = locked(&state);
+        drop(state);
+        if let Some(delta) = delta {
+            shapes.absorb(&delta);
+        }
+        if let Some(speed) = speed {
+            let mut folded = Groups::default();
+            if let Some(batch) = &batch {
+                shape.fold((None, None), &batch.groups, &mut folded);
+            }
+            merge_groups(&mut folded, &speed);
+            shapes.keep(shape.clone(), Merged::from_groups(folded), budget.max(1024));
+        }
+        let merged = shapes.get(shape).expect("kept above");
+        answer(locked, merged)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_model::{DatasetSpec, Value, ViewSpec};
+    use tandem_model::agg::{GroupKey, MeasureState};
+    use tandem_model::{DatasetSpec, Granularity, Value, ViewSpec};
 
     fn view(filter: Option<&str>) -> CompiledView {
         let d: DatasetSpec =
@@ -430,30 +477,62 @@ mod tests {
         assert!(!live.publish(BatchSnapshot { version: 1, watermark: 4, ..Default::default() }, no_rebuild).unwrap());
     }
 
+    /// The rows a kept shape answers with, read through [`ViewLive::query`].
+    fn shape_rows(live: &ViewLive, shape: &Shape) -> Vec<(GroupKey, Vec<Value>)> {
+        let mut rows: Vec<_> = live.query(
+            shape,
+            |_| (),
+            |(), merged| merged.rows(|_| true).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        );
+        rows.sort_by_key(|(k, _)| k.bucket);
+        rows
+    }
+
+    /// The same shape folded in one pass from everything the view holds.
+    fn folded_rows(live: &ViewLive, shape: &Shape) -> Vec<(GroupKey, Vec<Value>)> {
+        let mut folded = Groups::default();
+        shape.fold((None, None), &total(live), &mut folded);
+        let mut rows: Vec<_> =
+            folded.into_iter().map(|(k, s)| (k, s.iter().map(MeasureState::value).collect())).collect();
+        rows.sort_by_key(|(k, _)| k.bucket);
+        rows
+    }
+
     #[test]
-    fn rollups_are_cached_within_the_versions_size() {
-        let live = ViewLive::new(view(None), None).unwrap();
-        let mut groups = Groups::default();
-        // 2,000 daily buckets of one group each
-        for day in 0..2000 {
-            fold_row(&live.view, &mut groups, &vec![Value::Int(1), Value::Timestamp(day * DAY)]);
-        }
-        let snapshot = BatchSnapshot::new(1, 10, None, groups);
-        let key = |g: Granularity| (g, vec![], vec![], vec![0]);
-        let built = std::cell::Cell::new(0);
-        let build = |g: &Groups| {
-            built.set(built.get() + 1);
-            g.iter().map(|(k, s)| (k.clone(), (s.clone(), vec![]))).collect::<Rollup>()
+    fn kept_shapes_follow_every_event_version_and_pause() {
+        let live = ViewLive::new(view(Some("n > 0")), None).unwrap();
+        let by_day = Shape::new(Granularity::Day, vec![], vec![], vec![0, 1]);
+        let all = Shape::new(Granularity::All, vec![], vec![], vec![1]);
+        let row = |n: i64, day: i64| vec![Value::Int(n), Value::Timestamp(day * DAY + 5)];
+        let mut seq = 1;
+        let mut ingest = |live: &ViewLive, rows: Vec<Row>| {
+            live.apply(seq, 0, &[(seq, &rows)]).unwrap();
+            seq += rows.len() as u64;
         };
-        let first = snapshot.rollup(key(Granularity::Day), build);
-        assert_eq!(first.len(), 2000);
-        snapshot.rollup(key(Granularity::Day), build);
-        assert_eq!(built.get(), 1, "a cached shape is not built again");
-        // a second rollup as large as the version pushes the first out
-        snapshot.rollup(key(Granularity::Hour), build);
-        snapshot.rollup(key(Granularity::Day), build);
-        assert_eq!(built.get(), 3);
-        assert_eq!(snapshot.rollups.lock().len(), 1);
+        for round in 0..6i64 {
+            ingest(&live, (0..5).map(|i| row(i - 1, (round + i) % 3)).collect());
+            assert_eq!(shape_rows(&live, &by_day), folded_rows(&live, &by_day), "round {round}");
+            ingest(&live, vec![row(round + 1, 7)]);
+            assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all), "round {round}");
+        }
+        assert!(live.read(|s| s.delta.is_some()), "events are kept for the shapes while they are asked for");
+
+        // a version covering everything so far: the shapes start over on it
+        let covered = total(&live);
+        let through = live.read(|s| s.segments.values().map(|m| m.through).max().unwrap());
+        assert!(live.publish(BatchSnapshot::new(1, through, None, covered), no_rebuild).unwrap());
+        ingest(&live, vec![row(3, 1), row(-3, 1), row(9, 8)]);
+        assert_eq!(shape_rows(&live, &by_day), folded_rows(&live, &by_day));
+        assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all));
+
+        // nobody asks for a while: the writer stops keeping the delta, and the next query
+        // does not trust the shapes it has
+        live.state.write().delta_taken -= SHAPES_IDLE + Duration::from_secs(1);
+        ingest(&live, vec![row(4, 1)]);
+        assert!(live.read(|s| s.delta.is_none()));
+        ingest(&live, vec![row(5, 2)]);
+        assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all));
+        assert_eq!(shape_rows(&live, &by_day), folded_rows(&live, &by_day));
     }
 
     #[test]
