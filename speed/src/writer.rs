@@ -116,7 +116,16 @@ impl DatasetWriter {
     ) -> Result<(DatasetWriter, Recovery), WriteError> {
         let (log, recovery) = LogWriter::open(dir)?;
         let max_queued = config.max_queued;
+        let spawn_error = |e| LogError::Io { path: dir.to_path_buf(), source: e };
+        // one long-lived thread merges sealed speed maps: its allocator heap is reused from
+        // one merge to the next (a thread per merge left a heap behind each time)
+        let (coalesce, merges) = crossbeam_channel::unbounded::<Arc<ViewLive>>();
+        std::thread::Builder::new()
+            .name(format!("coalesce-{}", spec.name))
+            .spawn(move || merges.iter().for_each(|view| view.coalesce()))
+            .map_err(spawn_error)?;
         let mut thread = WriterThread {
+            coalesce,
             spec: spec.clone(),
             log,
             views,
@@ -134,7 +143,7 @@ impl DatasetWriter {
         let handle = std::thread::Builder::new()
             .name(format!("writer-{}", spec.name))
             .spawn(move || thread.run(rx))
-            .map_err(|e| LogError::Io { path: dir.to_path_buf(), source: e })?;
+            .map_err(spawn_error)?;
         let writer = DatasetWriter {
             name: spec.name,
             tx,
@@ -246,6 +255,9 @@ struct WriterThread {
     spec: DatasetSpec,
     log: LogWriter,
     views: Vec<Arc<ViewLive>>,
+    /// Views with sealed speed maps to merge, for the coalescing thread (which stops when
+    /// this is dropped with the writer).
+    coalesce: Sender<Arc<ViewLive>>,
     dedup: Dedup,
     config: WriterConfig,
     opened: Instant,
@@ -498,13 +510,7 @@ impl WriterThread {
         if let Some((segment, last)) = self.log.roll()? {
             for view in &self.views {
                 if view.seal(segment.first_seq, last) {
-                    let view = view.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("coalesce-{}", view.name()))
-                        .spawn(move || view.coalesce());
-                    if let Err(e) = spawned {
-                        tracing::warn!(error = %e, "could not start coalescing; the maps stay apart until the next seal");
-                    }
+                    let _ = self.coalesce.send(view.clone()); // that thread lives as long as this one
                 }
             }
         }
