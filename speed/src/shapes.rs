@@ -63,20 +63,33 @@ impl Shape {
         groups: impl IntoIterator<Item = (&'a GroupKey, &'a Vec<MeasureState>)>,
         into: &mut Groups,
     ) {
-        let (from, to) = range;
+        self.each(range, groups, |key, states| match into.get_mut(key as &dyn KeyParts) {
+            Some(existing) => merge_states(existing, self.selected(states)),
+            None => {
+                into.insert(key.to_key(), self.selected(states).cloned().collect());
+            }
+        });
+    }
+
+    /// Calls `f` with the shape's key and the states of each view group in `range` that
+    /// passes the filters.
+    fn each<'a>(
+        &self,
+        (from, to): Range,
+        groups: impl IntoIterator<Item = (&'a GroupKey, &'a Vec<MeasureState>)>,
+        mut f: impl FnMut(&RowKey<'_>, &'a [MeasureState]),
+    ) {
         for (key, states) in groups {
             if from.is_some_and(|f| key.bucket < f) || to.is_some_and(|t| key.bucket >= t) || !self.admits(key) {
                 continue;
             }
-            let out_key = RowKey { bucket: self.granularity.truncate(key.bucket), row: &key.dims, dims: &self.group };
-            let selected = || self.measures.iter().map(|&m| &states[m]);
-            match into.get_mut(&out_key as &dyn KeyParts) {
-                Some(existing) => merge_states(existing, selected()),
-                None => {
-                    into.insert(out_key.to_key(), selected().cloned().collect());
-                }
-            }
+            f(&RowKey { bucket: self.granularity.truncate(key.bucket), row: &key.dims, dims: &self.group }, states);
         }
+    }
+
+    /// A view group's states of this shape's measures.
+    fn selected<'a>(&'a self, states: &'a [MeasureState]) -> impl Iterator<Item = &'a MeasureState> {
+        self.measures.iter().map(move |&m| &states[m])
     }
 }
 
@@ -99,21 +112,19 @@ impl Merged {
         Merged { rows: folded.into_iter().map(|(key, states)| (key, MergedRow { states, values: None })).collect() }
     }
 
-    /// Merges view groups (a delta) into the rows, through `shape`.
+    /// Merges view groups (a delta) into the rows, through `shape`: in place, one lookup
+    /// per group.
     pub fn absorb(&mut self, shape: &Shape, delta: &Groups) {
-        let mut folded = Groups::default();
-        shape.fold((None, None), delta, &mut folded);
-        for (key, states) in folded {
-            match self.rows.get_mut(&key) {
-                Some(row) => {
-                    merge_states(&mut row.states, &states);
-                    row.values = None;
-                }
-                None => {
-                    self.rows.insert(key, MergedRow { states, values: None });
-                }
+        shape.each((None, None), delta, |key, states| match self.rows.get_mut(key as &dyn KeyParts) {
+            Some(row) => {
+                merge_states(&mut row.states, shape.selected(states));
+                row.values = None;
             }
-        }
+            None => {
+                let states = shape.selected(states).cloned().collect();
+                self.rows.insert(key.to_key(), MergedRow { states, values: None });
+            }
+        });
     }
 
     pub fn len(&self) -> usize {

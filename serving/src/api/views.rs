@@ -97,8 +97,7 @@ pub async fn query_post(
     Path(name): Path<String>,
     ApiJson(request): ApiJson<QueryRequest>,
 ) -> ApiResult<Json<Value>> {
-    let live = state.view(&name).ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
-    Ok(Json(answer(&live, request)?))
+    ask(&state, &name, request).await
 }
 
 pub async fn query_get(
@@ -106,9 +105,16 @@ pub async fn query_get(
     Path(name): Path<String>,
     pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let live = state.view(&name).ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
     let Query(pairs) = pairs?;
-    Ok(Json(answer(&live, QueryRequest::from_pairs(pairs)?)?))
+    ask(&state, &name, QueryRequest::from_pairs(pairs)?).await
+}
+
+/// Answers on a blocking thread: a query over many rows takes milliseconds of CPU, which on
+/// an async worker would hold up the ingest requests queued behind it.
+async fn ask(state: &AppState, name: &str, request: QueryRequest) -> ApiResult<Json<Value>> {
+    let live = state.view(name).ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
+    let answered = tokio::task::spawn_blocking(move || answer(&live, request)).await;
+    Ok(Json(answered.map_err(|e| ApiError::internal("query task", e))??))
 }
 
 /// The optional body of `POST /v1/views/{name}/runs`.
