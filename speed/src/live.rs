@@ -266,10 +266,12 @@ impl ViewLive {
         state.segments.values().filter(|s| s.sealed).count() > 1
     }
 
-    /// Merges all sealed maps into one. The merged map is built from the current ones with no
-    /// lock held (queries and ingest go on: building it under the read lock held the writer's
-    /// folds, and so acknowledgements, for as long as the merge took) and swapped in under the
-    /// write lock.
+    /// Merges all sealed maps into one: the largest takes in the others. Those others (the
+    /// maps of segments sealed since the last merge) are first merged together with no lock
+    /// held; the result is then folded into the largest map in place, under the write lock,
+    /// which costs as much as the newly sealed groups. (Building the merged map as a copy of the
+    /// largest with no lock held copied the whole sealed speed layer at every seal: with
+    /// dense sketches, hundreds of MiB each time, and a peak of several copies.)
     pub fn coalesce(&self) {
         let _only = self.coalescing.lock();
         let started = std::time::Instant::now();
@@ -278,20 +280,30 @@ impl ViewLive {
         if sealed.len() < 2 {
             return;
         }
-        let mut merged = SegmentGroups::clone(&sealed[0].1);
-        for (_, map) in &sealed[1..] {
-            merged.absorb(map);
+        let largest = (0..sealed.len()).max_by_key(|&i| sealed[i].1.groups.len()).expect("two or more");
+        let mut newer: Option<SegmentGroups> = None;
+        for (_, map) in sealed.iter().enumerate().filter(|(i, _)| *i != largest).map(|(_, m)| m) {
+            match &mut newer {
+                Some(merged) => merged.absorb(map),
+                None => newer = Some(SegmentGroups::clone(map)),
+            }
         }
-        let (first, maps, groups) = (sealed[0].0, sealed.len(), merged.groups.len());
+        let newer = newer.expect("one or more besides the largest");
+        let keys: Vec<u64> = sealed.iter().map(|(k, _)| *k).collect();
+        let (first, largest_key) = (keys[0], keys[largest]);
+        drop(sealed); // so that the largest map is the state's alone and changes in place
         let mut state = self.state.write();
         // only `publish` removes sealed maps, and it holds `coalescing` too
-        for (key, _) in &sealed {
-            state.segments.remove(key);
-        }
-        state.segments.insert(first, Arc::new(merged));
+        let retired: Vec<_> =
+            keys.iter().filter(|&&k| k != largest_key).filter_map(|k| state.segments.remove(k)).collect();
+        let mut merged = state.segments.remove(&largest_key).expect("sealed maps stay until a publish");
+        Arc::make_mut(&mut merged).absorb(&newer);
+        let groups = merged.groups.len();
+        state.segments.insert(first, merged);
         drop(state);
-        drop(sealed); // the old maps are freed here, not under the lock
+        drop((retired, newer)); // freed here, not under the lock
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        let maps = keys.len();
         if elapsed_ms >= 250 {
             tracing::warn!(view = self.name(), maps, groups, elapsed_ms, "slow merge of sealed speed maps");
         } else {
