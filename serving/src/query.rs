@@ -20,8 +20,8 @@ use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states};
 use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
 use tandem_model::{FieldType, Granularity, Value};
-use tandem_speed::ViewLive;
 use tandem_speed::shapes::{Range, Shape};
+use tandem_speed::{LiveState, ViewLive};
 
 use crate::api::error::ApiError;
 
@@ -255,39 +255,44 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
     let span = |bucket: i64| plan.span(view.spec.granularity, bucket);
     let cuts = plan.cuts_buckets(view.spec.granularity);
     let on_edge = |key: &&GroupKey| span(plan.shape.granularity.truncate(key.bucket)) == Span::Edge;
-    let (mut rows, batch, mut speed_edges, freshness) = live.query(
-        &plan.shape,
-        |state| {
-            if !state.is_ready() {
-                return Err(ApiError::unavailable(
-                    "view_building",
-                    format!("view {:?} is building its first batch version", view.spec.name),
-                    5,
-                ));
+    let locked = |state: &LiveState| {
+        if !state.is_ready() {
+            return Err(ApiError::unavailable(
+                "view_building",
+                format!("view {:?} is building its first batch version", view.spec.name),
+                5,
+            ));
+        }
+        let mut speed_edges = Groups::default();
+        if cuts {
+            for segment in state.segments.values() {
+                plan.shape.fold(plan.range(), segment.groups.iter().filter(|(k, _)| on_edge(k)), &mut speed_edges);
             }
-            let mut speed_edges = Groups::default();
-            if cuts {
-                for segment in state.segments.values() {
-                    plan.shape.fold(plan.range(), segment.groups.iter().filter(|(k, _)| on_edge(k)), &mut speed_edges);
-                }
-            }
-            let freshness = json!({
-                "batch_version": state.batch.as_ref().map(|b| b.version),
-                "batch_watermark": state.batch.as_ref().map(|b| b.watermark),
-                "batch_finished_at": state.batch.as_ref().and_then(|b| b.finished_at.clone()),
-                "speed_events": state.speed_events(),
-                "speed_newest_ingest_at": state.newest_ingest().map(format_timestamp),
-                "late_events": state.late_events(),
-            });
-            Ok((state.batch.clone(), speed_edges, freshness))
-        },
-        |locked, merged| {
+        }
+        let freshness = json!({
+            "batch_version": state.batch.as_ref().map(|b| b.version),
+            "batch_watermark": state.batch.as_ref().map(|b| b.watermark),
+            "batch_finished_at": state.batch.as_ref().and_then(|b| b.finished_at.clone()),
+            "speed_events": state.speed_events(),
+            "speed_newest_ingest_at": state.newest_ingest().map(format_timestamp),
+            "late_events": state.late_events(),
+        });
+        Ok((state.batch.clone(), speed_edges, freshness))
+    };
+    // one bucket for all time, and a range: every row is an edge, so a kept shape would
+    // never be read (and would still have every delta merged into it)
+    let all_edges = plan.shape.granularity == Granularity::All && cuts;
+    let (mut rows, batch, mut speed_edges, freshness) = if all_edges {
+        let (batch, speed_edges, freshness) = live.read(locked)?;
+        (Vec::new(), batch, speed_edges, freshness)
+    } else {
+        live.query(&plan.shape, locked, |locked, merged| {
             let (batch, speed_edges, freshness) = locked?;
             let rows: Vec<(GroupKey, Vec<Value>)> =
                 merged.rows(|bucket| span(bucket) == Span::Whole).map(|(k, v)| (k.clone(), v.clone())).collect();
             Ok::<_, ApiError>((rows, batch, speed_edges, freshness))
-        },
-    )?;
+        })?
+    };
     if cuts {
         let mut edges = Groups::default();
         if let Some(batch) = &batch {

@@ -282,7 +282,10 @@ impl ViewLive {
         }
         let largest = (0..sealed.len()).max_by_key(|&i| sealed[i].1.groups.len()).expect("two or more");
         let mut newer: Option<SegmentGroups> = None;
-        for (_, map) in sealed.iter().enumerate().filter(|(i, _)| *i != largest).map(|(_, m)| m) {
+        for (i, (_, map)) in sealed.iter().enumerate() {
+            if i == largest {
+                continue;
+            }
             match &mut newer {
                 Some(merged) => merged.absorb(map),
                 None => newer = Some(SegmentGroups::clone(map)),

@@ -127,12 +127,8 @@ impl Merged {
         });
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
     }
 
     /// Each row whose output bucket `keep` accepts, with its measure values.
@@ -152,7 +148,7 @@ const SHAPES_PER_VIEW: usize = 32;
 #[derive(Debug)]
 pub struct Shapes {
     /// The batch version they merge (0: none).
-    pub version: i64,
+    pub(crate) version: i64,
     kept: LruCache<Shape, Merged>,
 }
 
@@ -177,10 +173,6 @@ impl Shapes {
         for (shape, merged) in self.kept.iter_mut() {
             merged.absorb(shape, delta);
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.kept.is_empty()
     }
 
     pub fn get(&mut self, shape: &Shape) -> Option<&mut Merged> {
