@@ -3,8 +3,9 @@
 //! ```text
 //! master/{dataset}/date={YYYY-MM-DD}/{first_seq:020}.{crc32:08x}.parquet
 //!     one file per log segment and event day
-//! views/{view}/v{version:06}/date={YYYY-MM-DD}/part-00000.{crc32:08x}.parquet
-//!     one directory per version, one file per event day
+//! views/{view}/v{version:06}/date={YYYY-MM-DD}/part-{writer:06}.{crc32:08x}.parquet
+//!     one directory per version; per event day, up to `run::MAX_DAY_PARTS` parts, each
+//!     named by the version whose run wrote it (copied on into later versions)
 //! ```
 //! Every object is written whole with one `put` (atomic on the local store and on S3), so a
 //! reader never sees half a file. Its name carries the CRC-32 of its bytes, written in the
@@ -50,9 +51,9 @@ pub fn version_dir(view: &str, version: i64) -> Path {
     Path::from(format!("views/{view}/v{version:06}"))
 }
 
-/// The name of a version file without its checksum (see [`write_parquet`]).
-pub fn version_file(view: &str, version: i64, date: &str) -> Path {
-    Path::from(format!("views/{view}/v{version:06}/date={date}/part-00000"))
+/// The name of a part of a version's day without its checksum (see [`write_parquet`]).
+pub fn version_part(view: &str, version: i64, date: &str, part: &str) -> Path {
+    Path::from(format!("views/{view}/v{version:06}/date={date}/{part}"))
 }
 
 /// `{stem}.{crc32:08x}.parquet`

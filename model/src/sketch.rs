@@ -42,7 +42,7 @@ impl Distinct {
         let bits: [u8; 8];
         let (tag, bytes): (u8, &[u8]) = match value {
             Value::Null => return,
-            Value::String(s) => (1, s.as_bytes()),
+            Value::String(s) => return self.insert_str(s),
             Value::Int(i) => {
                 bits = i.to_le_bytes();
                 (2, &bits)
@@ -59,6 +59,11 @@ impl Distinct {
             }
         };
         self.0.update_value(SketchKey { tag, bytes });
+    }
+
+    /// Adds a string value, as [`insert`](Self::insert) of `Value::String` does.
+    pub fn insert_str(&mut self, s: &str) {
+        self.0.update_value(SketchKey { tag: 1, bytes: s.as_bytes() });
     }
 
     pub fn merge(&mut self, other: &Distinct) {

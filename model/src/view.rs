@@ -42,15 +42,6 @@ impl Granularity {
         }
     }
 
-    /// DataFusion's `date_trunc` unit for this granularity.
-    pub fn sql_unit(self) -> &'static str {
-        match self {
-            Granularity::Minute => "minute",
-            Granularity::Hour => "hour",
-            Granularity::Day | Granularity::All => "day",
-        }
-    }
-
     pub fn parse(text: &str) -> Option<Granularity> {
         serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
     }

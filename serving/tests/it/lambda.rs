@@ -3,7 +3,7 @@
 //! existing events, a crash, a clean restart; every answer checked against the reference
 //! (`reference.rs`), computed from the raw events, not by tandem's code.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -262,25 +262,56 @@ async fn incremental_runs_recompute_only_dirty_days() {
             "{second}"
         );
         assert_eq!(second["partitions"], json!(dirty));
-        let read = acc.events.iter().filter(|e| dirty.contains(&date_of(e.ts))).count();
-        assert_eq!(second["rows_in"], json!(read), "an incremental run reads only the dirty days");
+        assert_eq!(second["rows_in"], json!(fresh.len()), "an incremental run reads only the new events");
         check_answers(&server, &acc.events, &["by_country"], "after an incremental run").await;
         let a = server.query("by_country", json!({})).await;
         assert_eq!(
             (a["freshness"]["late_events"].clone(), a["freshness"]["speed_events"].clone()),
             (json!(0), json!(0))
         );
-        // the version directory is whole: one file per day, clean days carried over
-        let days_on_disk = std::fs::read_dir(dir.path().join("views/by_country/v000002")).unwrap().count();
-        assert_eq!(days_on_disk, all_days.len());
+        // the version directory is whole: clean days carried over, a delta part beside each dirty day's
+        let parts = |version: &str| -> BTreeMap<String, usize> {
+            std::fs::read_dir(dir.path().join("views/by_country").join(version))
+                .unwrap()
+                .map(|day| {
+                    let day = day.unwrap();
+                    let date = day.file_name().to_str().unwrap().trim_start_matches("date=").to_string();
+                    (date, std::fs::read_dir(day.path()).unwrap().count())
+                })
+                .collect()
+        };
+        let expected: BTreeMap<String, usize> =
+            all_days.iter().map(|d| (d.clone(), if dirty.contains(d) { 2 } else { 1 })).collect();
+        assert_eq!(parts("v000002"), expected);
 
-        // a full run on request recomputes every day, to the same answers
+        // a full run on request recomputes every day into one part, to the same answers
         let (status, run) = server.call("POST", "/v1/views/by_country/runs", Some(json!({"full": true}))).await;
         assert_eq!(status, 202, "{run}");
         let third = server.wait_run(run["id"].as_i64().unwrap()).await;
         assert_eq!((third["mode"].as_str(), third["rows_in"].clone()), (Some("full"), json!(acc.events.len())));
-        assert_eq!(third["rows_out"], second["rows_out"]);
+        assert_eq!(parts("v000003"), all_days.iter().map(|d| (d.clone(), 1)).collect());
         check_answers(&server, &acc.events, &["by_country"], "after a full run").await;
+
+        // late events on the first day, a run after each: the day gains a part per run until it
+        // holds MAX_DAY_PARTS; the next run rebuilds it from all its events into one part
+        let first_day = all_days.first().unwrap().clone();
+        for n in 2..=tandem_batch::run::MAX_DAY_PARTS + 1 {
+            let before = acc.events.len();
+            ingest_ndjson(&server, &mut acc, &rng.events(7, T0, 24, 1_000_000)).await;
+            let run = server.run_batch("by_country").await;
+            let version = run["version"].as_i64().unwrap();
+            let on_disk = parts(&format!("v{version:06}"));
+            let of_day = acc.events.iter().filter(|e| date_of(e.ts) == first_day).count();
+            if n <= tandem_batch::run::MAX_DAY_PARTS {
+                assert_eq!(on_disk[&first_day], n, "after run {n}");
+                assert_eq!(run["rows_in"], json!(acc.events.len() - before));
+            } else {
+                assert_eq!(on_disk[&first_day], 1, "the day is rebuilt into one part");
+                assert_eq!(run["rows_in"], json!(of_day), "a rebuilt day reads all its events");
+            }
+            assert_eq!(run["partitions"], json!([first_day]));
+            check_answers(&server, &acc.events, &["by_country"], &format!("after late run {n}")).await;
+        }
         let (status, _) = server.call("POST", "/v1/views/by_country/runs", Some(json!({"fast": true}))).await;
         assert_eq!(status, 400);
     }
