@@ -59,7 +59,7 @@ impl Value {
         }
     }
 
-    /// The value as it appears in a JSON answer.
+    /// The value as it appears in a JSON answer (as [`Serialize`](serde::Serialize) writes it).
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             Value::Null => serde_json::Value::Null,
@@ -70,6 +70,21 @@ impl Value {
             }
             Value::Bool(b) => (*b).into(),
             Value::Timestamp(t) => serde_json::Value::String(format_timestamp(*t)),
+        }
+    }
+}
+
+/// Written as [`Value::to_json`] reads, without building the JSON value.
+impl serde::Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::String(v) => s.serialize_str(v),
+            Value::Int(v) => s.serialize_i64(*v),
+            Value::Float(v) if v.is_finite() => s.serialize_f64(*v),
+            Value::Float(_) => s.serialize_unit(),
+            Value::Bool(v) => s.serialize_bool(*v),
+            Value::Timestamp(t) => s.serialize_str(&format_timestamp(*t)),
         }
     }
 }
@@ -104,6 +119,26 @@ mod tests {
         let t = parse_timestamp("2026-11-01T08:30:00.250Z").unwrap();
         assert_eq!(format_timestamp(t), "2026-11-01T08:30:00.250Z");
         assert!(parse_timestamp("yesterday").is_none());
+    }
+
+    #[test]
+    fn serializes_as_its_json_value() {
+        let values = [
+            Value::Null,
+            Value::String("a \"quoted\" \u{e9}".into()),
+            Value::Int(i64::MIN),
+            Value::Float(-0.0),
+            Value::Float(0.1),
+            Value::Float(1e300),
+            Value::Float(f64::NAN),
+            Value::Float(f64::NEG_INFINITY),
+            Value::Bool(true),
+            Value::Timestamp(1_793_491_200_250_000),
+        ];
+        for v in values {
+            let written: serde_json::Value = serde_json::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
+            assert_eq!(written, v.to_json(), "{v:?}");
+        }
     }
 
     #[test]

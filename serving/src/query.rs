@@ -14,8 +14,9 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use serde::Deserialize;
-use serde_json::{Map, Value as Json, json};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Value as Json, json};
 use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states};
 use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
@@ -249,7 +250,7 @@ fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {
 /// Output buckets wholly inside `[from, to)` are read from the view's kept rows for the
 /// query's shape (batch and speed merged, up to date). The at most two output buckets the
 /// range cuts through are folded afresh from the version's groups and the speed groups.
-pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> {
+pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Answer, ApiError> {
     let view = &live.view;
     let plan = plan(view, request)?;
     let span = |bucket: i64| plan.span(view.spec.granularity, bucket);
@@ -330,21 +331,55 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Json, ApiError> 
     if let Some(limit) = plan.limit {
         rows.truncate(limit);
     }
-    let out: Vec<Json> = rows
-        .into_iter()
-        .map(|(GroupKey { bucket, dims }, values)| {
-            let mut row = Map::new();
-            if plan.shape.granularity != Granularity::All {
-                row.insert("bucket".into(), Json::String(format_timestamp(bucket)));
+    let names = |names: Vec<&str>| names.into_iter().map(str::to_string).collect();
+    Ok(Answer {
+        bucket: plan.shape.granularity != Granularity::All,
+        dims: names(plan.shape.group.iter().map(|&g| view.spec.dimensions[g].as_str()).collect()),
+        measures: names(plan.shape.measures.iter().map(|&m| view.measures[m].0.name.as_str()).collect()),
+        rows,
+        freshness,
+    })
+}
+
+/// A query's answer: `{"rows": [{"bucket", dimensions.., measures..}, ..], "freshness"}`,
+/// serialized straight from the rows (no JSON value per row in between).
+pub struct Answer {
+    /// Whether rows have a `bucket` (every granularity but `all`).
+    bucket: bool,
+    dims: Vec<String>,
+    measures: Vec<String>,
+    rows: Vec<(GroupKey, Vec<Value>)>,
+    freshness: Json,
+}
+
+impl Serialize for Answer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Rows<'a>(&'a Answer);
+        struct Row<'a>(&'a Answer, &'a (GroupKey, Vec<Value>));
+        impl Serialize for Rows<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.rows.iter().map(|row| Row(self.0, row)))
             }
-            for (&g, value) in plan.shape.group.iter().zip(&dims) {
-                row.insert(view.spec.dimensions[g].clone(), value.to_json());
+        }
+        impl Serialize for Row<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let Row(answer, (key, values)) = self;
+                let mut row = s.serialize_map(Some(answer.bucket as usize + key.dims.len() + values.len()))?;
+                if answer.bucket {
+                    row.serialize_entry("bucket", &Value::Timestamp(key.bucket))?;
+                }
+                for (name, value) in answer.dims.iter().zip(&key.dims) {
+                    row.serialize_entry(name, value)?;
+                }
+                for (name, value) in answer.measures.iter().zip(values) {
+                    row.serialize_entry(name, value)?;
+                }
+                row.end()
             }
-            for (&m, value) in plan.shape.measures.iter().zip(&values) {
-                row.insert(view.measures[m].0.name.clone(), value.to_json());
-            }
-            Json::Object(row)
-        })
-        .collect();
-    Ok(json!({ "rows": out, "freshness": freshness }))
+        }
+        let mut answer = s.serialize_map(Some(2))?;
+        answer.serialize_entry("rows", &Rows(self))?;
+        answer.serialize_entry("freshness", &self.freshness)?;
+        answer.end()
+    }
 }

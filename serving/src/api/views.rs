@@ -3,6 +3,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tandem_batch::catalog::{RunRecord, Trigger, ViewRecord};
@@ -96,7 +98,7 @@ pub async fn query_post(
     State(state): State<AppState>,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<QueryRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     ask(&state, &name, request).await
 }
 
@@ -104,17 +106,20 @@ pub async fn query_get(
     State(state): State<AppState>,
     Path(name): Path<String>,
     pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let Query(pairs) = pairs?;
     ask(&state, &name, QueryRequest::from_pairs(pairs)?).await
 }
 
-/// Answers on a blocking thread: a query over many rows takes milliseconds of CPU, which on
-/// an async worker would hold up the ingest requests queued behind it.
-async fn ask(state: &AppState, name: &str, request: QueryRequest) -> ApiResult<Json<Value>> {
+/// Answers, and writes the answer's JSON, on a blocking thread: a query over many rows takes
+/// milliseconds of CPU, which on an async worker would hold up the ingest requests queued
+/// behind it.
+async fn ask(state: &AppState, name: &str, request: QueryRequest) -> ApiResult<Response> {
     let live = state.view(name).ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
-    let answered = tokio::task::spawn_blocking(move || answer(&live, request)).await;
-    Ok(Json(answered.map_err(|e| ApiError::internal("query task", e))??))
+    let answered = tokio::task::spawn_blocking(move || answer(&live, request).map(|a| serde_json::to_vec(&a))).await;
+    let body = answered.map_err(|e| ApiError::internal("query task", e))??;
+    let body = body.map_err(|e| ApiError::internal("writing an answer", e))?;
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// The optional body of `POST /v1/views/{name}/runs`.

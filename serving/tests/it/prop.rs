@@ -103,7 +103,9 @@ async fn run(state: &AppState, view: &str, trigger: Trigger, full: bool) {
 
 fn ask(state: &AppState, view: &str, query: &Value) -> Value {
     let request: QueryRequest = serde_json::from_value(query.clone()).unwrap();
-    answer(&state.view(view).unwrap(), request).unwrap_or_else(|e| panic!("{view} {query}: {}", e.message))
+    let answer =
+        answer(&state.view(view).unwrap(), request).unwrap_or_else(|e| panic!("{view} {query}: {}", e.message));
+    serde_json::to_value(answer).unwrap()
 }
 
 fn check(state: &AppState, acc: &Accepted, views: &[&str], context: &str) {
