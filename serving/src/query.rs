@@ -11,8 +11,10 @@
 //! to date (`tandem_speed::shapes`), and a query reads the rows its time range selects. Only
 //! output buckets that the range cuts through are folded afresh.
 
+use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
@@ -22,7 +24,7 @@ use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
 use tandem_model::{FieldType, Granularity, Value};
 use tandem_speed::shapes::{Range, Shape};
-use tandem_speed::{LiveState, ViewLive};
+use tandem_speed::{BatchSnapshot, LiveState, ViewLive};
 
 use crate::api::error::ApiError;
 
@@ -245,12 +247,14 @@ fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {
     }
 }
 
-/// Answers a query from the view's batch version merged with its speed layer.
+/// Answers a query from the view's batch version merged with its speed layer, as the JSON
+/// body `{"rows": [{"bucket", dimensions.., measures..}, ..], "freshness": {..}}`.
 ///
 /// Output buckets wholly inside `[from, to)` are read from the view's kept rows for the
 /// query's shape (batch and speed merged, up to date). The at most two output buckets the
-/// range cuts through are folded afresh from the version's groups and the speed groups.
-pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Answer, ApiError> {
+/// range cuts through are folded afresh from the version's groups and the speed groups. The
+/// rows are sorted and written as references to the kept ones, never copied.
+pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiError> {
     let view = &live.view;
     let plan = plan(view, request)?;
     let span = |bucket: i64| plan.span(view.spec.granularity, bucket);
@@ -280,25 +284,16 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Answer, ApiError
         });
         Ok((state.batch.clone(), speed_edges, freshness))
     };
-    // one bucket for all time, and a range: every row is an edge, so a kept shape would
-    // never be read (and would still have every delta merged into it)
-    let all_edges = plan.shape.granularity == Granularity::All && cuts;
-    let (mut rows, batch, mut speed_edges, freshness) = if all_edges {
-        let (batch, speed_edges, freshness) = live.read(locked)?;
-        (Vec::new(), batch, speed_edges, freshness)
-    } else {
-        live.query(&plan.shape, locked, |locked, merged| {
-            let (batch, speed_edges, freshness) = locked?;
-            let rows: Vec<(GroupKey, Vec<Value>)> =
-                merged.rows(|bucket| span(bucket) == Span::Whole).map(|(k, v)| (k.clone(), v.clone())).collect();
-            Ok::<_, ApiError>((rows, batch, speed_edges, freshness))
-        })?
-    };
-    if cuts {
+    // the cut buckets: the version's groups on them, merged with the speed layer's
+    let edges = |batch: Option<Arc<BatchSnapshot>>, mut speed_edges: Groups| -> Vec<(GroupKey, Vec<Value>)> {
+        if !cuts {
+            return Vec::new();
+        }
         let mut edges = Groups::default();
         if let Some(batch) = &batch {
             plan.shape.fold(plan.range(), batch.groups.iter().filter(|(k, _)| on_edge(k)), &mut edges);
         }
+        let mut rows = Vec::with_capacity(edges.len() + speed_edges.len());
         for (key, mut states) in edges {
             if let Some(recent) = speed_edges.remove(&key) {
                 merge_states(&mut states, &recent);
@@ -308,13 +303,46 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Answer, ApiError
         rows.extend(
             speed_edges.into_iter().map(|(key, states)| (key, states.iter().map(MeasureState::value).collect())),
         );
+        rows
+    };
+    let write = |kept: Vec<(&GroupKey, &[Value])>, edges: &[(GroupKey, Vec<Value>)], freshness: Json| {
+        let mut rows = kept;
+        rows.extend(edges.iter().map(|(k, v)| (k, v.as_slice())));
+        sort_and_limit(&plan, &mut rows);
+        let answer = Answer {
+            bucket: plan.shape.granularity != Granularity::All,
+            dims: plan.shape.group.iter().map(|&g| view.spec.dimensions[g].as_str()).collect(),
+            measures: plan.shape.measures.iter().map(|&m| view.measures[m].0.name.as_str()).collect(),
+            rows,
+            freshness,
+            last_bucket: RefCell::new((i64::MIN, String::new())),
+        };
+        serde_json::to_vec(&answer).map_err(|e| ApiError::internal("writing an answer", e))
+    };
+    // one bucket for all time, and a range: every row is an edge, so a kept shape would
+    // never be read (and would still have every delta merged into it)
+    if plan.shape.granularity == Granularity::All && cuts {
+        let (batch, speed_edges, freshness) = live.read(locked)?;
+        write(Vec::new(), &edges(batch, speed_edges), freshness)
+    } else {
+        live.query(&plan.shape, locked, |locked, merged| {
+            let (batch, speed_edges, freshness) = locked?;
+            let edges = edges(batch, speed_edges);
+            let kept = merged.rows(|bucket| span(bucket) == Span::Whole).map(|(k, v)| (k, v.as_slice())).collect();
+            write(kept, &edges, freshness)
+        })
     }
+}
+
+/// Orders rows by the query's `order_by`, then by bucket and dimensions (so the order is
+/// total: no two rows share a bucket and dimensions), and keeps the first `limit`.
+fn sort_and_limit(plan: &Plan, rows: &mut Vec<(&GroupKey, &[Value])>) {
     let default_order = |a: &GroupKey, b: &GroupKey| {
         a.bucket.cmp(&b.bucket).then_with(|| {
             a.dims.iter().zip(&b.dims).map(|(x, y)| x.total_cmp(y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
         })
     };
-    rows.sort_by(|(ka, sa), (kb, sb)| {
+    let order = |(ka, sa): &(&GroupKey, &[Value]), (kb, sb): &(&GroupKey, &[Value])| {
         for (column, desc) in &plan.order {
             let o = match column {
                 Column::Bucket => ka.bucket.cmp(&kb.bucket),
@@ -327,51 +355,57 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Answer, ApiError
             }
         }
         default_order(ka, kb)
-    });
-    if let Some(limit) = plan.limit {
-        rows.truncate(limit);
+    };
+    match plan.limit {
+        // the first `limit` in order, without sorting the rest
+        Some(limit) if limit < rows.len() => {
+            if limit > 0 {
+                rows.select_nth_unstable_by(limit - 1, order);
+            }
+            rows.truncate(limit);
+            rows.sort_unstable_by(order);
+        }
+        _ => rows.sort_unstable_by(order),
     }
-    let names = |names: Vec<&str>| names.into_iter().map(str::to_string).collect();
-    Ok(Answer {
-        bucket: plan.shape.granularity != Granularity::All,
-        dims: names(plan.shape.group.iter().map(|&g| view.spec.dimensions[g].as_str()).collect()),
-        measures: names(plan.shape.measures.iter().map(|&m| view.measures[m].0.name.as_str()).collect()),
-        rows,
-        freshness,
-    })
 }
 
-/// A query's answer: `{"rows": [{"bucket", dimensions.., measures..}, ..], "freshness"}`,
-/// serialized straight from the rows (no JSON value per row in between).
-pub struct Answer {
+/// A query's answer, written straight from references to its rows.
+struct Answer<'a> {
     /// Whether rows have a `bucket` (every granularity but `all`).
     bucket: bool,
-    dims: Vec<String>,
-    measures: Vec<String>,
-    rows: Vec<(GroupKey, Vec<Value>)>,
+    dims: Vec<&'a str>,
+    measures: Vec<&'a str>,
+    rows: Vec<(&'a GroupKey, &'a [Value])>,
     freshness: Json,
+    /// The bucket last written and its text: rows come mostly in bucket order, so each
+    /// bucket's time is formatted about once.
+    last_bucket: RefCell<(i64, String)>,
 }
 
-impl Serialize for Answer {
+impl Serialize for Answer<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Rows<'a>(&'a Answer);
-        struct Row<'a>(&'a Answer, &'a (GroupKey, Vec<Value>));
+        struct Rows<'a>(&'a Answer<'a>);
+        struct Row<'a>(&'a Answer<'a>, &'a GroupKey, &'a [Value]);
         impl Serialize for Rows<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_seq(self.0.rows.iter().map(|row| Row(self.0, row)))
+                s.collect_seq(self.0.rows.iter().map(|(key, values)| Row(self.0, key, values)))
             }
         }
         impl Serialize for Row<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let Row(answer, (key, values)) = self;
+                let Row(answer, key, values) = self;
                 let mut row = s.serialize_map(Some(answer.bucket as usize + key.dims.len() + values.len()))?;
                 if answer.bucket {
-                    row.serialize_entry("bucket", &Value::Timestamp(key.bucket))?;
+                    let mut last = answer.last_bucket.borrow_mut();
+                    if last.0 != key.bucket {
+                        *last = (key.bucket, format_timestamp(key.bucket));
+                    }
+                    row.serialize_entry("bucket", &last.1)?;
                 }
                 for (name, value) in answer.dims.iter().zip(&key.dims) {
                     row.serialize_entry(name, value)?;
                 }
-                for (name, value) in answer.measures.iter().zip(values) {
+                for (name, value) in answer.measures.iter().zip(values.iter()) {
                     row.serialize_entry(name, value)?;
                 }
                 row.end()

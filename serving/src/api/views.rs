@@ -116,9 +116,8 @@ pub async fn query_get(
 /// behind it.
 async fn ask(state: &AppState, name: &str, request: QueryRequest) -> ApiResult<Response> {
     let live = state.view(name).ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
-    let answered = tokio::task::spawn_blocking(move || answer(&live, request).map(|a| serde_json::to_vec(&a))).await;
+    let answered = tokio::task::spawn_blocking(move || answer(&live, request)).await;
     let body = answered.map_err(|e| ApiError::internal("query task", e))??;
-    let body = body.map_err(|e| ApiError::internal("writing an answer", e))?;
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
