@@ -210,21 +210,6 @@ pub struct GroupKey {
     pub dims: Vec<Value>,
 }
 
-impl GroupKey {
-    /// The order answers list groups in: by bucket, then by each dimension
-    /// ([`Value::total_cmp`]). Total over keys of one view.
-    pub fn total_cmp(&self, other: &GroupKey) -> std::cmp::Ordering {
-        self.bucket.cmp(&other.bucket).then_with(|| {
-            self.dims
-                .iter()
-                .zip(&other.dims)
-                .map(|(a, b)| a.total_cmp(b))
-                .find(|o| o.is_ne())
-                .unwrap_or(std::cmp::Ordering::Equal)
-        })
-    }
-}
-
 /// A group key's parts wherever they lie, so that a group can be looked up in [`Groups`]
 /// from a row (or another key) in place: building a key (a vector and a copy of every
 /// dimension string) for each event only to find its group was a large part of folding.

@@ -12,6 +12,7 @@
 //! output buckets that the range cuts through are folded afresh.
 
 use std::cell::RefCell;
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -336,6 +337,11 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiErro
 /// Orders rows by the query's `order_by`, then by bucket and dimensions (so the order is
 /// total: no two rows share a bucket and dimensions), and keeps the first `limit`.
 fn sort_and_limit(plan: &Plan, rows: &mut Vec<(&GroupKey, &[Value])>) {
+    let default_order = |a: &GroupKey, b: &GroupKey| {
+        a.bucket.cmp(&b.bucket).then_with(|| {
+            a.dims.iter().zip(&b.dims).map(|(x, y)| x.total_cmp(y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
+        })
+    };
     let order = |(ka, sa): &(&GroupKey, &[Value]), (kb, sb): &(&GroupKey, &[Value])| {
         for (column, desc) in &plan.order {
             let o = match column {
@@ -348,7 +354,7 @@ fn sort_and_limit(plan: &Plan, rows: &mut Vec<(&GroupKey, &[Value])>) {
                 return o;
             }
         }
-        ka.total_cmp(kb)
+        default_order(ka, kb)
     };
     match plan.limit {
         // the first `limit` in order, without sorting the rest
@@ -359,9 +365,7 @@ fn sort_and_limit(plan: &Plan, rows: &mut Vec<(&GroupKey, &[Value])>) {
             rows.truncate(limit);
             rows.sort_unstable_by(order);
         }
-        // kept rows come in key order: a stable sort finds that run and merges the cut
-        // buckets' rows into it in linear time
-        _ => rows.sort_by(order),
+        _ => rows.sort_unstable_by(order),
     }
 }
 

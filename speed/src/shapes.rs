@@ -13,7 +13,6 @@
 
 use std::num::NonZeroUsize;
 
-use indexmap::IndexMap;
 use lru::LruCache;
 use tandem_model::agg::{GroupKey, Groups, KeyParts, MeasureState, RowKey, merge_states};
 use tandem_model::{Granularity, Value};
@@ -94,16 +93,10 @@ impl Shape {
     }
 }
 
-/// One shape's rows over all events: merged states, their values once asked for, and their
-/// order.
+/// One shape's rows over all events: merged states, and their values once asked for.
 #[derive(Debug, Default)]
 pub struct Merged {
-    rows: IndexMap<GroupKey, MergedRow, foldhash::fast::RandomState>,
-    /// Indices of `rows` in key order ([`GroupKey::total_cmp`]). Rows are never removed, so
-    /// indices stay valid; rows past its length are new since it was last brought up to
-    /// date, and are sorted and merged in then (a dashboard's answers are mostly in key
-    /// order, and most deltas add no row).
-    order: Vec<usize>,
+    rows: std::collections::HashMap<GroupKey, MergedRow, foldhash::fast::RandomState>,
 }
 
 #[derive(Debug)]
@@ -116,8 +109,7 @@ struct MergedRow {
 impl Merged {
     /// The rows of `folded` (already keyed by the shape).
     pub fn from_groups(folded: Groups) -> Merged {
-        let rows = folded.into_iter().map(|(key, states)| (key, MergedRow { states, values: None })).collect();
-        Merged { rows, order: Vec::new() }
+        Merged { rows: folded.into_iter().map(|(key, states)| (key, MergedRow { states, values: None })).collect() }
     }
 
     /// Merges view groups (a delta) into the rows, through `shape`: in place, one lookup
@@ -139,42 +131,12 @@ impl Merged {
         self.rows.len()
     }
 
-    /// Each row whose output bucket `keep` accepts, with its measure values, in key order.
+    /// Each row whose output bucket `keep` accepts, with its measure values.
     pub fn rows(&mut self, mut keep: impl FnMut(i64) -> bool) -> impl Iterator<Item = (&GroupKey, &Vec<Value>)> {
-        self.sort_new_rows();
-        for (key, row) in self.rows.iter_mut() {
-            if keep(key.bucket) && row.values.is_none() {
-                row.values = Some(row.states.iter().map(MeasureState::value).collect());
-            }
-        }
-        let rows = &self.rows;
-        self.order
-            .iter()
-            .map(move |&i| rows.get_index(i).expect("order holds row indices"))
-            .filter_map(move |(key, row)| Some((key, row.values.as_ref().filter(|_| keep(key.bucket))?)))
-    }
-
-    fn sort_new_rows(&mut self) {
-        let sorted = self.order.len();
-        if sorted == self.rows.len() {
-            return;
-        }
-        let key = |i: usize| self.rows.get_index(i).expect("a row index").0;
-        let mut new: Vec<usize> = (sorted..self.rows.len()).collect();
-        new.sort_unstable_by(|&a, &b| key(a).total_cmp(key(b)));
-        let mut order = Vec::with_capacity(self.rows.len());
-        let (mut old, mut new) = (self.order.iter().copied().peekable(), new.into_iter().peekable());
-        while let (Some(&a), Some(&b)) = (old.peek(), new.peek()) {
-            if key(a).total_cmp(key(b)).is_le() {
-                order.push(a);
-                old.next();
-            } else {
-                order.push(b);
-                new.next();
-            }
-        }
-        order.extend(old.chain(new));
-        self.order = order;
+        self.rows.iter_mut().filter(move |(key, _)| keep(key.bucket)).map(|(key, row)| {
+            let values = row.values.get_or_insert_with(|| row.states.iter().map(MeasureState::value).collect());
+            (key, &*values)
+        })
     }
 }
 
@@ -251,41 +213,6 @@ mod tests {
         shapes.keep(shape(Granularity::Minute), merged(5000), 1000);
         assert_eq!(shapes.kept.len(), 1);
         assert!(shapes.get(&shape(Granularity::Minute)).is_some());
-    }
-
-    /// Rows come in key order however they arrived: from the first fold, and from deltas
-    /// that add rows before, between and after the existing ones.
-    #[test]
-    fn rows_come_in_key_order() {
-        let shape = Shape::new(Granularity::Hour, vec![0], vec![], vec![0]);
-        const H: i64 = 3_600_000_000;
-        let key = |hour: i64, dim: &str| GroupKey { bucket: hour * H, dims: vec![Value::String(dim.into())] };
-        let count = |n: i64| vec![MeasureState::Count(n)];
-        let groups = |keys: &[(i64, &str)]| -> Groups { keys.iter().map(|&(b, d)| (key(b, d), count(1))).collect() };
-        let mut merged = Merged::from_groups(groups(&[(7, "b"), (3, "z"), (7, "a"), (0, "m")]));
-        let listed = |merged: &mut Merged, keep: &dyn Fn(i64) -> bool| -> Vec<(i64, String)> {
-            merged
-                .rows(keep)
-                .map(|(k, _)| {
-                    (
-                        k.bucket / H,
-                        match &k.dims[0] {
-                            Value::String(s) => s.clone(),
-                            other => format!("{other:?}"),
-                        },
-                    )
-                })
-                .collect()
-        };
-        let owned = |keys: &[(i64, &str)]| keys.iter().map(|&(b, d)| (b, d.to_string())).collect::<Vec<_>>();
-        assert_eq!(listed(&mut merged, &|_| true), owned(&[(0, "m"), (3, "z"), (7, "a"), (7, "b")]));
-        merged.absorb(&shape, &groups(&[(5, "c"), (-1, "q"), (7, "b"), (9, "a"), (3, "a")]));
-        let all = owned(&[(-1, "q"), (0, "m"), (3, "a"), (3, "z"), (5, "c"), (7, "a"), (7, "b"), (9, "a")]);
-        assert_eq!(listed(&mut merged, &|_| true), all);
-        assert_eq!(listed(&mut merged, &|b| (3 * H..=7 * H).contains(&b)), all[2..7].to_vec());
-        // the delta reached the row it shares with the fold
-        let values: Vec<_> = merged.rows(|b| b == 7 * H).map(|(_, v)| v.clone()).collect();
-        assert_eq!(values, vec![vec![Value::Int(1)], vec![Value::Int(2)]]);
     }
 
     #[test]
