@@ -19,7 +19,7 @@ use tandem_model::log::{self, Record};
 use tandem_model::{Row, Value};
 
 use crate::catalog::DatasetRecord;
-use crate::store::{list, master_file, master_file_segment, write_parquet};
+use crate::store::{encode_parquet, list, master_file, master_file_segment, put_parquet};
 use crate::{BatchEnv, Error, Result};
 
 /// What a compaction did.
@@ -50,9 +50,9 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
             .await
             .map_err(|e| Error::Invalid(format!("compaction task: {e}")))??;
         let time_index = dataset.spec.time_index();
-        let mut by_date: BTreeMap<NaiveDate, (Vec<&Row>, Vec<u64>)> = BTreeMap::new();
-        for Record { first_seq, rows, .. } in &records {
-            for (i, row) in rows.iter().enumerate() {
+        let mut by_date: BTreeMap<NaiveDate, (Vec<Row>, Vec<u64>)> = BTreeMap::new();
+        for Record { first_seq, rows, .. } in records {
+            for (i, row) in rows.into_iter().enumerate() {
                 let Value::Timestamp(ts) = row[time_index] else {
                     return Err(Error::Invalid(format!(
                         "event {} of {} has no time value",
@@ -66,11 +66,22 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
                 entry.1.push(first_seq + i as u64);
             }
         }
-        let schema = dataset_schema(&dataset.spec, true);
-        for (date, (rows, seqs)) in &by_date {
-            let batch = rows_to_batch(&dataset.spec, rows, Some(seqs))?;
-            let stem = master_file(name, *date, segment.first_seq);
-            let (written, _) = write_parquet(&env.store, &stem, schema.clone(), &[batch]).await?;
+        // each day's file is built and encoded on a blocking thread of its own, side by side
+        let encoded = futures::future::try_join_all(by_date.into_iter().map(|(date, (rows, seqs))| {
+            let spec = dataset.spec.clone();
+            tokio::task::spawn_blocking(move || -> Result<(NaiveDate, Vec<u8>, usize)> {
+                let rows: Vec<&Row> = rows.iter().collect();
+                let batch = rows_to_batch(&spec, &rows, Some(&seqs))?;
+                let (bytes, n) = encode_parquet(dataset_schema(&spec, true), &[batch])?;
+                Ok((date, bytes, n))
+            })
+        }))
+        .await
+        .map_err(|e| Error::Invalid(format!("compaction task: {e}")))?;
+        for day in encoded {
+            let (date, bytes, rows) = day?;
+            let stem = master_file(name, date, segment.first_seq);
+            let written = put_parquet(&env.store, &stem, bytes).await?;
             if done.segments == 0 {
                 // only the first segment of a pass can have files from an interrupted pass;
                 // one with other bytes (another build's writer) has another name. Same bytes,
@@ -82,7 +93,7 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
                     }
                 }
             }
-            done.events += rows.len() as u64;
+            done.events += rows as u64;
         }
         env.catalog.set_compacted(name, last_seq).await?;
         through = last_seq;

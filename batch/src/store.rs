@@ -109,6 +109,12 @@ pub async fn write_parquet(
     schema: SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<(Path, usize)> {
+    let (bytes, rows) = encode_parquet(schema, batches)?;
+    Ok((put_parquet(store, stem, bytes).await?, rows))
+}
+
+/// Encodes batches as the bytes of one Parquet file (Snappy); also returns the rows.
+pub fn encode_parquet(schema: SchemaRef, batches: &[RecordBatch]) -> Result<(Vec<u8>, usize)> {
     let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
     let mut buf = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(props))?;
@@ -118,9 +124,14 @@ pub async fn write_parquet(
         rows += batch.num_rows();
     }
     writer.close()?;
-    let path = checksummed(stem, &buf);
-    store.put(&path, PutPayload::from(buf)).await?;
-    Ok((path, rows))
+    Ok((buf, rows))
+}
+
+/// Puts encoded Parquet at `{stem}.{crc32}.parquet` and returns that path.
+pub async fn put_parquet(store: &Arc<dyn ObjectStore>, stem: &Path, bytes: Vec<u8>) -> Result<Path> {
+    let path = checksummed(stem, &bytes);
+    store.put(&path, PutPayload::from(bytes)).await?;
+    Ok(path)
 }
 
 /// Reads every record batch of a Parquet object, after checking its checksum.
@@ -131,12 +142,13 @@ pub async fn read_parquet(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<V
 }
 
 /// Copies a checked Parquet object to `{to_stem}.{crc32}.parquet`; returns that path and its
-/// row count (read from its footer).
+/// row count (read from its footer). The copy is the store's own (a hard link on the local
+/// store: version files are never changed in place), not a second write of the bytes.
 pub async fn copy_parquet(store: &Arc<dyn ObjectStore>, from: &Path, to_stem: &Path) -> Result<(Path, i64)> {
     let bytes = get_verified(store, from).await?;
     let rows = ParquetMetaDataReader::new().parse_and_finish(&bytes)?.file_metadata().num_rows();
     let to = checksummed(to_stem, &bytes);
-    store.put(&to, PutPayload::from(bytes)).await?;
+    store.copy(from, &to).await?;
     Ok((to, rows))
 }
 
