@@ -59,22 +59,14 @@ impl Value {
         }
     }
 
-    /// The value as it appears in a JSON answer (as [`Serialize`](serde::Serialize) writes it).
+    /// The value as it appears in a JSON answer: what its [`Serialize`](serde::Serialize)
+    /// writes (non-finite floats as `null`, timestamps as RFC 3339 text).
     pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            Value::Null => serde_json::Value::Null,
-            Value::String(s) => serde_json::Value::String(s.clone()),
-            Value::Int(i) => (*i).into(),
-            Value::Float(f) => {
-                serde_json::Number::from_f64(*f).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
-            }
-            Value::Bool(b) => (*b).into(),
-            Value::Timestamp(t) => serde_json::Value::String(format_timestamp(*t)),
-        }
+        serde_json::to_value(self).expect("a value always serializes")
     }
 }
 
-/// Written as [`Value::to_json`] reads, without building the JSON value.
+/// A value in a JSON answer, written straight to the output.
 impl serde::Serialize for Value {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -122,22 +114,22 @@ mod tests {
     }
 
     #[test]
-    fn serializes_as_its_json_value() {
-        let values = [
-            Value::Null,
-            Value::String("a \"quoted\" \u{e9}".into()),
-            Value::Int(i64::MIN),
-            Value::Float(-0.0),
-            Value::Float(0.1),
-            Value::Float(1e300),
-            Value::Float(f64::NAN),
-            Value::Float(f64::NEG_INFINITY),
-            Value::Bool(true),
-            Value::Timestamp(1_793_491_200_250_000),
+    fn serializes_as_json() {
+        let cases = [
+            (Value::Null, "null"),
+            (Value::String("a \"quoted\" \u{e9}".into()), r#""a \"quoted\" é""#),
+            (Value::Int(i64::MIN), "-9223372036854775808"),
+            (Value::Float(-0.0), "-0.0"),
+            (Value::Float(0.1), "0.1"),
+            (Value::Float(1e300), "1e+300"),
+            (Value::Float(f64::NAN), "null"),
+            (Value::Float(f64::NEG_INFINITY), "null"),
+            (Value::Bool(true), "true"),
+            (Value::Timestamp(1_793_491_200_250_000), r#""2026-11-01T00:00:00.250Z""#),
         ];
-        for v in values {
-            let written: serde_json::Value = serde_json::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
-            assert_eq!(written, v.to_json(), "{v:?}");
+        for (v, text) in cases {
+            assert_eq!(serde_json::to_string(&v).unwrap(), text, "{v:?}");
+            assert_eq!(v.to_json(), serde_json::from_str::<serde_json::Value>(text).unwrap(), "{v:?}");
         }
     }
 
