@@ -46,6 +46,7 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
             continue;
         }
         let path = segment.path.clone();
+        let started = std::time::Instant::now();
         let records = tokio::task::spawn_blocking(move || log::read_sealed(&path))
             .await
             .map_err(|e| Error::Invalid(format!("compaction task: {e}")))??;
@@ -67,6 +68,8 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
             }
         }
         // each day's file is built and encoded on a blocking thread of its own, side by side
+        let read_ms = started.elapsed().as_millis() as u64;
+        let started = std::time::Instant::now();
         let encoded = futures::future::try_join_all(by_date.into_iter().map(|(date, (rows, seqs))| {
             let spec = dataset.spec.clone();
             tokio::task::spawn_blocking(move || -> Result<(NaiveDate, Vec<u8>, usize)> {
@@ -78,6 +81,8 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
         }))
         .await
         .map_err(|e| Error::Invalid(format!("compaction task: {e}")))?;
+        let encode_ms = started.elapsed().as_millis() as u64;
+        let started = std::time::Instant::now();
         for day in encoded {
             let (date, bytes, rows) = day?;
             let stem = master_file(name, date, segment.first_seq);
@@ -95,7 +100,11 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
             }
             done.events += rows as u64;
         }
+        let put_ms = started.elapsed().as_millis() as u64;
+        let started = std::time::Instant::now();
         env.catalog.set_compacted(name, last_seq).await?;
+        let catalog_ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(dataset = %name, segment = segment.first_seq, read_ms, encode_ms, put_ms, catalog_ms, "compacted a segment");
         through = last_seq;
         done.through_seq = through;
         done.segments += 1;
