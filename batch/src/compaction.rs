@@ -67,9 +67,9 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
                 entry.1.push(first_seq + i as u64);
             }
         }
-        // each day's file is built and encoded on a blocking thread of its own, side by side
         let read_ms = started.elapsed().as_millis() as u64;
         let started = std::time::Instant::now();
+        // each day's file is built and encoded on a blocking thread of its own, side by side
         let encoded = futures::future::try_join_all(by_date.into_iter().map(|(date, (rows, seqs))| {
             let spec = dataset.spec.clone();
             tokio::task::spawn_blocking(move || -> Result<(NaiveDate, Vec<u8>, usize)> {

@@ -37,15 +37,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
-use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 use object_store::path::Path;
 
 use crate::catalog::{Publication, RunRecord};
 use crate::compaction::compact;
 use crate::sketches::sketch_udaf;
 use crate::store::{
-    copy_parquet, delete_prefix, get_verified, list, master_file_segment, master_prefix, partition_date, version_dir,
-    version_part, write_parquet,
+    copy_parquet, delete_prefix, file_stem, footer_rows, get_verified, list, master_file_segment, master_prefix,
+    partition_date, version_dir, version_part, write_parquet,
 };
 use crate::{BatchEnv, Error, Result};
 
@@ -172,11 +171,10 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
     if let Some(prev) = &previous {
         for file in &prev.files {
             let from = Path::from(file.as_str());
-            let (Some(date), Some(name)) = (partition_date(&from), from.filename()) else { continue };
+            let (Some(date), Some(stem)) = (partition_date(&from), file_stem(&from)) else { continue };
             if rebuilt.contains(&date) {
                 continue;
             }
-            let stem = name.split('.').next().unwrap_or(name);
             let (to, rows) =
                 copy_parquet(&env.store, &from, &version_part(&view.spec.name, version, &date, stem)).await?;
             rows_out += rows;
@@ -293,7 +291,7 @@ async fn aggregate(
     let mut rows_in = 0;
     for input in inputs {
         let bytes = get_verified(&env.store, input).await?;
-        rows_in += ParquetMetaDataReader::new().parse_and_finish(&bytes)?.file_metadata().num_rows();
+        rows_in += footer_rows(&bytes)?;
     }
     // a small input (an incremental run's new events) in one partition: DataFusion then
     // aggregates in one step instead of building partial states per partition, writing them

@@ -44,7 +44,7 @@ pub fn master_file(dataset: &str, date: NaiveDate, first_seq: u64) -> Path {
 
 /// The log segment a master file came from.
 pub fn master_file_segment(path: &Path) -> Option<u64> {
-    path.filename()?.split('.').next()?.parse().ok()
+    file_stem(path)?.parse().ok()
 }
 
 pub fn version_dir(view: &str, version: i64) -> Path {
@@ -56,9 +56,19 @@ pub fn version_part(view: &str, version: i64, date: &str, part: &str) -> Path {
     Path::from(format!("views/{view}/v{version:06}/date={date}/{part}"))
 }
 
-/// `{stem}.{crc32:08x}.parquet`
+/// `{stem}.{crc32:08x}.parquet`: what [`file_stem`] reads back.
 fn checksummed(stem: &Path, bytes: &[u8]) -> Path {
     Path::from(format!("{stem}.{:08x}.parquet", crc32fast::hash(bytes)))
+}
+
+/// The file name of a checksummed object without its checksum and extension.
+pub fn file_stem(path: &Path) -> Option<&str> {
+    path.filename()?.split('.').next()
+}
+
+/// The rows of a Parquet file, from its footer.
+pub fn footer_rows(bytes: &Bytes) -> Result<i64> {
+    Ok(ParquetMetaDataReader::new().parse_and_finish(bytes)?.file_metadata().num_rows())
 }
 
 /// The whole object, checked against the checksum in its name.
@@ -146,7 +156,7 @@ pub async fn read_parquet(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<V
 /// store: version files are never changed in place), not a second write of the bytes.
 pub async fn copy_parquet(store: &Arc<dyn ObjectStore>, from: &Path, to_stem: &Path) -> Result<(Path, i64)> {
     let bytes = get_verified(store, from).await?;
-    let rows = ParquetMetaDataReader::new().parse_and_finish(&bytes)?.file_metadata().num_rows();
+    let rows = footer_rows(&bytes)?;
     let to = checksummed(to_stem, &bytes);
     store.copy(from, &to).await?;
     Ok((to, rows))
