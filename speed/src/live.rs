@@ -389,11 +389,12 @@ impl ViewLive {
     }
 
     /// Answers through the kept query shape `shape` (see [`crate::shapes`]), brought up to
-    /// date first: the events folded since the previous query are merged into every kept
-    /// shape, and a shape not kept yet is built (its speed part under the read lock, its batch
-    /// part after). `locked` runs under the read lock on the state of that same moment, so
-    /// what it returns (freshness, the speed groups of buckets a time range cuts) matches
-    /// the shape's rows; `answer` then reads them.
+    /// date first: the events folded since the previous query are queued for the kept
+    /// shapes and `shape` merges what it has not seen, or, if not kept yet, is built (its
+    /// speed part under the read lock, its batch part after). `locked` runs under the read
+    /// lock on the state of that same moment, so what it returns (freshness, the speed
+    /// groups of buckets a time range cuts) matches the shape's rows; `answer` then reads
+    /// them.
     pub fn query<A, T>(
         &self,
         shape: &Shape,
@@ -412,17 +413,17 @@ impl ViewLive {
         if delta.is_none() {
             shapes.reset(version);
         }
-        let speed = shapes.get(shape).is_none().then(|| {
+        let speed = (!shapes.contains(shape)).then(|| {
             let mut folded = Groups::default();
             state.segments.values().for_each(|s| shape.fold((None, None), &s.groups, &mut folded));
             folded
         });
-        let budget = batch.as_ref().map_or(0, |b| b.groups.len())
-            + state.segments.values().map(|s| s.groups.len()).sum::<usize>();
+        let speed_groups = state.segments.values().map(|s| s.groups.len()).sum::<usize>();
+        let budget = batch.as_ref().map_or(0, |b| b.groups.len()) + speed_groups;
         let locked = locked(&state);
         drop(state);
         if let Some(delta) = delta {
-            shapes.absorb(&delta);
+            shapes.push(delta);
         }
         if let Some(speed) = speed {
             let mut folded = Groups::default();
@@ -432,7 +433,8 @@ impl ViewLive {
             merge_groups(&mut folded, &speed);
             shapes.keep(shape.clone(), Merged::from_groups(folded), budget.max(1024));
         }
-        let merged = shapes.get(shape).expect("kept above");
+        // queued deltas never hold more groups than the speed layer itself
+        let merged = shapes.get(shape, speed_groups.max(1024)).expect("kept above");
         answer(locked, merged)
     }
 }

@@ -38,6 +38,10 @@ struct Args {
     /// Requests per query-latency measurement.
     #[arg(long, default_value_t = 2000)]
     queries: usize,
+    /// Requests per query-latency measurement while ingesting (default: a quarter of
+    /// `--queries`).
+    #[arg(long)]
+    ingest_queries: Option<usize>,
     /// Events loaded before the batch measurements (besides what the ingest runs sent).
     #[arg(long, default_value_t = 2_000_000)]
     batch_events: usize,
@@ -468,7 +472,8 @@ async fn main() -> anyhow::Result<()> {
         let load = tokio::spawn(async move { ack_latencies(&h, &b, &bodies, 1000, 200_000.0, secs).await });
         tokio::time::sleep(Duration::from_millis(500)).await;
         for (name, q) in &dashboards {
-            let (lat, _) = query_latencies(&http, &base, q, args.queries / 4).await?;
+            let n = args.ingest_queries.unwrap_or(args.queries / 4);
+            let (lat, _) = query_latencies(&http, &base, q, n).await?;
             report.add(&format!("query p50, under ingest: {name}"), "ms", percentile(&lat, 0.5));
             report.add(&format!("query p99, under ingest: {name}"), "ms", percentile(&lat, 0.99));
         }
