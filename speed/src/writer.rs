@@ -87,11 +87,27 @@ pub struct AppendOutcome {
 }
 
 enum Command {
-    Append { rows: Vec<Row>, key: Option<String>, reply: oneshot::Sender<Result<AppendOutcome, WriteError>> },
-    Roll { reply: oneshot::Sender<Result<u64, WriteError>> },
-    AddView { view: Arc<ViewLive>, reply: oneshot::Sender<Result<u64, WriteError>> },
-    RemoveView { name: String, reply: oneshot::Sender<()> },
-    Shutdown { reply: oneshot::Sender<()> },
+    Append {
+        rows: Vec<Row>,
+        key: Option<String>,
+        reply: oneshot::Sender<Result<AppendOutcome, WriteError>>,
+        /// When the request was queued.
+        queued: Instant,
+    },
+    Roll {
+        reply: oneshot::Sender<Result<u64, WriteError>>,
+    },
+    AddView {
+        view: Arc<ViewLive>,
+        reply: oneshot::Sender<Result<u64, WriteError>>,
+    },
+    RemoveView {
+        name: String,
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Handle to a dataset's writer thread. Dropping every handle stops the thread after it
@@ -169,7 +185,7 @@ impl DatasetWriter {
         if waiting >= self.max_queued {
             return Err(WriteError::Overloaded(self.name.clone(), waiting));
         }
-        self.call(|reply| Command::Append { rows, key, reply }).await?
+        self.call(|reply| Command::Append { rows, key, reply, queued: Instant::now() }).await?
     }
 
     /// Seals the active segment (if it holds events); returns the last sealed sequence number.
@@ -276,6 +292,16 @@ fn now_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
+/// An acknowledgement slower than this logs where its group commit spent the time.
+const SLOW_ACK: Duration = Duration::from_millis(10);
+
+/// How long a group commit's steps took.
+#[derive(Debug, Default)]
+struct CommitSteps {
+    sync: Duration,
+    fold: Duration,
+}
+
 struct Pending {
     reply: oneshot::Sender<Result<AppendOutcome, WriteError>>,
     outcome: AppendOutcome,
@@ -360,9 +386,14 @@ impl WriterThread {
             }
             let mut pending = Vec::new();
             let mut stop = None;
+            let started = Instant::now();
+            let oldest = group
+                .iter()
+                .filter_map(|c| if let Command::Append { queued, .. } = c { Some(*queued) } else { None })
+                .min();
             for command in group {
                 match command {
-                    Command::Append { rows, key, reply } => {
+                    Command::Append { rows, key, reply, .. } => {
                         let staged = self.stage(rows, key, reply);
                         pending.push(staged);
                     }
@@ -373,12 +404,28 @@ impl WriterThread {
                     }
                 }
             }
-            self.commit(pending);
+            let staged = started.elapsed();
+            let steps = self.commit(pending);
+            if let Some(oldest) = oldest.filter(|o| o.elapsed() >= SLOW_ACK) {
+                // where a slow acknowledgement spent its time, for `TANDEM_LOG=tandem_speed=debug`
+                tracing::debug!(
+                    dataset = %self.spec.name,
+                    total_ms = oldest.elapsed().as_secs_f64() * 1e3,
+                    queued_ms = started.duration_since(oldest).as_secs_f64() * 1e3,
+                    stage_ms = staged.as_secs_f64() * 1e3,
+                    sync_ms = steps.sync.as_secs_f64() * 1e3,
+                    fold_ms = steps.fold.as_secs_f64() * 1e3,
+                    "slow group commit"
+                );
+            }
             if let Some(reply) = stop {
                 let _ = reply.send(());
                 return;
             }
-            self.maybe_roll();
+            let rolling = Instant::now();
+            if self.maybe_roll() {
+                tracing::debug!(dataset = %self.spec.name, ms = rolling.elapsed().as_secs_f64() * 1e3, "sealed the active segment");
+            }
             if last_evict.elapsed() > Duration::from_secs(60) {
                 let (now, window) = (now_micros(), self.window());
                 self.dedup.evict(now, window);
@@ -430,15 +477,20 @@ impl WriterThread {
         Pending { reply, outcome, record, key }
     }
 
-    /// Fsyncs the staged records, then makes them visible and remembered, then answers.
-    fn commit(&mut self, pending: Vec<Pending>) {
+    /// Fsyncs the staged records, then makes them visible and remembered, then answers;
+    /// returns how long the sync and the fold took.
+    fn commit(&mut self, pending: Vec<Pending>) -> CommitSteps {
         self.group_ids.clear();
         self.group_keys.clear();
+        let mut steps = CommitSteps::default();
         if pending.is_empty() {
-            return;
+            return steps;
         }
         let ingest_time = now_micros();
-        if let Err(e) = self.log.sync() {
+        let started = Instant::now();
+        let synced = self.log.sync();
+        steps.sync = started.elapsed();
+        if let Err(e) = synced {
             let message = e.to_string();
             let kind = match &e {
                 LogError::Io { source, .. } => source.kind(),
@@ -451,7 +503,7 @@ impl WriterThread {
                     source: std::io::Error::new(kind, message.clone()),
                 })));
             }
-            return;
+            return steps;
         }
         let segment = self.log.active_first_seq();
         let id = self.spec.id_index();
@@ -468,6 +520,7 @@ impl WriterThread {
         // the whole group is folded into each view at once: one lock per view and group
         let records: Vec<(u64, &[Row])> =
             pending.iter().filter_map(|p| p.record.as_ref().map(|(seq, rows)| (*seq, rows.as_slice()))).collect();
+        let started = Instant::now();
         if !records.is_empty() {
             for view in &self.views {
                 if let Err(e) = view.apply(segment, ingest_time, &records) {
@@ -476,9 +529,11 @@ impl WriterThread {
             }
         }
         drop(records);
+        steps.fold = started.elapsed();
         for p in pending {
             let _ = p.reply.send(Ok(p.outcome));
         }
+        steps
     }
 
     fn control(&mut self, command: Command) {
@@ -518,19 +573,24 @@ impl WriterThread {
         Ok(self.log.next_seq() - 1)
     }
 
-    fn maybe_roll(&mut self) {
+    /// Seals the active segment if it is due; whether it did.
+    fn maybe_roll(&mut self) -> bool {
         let has_events = self.log.next_seq() > self.log.active_first_seq();
         let due = self.opened.elapsed() >= self.config.roll_interval || self.log.active_len() >= self.config.roll_bytes;
         let backing_off = self.roll_failed.is_some_and(|at| at.elapsed() < Duration::from_secs(1));
         if has_events && due && !backing_off {
             match self.roll() {
-                Ok(_) => self.roll_failed = None,
+                Ok(_) => {
+                    self.roll_failed = None;
+                    return true;
+                }
                 Err(e) => {
                     tracing::error!(dataset = %self.spec.name, error = %e, "could not seal the active segment");
                     self.roll_failed = Some(Instant::now());
                 }
             }
         }
+        false
     }
 }
 
