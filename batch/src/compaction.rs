@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use tandem_model::columnar::{dataset_schema, rows_to_batch};
-use tandem_model::log::{self, Record};
-use tandem_model::{Row, Value};
+use tandem_model::columnar::{EventColumns, dataset_schema};
+use tandem_model::log;
+use tandem_model::value::ValueRef;
 
 use crate::catalog::DatasetRecord;
 use crate::store::{encode_parquet, list, master_file, master_file_segment, put_parquet};
@@ -45,37 +45,32 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
         if last_seq <= through {
             continue;
         }
-        let path = segment.path.clone();
         let started = std::time::Instant::now();
-        let records = tokio::task::spawn_blocking(move || log::read_sealed(&path))
-            .await
-            .map_err(|e| Error::Invalid(format!("compaction task: {e}")))??;
-        let time_index = dataset.spec.time_index();
-        let mut by_date: BTreeMap<NaiveDate, (Vec<Row>, Vec<u64>)> = BTreeMap::new();
-        for Record { first_seq, rows, .. } in records {
-            for (i, row) in rows.into_iter().enumerate() {
-                let Value::Timestamp(ts) = row[time_index] else {
-                    return Err(Error::Invalid(format!(
-                        "event {} of {} has no time value",
-                        first_seq + i as u64,
-                        segment.path.display()
-                    )));
+        // the events go from the segment's bytes straight into each day's columns
+        let (path, spec) = (segment.path.clone(), dataset.spec.clone());
+        let by_date = tokio::task::spawn_blocking(move || -> Result<BTreeMap<NaiveDate, EventColumns>> {
+            let time_index = spec.time_index();
+            let mut by_date: BTreeMap<NaiveDate, EventColumns> = BTreeMap::new();
+            log::visit_sealed(&path, |seq, values| {
+                let Some(ValueRef::Timestamp(ts)) = values.get(time_index) else {
+                    return Err(format!("event {seq} has no time value"));
                 };
-                let date = DateTime::from_timestamp_micros(ts).map(|t| t.date_naive()).unwrap_or_default();
-                let entry = by_date.entry(date).or_default();
-                entry.0.push(row);
-                entry.1.push(first_seq + i as u64);
-            }
-        }
+                let date = DateTime::from_timestamp_micros(*ts).map(|t| t.date_naive()).unwrap_or_default();
+                let day = by_date.entry(date).or_insert_with(|| EventColumns::new(&spec, true));
+                day.push(Some(seq), values.iter().copied());
+                Ok(())
+            })?;
+            Ok(by_date)
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("compaction task: {e}")))??;
         let read_ms = started.elapsed().as_millis() as u64;
         let started = std::time::Instant::now();
-        // each day's file is built and encoded on a blocking thread of its own, side by side
-        let encoded = futures::future::try_join_all(by_date.into_iter().map(|(date, (rows, seqs))| {
-            let spec = dataset.spec.clone();
+        // each day's file is encoded on a blocking thread of its own, side by side
+        let encoded = futures::future::try_join_all(by_date.into_iter().map(|(date, columns)| {
+            let schema = dataset_schema(&dataset.spec, true);
             tokio::task::spawn_blocking(move || -> Result<(NaiveDate, Vec<u8>, usize)> {
-                let rows: Vec<&Row> = rows.iter().collect();
-                let batch = rows_to_batch(&spec, &rows, Some(&seqs))?;
-                let (bytes, n) = encode_parquet(dataset_schema(&spec, true), &[batch])?;
+                let (bytes, n) = encode_parquet(schema, &[columns.finish()?])?;
                 Ok((date, bytes, n))
             })
         }))

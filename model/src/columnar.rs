@@ -12,7 +12,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::agg::{GroupKey, Groups, MeasureState, merge_states};
 use crate::schema::{DatasetSpec, FieldType};
-use crate::value::{Row, Value};
+use crate::value::{Row, Value, ValueRef};
 use crate::view::{CompiledView, Measure, MeasureKind};
 
 /// Column of the master dataset holding each event's ingest sequence number.
@@ -44,44 +44,85 @@ pub fn dataset_schema(spec: &DatasetSpec, with_seq: bool) -> SchemaRef {
 
 /// Events as one record batch; `seqs` (one per row) adds the `_seq` column.
 pub fn rows_to_batch(spec: &DatasetSpec, rows: &[&Row], seqs: Option<&[u64]>) -> Result<RecordBatch, ArrowError> {
-    let schema = dataset_schema(spec, seqs.is_some());
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    if let Some(seqs) = seqs {
-        columns.push(Arc::new(arrow_array::Int64Array::from_iter_values(seqs.iter().map(|&s| s as i64))));
+    let mut events = EventColumns::new(spec, seqs.is_some());
+    for (i, row) in rows.iter().enumerate() {
+        events.push(seqs.map(|s| s[i]), row.iter().map(Value::as_ref));
     }
-    for (i, ty) in spec.fields.values().enumerate() {
-        columns.push(column(*ty, rows.iter().map(|r| &r[i])));
-    }
-    RecordBatch::try_new(schema, columns)
+    events.finish()
 }
 
-fn column<'a>(ty: FieldType, values: impl Iterator<Item = &'a Value>) -> ArrayRef {
-    match ty {
-        FieldType::String => {
-            let mut b = StringBuilder::new();
-            values.for_each(|v| b.append_option(if let Value::String(s) = v { Some(s) } else { None }));
-            Arc::new(b.finish())
+/// A record batch of events built one event at a time, from values borrowed from wherever
+/// they lie (a decoded request, a log segment), with no row of owned values in between.
+pub struct EventColumns {
+    schema: SchemaRef,
+    seqs: Option<Int64Builder>,
+    columns: Vec<ColumnBuilder>,
+}
+
+enum ColumnBuilder {
+    String(StringBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Timestamp(TimestampMicrosecondBuilder),
+}
+
+impl EventColumns {
+    /// Columns for `spec`'s fields; with `_seq` first when `with_seq`.
+    pub fn new(spec: &DatasetSpec, with_seq: bool) -> EventColumns {
+        let columns = spec
+            .fields
+            .values()
+            .map(|ty| match ty {
+                FieldType::String => ColumnBuilder::String(StringBuilder::new()),
+                FieldType::Int64 => ColumnBuilder::Int(Int64Builder::new()),
+                FieldType::Float64 => ColumnBuilder::Float(Float64Builder::new()),
+                FieldType::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
+                FieldType::Timestamp => {
+                    ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new().with_timezone("UTC"))
+                }
+            })
+            .collect();
+        EventColumns { schema: dataset_schema(spec, with_seq), seqs: with_seq.then(Int64Builder::new), columns }
+    }
+
+    /// Appends one event: its sequence number (when built with `_seq`) and its values in
+    /// field order. A value of another type than its field's is stored as null.
+    pub fn push<'a>(&mut self, seq: Option<u64>, values: impl IntoIterator<Item = ValueRef<'a>>) {
+        if let Some(seqs) = &mut self.seqs {
+            seqs.append_option(seq.map(|s| s as i64));
         }
-        FieldType::Int64 => {
-            let mut b = Int64Builder::new();
-            values.for_each(|v| b.append_option(if let Value::Int(i) = v { Some(*i) } else { None }));
-            Arc::new(b.finish())
+        for (column, value) in self.columns.iter_mut().zip(values) {
+            match (column, value) {
+                (ColumnBuilder::String(b), ValueRef::String(s)) => b.append_value(s),
+                (ColumnBuilder::String(b), _) => b.append_null(),
+                (ColumnBuilder::Int(b), ValueRef::Int(i)) => b.append_value(i),
+                (ColumnBuilder::Int(b), _) => b.append_null(),
+                (ColumnBuilder::Float(b), ValueRef::Float(f)) => b.append_value(f),
+                (ColumnBuilder::Float(b), _) => b.append_null(),
+                (ColumnBuilder::Bool(b), ValueRef::Bool(x)) => b.append_value(x),
+                (ColumnBuilder::Bool(b), _) => b.append_null(),
+                (ColumnBuilder::Timestamp(b), ValueRef::Timestamp(t)) => b.append_value(t),
+                (ColumnBuilder::Timestamp(b), _) => b.append_null(),
+            }
         }
-        FieldType::Float64 => {
-            let mut b = Float64Builder::new();
-            values.for_each(|v| b.append_option(if let Value::Float(f) = v { Some(*f) } else { None }));
-            Arc::new(b.finish())
+    }
+
+    pub fn finish(self) -> Result<RecordBatch, ArrowError> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.columns.len() + 1);
+        if let Some(mut seqs) = self.seqs {
+            columns.push(Arc::new(seqs.finish()));
         }
-        FieldType::Bool => {
-            let mut b = BooleanBuilder::new();
-            values.for_each(|v| b.append_option(if let Value::Bool(x) = v { Some(*x) } else { None }));
-            Arc::new(b.finish())
+        for column in self.columns {
+            columns.push(match column {
+                ColumnBuilder::String(mut b) => Arc::new(b.finish()),
+                ColumnBuilder::Int(mut b) => Arc::new(b.finish()),
+                ColumnBuilder::Float(mut b) => Arc::new(b.finish()),
+                ColumnBuilder::Bool(mut b) => Arc::new(b.finish()),
+                ColumnBuilder::Timestamp(mut b) => Arc::new(b.finish()),
+            });
         }
-        FieldType::Timestamp => {
-            let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-            values.for_each(|v| b.append_option(if let Value::Timestamp(t) = v { Some(*t) } else { None }));
-            Arc::new(b.finish())
-        }
+        RecordBatch::try_new(self.schema, columns)
     }
 }
 

@@ -44,7 +44,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::value::{Row, Value};
+use crate::value::{Row, Value, ValueRef};
 
 const MAGIC: &[u8; 8] = b"TNDMLOG1";
 const RECORD_HEADER: usize = 8;
@@ -139,29 +139,63 @@ pub fn read_sealed(path: &Path) -> Result<Vec<Record>> {
 
 /// Reads every whole record of a segment and says where and why it stopped, if early.
 pub fn read_segment(path: &Path) -> Result<SegmentContents> {
-    let mut bytes = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(path))?;
-    let mut contents = SegmentContents { records: Vec::new(), valid_len: 0, damage: None };
+    let bytes = read_file(path)?;
+    let mut records = Vec::new();
+    let (valid_len, damage) = walk(&bytes, |record| {
+        let mut rows = Vec::with_capacity(record.events.min(1 << 16));
+        let (first_seq, ingest_time, duplicates) = (record.first_seq, record.ingest_time, record.duplicates);
+        let key = record.key.map(str::to_string);
+        record.read_events(|_, values| {
+            rows.push(values.iter().map(|v| v.into_value()).collect());
+            Ok(())
+        })?;
+        records.push(Record { first_seq, ingest_time, rows, duplicates, key });
+        Ok(())
+    });
+    Ok(SegmentContents { records, valid_len, damage })
+}
+
+/// Calls `each` with the sequence number and the values (in field order, borrowed from the
+/// file's bytes) of every event of a sealed segment; any damage is an error. Reads what
+/// [`read_sealed`] reads without building a row of owned values per event.
+pub fn visit_sealed(
+    path: &Path,
+    mut each: impl FnMut(u64, &[ValueRef<'_>]) -> std::result::Result<(), String>,
+) -> Result<()> {
+    let bytes = read_file(path)?;
+    let (offset, damage) = walk(&bytes, |record| record.read_events(&mut each));
+    match damage {
+        None => Ok(()),
+        Some(reason) => Err(LogError::Corrupt { path: path.to_path_buf(), offset, reason }),
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(len);
+    file.read_to_end(&mut bytes).map_err(io_err(path))?;
+    Ok(bytes)
+}
+
+/// Runs `on_record` on every whole record of a segment's bytes, in order; returns the bytes
+/// of whole records (from the start of the file) and why it stopped early, if it did (a bad
+/// record, or `on_record`'s error).
+fn walk<'a>(
+    bytes: &'a [u8],
+    mut on_record: impl FnMut(RawRecord<'a>) -> std::result::Result<(), String>,
+) -> (u64, Option<String>) {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        contents.damage = Some("missing segment header".into());
-        return Ok(contents);
+        return (0, Some("missing segment header".into()));
     }
     let mut pos = MAGIC.len();
-    contents.valid_len = pos as u64;
     while pos < bytes.len() {
-        match decode_record(&bytes[pos..]) {
-            Ok((record, used)) => {
-                contents.records.push(record);
-                pos += used;
-                contents.valid_len = pos as u64;
-            }
-            Err(reason) => {
-                contents.damage = Some(reason);
-                break;
-            }
+        match raw_record(&bytes[pos..]).and_then(|(record, used)| on_record(record).map(|()| used)) {
+            Ok(used) => pos += used,
+            Err(reason) => return (pos as u64, Some(reason)),
         }
     }
-    Ok(contents)
+    (pos as u64, None)
 }
 
 /// What opening the log repaired.
@@ -375,8 +409,43 @@ fn encode_record(
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Decodes one record from the front of `bytes`; returns it and the bytes it used.
-fn decode_record(bytes: &[u8]) -> std::result::Result<(Record, usize), String> {
+/// One record whose framing and checksum hold, with its header read and its events still
+/// to read.
+struct RawRecord<'a> {
+    first_seq: u64,
+    ingest_time: i64,
+    events: usize,
+    width: usize,
+    duplicates: u32,
+    key: Option<&'a str>,
+    body: Reader<'a>,
+}
+
+impl RawRecord<'_> {
+    /// Calls `each` with the sequence number and values of each event, then checks that the
+    /// record holds nothing else.
+    fn read_events(
+        mut self,
+        mut each: impl FnMut(u64, &[ValueRef<'_>]) -> std::result::Result<(), String>,
+    ) -> std::result::Result<(), String> {
+        let mut values = Vec::with_capacity(self.width);
+        for i in 0..self.events {
+            values.clear();
+            for _ in 0..self.width {
+                values.push(self.body.value()?);
+            }
+            each(self.first_seq + i as u64, &values)?;
+        }
+        if self.body.pos != self.body.bytes.len() {
+            return Err("trailing bytes in record".into());
+        }
+        Ok(())
+    }
+}
+
+/// Checks the record at the front of `bytes` and reads its header; returns it and the bytes
+/// it takes.
+fn raw_record(bytes: &[u8]) -> std::result::Result<(RawRecord<'_>, usize), String> {
     if bytes.len() < RECORD_HEADER {
         return Err("truncated record header".into());
     }
@@ -391,27 +460,19 @@ fn decode_record(bytes: &[u8]) -> std::result::Result<(Record, usize), String> {
     if crc32fast::hash(payload) != crc {
         return Err("checksum mismatch".into());
     }
-    let mut r = Reader { bytes: payload, pos: 0 };
-    let first_seq = r.u64()?;
-    let ingest_time = r.u64()? as i64;
-    let n = r.u32()? as usize;
-    let width = r.u32()? as usize;
-    let duplicates = r.u32()?;
-    let key_len = u16::from_le_bytes(r.take(2)?.try_into().unwrap()) as usize;
-    let key = std::str::from_utf8(r.take(key_len)?).map_err(|_| "idempotency key is not UTF-8")?.to_string();
-    let key = (!key.is_empty()).then_some(key);
-    let mut rows = Vec::with_capacity(n.min(1 << 16));
-    for _ in 0..n {
-        let row = (0..width).map(|_| r.value()).collect::<std::result::Result<Row, String>>()?;
-        rows.push(row);
-    }
-    if r.pos != payload.len() {
-        return Err("trailing bytes in record".into());
-    }
-    if rows.is_empty() && key.is_none() {
+    let mut body = Reader { bytes: payload, pos: 0 };
+    let first_seq = body.u64()?;
+    let ingest_time = body.u64()? as i64;
+    let events = body.u32()? as usize;
+    let width = body.u32()? as usize;
+    let duplicates = body.u32()?;
+    let key_len = u16::from_le_bytes(body.take(2)?.try_into().unwrap()) as usize;
+    let key = std::str::from_utf8(body.take(key_len)?).map_err(|_| "idempotency key is not UTF-8")?;
+    if events == 0 && key.is_empty() {
         return Err("empty record".into());
     }
-    Ok((Record { first_seq, ingest_time, rows, duplicates, key }, RECORD_HEADER + len))
+    let key = (!key.is_empty()).then_some(key);
+    Ok((RawRecord { first_seq, ingest_time, events, width, duplicates, key, body }, RECORD_HEADER + len))
 }
 
 struct Reader<'a> {
@@ -419,8 +480,8 @@ struct Reader<'a> {
     pos: usize,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> std::result::Result<&[u8], String> {
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or("record ends mid-value")?;
         let out = &self.bytes[self.pos..end];
         self.pos = end;
@@ -432,20 +493,19 @@ impl Reader<'_> {
     fn u64(&mut self) -> std::result::Result<u64, String> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
-    fn value(&mut self) -> std::result::Result<Value, String> {
+    fn value(&mut self) -> std::result::Result<ValueRef<'a>, String> {
         let tag = self.take(1)?[0];
         Ok(match tag {
-            0 => Value::Null,
+            0 => ValueRef::Null,
             1 => {
                 let n = self.u32()? as usize;
-                let s = std::str::from_utf8(self.take(n)?).map_err(|_| "string is not UTF-8")?;
-                Value::String(s.to_string())
+                ValueRef::String(std::str::from_utf8(self.take(n)?).map_err(|_| "string is not UTF-8")?)
             }
-            2 => Value::Int(self.u64()? as i64),
-            3 => Value::Float(f64::from_bits(self.u64()?)),
-            4 => Value::Bool(false),
-            5 => Value::Bool(true),
-            6 => Value::Timestamp(self.u64()? as i64),
+            2 => ValueRef::Int(self.u64()? as i64),
+            3 => ValueRef::Float(f64::from_bits(self.u64()?)),
+            4 => ValueRef::Bool(false),
+            5 => ValueRef::Bool(true),
+            6 => ValueRef::Timestamp(self.u64()? as i64),
             t => return Err(format!("unknown value tag {t}")),
         })
     }
@@ -537,6 +597,42 @@ mod tests {
         bytes[last] ^= 0x40;
         fs::write(&path, &bytes).unwrap();
         assert!(matches!(read_sealed(&path), Err(LogError::Corrupt { .. })));
+    }
+
+    /// Visiting a sealed segment's events sees what reading it whole does, and refuses the
+    /// same damage at the same place.
+    #[test]
+    fn visiting_events_reads_what_reading_records_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = LogWriter::open(dir.path()).unwrap();
+        log.append(7, &[row(1), row(2)], 0, None);
+        log.append(8, &[], 1, Some("k")); // a record of no events, kept for its key
+        log.append(9, &[row(3)], 0, None);
+        log.sync().unwrap();
+        let path = list_segments(dir.path()).unwrap()[0].path.clone();
+        let mut visited = Vec::new();
+        visit_sealed(&path, |seq, values| {
+            visited.push((seq, values.iter().map(|v| v.into_value()).collect::<Row>()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(visited, vec![(1, row(1)), (2, row(2)), (3, row(3))]);
+
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        let Err(LogError::Corrupt { offset, .. }) = read_sealed(&path) else { panic!("damage goes unseen") };
+        let mut seen = 0;
+        let visit = visit_sealed(&path, |_, _| {
+            seen += 1;
+            Ok(())
+        });
+        assert!(matches!(visit, Err(LogError::Corrupt { offset: o, .. }) if o == offset));
+        assert_eq!(seen, 2, "the records before the damaged one are visited");
+        // the visitor's own error stops the walk as damage at that record
+        let refused = visit_sealed(&path, |seq, _| if seq == 2 { Err("no".into()) } else { Ok(()) });
+        assert!(matches!(refused, Err(LogError::Corrupt { offset: o, reason, .. }) if o == 8 && reason == "no"));
     }
 
     #[test]

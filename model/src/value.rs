@@ -19,6 +19,30 @@ pub enum Value {
 /// The values of one event, in the order of its dataset's fields.
 pub type Row = Vec<Value>;
 
+/// A value borrowed from where it lies (a string is not copied out of a log segment).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    Null,
+    String(&'a str),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Timestamp(i64),
+}
+
+impl ValueRef<'_> {
+    pub fn into_value(self) -> Value {
+        match self {
+            ValueRef::Null => Value::Null,
+            ValueRef::String(s) => Value::String(s.to_string()),
+            ValueRef::Int(i) => Value::Int(i),
+            ValueRef::Float(f) => Value::Float(f),
+            ValueRef::Bool(b) => Value::Bool(b),
+            ValueRef::Timestamp(t) => Value::Timestamp(t),
+        }
+    }
+}
+
 impl Eq for Value {}
 
 impl Hash for Value {
@@ -35,6 +59,17 @@ impl Hash for Value {
 }
 
 impl Value {
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Null => ValueRef::Null,
+            Value::String(s) => ValueRef::String(s),
+            Value::Int(i) => ValueRef::Int(*i),
+            Value::Float(f) => ValueRef::Float(*f),
+            Value::Bool(b) => ValueRef::Bool(*b),
+            Value::Timestamp(t) => ValueRef::Timestamp(*t),
+        }
+    }
+
     fn rank(&self) -> u8 {
         match self {
             Value::Null => 0,
