@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use tandem_model::columnar::{EventColumns, dataset_schema};
+use tandem_model::columnar::EventColumns;
 use tandem_model::log;
 use tandem_model::value::ValueRef;
 
@@ -68,9 +68,9 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
         let started = std::time::Instant::now();
         // each day's file is encoded on a blocking thread of its own, side by side
         let encoded = futures::future::try_join_all(by_date.into_iter().map(|(date, columns)| {
-            let schema = dataset_schema(&dataset.spec, true);
             tokio::task::spawn_blocking(move || -> Result<(NaiveDate, Vec<u8>, usize)> {
-                let (bytes, n) = encode_parquet(schema, &[columns.finish()?])?;
+                let batch = columns.finish()?;
+                let (bytes, n) = encode_parquet(batch.schema(), &[batch])?;
                 Ok((date, bytes, n))
             })
         }))

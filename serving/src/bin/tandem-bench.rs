@@ -268,13 +268,20 @@ async fn ack_latencies(
     Ok(lat)
 }
 
-/// One query of the benchmark view.
+/// One query of the benchmark view, parsed.
 async fn query(http: &reqwest::Client, base: &str, q: &Value) -> anyhow::Result<Value> {
+    Ok(serde_json::from_slice(&query_bytes(http, base, q).await?)?)
+}
+
+/// One query of the benchmark view: the answer's bytes, once all of them have arrived.
+async fn query_bytes(http: &reqwest::Client, base: &str, q: &Value) -> anyhow::Result<Bytes> {
     let resp = http.post(format!("{base}/v1/views/traffic/query")).json(q).send().await?;
-    if !resp.status().is_success() {
-        bail!("query {q}: {}", resp.text().await?);
+    let status = resp.status();
+    let answer = resp.bytes().await?;
+    if !status.is_success() {
+        bail!("query {q}: {status} {}", String::from_utf8_lossy(&answer));
     }
-    Ok(resp.json().await?)
+    Ok(answer)
 }
 
 /// Sequential query latencies (ms), sorted: from sending the request to having the whole
@@ -282,18 +289,12 @@ async fn query(http: &reqwest::Client, base: &str, q: &Value) -> anyhow::Result<
 /// with the clock stopped: turning it into a JSON tree is the client's work, and on this
 /// machine's two shared cores it took longer than the server's answer.
 async fn query_latencies(http: &reqwest::Client, base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec<f64>, usize)> {
-    let (url, body) = (format!("{base}/v1/views/traffic/query"), Bytes::from(serde_json::to_vec(q)?));
     let mut lat = Vec::with_capacity(n);
     let mut rows = 0;
     for _ in 0..n {
         let t = Instant::now();
-        let resp = http.post(&url).header("content-type", "application/json").body(body.clone()).send().await?;
-        let status = resp.status();
-        let answer = resp.bytes().await?;
+        let answer = query_bytes(http, base, q).await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        if !status.is_success() {
-            bail!("query {q}: {status} {}", String::from_utf8_lossy(&answer));
-        }
         let v: Value = serde_json::from_slice(&answer)?;
         rows = v["rows"].as_array().context("an answer has rows")?.len();
     }
