@@ -38,6 +38,9 @@ const SHAPES_IDLE: Duration = Duration::from_secs(10);
 /// time.
 const COALESCE_SLICE: Duration = Duration::from_millis(1);
 
+/// A query whose speed-layer part takes this long logs where its time went (at debug level).
+const SLOW_QUERY: Duration = Duration::from_millis(1);
+
 /// A published batch version, loaded into memory.
 #[derive(Debug)]
 pub struct BatchSnapshot {
@@ -442,8 +445,10 @@ impl ViewLive {
         locked: impl FnOnce(&LiveState) -> A,
         answer: impl FnOnce(A, &mut Merged) -> T,
     ) -> T {
+        let started = Instant::now();
         let mut shapes = self.shapes.lock();
         let mut state = self.state.write();
+        let locked_at = Instant::now();
         let delta = state.delta.replace(Groups::default());
         state.delta_taken = Instant::now();
         let state = RwLockWriteGuard::downgrade(state);
@@ -466,6 +471,7 @@ impl ViewLive {
         if let Some(delta) = delta {
             shapes.push(delta);
         }
+        let built = speed.is_some();
         if let Some(speed) = speed {
             let mut folded = Groups::default();
             if let Some(batch) = &batch {
@@ -474,9 +480,26 @@ impl ViewLive {
             merge_groups(&mut folded, &speed);
             shapes.keep(shape.clone(), Merged::from_groups(folded), budget.max(1024));
         }
+        let caught_up_at = Instant::now();
         // queued deltas never hold more groups than the speed layer itself
         let merged = shapes.get(shape, speed_groups.max(1024)).expect("kept above");
-        answer(locked, merged)
+        let got_at = Instant::now();
+        let answered = answer(locked, merged);
+        if started.elapsed() >= SLOW_QUERY {
+            // where a slow query spent its time, for `TANDEM_LOG=tandem_speed=debug`
+            let ms = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64() * 1e3;
+            tracing::debug!(
+                view = %self.view.spec.name,
+                total_ms = started.elapsed().as_secs_f64() * 1e3,
+                lock_ms = ms(started, locked_at),
+                build_ms = ms(locked_at, caught_up_at),
+                built,
+                catch_up_ms = ms(caught_up_at, got_at),
+                answer_ms = got_at.elapsed().as_secs_f64() * 1e3,
+                "slow query"
+            );
+        }
+        answered
     }
 }
 
