@@ -38,6 +38,11 @@ const SHAPES_IDLE: Duration = Duration::from_secs(10);
 /// time.
 const COALESCE_SLICE: Duration = Duration::from_millis(1);
 
+/// The writer folds about this many events at a time under the view's lock (see
+/// [`ViewLive::apply`]): a 1,000-event request is one slice, a group commit of several is
+/// several.
+const FOLD_SLICE_ROWS: usize = 1000;
+
 /// A query whose speed-layer part takes this long logs where its time went (at debug level).
 const SLOW_QUERY: Duration = Duration::from_millis(1);
 
@@ -197,17 +202,27 @@ impl ViewLive {
     /// The filter runs outside the lock; the fold happens under it, straight into the map.
     /// (Folding each request into a map of its own and merging that in made fresh sketch
     /// states for every group a request touched, only to merge and drop them: 8 % of ingest.)
+    /// The lock is handed to a waiting query after every [`FOLD_SLICE_ROWS`] events or so,
+    /// always between two records, so a query waits for a slice, not for a whole group
+    /// commit, and never sees part of a request's events.
     pub fn apply(&self, map: u64, ingest_time: i64, records: &[(u64, &[Row])]) -> Result<(), String> {
         let masks: Vec<_> = records.iter().map(|(_, rows)| self.mask(rows)).collect();
         let mut guard = self.state.write();
-        let state = &mut *guard;
-        let floor = state.floor;
-        if state.delta.is_some() && state.delta_taken.elapsed() > SHAPES_IDLE {
-            state.delta = None; // nobody asks: stop keeping it (the shapes are rebuilt when asked)
+        if guard.delta.is_some() && guard.delta_taken.elapsed() > SHAPES_IDLE {
+            guard.delta = None; // nobody asks: stop keeping it (the shapes are rebuilt when asked)
         }
         let mut failed = None;
+        let mut in_slice = 0;
         for ((first_seq, rows), mask) in records.iter().zip(masks) {
-            let skip = floor.saturating_sub(first_seq - 1).min(rows.len() as u64) as usize;
+            if in_slice >= FOLD_SLICE_ROWS {
+                guard = {
+                    RwLockWriteGuard::unlock_fair(guard);
+                    self.state.write()
+                };
+                in_slice = 0;
+            }
+            let state = &mut *guard;
+            let skip = state.floor.saturating_sub(first_seq - 1).min(rows.len() as u64) as usize;
             if skip == rows.len() {
                 continue; // a version covering these events is already published
             }
@@ -219,6 +234,7 @@ impl ViewLive {
                     if let Some(delta) = &mut state.delta {
                         self.fold_groups(delta, &rows[skip..], mask);
                     }
+                    in_slice += rows.len() - skip;
                 }
                 Err(e) => {
                     failed.get_or_insert(e);
@@ -537,6 +553,51 @@ mod tests {
             s.segments.values().for_each(|seg| merge_groups(&mut all, &seg.groups));
             all
         })
+    }
+
+    /// A group commit of many requests is folded a few at a time, handing the lock to
+    /// readers between them; a reader beside it sees whole requests only, and at the end
+    /// all of them.
+    #[test]
+    fn a_fold_hands_the_lock_over_between_requests_never_inside_one() {
+        const REQUEST: usize = 700;
+        let live = ViewLive::new(view(None), None).unwrap();
+        let requests: Vec<Vec<Row>> = (0..40)
+            .map(|r| (0..REQUEST).map(|i| vec![Value::Int(r * 1000 + i as i64), Value::Timestamp(0)]).collect())
+            .collect();
+        let records: Vec<(u64, &[Row])> =
+            requests.iter().enumerate().map(|(r, rows)| (1 + (r * REQUEST) as u64, rows.as_slice())).collect();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let seen = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let mut seen = std::collections::BTreeSet::new();
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let (events, counted) = live.read(|s| {
+                        let counted: i64 = s
+                            .segments
+                            .values()
+                            .flat_map(|seg| seg.groups.values())
+                            .map(|states| match states[0].value() {
+                                Value::Int(c) => c,
+                                other => panic!("count is {other:?}"),
+                            })
+                            .sum();
+                        (s.speed_events(), counted)
+                    });
+                    assert_eq!(events % REQUEST as u64, 0, "a reader saw part of a request");
+                    assert_eq!(counted as u64, events, "a reader saw the counts and the groups disagree");
+                    seen.insert(events);
+                }
+                seen
+            });
+            live.apply(1, 0, &records).unwrap();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            reader.join().unwrap()
+        });
+        assert!(!seen.is_empty());
+        assert_eq!(live.read(LiveState::speed_events), (40 * REQUEST) as u64);
+        let sum: i64 = requests.iter().flatten().map(|r| if let Value::Int(n) = r[0] { n } else { 0 }).sum();
+        assert_eq!(total(&live).values().map(|s| s[1].value()).collect::<Vec<_>>(), vec![Value::Int(sum)]);
     }
 
     /// Sealed maps coalesce into the first one, while a reader running beside it sees the
