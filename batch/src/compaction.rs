@@ -9,10 +9,9 @@
 //! `compacted_seq`). Segments are compacted oldest first, so `compacted_seq` always ends a
 //! segment.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate};
-use datafusion::arrow::array::RecordBatch;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use tandem_model::columnar::EventColumns;
@@ -23,22 +22,13 @@ use crate::catalog::DatasetRecord;
 use crate::store::{encode_parquet, list, master_file, master_file_segment, put_parquet};
 use crate::{BatchEnv, Error, Result};
 
-/// A pass keeps the columns of the files it writes while they hold at most this many events
-/// in all (about 150 MB of Arrow for the benchmark's events): an incremental run's new
-/// events, not a first run's whole log.
-pub const KEEP_EVENTS: usize = 2_000_000;
-
 /// What a compaction did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Compacted {
     /// Every event up to here is in the master dataset.
     pub through_seq: u64,
     pub segments: usize,
     pub events: u64,
-    /// The master files this pass wrote, with their events as Arrow columns, while those
-    /// number at most [`KEEP_EVENTS`] (the files past that are not here): a run aggregates
-    /// these instead of reading the files back.
-    pub fresh: HashMap<Path, RecordBatch>,
 }
 
 /// Compacts every sealed segment of `dataset` not yet in the master dataset.
@@ -51,7 +41,6 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
     // the catalog may have moved on since `dataset` was read
     let mut through = env.catalog.dataset(name).await?.map(|d| d.compacted_seq).unwrap_or(dataset.compacted_seq);
     let mut done = Compacted { through_seq: through, ..Default::default() };
-    let mut kept = 0;
     for (segment, last_seq) in sealed {
         if last_seq <= through {
             continue;
@@ -79,10 +68,10 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
         let started = std::time::Instant::now();
         // each day's file is encoded on a blocking thread of its own, side by side
         let encoded = futures::future::try_join_all(by_date.into_iter().map(|(date, columns)| {
-            tokio::task::spawn_blocking(move || -> Result<(NaiveDate, Vec<u8>, RecordBatch)> {
+            tokio::task::spawn_blocking(move || -> Result<(NaiveDate, Vec<u8>, usize)> {
                 let batch = columns.finish()?;
-                let (bytes, _) = encode_parquet(batch.schema(), std::slice::from_ref(&batch))?;
-                Ok((date, bytes, batch))
+                let (bytes, n) = encode_parquet(batch.schema(), &[batch])?;
+                Ok((date, bytes, n))
             })
         }))
         .await
@@ -90,8 +79,7 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
         let encode_ms = started.elapsed().as_millis() as u64;
         let started = std::time::Instant::now();
         for day in encoded {
-            let (date, bytes, batch) = day?;
-            let rows = batch.num_rows();
+            let (date, bytes, rows) = day?;
             let stem = master_file(name, date, segment.first_seq);
             let written = put_parquet(&env.store, &stem, bytes).await?;
             if done.segments == 0 {
@@ -106,10 +94,6 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
                 }
             }
             done.events += rows as u64;
-            if kept + rows <= KEEP_EVENTS {
-                kept += rows;
-                done.fresh.insert(written, batch);
-            }
         }
         let put_ms = started.elapsed().as_millis() as u64;
         let started = std::time::Instant::now();

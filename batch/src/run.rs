@@ -12,9 +12,7 @@
 //!    [`MAX_DAY_PARTS`] parts is *rebuilt* instead: all its events, into one part;
 //! 4. aggregate those master events with `_seq <= watermark` with DataFusion: the view's
 //!    filter (the same SQL text the speed layer compiled), UTC buckets ([`bucket_of`]),
-//!    dimensions, and one state column per measure (`tandem_model::columnar::state_columns`).
-//!    The files this run's compaction just wrote (an incremental run's new events) are
-//!    aggregated from the Arrow columns compaction built them from, not decoded back;
+//!    dimensions, and one state column per measure (`tandem_model::columnar::state_columns`);
 //! 5. write one part per day read, `views/{view}/v{N}/date={day}/part-{N:06}.{crc32}.parquet`,
 //!    and copy the previous version's parts of every day not rebuilt (view buckets never
 //!    straddle days);
@@ -34,7 +32,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext, ide
 use tandem_model::columnar::{BUCKET_COLUMN, SEQ_COLUMN, dataset_schema, state_columns};
 use tandem_model::view::{CompiledView, DAY, Granularity, MeasureKind};
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
@@ -153,8 +151,7 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
         .map(|(p, _, _)| p.clone())
         .collect();
     let started = std::time::Instant::now();
-    let rows_from_memory: usize = inputs.iter().filter_map(|p| compacted.fresh.get(p)).map(|b| b.num_rows()).sum();
-    let (batches, rows_in) = aggregate(env, &view, watermark, &inputs, &compacted.fresh).await?;
+    let (batches, rows_in) = aggregate(env, &view, watermark, &inputs).await?;
     let aggregate_ms = started.elapsed().as_millis() as u64;
     let list_ms = (started - listed).as_millis() as u64;
     let started = std::time::Instant::now();
@@ -206,7 +203,6 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
         watermark,
         mode,
         rows_in,
-        rows_from_memory,
         rows_out,
         prepare_ms,
         compact_ms,
@@ -275,19 +271,16 @@ fn bucket_of(granularity: Granularity, time_field: &str) -> Expr {
 }
 
 /// Runs the view's aggregation over the events of `inputs` (master files) up to
-/// `watermark`. The files this run's compaction just wrote are taken from `fresh`, their
-/// columns still in memory, the others read from the store. Returns the batches and the
-/// number of events read.
+/// `watermark`. Returns the batches and the number of events read.
 async fn aggregate(
     env: &BatchEnv,
     view: &CompiledView,
     watermark: u64,
     inputs: &[Path],
-    fresh: &HashMap<Path, RecordBatch>,
 ) -> Result<(Vec<RecordBatch>, i64)> {
     let dataset = &view.dataset;
-    let (in_memory, stored): (Vec<&Path>, Vec<&Path>) = inputs.iter().partition(|p| fresh.contains_key(*p));
-    if inputs.is_empty() {
+    let files: Vec<String> = inputs.iter().map(|p| format!("{STORE_URL}/{p}")).collect();
+    if files.is_empty() {
         return Ok((Vec::new(), 0));
     }
     // DataFusion reads the files itself: check them first, so a damaged file fails the run
@@ -296,12 +289,10 @@ async fn aggregate(
     // the watermark are read, so the `_seq` filter below drops nothing and is only a guard
     // (counting through it cost a second pass over the `_seq` column).
     let mut rows_in = 0;
-    for input in &stored {
+    for input in inputs {
         let bytes = get_verified(&env.store, input).await?;
         rows_in += footer_rows(&bytes)?;
     }
-    let in_memory: Vec<RecordBatch> = in_memory.iter().map(|p| fresh[*p].clone()).collect();
-    rows_in += in_memory.iter().map(|b| b.num_rows() as i64).sum::<i64>();
     // a small input (an incremental run's new events) in one partition: DataFusion then
     // aggregates in one step instead of building partial states per partition, writing them
     // out and merging them again, which for ~50 k events into ~45 k groups cost more than
@@ -313,21 +304,10 @@ async fn aggregate(
     let ctx = SessionContext::new_with_config(config);
     ctx.register_object_store(ObjectStoreUrl::parse(STORE_URL)?.as_ref(), env.store.clone());
     let schema = dataset_schema(dataset, true);
-    let files: Vec<String> = stored.iter().map(|p| format!("{STORE_URL}/{p}")).collect();
-    let from_files = match files.is_empty() {
-        true => None,
-        false => Some(ctx.read_parquet(files, ParquetReadOptions::default().schema(&schema)).await?),
-    };
-    let from_memory = match in_memory.is_empty() {
-        true => None,
-        false => Some(ctx.read_batches(in_memory)?),
-    };
-    let events = match (from_files, from_memory) {
-        (Some(files), Some(memory)) => files.union(memory)?,
-        (Some(only), None) | (None, Some(only)) => only,
-        (None, None) => unreachable!("inputs are not empty"),
-    };
-    let events = events.filter(ident(SEQ_COLUMN).lt_eq(lit(watermark as i64)))?;
+    let events = ctx
+        .read_parquet(files, ParquetReadOptions::default().schema(&schema))
+        .await?
+        .filter(ident(SEQ_COLUMN).lt_eq(lit(watermark as i64)))?;
     let events = match &view.spec.filter {
         Some(sql) => {
             let predicate = events.parse_sql_expr(sql)?;
