@@ -1,5 +1,3 @@
-use std::time::{Duration, Instant};
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -17,9 +15,6 @@ use super::error::{ApiError, ApiJson, ApiResult};
 use crate::app::AppState;
 use crate::query::{QueryRequest, answer};
 use crate::runner;
-
-/// A query this slow, from its handler to its answer, logs its wait for a blocking thread.
-const SLOW_QUERY: Duration = Duration::from_millis(1);
 
 fn time(t: Option<i64>) -> Value {
     t.map(|t| json!(format_timestamp(t))).unwrap_or(Value::Null)
@@ -121,22 +116,7 @@ pub async fn query_get(
 /// behind it.
 async fn ask(state: &AppState, name: &str, request: QueryRequest) -> ApiResult<Response> {
     let live = state.view(name).ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
-    let asked = Instant::now();
-    let answered = tokio::task::spawn_blocking(move || {
-        let queued = asked.elapsed();
-        let answered = answer(&live, request);
-        if asked.elapsed() >= SLOW_QUERY {
-            // for `TANDEM_LOG=tandem_serving=debug`; `tandem_speed` logs the view's part
-            tracing::debug!(
-                view = %live.view.spec.name,
-                total_ms = asked.elapsed().as_secs_f64() * 1e3,
-                queued_ms = queued.as_secs_f64() * 1e3,
-                "slow query"
-            );
-        }
-        answered
-    })
-    .await;
+    let answered = tokio::task::spawn_blocking(move || answer(&live, request)).await;
     let body = answered.map_err(|e| ApiError::internal("query task", e))??;
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
