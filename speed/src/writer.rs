@@ -517,7 +517,8 @@ impl WriterThread {
                 }
             }
         }
-        // the whole group is folded into each view at once: one lock per view and group
+        // the whole group goes to each view in one call, which folds it under the view's lock a
+        // slice of requests at a time (`ViewLive::apply`)
         let records: Vec<(u64, &[Row])> =
             pending.iter().filter_map(|p| p.record.as_ref().map(|(seq, rows)| (*seq, rows.as_slice()))).collect();
         let started = Instant::now();
