@@ -327,13 +327,15 @@ pub fn fold_row(view: &CompiledView, groups: &mut Groups, row: &Row) {
         groups,
         &key,
         || empty_states(view),
-        |states| {
-            for (state, (measure, index)) in states.iter_mut().zip(&view.measures) {
-                let value = index.map(|i| &row[i]).unwrap_or(&Value::Null);
-                state.update(value, measure.kind == MeasureKind::Count);
-            }
-        },
+        |states| states.iter_mut().zip(&view.measures).for_each(|(state, measure)| fold_measure(state, measure, row)),
     );
+}
+
+/// Folds one event into the state of one of the view's measures (with the row position of its
+/// field, as in [`CompiledView::measures`]).
+pub fn fold_measure(state: &mut MeasureState, (measure, index): &(Measure, Option<usize>), row: &Row) {
+    let value = index.map(|i| &row[i]).unwrap_or(&Value::Null);
+    state.update(value, measure.kind == MeasureKind::Count);
 }
 
 /// Merges one group's states into another's, measure by measure.

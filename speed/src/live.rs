@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
@@ -28,11 +29,12 @@ use tandem_model::view::{CompiledView, DAY};
 use tandem_model::{Row, Value};
 
 use crate::filter::ViewFilter;
-use crate::shapes::{Merged, Shape, Shapes};
+use crate::shapes::{Chunk, Merged, SHAPES_IDLE, Shape, Shapes};
 
-/// Kept query shapes are dropped, and the writer stops keeping their delta, when no query
-/// has taken the delta for this long.
-const SHAPES_IDLE: Duration = Duration::from_secs(10);
+/// Events queued for the kept shapes at most (see [`crate::shapes`]); past this, the shape
+/// that lags most is dropped. A background round after every group commit keeps the queue
+/// far shorter; this bounds what a stalled round can hold on to.
+const MAX_PENDING_ROWS: usize = 250_000;
 
 /// Coalescing holds the write lock (and so holds up the writer) at most about this long at a
 /// time.
@@ -109,11 +111,11 @@ pub struct LiveState {
     /// merge them with no lock held; the active map is never shared, so it is changed in
     /// place.
     pub segments: BTreeMap<u64, Arc<SegmentGroups>>,
-    /// While query shapes are kept: the view's groups of the events folded since a query
-    /// last took it (see [`crate::shapes`]). `None` when no shapes are kept.
-    delta: Option<Groups>,
-    /// When a query last took the delta.
-    delta_taken: Instant,
+    /// While query shapes are kept: the events folded since the delta was last taken (see
+    /// [`crate::shapes`]). `None` when no shapes are kept.
+    delta: Option<Vec<Chunk>>,
+    /// When a query last asked for a shape.
+    asked: Instant,
 }
 
 impl LiveState {
@@ -151,6 +153,8 @@ pub struct ViewLive {
     /// Held while sealed maps are coalesced or a version is published, so the two never
     /// work from the same maps at once.
     coalescing: Mutex<()>,
+    /// Whether a background round for the kept shapes is due (see [`ViewLive::catch_up`]).
+    catch_up_due: AtomicBool,
 }
 
 impl ViewLive {
@@ -169,10 +173,11 @@ impl ViewLive {
                 floor,
                 segments: BTreeMap::new(),
                 delta: None,
-                delta_taken: Instant::now(),
+                asked: Instant::now(),
             }),
             shapes: Mutex::new(Shapes::default()),
             coalescing: Mutex::new(()),
+            catch_up_due: AtomicBool::new(false),
         })
     }
 
@@ -195,9 +200,11 @@ impl ViewLive {
     }
 
     /// Folds log records (each its first sequence number and rows) into the speed map keyed
-    /// `map` (the first sequence number of their segment). Events at or below the floor are
-    /// skipped. Nothing is folded for a record whose filter failed; the first such error is
-    /// returned.
+    /// `map` (the first sequence number of their segment), and hands their rows to the delta
+    /// while query shapes are kept. Events at or below the floor are skipped. Nothing is
+    /// folded for a record whose filter failed; the first such error is returned. Returns
+    /// whether a background round for the kept shapes became due ([`catch_up`](Self::catch_up):
+    /// the caller runs it, or has it run, once).
     ///
     /// The filter runs outside the lock; the fold happens under it, straight into the map.
     /// (Folding each request into a map of its own and merging that in made fresh sketch
@@ -205,12 +212,13 @@ impl ViewLive {
     /// The lock is handed to a waiting query after every [`FOLD_SLICE_ROWS`] events or so,
     /// always between two records, so a query waits for a slice, not for a whole group
     /// commit, and never sees part of a request's events.
-    pub fn apply(&self, map: u64, ingest_time: i64, records: &[(u64, &[Row])]) -> Result<(), String> {
+    pub fn apply(&self, map: u64, ingest_time: i64, records: &[(u64, &Arc<Vec<Row>>)]) -> Result<bool, String> {
         let masks: Vec<_> = records.iter().map(|(_, rows)| self.mask(rows)).collect();
         let mut guard = self.state.write();
-        if guard.delta.is_some() && guard.delta_taken.elapsed() > SHAPES_IDLE {
+        if guard.delta.is_some() && guard.asked.elapsed() > SHAPES_IDLE {
             guard.delta = None; // nobody asks: stop keeping it (the shapes are rebuilt when asked)
         }
+        let mut handed = false;
         let mut failed = None;
         let mut in_slice = 0;
         for ((first_seq, rows), mask) in records.iter().zip(masks) {
@@ -227,12 +235,15 @@ impl ViewLive {
                 continue; // a version covering these events is already published
             }
             match mask {
-                Ok(mask) => {
+                Ok(mut mask) => {
                     let into = Arc::make_mut(state.segments.entry(map).or_default());
-                    let mask = mask.as_ref().map(|m| &m[skip..]);
-                    self.fold(into, first_seq + skip as u64, ingest_time, &rows[skip..], mask);
+                    if let Some(mask) = &mut mask {
+                        mask.drain(..skip);
+                    }
+                    self.fold(into, first_seq + skip as u64, ingest_time, &rows[skip..], mask.as_deref());
                     if let Some(delta) = &mut state.delta {
-                        self.fold_groups(delta, &rows[skip..], mask);
+                        delta.push(Chunk { rows: Arc::clone(rows), from: skip, mask });
+                        handed = true;
                     }
                     in_slice += rows.len() - skip;
                 }
@@ -241,7 +252,26 @@ impl ViewLive {
                 }
             }
         }
-        failed.map_or(Ok(()), Err)
+        drop(guard);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(handed && !self.catch_up_due.swap(true, Ordering::AcqRel)),
+        }
+    }
+
+    /// A background round for the kept shapes: the delta is queued and every kept shape
+    /// folds what it has not seen (see [`crate::shapes`]), so that no query pays for the
+    /// events that arrived since it was last asked.
+    pub fn catch_up(&self) {
+        self.catch_up_due.store(false, Ordering::Release);
+        let mut shapes = self.shapes.lock();
+        // a delta is kept only from a query on (which made the shapes merge the installed
+        // version) until a publish: it is always the shapes' to fold
+        let delta = self.state.write().delta.as_mut().map(std::mem::take);
+        if let Some(delta) = delta {
+            shapes.push(delta);
+            shapes.catch_up(&self.view, MAX_PENDING_ROWS);
+        }
     }
 
     /// Which of `rows` pass the view's filter; `None` when the view has none.
@@ -449,8 +479,8 @@ impl ViewLive {
     }
 
     /// Answers through the kept query shape `shape` (see [`crate::shapes`]), brought up to
-    /// date first: the events folded since the previous query are queued for the kept
-    /// shapes and `shape` merges what it has not seen, or, if not kept yet, is built (its
+    /// date first: the events folded since the delta was last taken are queued for the kept
+    /// shapes and `shape` folds what it has not seen, or, if not kept yet, is built (its
     /// speed part under the read lock, its batch part after). `locked` runs under the read
     /// lock on the state of that same moment, so what it returns (freshness, the speed
     /// groups of buckets a time range cuts) matches the shape's rows; `answer` then reads
@@ -465,8 +495,8 @@ impl ViewLive {
         let mut shapes = self.shapes.lock();
         let mut state = self.state.write();
         let locked_at = Instant::now();
-        let delta = state.delta.replace(Groups::default());
-        state.delta_taken = Instant::now();
+        let delta = state.delta.replace(Vec::new());
+        state.asked = Instant::now();
         let state = RwLockWriteGuard::downgrade(state);
         let batch = state.batch.clone();
         let version = batch.as_ref().map_or(0, |b| b.version);
@@ -497,8 +527,7 @@ impl ViewLive {
             shapes.keep(shape.clone(), Merged::from_groups(folded), budget.max(1024));
         }
         let caught_up_at = Instant::now();
-        // queued deltas never hold more groups than the speed layer itself
-        let merged = shapes.get(shape, speed_groups.max(1024)).expect("kept above");
+        let merged = shapes.get(&self.view, shape, MAX_PENDING_ROWS).expect("kept above");
         let got_at = Instant::now();
         let answered = answer(locked, merged);
         if started.elapsed() >= SLOW_QUERY {
@@ -536,8 +565,8 @@ mod tests {
         v.compile(&d).unwrap()
     }
 
-    fn rows(ns: &[i64]) -> Vec<Row> {
-        ns.iter().map(|&n| vec![Value::Int(n), Value::Timestamp(0)]).collect()
+    fn rows(ns: &[i64]) -> Arc<Vec<Row>> {
+        Arc::new(ns.iter().map(|&n| vec![Value::Int(n), Value::Timestamp(0)]).collect())
     }
 
     fn no_rebuild(_: u64, _: u64) -> Result<SegmentGroups, String> {
@@ -562,11 +591,13 @@ mod tests {
     fn a_fold_hands_the_lock_over_between_requests_never_inside_one() {
         const REQUEST: usize = 700;
         let live = ViewLive::new(view(None), None).unwrap();
-        let requests: Vec<Vec<Row>> = (0..40)
-            .map(|r| (0..REQUEST).map(|i| vec![Value::Int(r * 1000 + i as i64), Value::Timestamp(0)]).collect())
+        let requests: Vec<Arc<Vec<Row>>> = (0..40)
+            .map(|r| {
+                Arc::new((0..REQUEST).map(|i| vec![Value::Int(r * 1000 + i as i64), Value::Timestamp(0)]).collect())
+            })
             .collect();
-        let records: Vec<(u64, &[Row])> =
-            requests.iter().enumerate().map(|(r, rows)| (1 + (r * REQUEST) as u64, rows.as_slice())).collect();
+        let records: Vec<(u64, &Arc<Vec<Row>>)> =
+            requests.iter().enumerate().map(|(r, rows)| (1 + (r * REQUEST) as u64, rows)).collect();
         let done = std::sync::atomic::AtomicBool::new(false);
         let seen = std::thread::scope(|scope| {
             let reader = scope.spawn(|| {
@@ -596,7 +627,8 @@ mod tests {
         });
         assert!(!seen.is_empty());
         assert_eq!(live.read(LiveState::speed_events), (40 * REQUEST) as u64);
-        let sum: i64 = requests.iter().flatten().map(|r| if let Value::Int(n) = r[0] { n } else { 0 }).sum();
+        let sum: i64 =
+            requests.iter().flat_map(|r| r.iter()).map(|r| if let Value::Int(n) = r[0] { n } else { 0 }).sum();
         assert_eq!(total(&live).values().map(|s| s[1].value()).collect::<Vec<_>>(), vec![Value::Int(sum)]);
     }
 
@@ -608,7 +640,7 @@ mod tests {
         let at = |n: i64, day: i64| vec![Value::Int(n), Value::Timestamp(day * DAY)];
         let mut seq = 1;
         let mut segment = |live: &ViewLive, days: std::ops::Range<i64>, seal: bool| {
-            let (map, rows): (u64, Vec<Row>) = (seq, days.map(|d| at(d % 7, d)).collect());
+            let (map, rows): (u64, Arc<Vec<Row>>) = (seq, Arc::new(days.map(|d| at(d % 7, d)).collect()));
             live.apply(map, 0, &[(map, &rows)]).unwrap();
             seq += rows.len() as u64;
             if seal {
@@ -700,10 +732,11 @@ mod tests {
         let by_day = Shape::new(Granularity::Day, vec![], vec![], vec![0, 1]);
         let all = Shape::new(Granularity::All, vec![], vec![], vec![1]);
         let row = |n: i64, day: i64| vec![Value::Int(n), Value::Timestamp(day * DAY + 5)];
-        let mut seq = 1;
-        let mut ingest = |live: &ViewLive, rows: Vec<Row>| {
-            live.apply(seq, 0, &[(seq, &rows)]).unwrap();
-            seq += rows.len() as u64;
+        let seq = std::cell::Cell::new(1);
+        let ingest = |live: &ViewLive, rows: Vec<Row>| {
+            let n = rows.len() as u64;
+            live.apply(seq.get(), 0, &[(seq.get(), &Arc::new(rows))]).unwrap();
+            seq.set(seq.get() + n);
         };
         for round in 0..6i64 {
             ingest(&live, (0..5).map(|i| row(i - 1, (round + i) % 3)).collect());
@@ -712,6 +745,23 @@ mod tests {
             assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all), "round {round}");
         }
         assert!(live.read(|s| s.delta.is_some()), "events are kept for the shapes while they are asked for");
+
+        // a background round is due once after events reach the delta (until it runs), and folds them into
+        // every kept shape: the queries then find nothing left to fold
+        let n = 200;
+        let more = Arc::new((0..n).map(|i| row(i % 9 - 2, i % 4)).collect::<Vec<_>>());
+        live.catch_up(); // the loop above made one due
+        let (at, then) = (seq.get(), seq.get() + n as u64);
+        assert!(live.apply(at, 0, &[(at, &more)]).unwrap(), "the first fold makes a round due");
+        let again = Arc::new(vec![row(6, 2)]);
+        assert!(!live.apply(then, 0, &[(then, &again)]).unwrap(), "already due");
+        seq.set(then + 1);
+        live.catch_up();
+        live.read(|s| assert!(s.delta.as_ref().is_some_and(Vec::is_empty)));
+        assert!(!live.shapes.lock().is_empty());
+        assert_eq!(live.shapes.lock().pending_rows(), 0, "every kept shape folded the round's events");
+        assert_eq!(shape_rows(&live, &by_day), folded_rows(&live, &by_day));
+        assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all));
 
         // a version covering everything so far: the shapes start over on it
         let covered = total(&live);
@@ -723,7 +773,7 @@ mod tests {
 
         // nobody asks for a while: the writer stops keeping the delta, and the next query
         // does not trust the shapes it has
-        live.state.write().delta_taken -= SHAPES_IDLE + Duration::from_secs(1);
+        live.state.write().asked -= SHAPES_IDLE + Duration::from_secs(1);
         ingest(&live, vec![row(4, 1)]);
         assert!(live.read(|s| s.delta.is_none()));
         ingest(&live, vec![row(5, 2)]);

@@ -16,6 +16,10 @@
 //!
 //! The thread is also the only place that rolls segments and adds views, so both happen
 //! between requests, never inside one.
+//!
+//! Two helper threads per dataset take work off it: one merges a view's sealed speed maps
+//! after a seal (`ViewLive::coalesce`), one brings a view's kept query shapes up to date
+//! after a group commit (`ViewLive::catch_up`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -140,8 +144,14 @@ impl DatasetWriter {
             .name(format!("coalesce-{}", spec.name))
             .spawn(move || merges.iter().for_each(|view| view.coalesce()))
             .map_err(spawn_error)?;
+        let (catch_up, rounds) = crossbeam_channel::unbounded::<Arc<ViewLive>>();
+        std::thread::Builder::new()
+            .name(format!("shapes-{}", spec.name))
+            .spawn(move || rounds.iter().for_each(|view| view.catch_up()))
+            .map_err(spawn_error)?;
         let mut thread = WriterThread {
             coalesce,
+            catch_up,
             spec: spec.clone(),
             log,
             views,
@@ -274,6 +284,8 @@ struct WriterThread {
     /// Views with sealed speed maps to merge, for the coalescing thread (which stops when
     /// this is dropped with the writer).
     coalesce: Sender<Arc<ViewLive>>,
+    /// Views whose kept query shapes have events to fold, for the shapes thread (likewise).
+    catch_up: Sender<Arc<ViewLive>>,
     dedup: Dedup,
     config: WriterConfig,
     opened: Instant,
@@ -305,7 +317,8 @@ struct CommitSteps {
 struct Pending {
     reply: oneshot::Sender<Result<AppendOutcome, WriteError>>,
     outcome: AppendOutcome,
-    record: Option<(u64, Vec<Row>)>,
+    /// Its first sequence number and rows, shared with the views' deltas once folded.
+    record: Option<(u64, Arc<Vec<Row>>)>,
     /// A new idempotency key to remember once the group is durable.
     key: Option<String>,
 }
@@ -350,11 +363,11 @@ impl WriterThread {
                         }
                     }
                 }
-                for (view, map) in self.views.iter().zip(&maps) {
-                    view.apply(*map, record.ingest_time, &[(record.first_seq, &record.rows)])
-                        .map_err(WriteError::View)?;
-                }
                 sealed_through = sealed_through.max(Some(record.end_seq().saturating_sub(1)));
+                let rows = Arc::new(record.rows);
+                for (view, map) in self.views.iter().zip(&maps) {
+                    view.apply(*map, record.ingest_time, &[(record.first_seq, &rows)]).map_err(WriteError::View)?;
+                }
             }
         }
         if let Some(through) = sealed_through {
@@ -469,7 +482,7 @@ impl WriterThread {
             None
         } else {
             let first_seq = self.log.append(now, &rows, outcome.duplicates as u32, key.as_deref());
-            Some((first_seq, rows))
+            Some((first_seq, Arc::new(rows)))
         };
         if let Some(k) = &key {
             self.group_keys.insert(k.clone(), outcome);
@@ -511,7 +524,7 @@ impl WriterThread {
             if let Some(key) = &p.key {
                 self.keys.insert(key.clone(), (p.outcome, ingest_time));
             }
-            for row in p.record.iter().flat_map(|(_, rows)| rows) {
+            for row in p.record.iter().flat_map(|(_, rows)| rows.iter()) {
                 if let Some(key) = id.and_then(|id| self.dedup.key(&row[id])) {
                     self.dedup.seen.insert(key, ingest_time);
                 }
@@ -519,13 +532,17 @@ impl WriterThread {
         }
         // the whole group goes to each view in one call, which folds it under the view's lock a
         // slice of requests at a time (`ViewLive::apply`)
-        let records: Vec<(u64, &[Row])> =
-            pending.iter().filter_map(|p| p.record.as_ref().map(|(seq, rows)| (*seq, rows.as_slice()))).collect();
+        let records: Vec<(u64, &Arc<Vec<Row>>)> =
+            pending.iter().filter_map(|p| p.record.as_ref().map(|(seq, rows)| (*seq, rows))).collect();
         let started = Instant::now();
         if !records.is_empty() {
             for view in &self.views {
-                if let Err(e) = view.apply(segment, ingest_time, &records) {
-                    tracing::error!(view = view.name(), error = %e, "speed layer could not fold events");
+                match view.apply(segment, ingest_time, &records) {
+                    Ok(true) => {
+                        let _ = self.catch_up.send(view.clone()); // that thread lives as long as this one
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(view = view.name(), error = %e, "speed layer could not fold events"),
                 }
             }
         }
