@@ -29,12 +29,12 @@ use tandem_model::view::{CompiledView, DAY};
 use tandem_model::{Row, Value};
 
 use crate::filter::ViewFilter;
-use crate::shapes::{Chunk, Merged, SHAPES_IDLE, Shape, Shapes};
+use crate::shapes::{Chunk, Merged, SHAPES_IDLE, Shape, Shapes, thread_cpu_time};
 
-/// Events queued for the kept shapes at most (see [`crate::shapes`]); past this, the shape
-/// that lags most is dropped. A background round after every group commit keeps the queue
-/// far shorter; this bounds what a stalled round can hold on to.
-const MAX_PENDING_ROWS: usize = 250_000;
+/// Events queued for a kept shape at most (see [`crate::shapes`]); past this, it is dropped.
+/// A background round after every group commit keeps the queues far shorter; this bounds
+/// what a shape whose rows stay locked (answering) can hold on to.
+const MAX_QUEUED_ROWS: usize = 250_000;
 
 /// Coalescing holds the write lock (and so holds up the writer) at most about this long at a
 /// time.
@@ -264,14 +264,19 @@ impl ViewLive {
     /// events that arrived since it was last asked.
     pub fn catch_up(&self) {
         self.catch_up_due.store(false, Ordering::Release);
-        let mut shapes = self.shapes.lock();
-        // a delta is kept only from a query on (which made the shapes merge the installed
-        // version) until a publish: it is always the shapes' to fold
-        let delta = self.state.write().delta.as_mut().map(std::mem::take);
-        if let Some(delta) = delta {
-            shapes.push(delta);
-            shapes.catch_up(&self.view, MAX_PENDING_ROWS);
+        let cpu = thread_cpu_time();
+        let round = {
+            let mut shapes = self.shapes.lock();
+            // a delta is kept only from a query on (which made the shapes merge the installed
+            // version) until a publish: it is always the shapes' to fold
+            let Some(delta) = self.state.write().delta.as_mut().map(std::mem::take) else { return };
+            shapes.push(delta, MAX_QUEUED_ROWS);
+            shapes.for_round()
+        };
+        for (shape, kept) in round {
+            kept.try_catch_up(&self.view, &shape); // a shape being answered catches up when asked next
         }
+        self.shapes.lock().spent(self.name(), thread_cpu_time().saturating_sub(cpu));
     }
 
     /// Which of `rows` pass the view's filter; `None` when the view has none.
@@ -505,7 +510,8 @@ impl ViewLive {
         if delta.is_none() {
             shapes.reset(version);
         }
-        let speed = (!shapes.contains(shape)).then(|| {
+        let kept = shapes.get(shape);
+        let speed = kept.is_none().then(|| {
             let mut folded = Groups::default();
             state.segments.values().for_each(|s| shape.fold((None, None), &s.groups, &mut folded));
             folded
@@ -515,21 +521,33 @@ impl ViewLive {
         let locked = locked(&state);
         drop(state);
         if let Some(delta) = delta {
-            shapes.push(delta);
+            shapes.push(delta, MAX_QUEUED_ROWS);
         }
-        let built = speed.is_some();
+        // a new shape is locked before anyone else can find it, and filled below; a kept one
+        // is locked only after `shapes` is released, as its rows may be busy answering
+        let built = kept.is_none();
+        let kept = kept.unwrap_or_else(|| shapes.keep(shape.clone(), budget.max(1024)));
+        let mut merged = if built {
+            let merged = kept.lock();
+            drop(shapes);
+            merged
+        } else {
+            drop(shapes);
+            kept.lock()
+        };
+        let shape_locked_at = Instant::now();
         if let Some(speed) = speed {
             let mut folded = Groups::default();
             if let Some(batch) = &batch {
                 shape.fold((None, None), &batch.groups, &mut folded);
             }
             merge_groups(&mut folded, &speed);
-            shapes.keep(shape.clone(), Merged::from_groups(folded), budget.max(1024));
+            *merged = Merged::from_groups(folded);
         }
+        let built_at = Instant::now();
+        kept.catch_up(&self.view, shape, &mut merged);
         let caught_up_at = Instant::now();
-        let merged = shapes.get(&self.view, shape, MAX_PENDING_ROWS).expect("kept above");
-        let got_at = Instant::now();
-        let answered = answer(locked, merged);
+        let answered = answer(locked, &mut merged);
         if started.elapsed() >= SLOW_QUERY {
             // where a slow query spent its time, for `TANDEM_LOG=tandem_speed=debug`
             let ms = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64() * 1e3;
@@ -537,10 +555,11 @@ impl ViewLive {
                 view = %self.view.spec.name,
                 total_ms = started.elapsed().as_secs_f64() * 1e3,
                 lock_ms = ms(started, locked_at),
-                build_ms = ms(locked_at, caught_up_at),
+                shape_lock_ms = ms(locked_at, shape_locked_at),
+                build_ms = ms(shape_locked_at, built_at),
                 built,
-                catch_up_ms = ms(caught_up_at, got_at),
-                answer_ms = got_at.elapsed().as_secs_f64() * 1e3,
+                catch_up_ms = ms(built_at, caught_up_at),
+                answer_ms = caught_up_at.elapsed().as_secs_f64() * 1e3,
                 "slow query"
             );
         }
@@ -759,7 +778,7 @@ mod tests {
         live.catch_up();
         live.read(|s| assert!(s.delta.as_ref().is_some_and(Vec::is_empty)));
         assert!(!live.shapes.lock().is_empty());
-        assert_eq!(live.shapes.lock().pending_rows(), 0, "every kept shape folded the round's events");
+        assert_eq!(live.shapes.lock().queued_rows(), 0, "every kept shape folded the round's events");
         assert_eq!(shape_rows(&live, &by_day), folded_rows(&live, &by_day));
         assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all));
 

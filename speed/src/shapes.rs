@@ -7,29 +7,31 @@
 //!
 //! While shapes are kept, the writer folds each request into the view's speed map as always
 //! and also hands the request's rows (shared, not copied) to the view's *delta* (see
-//! `ViewLive::apply`). The delta is taken and queued here, in [`Chunk`]s, by a background
-//! round after each group commit (`ViewLive::catch_up`, on the dataset's `shapes` thread)
-//! and by every query; a shape folds the queued events it has not seen straight into its rows.
-//! The background round brings every kept shape up to date, so a query folds at most the
-//! events of one group commit, whatever the ingest rate and however long since it was last
-//! asked. (Queries used to merge the delta's view *groups* into their rows when asked: about
-//! 2 µs a group, so the first query after half a second of ingest at 200 k events/s spent
-//! 40–120 ms catching up, and the writer built those groups, sketches and all, for every
-//! event.) A chunk leaves the queue once every kept shape has folded it.
+//! `ViewLive::apply`). The delta is taken and queued in every kept shape's inbox, in
+//! [`Chunk`]s, by a background round after each group commit (`ViewLive::catch_up`, on the
+//! dataset's `shapes` thread) and by every query. The round then folds each shape's inbox
+//! straight into its rows, and a query folds its own shape's, so a query folds at most the
+//! events of a group commit or two, whatever the ingest rate and however long since it was
+//! last asked. (Queries used to merge the delta's view *groups* into their rows when asked:
+//! about 2 µs a group, so the first query after half a second of ingest at 200 k events/s
+//! spent 40–120 ms catching up, and the writer built those groups, sketches and all, for
+//! every event.) Each shape's rows have their own lock: a query answering from one shape
+//! holds up no other, and a round skips a shape being answered from (its inbox waits).
 //!
 //! The background work grows with events × kept shapes, so it is bounded: a shape nobody
-//! asked for in [`SHAPES_IDLE`] is dropped, and when the rounds keep a core more than half
-//! busy the least recently asked shape is dropped (a dropped shape is built again when asked).
-//! A row's measure values are cached until an event reaches it. States fold and merge
+//! asked for in [`SHAPES_IDLE`] is dropped, and when the rounds use more than half of a
+//! core's time the least recently asked shape is dropped (a dropped shape is built again when
+//! asked). A row's measure values are cached until an event reaches it. States fold and merge
 //! exactly, so a kept shape equals one fold of all events at the moment the newest chunk it
 //! folded was queued.
 
-use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
+use parking_lot::{Mutex, MutexGuard};
 use tandem_model::agg::{GroupKey, Groups, KeyParts, MeasureState, RowKey, fold_measure, merge_states};
 use tandem_model::view::CompiledView;
 use tandem_model::{Granularity, Row, Value};
@@ -208,31 +210,66 @@ impl Merged {
 /// caller (least recently used go first).
 const SHAPES_PER_VIEW: usize = 32;
 
-/// The kept shapes of one view, all merging the same batch version, and the queued events
-/// some of them have not folded yet.
+/// The kept shapes of one view, all merging the same batch version. Locked only to find a
+/// shape, queue events and keep or drop shapes; each shape's rows have a lock of their own,
+/// so a query answering from one shape (30 days of rows take tens of milliseconds to write)
+/// holds up neither the queries of other shapes nor the background rounds.
 #[derive(Debug)]
 pub struct Shapes {
     /// The batch version they merge (0: none).
     pub(crate) version: i64,
-    kept: LruCache<Shape, Kept>,
-    /// Chunks, oldest first, that some kept shape has not folded; `pending[i]` is chunk
-    /// number `first + i`.
-    pending: VecDeque<Chunk>,
-    first: u64,
-    /// Rows in `pending`, all chunks together.
-    pending_rows: usize,
-    /// Time spent in background rounds since `window` began.
+    kept: LruCache<Shape, Entry>,
+    /// Rows all kept shapes may hold together (the latest given to [`keep`](Self::keep)).
+    budget: usize,
+    /// Thread CPU time spent in background rounds since `window` began.
     busy: Duration,
     window: Instant,
 }
 
 #[derive(Debug)]
-struct Kept {
-    merged: Merged,
-    /// It has folded every chunk numbered below this.
-    next: u64,
+struct Entry {
+    kept: Arc<Kept>,
     /// When a query last asked for it.
     asked: Instant,
+}
+
+/// One kept shape: its rows, and the events queued for it that it has not folded yet.
+#[derive(Debug, Default)]
+pub struct Kept {
+    merged: Mutex<Merged>,
+    inbox: Mutex<Inbox>,
+    /// Rows in `merged` (readable without its lock, for the row budget).
+    rows: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    chunks: Vec<Arc<Chunk>>,
+    rows: usize,
+}
+
+impl Kept {
+    /// The shape's rows, locked; [`catch_up`](Self::catch_up) them before reading.
+    pub fn lock(&self) -> MutexGuard<'_, Merged> {
+        self.merged.lock()
+    }
+
+    /// Folds the queued events into `merged` (this shape's rows, locked).
+    pub fn catch_up(&self, view: &CompiledView, shape: &Shape, merged: &mut Merged) {
+        let inbox = std::mem::take(&mut *self.inbox.lock());
+        for chunk in &inbox.chunks {
+            shape.fold_chunk(view, merged, chunk);
+        }
+        self.rows.store(merged.len(), Ordering::Relaxed);
+    }
+
+    /// [`catch_up`](Self::catch_up), unless the rows are locked (being answered from): then
+    /// the events stay queued for the next round or query.
+    pub fn try_catch_up(&self, view: &CompiledView, shape: &Shape) {
+        if let Some(mut merged) = self.merged.try_lock() {
+            self.catch_up(view, shape, &mut merged);
+        }
+    }
 }
 
 impl Default for Shapes {
@@ -240,9 +277,7 @@ impl Default for Shapes {
         Shapes {
             version: 0,
             kept: LruCache::new(NonZeroUsize::new(SHAPES_PER_VIEW).expect("not zero")),
-            pending: VecDeque::new(),
-            first: 0,
-            pending_rows: 0,
+            budget: usize::MAX,
             busy: Duration::ZERO,
             window: Instant::now(),
         }
@@ -253,24 +288,60 @@ impl Shapes {
     /// Forgets every shape; they will merge `version` from now on.
     pub fn reset(&mut self, version: i64) {
         self.kept.clear();
-        self.first += self.pending.len() as u64;
-        self.pending.clear();
-        self.pending_rows = 0;
         self.version = version;
     }
 
-    /// Queues events for every kept shape.
-    pub fn push(&mut self, chunks: Vec<Chunk>) {
-        if self.kept.is_empty() {
+    /// Queues events for every kept shape. A shape with more than `max_queued` events
+    /// waiting (its rows were locked for that long) is dropped; it is built again when asked.
+    pub fn push(&mut self, chunks: Vec<Chunk>, max_queued: usize) {
+        let chunks: Vec<Arc<Chunk>> = chunks.into_iter().filter(|c| c.len() > 0).map(Arc::new).collect();
+        if chunks.is_empty() {
             return;
         }
-        for chunk in chunks.into_iter().filter(|c| c.len() > 0) {
-            self.pending_rows += chunk.len();
-            self.pending.push_back(chunk);
+        let rows: usize = chunks.iter().map(|c| c.len()).sum();
+        let mut lagging = Vec::new();
+        for (shape, entry) in self.kept.iter() {
+            let mut inbox = entry.kept.inbox.lock();
+            inbox.chunks.extend(chunks.iter().cloned());
+            inbox.rows += rows;
+            if inbox.rows > max_queued {
+                lagging.push(shape.clone());
+            }
+        }
+        lagging.iter().for_each(|shape| drop(self.kept.pop(shape)));
+    }
+
+    /// The kept shape `shape`, asked for by a query.
+    pub fn get(&mut self, shape: &Shape) -> Option<Arc<Kept>> {
+        let entry = self.kept.get_mut(shape)?;
+        entry.asked = Instant::now();
+        let kept = entry.kept.clone();
+        self.fit();
+        Some(kept)
+    }
+
+    /// Keeps a new, empty shape; all shapes together may hold `budget` rows. The caller
+    /// fills it (see [`Kept::lock`]) before anyone else can: lock it before releasing `self`.
+    pub fn keep(&mut self, shape: Shape, budget: usize) -> Arc<Kept> {
+        let kept = Arc::new(Kept::default());
+        self.kept.put(shape, Entry { kept: kept.clone(), asked: Instant::now() });
+        self.budget = budget;
+        self.fit();
+        kept
+    }
+
+    /// Drops the least recently used shapes while all of them hold more rows than the
+    /// budget (the most recently used always stays). A shape is counted once it has been
+    /// filled, so one kept just now counts from the next call.
+    fn fit(&mut self) {
+        let rows = |kept: &LruCache<Shape, Entry>| {
+            kept.iter().map(|(_, e)| e.kept.rows.load(Ordering::Relaxed)).sum::<usize>()
+        };
+        while self.kept.len() > 1 && rows(&self.kept) > self.budget {
+            self.kept.pop_lru();
         }
     }
 
-    /// Whether `shape` is kept (and so needs no building).
     pub fn contains(&self, shape: &Shape) -> bool {
         self.kept.contains(shape)
     }
@@ -279,107 +350,75 @@ impl Shapes {
         self.kept.is_empty()
     }
 
-    /// Events queued that some kept shape has not folded.
-    pub fn pending_rows(&self) -> usize {
-        self.pending_rows
+    /// Events queued for the kept shapes and not folded yet, all shapes together.
+    #[cfg(test)]
+    pub(crate) fn queued_rows(&self) -> usize {
+        self.kept.iter().map(|(_, e)| e.kept.inbox.lock().rows).sum()
     }
 
-    /// The kept rows of `shape`, asked for by a query, after folding the queued events it
-    /// has not seen. Then chunks every kept shape has folded leave the queue, and while it
-    /// holds more than `max_pending` rows, the shape that lags most is dropped.
-    pub fn get(&mut self, view: &CompiledView, shape: &Shape, max_pending: usize) -> Option<&mut Merged> {
-        let kept = self.kept.get_mut(shape)?;
-        Self::fold_pending(view, shape, kept, &self.pending, self.first);
-        kept.asked = Instant::now();
-        self.trim(max_pending);
-        self.kept.peek_mut(shape).map(|kept| &mut kept.merged)
-    }
-
-    /// A background round: every kept shape folds the queued events it has not seen, after
-    /// the shapes nobody asked for in [`SHAPES_IDLE`] are dropped. When the rounds of the
-    /// last [`BUSY_WINDOW`] kept a core more than [`MAX_BUSY_SHARE`] busy, the least recently
-    /// asked shape is dropped too (one shape always stays).
-    pub fn catch_up(&mut self, view: &CompiledView, max_pending: usize) {
-        let started = Instant::now();
+    /// The shapes a background round brings up to date, after dropping those nobody asked
+    /// for in [`SHAPES_IDLE`].
+    pub fn for_round(&mut self) -> Vec<(Shape, Arc<Kept>)> {
         let idle: Vec<Shape> =
-            self.kept.iter().filter(|(_, k)| k.asked.elapsed() > SHAPES_IDLE).map(|(s, _)| s.clone()).collect();
+            self.kept.iter().filter(|(_, e)| e.asked.elapsed() > SHAPES_IDLE).map(|(s, _)| s.clone()).collect();
         idle.iter().for_each(|shape| drop(self.kept.pop(shape)));
-        for (shape, kept) in self.kept.iter_mut() {
-            Self::fold_pending(view, shape, kept, &self.pending, self.first);
-        }
-        self.trim(max_pending);
-        self.busy += started.elapsed();
+        self.fit();
+        self.kept.iter().map(|(shape, e)| (shape.clone(), e.kept.clone())).collect()
+    }
+
+    /// Counts a background round's thread CPU time. When the rounds of the last
+    /// [`BUSY_WINDOW`] kept a core more than [`MAX_BUSY_SHARE`] busy, the least recently asked
+    /// shape is dropped (one shape always stays).
+    pub fn spent(&mut self, view: &str, cpu: Duration) {
+        self.busy += cpu;
         let window = self.window.elapsed();
-        if window >= BUSY_WINDOW {
-            if self.busy.as_secs_f64() > MAX_BUSY_SHARE * window.as_secs_f64() && self.kept.len() > 1 {
-                let dropped = self.kept.pop_lru().map(|(shape, _)| shape);
-                tracing::debug!(view = %view.spec.name, ?dropped, busy_ms = self.busy.as_millis() as u64, "kept shapes cost too much to keep up; dropped one");
-                self.trim(max_pending);
-            }
-            (self.busy, self.window) = (Duration::ZERO, Instant::now());
+        if window < BUSY_WINDOW {
+            return;
         }
+        if self.busy.as_secs_f64() > MAX_BUSY_SHARE * window.as_secs_f64() && self.kept.len() > 1 {
+            let dropped = self.kept.pop_lru().map(|(shape, _)| shape);
+            let busy_ms = self.busy.as_millis() as u64;
+            tracing::debug!(view, ?dropped, busy_ms, "kept shapes cost too much to keep up; dropped one");
+        }
+        (self.busy, self.window) = (Duration::ZERO, Instant::now());
     }
+}
 
-    fn fold_pending(view: &CompiledView, shape: &Shape, kept: &mut Kept, pending: &VecDeque<Chunk>, first: u64) {
-        for chunk in pending.range((kept.next - first) as usize..) {
-            shape.fold_chunk(view, &mut kept.merged, chunk);
-        }
-        kept.next = first + pending.len() as u64;
-    }
-
-    fn trim(&mut self, max_pending: usize) {
-        loop {
-            let seen_by_all = self.kept.iter().map(|(_, k)| k.next).min().unwrap_or(u64::MAX);
-            while self.first < seen_by_all && !self.pending.is_empty() {
-                let chunk = self.pending.pop_front().expect("not empty");
-                self.pending_rows -= chunk.len();
-                self.first += 1;
-            }
-            if self.pending_rows <= max_pending {
-                return;
-            }
-            let lagging = self.kept.iter().min_by_key(|(_, k)| k.next).map(|(shape, _)| shape.clone());
-            if let Some(lagging) = lagging {
-                self.kept.pop(&lagging);
-            }
-        }
-    }
-
-    /// Keeps `merged` for `shape`, up to date with every queued chunk, dropping the least
-    /// recently used shapes while all of them hold more than `budget` rows (the one just kept
-    /// always stays).
-    pub fn keep(&mut self, shape: Shape, merged: Merged, budget: usize) {
-        let next = self.first + self.pending.len() as u64;
-        self.kept.put(shape, Kept { merged, next, asked: Instant::now() });
-        while self.kept.len() > 1 && self.kept.iter().map(|(_, k)| k.merged.len()).sum::<usize>() > budget {
-            self.kept.pop_lru();
-        }
-    }
+/// CPU time the calling thread has used.
+pub fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn merged(rows: i64) -> Merged {
-        Merged::from_groups((0..rows).map(|b| (GroupKey { bucket: b, dims: vec![] }, vec![])).collect())
+    /// Keeps `shape` with `rows` rows, as a query building it does.
+    fn keep(shapes: &mut Shapes, shape: &Shape, rows: i64, budget: usize) {
+        let kept = shapes.keep(shape.clone(), budget);
+        let mut merged = kept.lock();
+        *merged = Merged::from_groups((0..rows).map(|b| (GroupKey { bucket: b, dims: vec![] }, vec![])).collect());
+        kept.catch_up(&view(), shape, &mut merged);
     }
 
     #[test]
     fn kept_shapes_stay_within_their_row_budget() {
         let shape = |g| Shape::new(g, vec![], vec![], vec![0]);
         let mut shapes = Shapes::default();
-        shapes.keep(shape(Granularity::Hour), merged(600), 1000);
-        shapes.keep(shape(Granularity::Day), merged(300), 1000);
-        assert!(shapes.get(&view(), &shape(Granularity::Hour), usize::MAX).is_some(), "900 rows fit");
-        // the hour shape was used last: the day shape goes first
-        shapes.keep(shape(Granularity::All), merged(200), 1000);
+        keep(&mut shapes, &shape(Granularity::Hour), 600, 1000);
+        keep(&mut shapes, &shape(Granularity::Day), 300, 1000);
+        assert!(shapes.get(&shape(Granularity::Hour)).is_some(), "900 rows fit");
+        assert!(shapes.contains(&shape(Granularity::Day)));
+        // the hour shape was used last but for the new one: the day shape goes first
+        keep(&mut shapes, &shape(Granularity::All), 200, 1000);
+        assert!(shapes.get(&shape(Granularity::All)).is_some());
         assert!(!shapes.contains(&shape(Granularity::Day)));
         assert!(shapes.contains(&shape(Granularity::Hour)));
         // a shape over the budget on its own is still kept, alone
-        shapes.keep(shape(Granularity::Minute), merged(5000), 1000);
+        keep(&mut shapes, &shape(Granularity::Minute), 5000, 1000);
+        assert!(shapes.get(&shape(Granularity::Minute)).is_some());
         assert_eq!(shapes.kept.len(), 1);
-        assert!(shapes.contains(&shape(Granularity::Minute)));
     }
 
     const HOUR: i64 = 3_600_000_000;
@@ -458,65 +497,80 @@ mod tests {
         }
     }
 
+    /// A kept shape's rows after it folds what was queued for it.
+    fn caught_up(view: &CompiledView, kept: &Kept, shape: &Shape) -> Vec<(i64, Vec<Value>, Vec<Value>)> {
+        let mut merged = kept.lock();
+        kept.catch_up(view, shape, &mut merged);
+        answer(&mut merged)
+    }
+
     #[test]
-    fn a_shape_folds_the_events_it_missed_and_a_lagging_one_is_dropped() {
+    fn a_shape_folds_the_events_queued_for_it_and_a_lagging_one_is_dropped() {
         let view = view();
         let (hourly, all) = (
             Shape::new(Granularity::Hour, vec![], vec![], vec![0]),
             Shape::new(Granularity::All, vec![], vec![], vec![0]),
         );
-        let counts =
-            |merged: &mut Merged| answer(merged).into_iter().map(|(b, _, v)| (b, v[0].clone())).collect::<Vec<_>>();
+        let counts = |rows: Vec<(i64, Vec<Value>, Vec<Value>)>| -> Vec<(i64, Value)> {
+            rows.into_iter().map(|(b, _, v)| (b, v[0].clone())).collect()
+        };
         let mut shapes = Shapes::default();
-        shapes.keep(hourly.clone(), Merged::default(), 1000);
-        shapes.keep(all.clone(), Merged::default(), 1000);
-        shapes.push(vec![chunk(&[("a", 1, 0), ("a", -1, 1), ("b", 2, 70)], 0)]);
-        assert_eq!(counts(shapes.get(&view, &hourly, 100).unwrap()), vec![(0, Value::Int(1)), (HOUR, Value::Int(1))]);
-        shapes.push(vec![chunk(&[("a", 9, 61), ("a", 3, 62), ("b", 4, 130)], 1)]);
+        keep(&mut shapes, &hourly, 0, 1000);
+        keep(&mut shapes, &all, 0, 1000);
+        shapes.push(vec![chunk(&[("a", 1, 0), ("a", -1, 1), ("b", 2, 70)], 0)], 100);
+        let kept = shapes.get(&hourly).unwrap();
+        assert_eq!(counts(caught_up(&view, &kept, &hourly)), vec![(0, Value::Int(1)), (HOUR, Value::Int(1))]);
+        shapes.push(vec![chunk(&[("a", 9, 61), ("a", 3, 62), ("b", 4, 130)], 1)], 100);
         assert_eq!(
-            counts(shapes.get(&view, &hourly, 100).unwrap()),
+            counts(caught_up(&view, &kept, &hourly)),
             vec![(0, Value::Int(1)), (HOUR, Value::Int(2)), (2 * HOUR, Value::Int(1))]
         );
-        assert_eq!(shapes.pending.len(), 2, "the shape of all time has folded neither");
-        // asked at last, it folds both, and nobody needs them any more
-        assert_eq!(counts(shapes.get(&view, &all, 100).unwrap()), vec![(0, Value::Int(4))]);
-        assert!(shapes.pending.is_empty() && shapes.pending_rows == 0);
+        let other = shapes.get(&all).unwrap();
+        assert_eq!(other.inbox.lock().chunks.len(), 2, "the shape of all time has folded neither");
+        // asked at last, it folds both
+        assert_eq!(counts(caught_up(&view, &other, &all)), vec![(0, Value::Int(4))]);
+        assert_eq!(other.inbox.lock().rows, 0);
 
-        // the shape of all time is not asked again: once its backlog passes the bound, it goes
+        // the shape of all time is not asked again: once its queue passes the bound, it goes
         for round in 0..3 {
-            shapes.push(vec![chunk(&[("a", round, 0), ("a", round, 1)], 0)]);
-            assert!(shapes.get(&view, &hourly, 4).is_some());
+            shapes.push(vec![chunk(&[("a", round, 0), ("a", round, 1)], 0)], 4);
+            let kept = shapes.get(&hourly).unwrap();
+            caught_up(&view, &kept, &hourly);
             assert_eq!(shapes.contains(&all), round < 2, "round {round}");
         }
-        assert!(shapes.pending.is_empty() && shapes.pending_rows == 0);
-        // and a version change forgets every shape and chunk
-        shapes.push(vec![chunk(&[("a", 1, 0)], 0)]);
+        // and a version change forgets every shape
         shapes.reset(7);
-        assert!(!shapes.contains(&hourly) && shapes.pending.is_empty() && shapes.pending_rows == 0);
+        assert!(shapes.is_empty());
     }
 
     #[test]
-    fn a_background_round_brings_every_shape_up_to_date_and_drops_the_idle() {
+    fn a_background_round_brings_idle_rows_up_to_date_and_drops_the_idle_shapes() {
         let view = view();
         let shape = |g| Shape::new(g, vec![0], vec![], vec![0, 2]);
         let (hourly, daily, all) = (shape(Granularity::Hour), shape(Granularity::Day), shape(Granularity::All));
         let mut shapes = Shapes::default();
         for s in [&hourly, &daily, &all] {
-            shapes.keep(s.clone(), Merged::default(), 1000);
+            keep(&mut shapes, s, 0, 1000);
         }
         let chunks =
             || vec![chunk(&[("a", 1, 0), ("b", -1, 1), ("b", 2, 70)], 0), chunk(&[("c", 5, 200), ("a", 1, 3)], 0)];
         shapes.kept.peek_mut(&daily).unwrap().asked -= SHAPES_IDLE + Duration::from_secs(1);
-        shapes.push(chunks());
-        shapes.catch_up(&view, 100);
+        shapes.push(chunks(), 100);
+        let busy = shapes.get(&all).unwrap();
+        let answering = busy.lock(); // a query is answering from this shape's rows
+        let round = shapes.for_round();
         assert!(!shapes.contains(&daily), "nobody asked for it lately");
-        assert!(shapes.pending.is_empty() && shapes.pending_rows == 0, "every kept shape has folded everything");
-        // the rows were folded in the round: what the queries read is up to date without them
-        for s in [&hourly, &all] {
-            let kept = &mut shapes.kept.peek_mut(s).unwrap().merged;
-            let expected = chunks();
-            assert_eq!(answer(kept), through_groups(&view, s, &[&expected[0], &expected[1]]), "{s:?}");
-        }
+        assert_eq!(round.len(), 2);
+        round.iter().for_each(|(s, kept)| kept.try_catch_up(&view, s));
+        let expected = chunks();
+        let expected = |s: &Shape| through_groups(&view, s, &[&expected[0], &expected[1]]);
+        // the idle shape's rows were folded in the round, the busy one's wait for it
+        let hourly_kept = shapes.get(&hourly).unwrap();
+        assert_eq!(hourly_kept.inbox.lock().rows, 0);
+        assert_eq!(answer(&mut hourly_kept.lock()), expected(&hourly));
+        assert_eq!(busy.inbox.lock().rows, 5);
+        drop(answering);
+        assert_eq!(caught_up(&view, &busy, &all), expected(&all));
     }
 
     #[test]
