@@ -18,12 +18,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::NaiveDate;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::schema::types::ColumnPath;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -125,7 +126,16 @@ pub async fn write_parquet(
 
 /// Encodes batches as the bytes of one Parquet file (Snappy); also returns the rows.
 pub fn encode_parquet(schema: SchemaRef, batches: &[RecordBatch]) -> Result<(Vec<u8>, usize)> {
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    // dictionaries only for strings: numbers, timestamps, sequence numbers and sketch states
+    // are nearly all distinct, and interning them is wasted work
+    let props = schema
+        .fields()
+        .iter()
+        .filter(|f| !matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View))
+        .fold(WriterProperties::builder().set_compression(Compression::SNAPPY), |props, f| {
+            props.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false)
+        })
+        .build();
     let mut buf = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(props))?;
     let mut rows = 0;
@@ -172,4 +182,36 @@ pub async fn load_version(store: &Arc<dyn ObjectStore>, view: &CompiledView, fil
         }
     }
     Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::parquet::basic::Encoding;
+
+    use super::*;
+
+    /// Strings keep their dictionary; numbers (nearly all distinct) are not interned.
+    #[test]
+    fn only_string_columns_are_dictionary_encoded() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("country", DataType::Utf8, false),
+            Field::new("_seq", DataType::Int64, false),
+        ]));
+        let countries = StringArray::from_iter_values((0..1000).map(|i| ["DE", "FR", "US"][i % 3]));
+        let seqs = Int64Array::from_iter_values(0..1000);
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(countries), Arc::new(seqs)]).unwrap();
+        let (bytes, rows) = encode_parquet(schema, &[batch]).unwrap();
+        assert_eq!(rows, 1000);
+        let meta = ParquetMetaDataReader::new().parse_and_finish(&Bytes::from(bytes)).unwrap();
+        let column = |i: usize| meta.row_group(0).column(i);
+        assert!(
+            column(0).dictionary_page_offset().is_some(),
+            "country: {:?}",
+            column(0).encodings().collect::<Vec<_>>()
+        );
+        assert!(column(1).dictionary_page_offset().is_none(), "_seq: {:?}", column(1).encodings().collect::<Vec<_>>());
+        assert!(!column(1).encodings().any(|e| e == Encoding::RLE_DICTIONARY || e == Encoding::PLAIN_DICTIONARY));
+    }
 }
