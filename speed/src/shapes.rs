@@ -101,7 +101,13 @@ impl Shape {
     }
 
     fn admits(&self, key: &GroupKey) -> bool {
-        self.filters.iter().all(|(pos, allowed)| allowed.binary_search_by(|v| v.total_cmp(&key.dims[*pos])).is_ok())
+        self.admits_dims(|pos| &key.dims[pos])
+    }
+
+    /// Whether the dimension values (`dim(position in the view's dimensions)`) pass the
+    /// filters.
+    fn admits_dims<'v>(&self, dim: impl Fn(usize) -> &'v Value) -> bool {
+        self.filters.iter().all(|(pos, allowed)| allowed.binary_search_by(|v| v.total_cmp(dim(*pos))).is_ok())
     }
 
     /// Folds view groups (keyed at the view's granularity and dimensions) whose bucket lies in
@@ -144,12 +150,10 @@ impl Shape {
     /// Folds the events of `chunk` into `merged`, each as [`tandem_model::agg::fold_row`]
     /// folds it into the view's groups and [`fold`](Self::fold) then into this shape's rows.
     fn fold_chunk(&self, view: &CompiledView, merged: &mut Merged, chunk: &Chunk) {
-        let at = |pos: &usize| view.dimension_index[*pos];
-        let dims: Vec<usize> = self.group.iter().map(at).collect();
-        let filters: Vec<(usize, &[Value])> = self.filters.iter().map(|(pos, vs)| (at(pos), vs.as_slice())).collect();
+        let dims: Vec<usize> = self.group.iter().map(|pos| view.dimension_index[*pos]).collect();
         for row in chunk.events() {
             let Value::Timestamp(ts) = row[view.time_index] else { continue };
-            if !filters.iter().all(|(i, allowed)| allowed.binary_search_by(|v| v.total_cmp(&row[*i])).is_ok()) {
+            if !self.admits_dims(|pos| &row[view.dimension_index[pos]]) {
                 continue;
             }
             let key =
@@ -342,11 +346,13 @@ impl Shapes {
         }
     }
 
-    pub fn contains(&self, shape: &Shape) -> bool {
+    #[cfg(test)]
+    pub(crate) fn contains(&self, shape: &Shape) -> bool {
         self.kept.contains(shape)
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.kept.is_empty()
     }
 

@@ -137,18 +137,17 @@ impl DatasetWriter {
         let (log, recovery) = LogWriter::open(dir)?;
         let max_queued = config.max_queued;
         let spawn_error = |e| LogError::Io { path: dir.to_path_buf(), source: e };
-        // one long-lived thread merges sealed speed maps: its allocator heap is reused from
-        // one merge to the next (a thread per merge left a heap behind each time)
-        let (coalesce, merges) = crossbeam_channel::unbounded::<Arc<ViewLive>>();
-        std::thread::Builder::new()
-            .name(format!("coalesce-{}", spec.name))
-            .spawn(move || merges.iter().for_each(|view| view.coalesce()))
-            .map_err(spawn_error)?;
-        let (catch_up, rounds) = crossbeam_channel::unbounded::<Arc<ViewLive>>();
-        std::thread::Builder::new()
-            .name(format!("shapes-{}", spec.name))
-            .spawn(move || rounds.iter().for_each(|view| view.catch_up()))
-            .map_err(spawn_error)?;
+        // long-lived helper threads, one per kind of work: a thread's allocator heap is reused
+        // from one piece of work to the next (a thread per merge left a heap behind each time)
+        let helper = |kind: &str, work: fn(&ViewLive)| -> std::io::Result<Sender<Arc<ViewLive>>> {
+            let (tx, rx) = crossbeam_channel::unbounded::<Arc<ViewLive>>();
+            std::thread::Builder::new()
+                .name(format!("{kind}-{}", spec.name))
+                .spawn(move || rx.iter().for_each(|view| work(&view)))?;
+            Ok(tx)
+        };
+        let coalesce = helper("coalesce", ViewLive::coalesce).map_err(spawn_error)?;
+        let catch_up = helper("shapes", ViewLive::catch_up).map_err(spawn_error)?;
         let mut thread = WriterThread {
             coalesce,
             catch_up,
