@@ -10,7 +10,8 @@
 //! `ViewLive::apply`). The delta is taken and queued in every kept shape's inbox, in
 //! [`Chunk`]s, by a background round after each group commit (`ViewLive::catch_up`, on the
 //! dataset's `shapes` thread) and by every query. The round then folds each shape's inbox
-//! straight into its rows, and a query folds its own shape's, so a query folds at most the
+//! into its rows (into fresh rows first, merged into the kept ones once per catch-up), and a
+//! query folds its own shape's, so a query folds at most the
 //! events of a group commit or two, whatever the ingest rate and however long since it was
 //! last asked. (Queries used to merge the delta's view *groups* into their rows when asked:
 //! about 2 µs a group, so the first query after half a second of ingest at 200 k events/s
@@ -197,8 +198,27 @@ impl Merged {
         Merged { rows: folded.into_iter().map(|(key, states)| (key, MergedRow { states, values: None })).collect() }
     }
 
+    fn with_capacity(rows: usize) -> Merged {
+        Merged { rows: std::collections::HashMap::with_capacity_and_hasher(rows, Default::default()) }
+    }
+
     fn len(&self) -> usize {
         self.rows.len()
+    }
+
+    /// Merges the rows of `other` (of the same shape, over other events) into these.
+    fn absorb(&mut self, other: Merged) {
+        for (key, row) in other.rows {
+            match self.rows.get_mut(&key) {
+                Some(existing) => {
+                    merge_states(&mut existing.states, &row.states);
+                    existing.values = None;
+                }
+                None => {
+                    self.rows.insert(key, row);
+                }
+            }
+        }
     }
 
     /// Each row whose output bucket `keep` accepts, with its measure values.
@@ -244,6 +264,8 @@ pub struct Kept {
     inbox: Mutex<Inbox>,
     /// Rows in `merged` (readable without its lock, for the row budget).
     rows: AtomicUsize,
+    /// Rows the events of the last catch-up reached.
+    fresh_rows: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -258,11 +280,21 @@ impl Kept {
         self.merged.lock()
     }
 
-    /// Folds the queued events into `merged` (this shape's rows, locked).
+    /// Folds the queued events into `merged` (this shape's rows, locked): first into rows of
+    /// their own, then those into `merged`, so that each kept row is reached once per
+    /// catch-up rather than once per event. (Over a large shape, whose rows and sketches are
+    /// mostly out of the cache, this makes the 30-day query under ingest about a sixth
+    /// faster; over a small one it is a wash: see the README, session 9.)
     pub fn catch_up(&self, view: &CompiledView, shape: &Shape, merged: &mut Merged) {
         let inbox = std::mem::take(&mut *self.inbox.lock());
-        for chunk in &inbox.chunks {
-            shape.fold_chunk(view, merged, chunk);
+        if !inbox.chunks.is_empty() {
+            // about as many rows as last time, so the fresh rows' table rarely grows
+            let mut fresh = Merged::with_capacity(self.fresh_rows.load(Ordering::Relaxed));
+            for chunk in &inbox.chunks {
+                shape.fold_chunk(view, &mut fresh, chunk);
+            }
+            self.fresh_rows.store(fresh.len(), Ordering::Relaxed);
+            merged.absorb(fresh);
         }
         self.rows.store(merged.len(), Ordering::Relaxed);
     }
