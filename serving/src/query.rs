@@ -317,7 +317,11 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiErro
             freshness,
             last_bucket: RefCell::new((i64::MIN, String::new())),
         };
-        serde_json::to_vec(&answer).map_err(|e| ApiError::internal("writing an answer", e))
+        // about the size of the answer, so that writing it does not copy it as it grows
+        let columns = answer.dims.len() + answer.measures.len() + 1;
+        let mut out = Vec::with_capacity(256 + answer.rows.len() * columns * 24);
+        serde_json::to_writer(&mut out, &answer).map_err(|e| ApiError::internal("writing an answer", e))?;
+        Ok(out)
     };
     // one bucket for all time, and a range: every row is an edge, so a kept shape would
     // never be read (and would still have every delta merged into it)
