@@ -283,8 +283,9 @@ impl Kept {
     /// Folds the queued events into `merged` (this shape's rows, locked): first into rows of
     /// their own, then those into `merged`, so that each kept row is reached once per
     /// catch-up rather than once per event. (Over a large shape, whose rows and sketches are
-    /// mostly out of the cache, this makes the 30-day query under ingest about a sixth
-    /// faster; over a small one it is a wash: see the README, session 9.)
+    /// mostly out of the cache, this made the 30-day query under ingest about a sixth
+    /// faster in the median of runs, not in every run; over a small one it is a wash: see the
+    /// README, session 9.)
     pub fn catch_up(&self, view: &CompiledView, shape: &Shape, merged: &mut Merged) {
         let inbox = std::mem::take(&mut *self.inbox.lock());
         if !inbox.chunks.is_empty() {
