@@ -198,10 +198,6 @@ impl Merged {
         Merged { rows: folded.into_iter().map(|(key, states)| (key, MergedRow { states, values: None })).collect() }
     }
 
-    fn with_capacity(rows: usize) -> Merged {
-        Merged { rows: std::collections::HashMap::with_capacity_and_hasher(rows, Default::default()) }
-    }
-
     fn len(&self) -> usize {
         self.rows.len()
     }
@@ -264,8 +260,6 @@ pub struct Kept {
     inbox: Mutex<Inbox>,
     /// Rows in `merged` (readable without its lock, for the row budget).
     rows: AtomicUsize,
-    /// Rows the events of the last catch-up reached.
-    fresh_rows: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -289,12 +283,10 @@ impl Kept {
     pub fn catch_up(&self, view: &CompiledView, shape: &Shape, merged: &mut Merged) {
         let inbox = std::mem::take(&mut *self.inbox.lock());
         if !inbox.chunks.is_empty() {
-            // about as many rows as last time, so the fresh rows' table rarely grows
-            let mut fresh = Merged::with_capacity(self.fresh_rows.load(Ordering::Relaxed));
+            let mut fresh = Merged::default();
             for chunk in &inbox.chunks {
                 shape.fold_chunk(view, &mut fresh, chunk);
             }
-            self.fresh_rows.store(fresh.len(), Ordering::Relaxed);
             merged.absorb(fresh);
         }
         self.rows.store(merged.len(), Ordering::Relaxed);
