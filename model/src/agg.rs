@@ -210,6 +210,17 @@ pub struct GroupKey {
     pub dims: Vec<Value>,
 }
 
+impl GroupKey {
+    /// The order of rows in an answer: by bucket, then by dimension values
+    /// ([`Value::total_cmp`]). Total over the keys of one view or query shape.
+    pub fn total_cmp(&self, other: &GroupKey) -> std::cmp::Ordering {
+        self.bucket.cmp(&other.bucket).then_with(|| {
+            let mut dims = self.dims.iter().zip(&other.dims).map(|(a, b)| a.total_cmp(b));
+            dims.find(|o| o.is_ne()).unwrap_or(std::cmp::Ordering::Equal)
+        })
+    }
+}
+
 /// A group key's parts wherever they lie, so that a group can be looked up in [`Groups`]
 /// from a row (or another key) in place: building a key (a vector and a copy of every
 /// dimension string) for each event only to find its group was a large part of folding.

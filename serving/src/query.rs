@@ -11,8 +11,6 @@
 //! to date (`tandem_speed::shapes`), and a query reads the rows its time range selects. Only
 //! output buckets that the range cuts through are folded afresh.
 
-use std::cell::RefCell;
-use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -23,7 +21,7 @@ use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states};
 use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
 use tandem_model::{FieldType, Granularity, Value};
-use tandem_speed::shapes::{Range, Shape};
+use tandem_speed::shapes::{Range, Shape, Text};
 use tandem_speed::{BatchSnapshot, LiveState, ViewLive};
 
 use crate::api::error::ApiError;
@@ -305,22 +303,35 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiErro
         );
         rows
     };
-    let write = |kept: Vec<(&GroupKey, &[Value])>, edges: &[(GroupKey, Vec<Value>)], freshness: Json| {
-        let mut rows = kept;
-        rows.extend(edges.iter().map(|(k, v)| (k, v.as_slice())));
-        sort_and_limit(&plan, &mut rows);
-        let answer = Answer {
+    let write = |kept: Vec<OutRow<'_>>, edges: &[(GroupKey, Vec<Value>)], freshness: Json| {
+        let edges = edges.iter().map(|(key, values)| (key, values.as_slice(), None)).collect();
+        let rows = in_order(&plan, kept, edges);
+        let mut render = RowWriter {
             bucket: plan.shape.granularity != Granularity::All,
             dims: plan.shape.group.iter().map(|&g| view.spec.dimensions[g].as_str()).collect(),
             measures: plan.shape.measures.iter().map(|&m| view.measures[m].0.name.as_str()).collect(),
-            rows,
-            freshness,
-            last_bucket: RefCell::new((i64::MIN, String::new())),
+            last_bucket: (i64::MIN, String::new()),
         };
         // about the size of the answer, so that writing it does not copy it as it grows
-        let columns = answer.dims.len() + answer.measures.len() + 1;
-        let mut out = Vec::with_capacity(256 + answer.rows.len() * columns * 24);
-        serde_json::to_writer(&mut out, &answer).map_err(|e| ApiError::internal("writing an answer", e))?;
+        let columns = render.dims.len() + render.measures.len() + 1;
+        let mut out = Vec::with_capacity(256 + rows.len() * columns * 24);
+        out.extend_from_slice(b"{\"rows\":[");
+        for (i, (key, values, text)) in rows.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            match text {
+                Some(text) => out.extend_from_slice(text.get_or_init(|| {
+                    let mut text = Vec::new();
+                    render.write(&mut text, key, values);
+                    text.into_boxed_slice()
+                })),
+                None => render.write(&mut out, key, values),
+            }
+        }
+        out.extend_from_slice(b"],\"freshness\":");
+        serde_json::to_writer(&mut out, &freshness).map_err(|e| ApiError::internal("writing an answer", e))?;
+        out.push(b'}');
         Ok(out)
     };
     // one bucket for all time, and a range: every row is an edge, so a kept shape would
@@ -332,21 +343,43 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiErro
         live.query(&plan.shape, locked, |locked, merged| {
             let (batch, speed_edges, freshness) = locked?;
             let edges = edges(batch, speed_edges);
-            let kept = merged.rows(|bucket| span(bucket) == Span::Whole).map(|(k, v)| (k, v.as_slice())).collect();
+            let kept = merged.rows(|bucket| span(bucket) == Span::Whole).map(|(k, v, t)| (k, v, Some(t))).collect();
             write(kept, &edges, freshness)
         })
     }
 }
 
+/// A row of an answer: its key and measure values, and for a kept row its text, kept.
+type OutRow<'a> = (&'a GroupKey, &'a [Value], Option<&'a Text>);
+
+/// The rows in the query's order, the first `limit` of them. `kept` come in bucket and
+/// dimension order (see [`tandem_speed::shapes::Merged::rows`]), so without an `order_by`
+/// the few edge rows are merged into them rather than all sorted.
+fn in_order<'a>(plan: &Plan, kept: Vec<OutRow<'a>>, mut edges: Vec<OutRow<'a>>) -> Vec<OutRow<'a>> {
+    if !plan.order.is_empty() {
+        let mut rows = kept;
+        rows.extend(edges);
+        sort_and_limit(plan, &mut rows);
+        return rows;
+    }
+    edges.sort_unstable_by(|a, b| a.0.total_cmp(b.0));
+    let mut edges = edges.into_iter().peekable();
+    let mut rows = Vec::with_capacity(kept.len() + edges.len());
+    for row in kept {
+        rows.extend(std::iter::from_fn(|| edges.next_if(|edge| edge.0.total_cmp(row.0).is_lt())));
+        rows.push(row);
+    }
+    rows.extend(edges);
+    if let Some(limit) = plan.limit {
+        rows.truncate(limit);
+    }
+    rows
+}
+
 /// Orders rows by the query's `order_by`, then by bucket and dimensions (so the order is
 /// total: no two rows share a bucket and dimensions), and keeps the first `limit`.
-fn sort_and_limit(plan: &Plan, rows: &mut Vec<(&GroupKey, &[Value])>) {
-    let default_order = |a: &GroupKey, b: &GroupKey| {
-        a.bucket.cmp(&b.bucket).then_with(|| {
-            a.dims.iter().zip(&b.dims).map(|(x, y)| x.total_cmp(y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
-        })
-    };
-    let order = |(ka, sa): &(&GroupKey, &[Value]), (kb, sb): &(&GroupKey, &[Value])| {
+fn sort_and_limit(plan: &Plan, rows: &mut Vec<OutRow<'_>>) {
+    let order = |(ka, sa, _): &OutRow<'_>, (kb, sb, _): &OutRow<'_>| {
         for (column, desc) in &plan.order {
             let o = match column {
                 Column::Bucket => ka.bucket.cmp(&kb.bucket),
@@ -358,7 +391,7 @@ fn sort_and_limit(plan: &Plan, rows: &mut Vec<(&GroupKey, &[Value])>) {
                 return o;
             }
         }
-        default_order(ka, kb)
+        ka.total_cmp(kb)
     };
     match plan.limit {
         // the first `limit` in order, without sorting the rest
@@ -373,51 +406,46 @@ fn sort_and_limit(plan: &Plan, rows: &mut Vec<(&GroupKey, &[Value])>) {
     }
 }
 
-/// A query's answer, written straight from references to its rows.
-struct Answer<'a> {
+/// Writes rows of an answer as JSON objects: `{"bucket", dimensions.., measures..}`.
+struct RowWriter<'a> {
     /// Whether rows have a `bucket` (every granularity but `all`).
     bucket: bool,
     dims: Vec<&'a str>,
     measures: Vec<&'a str>,
-    rows: Vec<(&'a GroupKey, &'a [Value])>,
-    freshness: Json,
     /// The bucket last written and its text: rows come mostly in bucket order, so each
     /// bucket's time is formatted about once.
-    last_bucket: RefCell<(i64, String)>,
+    last_bucket: (i64, String),
 }
 
-impl Serialize for Answer<'_> {
+impl RowWriter<'_> {
+    fn write(&mut self, out: &mut Vec<u8>, key: &GroupKey, values: &[Value]) {
+        if self.bucket && self.last_bucket.0 != key.bucket {
+            self.last_bucket = (key.bucket, format_timestamp(key.bucket));
+        }
+        let row = Row { writer: self, key, values };
+        serde_json::to_writer(out, &row).expect("writing JSON into memory cannot fail");
+    }
+}
+
+struct Row<'a> {
+    writer: &'a RowWriter<'a>,
+    key: &'a GroupKey,
+    values: &'a [Value],
+}
+
+impl Serialize for Row<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Rows<'a>(&'a Answer<'a>);
-        struct Row<'a>(&'a Answer<'a>, &'a GroupKey, &'a [Value]);
-        impl Serialize for Rows<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_seq(self.0.rows.iter().map(|(key, values)| Row(self.0, key, values)))
-            }
+        let Row { writer, key, values } = self;
+        let mut row = s.serialize_map(Some(writer.bucket as usize + key.dims.len() + values.len()))?;
+        if writer.bucket {
+            row.serialize_entry("bucket", &writer.last_bucket.1)?;
         }
-        impl Serialize for Row<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let Row(answer, key, values) = self;
-                let mut row = s.serialize_map(Some(answer.bucket as usize + key.dims.len() + values.len()))?;
-                if answer.bucket {
-                    let mut last = answer.last_bucket.borrow_mut();
-                    if last.0 != key.bucket {
-                        *last = (key.bucket, format_timestamp(key.bucket));
-                    }
-                    row.serialize_entry("bucket", &last.1)?;
-                }
-                for (name, value) in answer.dims.iter().zip(&key.dims) {
-                    row.serialize_entry(name, value)?;
-                }
-                for (name, value) in answer.measures.iter().zip(values.iter()) {
-                    row.serialize_entry(name, value)?;
-                }
-                row.end()
-            }
+        for (name, value) in writer.dims.iter().zip(&key.dims) {
+            row.serialize_entry(name, value)?;
         }
-        let mut answer = s.serialize_map(Some(2))?;
-        answer.serialize_entry("rows", &Rows(self))?;
-        answer.serialize_entry("freshness", &self.freshness)?;
-        answer.end()
+        for (name, value) in writer.measures.iter().zip(values.iter()) {
+            row.serialize_entry(name, value)?;
+        }
+        row.end()
     }
 }

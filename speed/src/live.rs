@@ -494,7 +494,7 @@ impl ViewLive {
         &self,
         shape: &Shape,
         locked: impl FnOnce(&LiveState) -> A,
-        answer: impl FnOnce(A, &mut Merged) -> T,
+        answer: impl FnOnce(A, &Merged) -> T,
     ) -> T {
         let started = Instant::now();
         let mut shapes = self.shapes.lock();
@@ -547,7 +547,7 @@ impl ViewLive {
         let built_at = Instant::now();
         kept.catch_up(&self.view, shape, &mut merged);
         let caught_up_at = Instant::now();
-        let answered = answer(locked, &mut merged);
+        let answered = answer(locked, &merged);
         if started.elapsed() >= SLOW_QUERY {
             // where a slow query spent its time, for `TANDEM_LOG=tandem_speed=debug`
             let ms = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64() * 1e3;
@@ -729,7 +729,7 @@ mod tests {
         let mut rows: Vec<_> = live.query(
             shape,
             |_| (),
-            |(), merged| merged.rows(|_| true).map(|(k, v)| (k.clone(), v.clone())).collect(),
+            |(), merged| merged.rows(|_| true).map(|(k, v, _)| (k.clone(), v.to_vec())).collect(),
         );
         rows.sort_by_key(|(k, _)| k.bucket);
         rows
