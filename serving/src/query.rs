@@ -250,8 +250,9 @@ fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {
 ///
 /// Output buckets wholly inside `[from, to)` are read from the view's kept rows for the
 /// query's shape (batch and speed merged, up to date). The at most two output buckets the
-/// range cuts through are folded afresh from the version's groups and the speed groups. The
-/// rows are sorted and written as references to the kept ones, never copied.
+/// range cuts through are folded afresh from the version's groups and the speed groups. Kept
+/// rows come in answer order and are referred to, never copied; each is written as its cached
+/// text (see [`tandem_speed::shapes::Text`]), made when first written.
 pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiError> {
     let view = &live.view;
     let plan = plan(view, request)?;
