@@ -272,6 +272,9 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
     let (cut_from, cut_to) = (T0 + 7 * 3_600_000_000 + 1_800_000_000, T0 + 53 * 3_600_000_000 + 60_000_000);
     let cut_from_s = chrono::DateTime::from_timestamp_micros(cut_from).unwrap().to_rfc3339();
     let cut_to_s = chrono::DateTime::from_timestamp_micros(cut_to).unwrap().to_rfc3339();
+    // a range whose both ends cut the same output day
+    let same_day_to = T0 + 20 * 3_600_000_000 + 1_800_000_000;
+    let same_day_to_s = chrono::DateTime::from_timestamp_micros(same_day_to).unwrap().to_rfc3339();
     let dims: &'static [&'static str] = if view == "by_country" { &["country"] } else { &["bot", "country"] };
     let native = if view == "by_country" { "hour" } else { "day" };
     let count = if view == "by_country" { "views" } else { "n" };
@@ -315,6 +318,13 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
             dims,
             None,
             Some((cut_from, cut_to)),
+        ),
+        shape(
+            json!({"from": cut_from_s, "to": same_day_to_s, "granularity": "day"}),
+            "day",
+            dims,
+            None,
+            Some((cut_from, same_day_to)),
         ),
         shape(
             json!({"from": cut_from_s, "granularity": "day", "group_by": ["country"]}),
