@@ -154,22 +154,6 @@ impl Plan {
     fn range(&self) -> Range {
         (self.from, self.to)
     }
-
-    /// The spans `[start, end)` of the output buckets holding `from` and the end of the range:
-    /// the only ones a cut can go through (all time for one bucket of all time).
-    fn edge_spans(&self) -> Vec<(i64, i64)> {
-        let Some(width) = self.shape.granularity.width() else {
-            return vec![(i64::MIN, i64::MAX)];
-        };
-        let mut spans: Vec<(i64, i64)> = [self.from, self.to.map(|t| t - 1)]
-            .into_iter()
-            .flatten()
-            .map(|t| self.shape.granularity.truncate(t))
-            .map(|start| (start, start.saturating_add(width)))
-            .collect();
-        spans.dedup(); // both ends in one output bucket: fold it once
-        spans
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -306,10 +290,7 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiErro
         }
         let mut edges = Groups::default();
         if let Some(batch) = &batch {
-            for (start, end) in plan.edge_spans() {
-                let groups = batch.groups_in(start, end).iter().map(|(key, states)| (key, states));
-                plan.shape.fold(plan.range(), groups.filter(|(k, _)| on_edge(k)), &mut edges);
-            }
+            plan.shape.fold(plan.range(), batch.groups.iter().filter(|(k, _)| on_edge(k)), &mut edges);
         }
         let mut rows = Vec::with_capacity(edges.len() + speed_edges.len());
         for (key, mut states) in edges {

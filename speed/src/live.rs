@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
-use tandem_model::agg::{GroupKey, Groups, MeasureState, fold_row, merge_groups, merge_states};
+use tandem_model::agg::{GroupKey, Groups, fold_row, merge_groups, merge_states};
 use tandem_model::columnar::rows_to_batch;
 use tandem_model::log;
 use tandem_model::view::{CompiledView, DAY};
@@ -56,27 +56,15 @@ pub struct BatchSnapshot {
     pub watermark: u64,
     /// When the run that made it finished, RFC 3339.
     pub finished_at: Option<String>,
-    /// The version's groups in order of bucket, so that those of a time range are a slice
-    /// ([`groups_in`](Self::groups_in)): a query whose range cuts an output bucket folds
-    /// that bucket's groups only, not every group of the version.
-    pub groups: Vec<(GroupKey, Vec<MeasureState>)>,
+    pub groups: Groups,
     /// The newest event day (days since the epoch, UTC) the version holds groups for.
     pub newest_day: Option<i64>,
 }
 
 impl BatchSnapshot {
     pub fn new(version: i64, watermark: u64, finished_at: Option<String>, groups: Groups) -> BatchSnapshot {
-        let mut groups: Vec<_> = groups.into_iter().collect();
-        groups.sort_unstable_by_key(|(key, _)| key.bucket);
-        let newest_day = groups.last().map(|(key, _)| key.bucket.div_euclid(DAY));
+        let newest_day = groups.keys().map(|k| k.bucket.div_euclid(DAY)).max();
         BatchSnapshot { version, watermark, finished_at, groups, newest_day }
-    }
-
-    /// The groups whose bucket lies in `[from, to)`.
-    pub fn groups_in(&self, from: i64, to: i64) -> &[(GroupKey, Vec<MeasureState>)] {
-        let start = self.groups.partition_point(|(key, _)| key.bucket < from);
-        let end = self.groups.partition_point(|(key, _)| key.bucket < to).max(start);
-        &self.groups[start..end]
     }
 }
 
@@ -551,7 +539,7 @@ impl ViewLive {
         if let Some(speed) = speed {
             let mut folded = Groups::default();
             if let Some(batch) = &batch {
-                shape.fold((None, None), batch.groups.iter().map(|(key, states)| (key, states)), &mut folded);
+                shape.fold((None, None), &batch.groups, &mut folded);
             }
             merge_groups(&mut folded, &speed);
             *merged = Merged::from_groups(folded);
@@ -608,7 +596,7 @@ mod tests {
         live.read(|s| {
             let mut all = Groups::default();
             if let Some(b) = &s.batch {
-                merge_groups(&mut all, &b.groups.iter().cloned().collect());
+                merge_groups(&mut all, &b.groups);
             }
             s.segments.values().for_each(|seg| merge_groups(&mut all, &seg.groups));
             all
