@@ -367,7 +367,9 @@ fn in_order<'a>(plan: &Plan, kept: Vec<OutRow<'a>>, mut edges: Vec<OutRow<'a>>) 
     let mut edges = edges.into_iter().peekable();
     let mut rows = Vec::with_capacity(kept.len() + edges.len());
     for row in kept {
-        rows.extend(std::iter::from_fn(|| edges.next_if(|edge| edge.0.total_cmp(row.0).is_lt())));
+        while let Some(edge) = edges.next_if(|edge| edge.0.total_cmp(row.0).is_lt()) {
+            rows.push(edge);
+        }
         rows.push(row);
     }
     rows.extend(edges);
