@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use indexmap::IndexMap;
 use lru::LruCache;
 use parking_lot::{Mutex, MutexGuard};
-use tandem_model::agg::{GroupKey, Groups, KeyParts, MeasureState, RowKey, fold_measure, merge_states};
+use tandem_model::agg::{GroupKey, Groups, KeyParts, MeasureState, RowKey, fold_measure, merge_states, update_group};
 use tandem_model::view::CompiledView;
 use tandem_model::{Granularity, Row, Value};
 
@@ -152,9 +152,10 @@ impl Shape {
         self.measures.iter().map(move |&m| &states[m])
     }
 
-    /// Folds the events of `chunk` into `merged`, each as [`tandem_model::agg::fold_row`]
-    /// folds it into the view's groups and [`fold`](Self::fold) then into this shape's rows.
-    fn fold_chunk(&self, view: &CompiledView, merged: &mut Merged, chunk: &Chunk) {
+    /// Folds the events of `chunk` into `fresh` (rows keyed by this shape, with its
+    /// measures), each as [`tandem_model::agg::fold_row`] folds it into the view's groups and
+    /// [`fold`](Self::fold) then into this shape's rows.
+    fn fold_chunk(&self, view: &CompiledView, fresh: &mut Groups, chunk: &Chunk) {
         let dims: Vec<usize> = self.group.iter().map(|pos| view.dimension_index[*pos]).collect();
         for row in chunk.events() {
             let Value::Timestamp(ts) = row[view.time_index] else { continue };
@@ -163,22 +164,16 @@ impl Shape {
             }
             let key =
                 RowKey { bucket: self.granularity.truncate(view.spec.granularity.truncate(ts)), row, dims: &dims };
-            let fold = |states: &mut Vec<MeasureState>| {
-                for (state, &m) in states.iter_mut().zip(&self.measures) {
-                    fold_measure(state, &view.measures[m], row);
-                }
-            };
-            match merged.rows.get_mut(&key as &dyn KeyParts) {
-                Some(existing) => {
-                    fold(&mut existing.states);
-                    existing.changed();
-                }
-                None => {
-                    let mut states = self.measures.iter().map(|&m| MeasureState::empty(&view.measures[m].0)).collect();
-                    fold(&mut states);
-                    merged.insert(key.to_key(), MergedRow::new(states));
-                }
-            }
+            update_group(
+                fresh,
+                &key,
+                || self.measures.iter().map(|&m| MeasureState::empty(&view.measures[m].0)).collect(),
+                |states| {
+                    for (state, &m) in states.iter_mut().zip(&self.measures) {
+                        fold_measure(state, &view.measures[m], row);
+                    }
+                },
+            );
         }
     }
 }
@@ -251,15 +246,15 @@ impl Merged {
         places.insert(at, place);
     }
 
-    /// Merges the rows of `other` (of the same shape, over other events) into these.
-    fn absorb(&mut self, other: Merged) {
-        for (key, row) in other.rows {
+    /// Merges `fresh` (rows of the same shape, over other events) into these.
+    fn absorb(&mut self, fresh: Groups) {
+        for (key, states) in fresh {
             match self.rows.get_mut(&key) {
                 Some(existing) => {
-                    merge_states(&mut existing.states, &row.states);
+                    merge_states(&mut existing.states, &states);
                     existing.changed();
                 }
-                None => self.insert(key, row),
+                None => self.insert(key, MergedRow::new(states)),
             }
         }
     }
@@ -333,7 +328,8 @@ impl Kept {
     pub fn catch_up(&self, view: &CompiledView, shape: &Shape, merged: &mut Merged) {
         let inbox = std::mem::take(&mut *self.inbox.lock());
         if !inbox.chunks.is_empty() {
-            let mut fresh = Merged::default();
+            // found by key only: they are put in order as they join the kept rows
+            let mut fresh = Groups::default();
             for chunk in &inbox.chunks {
                 shape.fold_chunk(view, &mut fresh, chunk);
             }
@@ -572,9 +568,13 @@ mod tests {
             ),
             by(Granularity::Hour, vec![], vec![(0, vec![Value::String("b".into())])], vec![0, 2]),
         ] {
+            // each chunk into fresh rows, merged into the kept ones: new rows, then existing
             let mut merged = Merged::default();
-            shape.fold_chunk(&view, &mut merged, &first);
-            shape.fold_chunk(&view, &mut merged, &second);
+            for chunk in [&first, &second] {
+                let mut fresh = Groups::default();
+                shape.fold_chunk(&view, &mut fresh, chunk);
+                merged.absorb(fresh);
+            }
             let expected = through_groups(&view, &shape, &[&first, &second]);
             assert!(expected.len() > 1, "{shape:?} answers several rows");
             assert_eq!(answer(&merged), expected, "{shape:?}");
