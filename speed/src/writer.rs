@@ -139,15 +139,16 @@ impl DatasetWriter {
         let spawn_error = |e| LogError::Io { path: dir.to_path_buf(), source: e };
         // long-lived helper threads, one per kind of work: a thread's allocator heap is reused
         // from one piece of work to the next (a thread per merge left a heap behind each time)
-        let helper = |kind: &str, work: fn(&ViewLive)| -> std::io::Result<Sender<Arc<ViewLive>>> {
+        let helper = |kind: &str, niceness: i32, work: fn(&ViewLive)| -> std::io::Result<Sender<Arc<ViewLive>>> {
             let (tx, rx) = crossbeam_channel::unbounded::<Arc<ViewLive>>();
-            std::thread::Builder::new()
-                .name(format!("{kind}-{}", spec.name))
-                .spawn(move || rx.iter().for_each(|view| work(&view)))?;
+            std::thread::Builder::new().name(format!("{kind}-{}", spec.name)).spawn(move || {
+                lower_priority(niceness);
+                rx.iter().for_each(|view| work(&view))
+            })?;
             Ok(tx)
         };
-        let coalesce = helper("coalesce", ViewLive::coalesce).map_err(spawn_error)?;
-        let catch_up = helper("shapes", ViewLive::catch_up).map_err(spawn_error)?;
+        let coalesce = helper("coalesce", COALESCE_NICENESS, ViewLive::coalesce).map_err(spawn_error)?;
+        let catch_up = helper("shapes", 0, ViewLive::catch_up).map_err(spawn_error)?;
         let mut thread = WriterThread {
             coalesce,
             catch_up,
@@ -297,6 +298,29 @@ struct WriterThread {
     group_keys: HashMap<String, AppendOutcome>,
     /// When sealing last failed (a full disk): the next timed attempt waits a second.
     roll_failed: Option<Instant>,
+}
+
+/// How much nicer than the writer the thread that merges sealed speed maps runs. A merge is
+/// background work that nothing waits for, yet it takes a few hundred ms of a core after
+/// each seal; at the writer's priority it took that share of the two cores from the writer
+/// and the request threads, and from the acknowledgements of that moment. Niced, it runs on
+/// what they leave. It holds the view's lock about 1 ms at a time, and a writer blocked on
+/// that lock leaves a core free for it, so it cannot hold the writer up for long.
+const COALESCE_NICENESS: i32 = 10;
+
+/// Makes the calling thread `by` nicer (lower priority; 0 leaves it as it is), at most 19.
+/// On Linux a thread id names one thread for `setpriority`; where that fails, the thread
+/// keeps its priority (a slower acknowledgement now and then, nothing more).
+fn lower_priority(by: i32) {
+    if by == 0 {
+        return;
+    }
+    let me = Some(rustix::thread::gettid());
+    let lowered = rustix::process::getpriority_process(me)
+        .and_then(|nice| rustix::process::setpriority_process(me, (nice + by).min(19)));
+    if let Err(e) = lowered {
+        tracing::debug!(by, error = %e, "could not lower a helper thread's priority");
+    }
 }
 
 fn now_micros() -> i64 {
@@ -644,6 +668,44 @@ mod tests {
             let states = all.values().next().cloned().unwrap_or_default();
             serde_json::json!(states.iter().map(|s| s.finish()).collect::<Vec<_>>())
         })
+    }
+
+    /// The nice value of each of this process's threads named `name` (as /proc shows it).
+    fn thread_nice(name: &str) -> Vec<i32> {
+        let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+        tasks
+            .filter_map(|task| {
+                let path = task.unwrap().path();
+                let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+                let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+                // fields after the parenthesised name: state is the 3rd field, nice the 19th
+                let after = &stat[stat.rfind(')')? + 2..];
+                (comm.trim() == name).then(|| after.split(' ').nth(16).unwrap().parse().unwrap())
+            })
+            .collect()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn sealed_maps_merge_on_a_lower_priority_than_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        // a name of its own: other tests run writers of dataset "d" beside this one
+        let spec = DatasetSpec { name: "prio".into(), ..dataset() };
+        let (writer, _) = DatasetWriter::open(dir.path(), spec, vec![], WriterConfig::default()).unwrap();
+        // a thread names itself, and lowers its own priority, once it runs
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (coalesce, shapes, main) = loop {
+            let found = (thread_nice("coalesce-prio"), thread_nice("shapes-prio"), thread_nice("writer-prio"));
+            let lowered = found.0.first().is_some_and(|n| found.2.first().is_some_and(|m| n > m));
+            if (found.0.len(), found.1.len(), found.2.len()) == (1, 1, 1) && lowered || Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!((coalesce.len(), shapes.len(), main.len()), (1, 1, 1), "one thread each");
+        assert_eq!(shapes, main, "query shapes catch up at the writer's priority");
+        assert_eq!(coalesce[0], (main[0] + COALESCE_NICENESS).min(19));
+        writer.shutdown().await;
     }
 
     #[tokio::test]
