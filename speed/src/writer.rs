@@ -708,6 +708,42 @@ mod tests {
         writer.shutdown().await;
     }
 
+    /// Freshness 0: many requests at once (so that groups hold several), each checking that
+    /// all its events are visible the moment its answer arrives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_event_is_visible_when_its_acknowledgement_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = view();
+        let (writer, _) =
+            DatasetWriter::open(dir.path(), dataset(), vec![live.clone()], WriterConfig::default()).unwrap();
+        let day = tandem_model::view::DAY;
+        // requests of 2,000 events, each on a day of its own, so that folding one takes a while
+        let tasks: Vec<_> = (0..100i64)
+            .map(|i| {
+                let (w, live) = (writer.clone(), live.clone());
+                tokio::spawn(async move {
+                    let rows = (0..2000)
+                        .map(|j| vec![Value::String(format!("e{i}-{j}")), Value::Int(j), Value::Timestamp(i * day)]);
+                    assert_eq!(w.append(rows.collect(), None).await.unwrap().accepted, 2000);
+                    let counts = live.read(|s| {
+                        let groups = s.segments.values().flat_map(|m| m.groups.iter());
+                        groups
+                            .filter(|(k, _)| k.bucket == i * day)
+                            .map(|(_, states)| states[0].finish())
+                            .collect::<Vec<_>>()
+                    });
+                    assert_eq!(counts, [serde_json::json!(2000)], "request {i} answered before all of it was visible");
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let groups = live.read(|s| s.segments.values().map(|m| m.groups.len()).sum::<usize>());
+        assert_eq!(groups, 100, "every request folded once, into its own day");
+        writer.shutdown().await;
+    }
+
     #[tokio::test]
     async fn duplicates_are_dropped_and_everything_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
