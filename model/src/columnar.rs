@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::agg::{GroupKey, Groups, MeasureState, merge_states};
@@ -65,25 +65,45 @@ enum ColumnBuilder {
     Float(Float64Builder),
     Bool(BooleanBuilder),
     Timestamp(TimestampMicrosecondBuilder),
+    /// A column the batch's reader never looks at: only its length is kept, and it is
+    /// finished as nulls of its type.
+    Unread(DataType, usize),
 }
 
 impl EventColumns {
     /// Columns for `spec`'s fields; with `_seq` first when `with_seq`.
     pub fn new(spec: &DatasetSpec, with_seq: bool) -> EventColumns {
+        let mut events = EventColumns::reading(spec, dataset_schema(spec, with_seq), |_| true, 1024);
+        events.seqs = with_seq.then(Int64Builder::new);
+        events
+    }
+
+    /// Columns for `spec`'s fields (no `_seq`) in `schema`, which is `dataset_schema(spec,
+    /// false)` built once by the caller, for about `rows` events. Only the fields `read`
+    /// picks (by position) and the time field (never null) hold the events' values; the
+    /// others are nulls, for a reader that looks at a few fields only: a view filter that
+    /// reads one flag need not copy every string of a request.
+    pub fn reading(spec: &DatasetSpec, schema: SchemaRef, read: impl Fn(usize) -> bool, rows: usize) -> EventColumns {
         let columns = spec
             .fields
-            .values()
-            .map(|ty| match ty {
-                FieldType::String => ColumnBuilder::String(StringBuilder::new()),
-                FieldType::Int64 => ColumnBuilder::Int(Int64Builder::new()),
-                FieldType::Float64 => ColumnBuilder::Float(Float64Builder::new()),
-                FieldType::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
-                FieldType::Timestamp => {
-                    ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new().with_timezone("UTC"))
+            .iter()
+            .enumerate()
+            .map(|(i, (name, ty))| {
+                if !read(i) && *name != spec.time_field {
+                    return ColumnBuilder::Unread(arrow_type(*ty), 0);
+                }
+                match ty {
+                    FieldType::String => ColumnBuilder::String(StringBuilder::with_capacity(rows, rows * 16)),
+                    FieldType::Int64 => ColumnBuilder::Int(Int64Builder::with_capacity(rows)),
+                    FieldType::Float64 => ColumnBuilder::Float(Float64Builder::with_capacity(rows)),
+                    FieldType::Bool => ColumnBuilder::Bool(BooleanBuilder::with_capacity(rows)),
+                    FieldType::Timestamp => {
+                        ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"))
+                    }
                 }
             })
             .collect();
-        EventColumns { schema: dataset_schema(spec, with_seq), seqs: with_seq.then(Int64Builder::new), columns }
+        EventColumns { schema, seqs: None, columns }
     }
 
     /// Appends one event: its sequence number (when built with `_seq`) and its values in
@@ -104,6 +124,7 @@ impl EventColumns {
                 (ColumnBuilder::Bool(b), _) => b.append_null(),
                 (ColumnBuilder::Timestamp(b), ValueRef::Timestamp(t)) => b.append_value(t),
                 (ColumnBuilder::Timestamp(b), _) => b.append_null(),
+                (ColumnBuilder::Unread(_, rows), _) => *rows += 1,
             }
         }
     }
@@ -120,6 +141,7 @@ impl EventColumns {
                 ColumnBuilder::Float(mut b) => Arc::new(b.finish()),
                 ColumnBuilder::Bool(mut b) => Arc::new(b.finish()),
                 ColumnBuilder::Timestamp(mut b) => Arc::new(b.finish()),
+                ColumnBuilder::Unread(ty, rows) => new_null_array(&ty, rows),
             });
         }
         RecordBatch::try_new(self.schema, columns)

@@ -7,21 +7,27 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
 
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{Expr, ExprSchemable, Operator};
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::utils::collect_columns;
 use datafusion::prelude::SessionContext;
-use tandem_model::columnar::{dataset_schema, rows_to_batch};
-use tandem_model::{DatasetSpec, Value};
+use tandem_model::columnar::{EventColumns, dataset_schema};
+use tandem_model::{DatasetSpec, Row, Value};
 
 /// A compiled view filter.
 #[derive(Debug, Clone)]
 pub struct ViewFilter {
     expr: Arc<dyn PhysicalExpr>,
+    dataset: DatasetSpec,
+    /// The dataset's event schema, built once.
+    schema: SchemaRef,
+    /// The fields the expression reads, by position: [`mask`](Self::mask) fills only these.
+    reads: Vec<bool>,
 }
 
 impl ViewFilter {
@@ -49,7 +55,9 @@ impl ViewFilter {
         if ty != DataType::Boolean {
             return Err(format!("filter: expression is {ty}, not boolean"));
         }
-        let filter = ViewFilter { expr: physical };
+        let columns = collect_columns(&physical);
+        let reads = (0..schema.fields().len()).map(|i| columns.iter().any(|c| c.index() == i)).collect();
+        let filter = ViewFilter { expr: physical, dataset: dataset.clone(), schema, reads };
         // constant parts (a literal that does not parse as a timestamp, a bad regex) fail on
         // any row: try one row of nulls (the time field cannot be null)
         let probe: Vec<Value> = dataset
@@ -57,9 +65,20 @@ impl ViewFilter {
             .keys()
             .map(|name| if *name == dataset.time_field { Value::Timestamp(0) } else { Value::Null })
             .collect();
-        let batch = rows_to_batch(dataset, &[&probe], None).map_err(|e| e.to_string())?;
-        filter.evaluate(&batch).map_err(|e| format!("filter: {}", first_line(&e)))?;
+        filter.mask(&[&probe]).map_err(|e| format!("filter: {}", first_line(&e)))?;
         Ok(filter)
+    }
+
+    /// Which of `rows` (events of the dataset the filter was compiled for) pass, as
+    /// [`evaluate`](Self::evaluate) says of a batch of them. The batch holds only the fields
+    /// the expression reads (and the time field); the others are nulls it never looks at.
+    /// The writer asks once per group commit, for the rows of all its requests.
+    pub fn mask(&self, rows: &[&Row]) -> Result<Vec<bool>, String> {
+        let mut events = EventColumns::reading(&self.dataset, self.schema.clone(), |i| self.reads[i], rows.len());
+        for row in rows {
+            events.push(None, row.iter().map(Value::as_ref));
+        }
+        self.evaluate(&events.finish().map_err(|e| e.to_string())?)
     }
 
     /// Which rows pass: true only where the expression is true (null counts as false, as in
