@@ -19,8 +19,8 @@ use tandem_speed::{BatchSnapshot, DatasetWriter, ViewLive};
 use crate::api::error::{ApiError, ApiResult};
 use crate::config::ServeConfig;
 
-/// A dataset that accepts events.
-#[derive(Clone)]
+/// A dataset that accepts events; shared, so that an ingest request takes it without
+/// copying its schema.
 pub struct Dataset {
     pub record: DatasetRecord,
     pub writer: DatasetWriter,
@@ -29,7 +29,7 @@ pub struct Dataset {
 pub struct Inner {
     pub env: BatchEnv,
     pub config: ServeConfig,
-    datasets: RwLock<BTreeMap<String, Dataset>>,
+    datasets: RwLock<BTreeMap<String, Arc<Dataset>>>,
     views: RwLock<BTreeMap<String, Arc<ViewLive>>>,
     /// Request-body bytes that ingest requests may hold at once (`--max-inflight-bytes`).
     pub ingest_budget: Arc<tokio::sync::Semaphore>,
@@ -94,15 +94,15 @@ impl AppState {
         }
     }
 
-    fn open_dataset(&self, record: DatasetRecord, views: Vec<Arc<ViewLive>>) -> anyhow::Result<Dataset> {
+    fn open_dataset(&self, record: DatasetRecord, views: Vec<Arc<ViewLive>>) -> anyhow::Result<Arc<Dataset>> {
         let dir = self.env.log_dir(&record.spec.name);
         let (writer, recovery) = DatasetWriter::open(&dir, record.spec.clone(), views, self.writer_config())
             .with_context(|| format!("opening the log of dataset {:?}", record.spec.name))?;
         if let Some((path, bytes, reason)) = recovery.truncated {
             tracing::warn!(path = %path.display(), dropped_bytes = bytes, reason, "cut a torn tail off the log; no acknowledged request is lost");
         }
-        let dataset = Dataset { record, writer };
-        self.datasets.write().insert(dataset.record.spec.name.clone(), dataset.clone());
+        let dataset = Arc::new(Dataset { record, writer });
+        self.datasets.write().insert(dataset.record.spec.name.clone(), Arc::clone(&dataset));
         Ok(dataset)
     }
 
@@ -154,11 +154,11 @@ impl AppState {
         Ok(installed)
     }
 
-    pub fn dataset(&self, name: &str) -> Option<Dataset> {
+    pub fn dataset(&self, name: &str) -> Option<Arc<Dataset>> {
         self.datasets.read().get(name).cloned()
     }
 
-    pub fn datasets(&self) -> Vec<Dataset> {
+    pub fn datasets(&self) -> Vec<Arc<Dataset>> {
         self.datasets.read().values().cloned().collect()
     }
 
