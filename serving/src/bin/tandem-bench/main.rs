@@ -110,6 +110,17 @@ impl Server {
         self.proc_status("VmRSS:")
     }
 
+    /// CPU time the server has used so far (user and system, all threads), from /proc: a
+    /// steadier measure of a build's cost than throughput when the load generator shares
+    /// the cores.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // fields after the command name, which is in parentheses and may hold spaces
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(ticks as f64 / 100.0) // USER_HZ, 100 on Linux
+    }
+
     fn proc_status(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         let line = status.lines().find(|l| l.starts_with(field))?;
@@ -211,7 +222,13 @@ async fn post(http: &reqwest::Client, url: &str, body: Bytes) -> anyhow::Result<
 
 /// Closed-loop ingest for `seconds` over `connections` keep-alive connections, each with one
 /// request in flight (the lean client of [`raw_http`]); returns events/s.
-async fn ingest_throughput(base: &str, bodies: &[Bytes], connections: usize, seconds: u64) -> anyhow::Result<f64> {
+/// Events/s accepted over `seconds`, and how many.
+async fn ingest_throughput(
+    base: &str,
+    bodies: &[Bytes],
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<(f64, u64)> {
     let host = base.strip_prefix("http://").context("base is not http://")?.to_string();
     let requests: Arc<Vec<Bytes>> =
         Arc::new(bodies.iter().map(|b| raw_http::post_request(&host, "/v1/datasets/pageviews/events", b)).collect());
@@ -239,7 +256,8 @@ async fn ingest_throughput(base: &str, bodies: &[Bytes], connections: usize, sec
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    Ok(sent.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    let sent = sent.load(Ordering::Relaxed);
+    Ok((sent as f64 / start.elapsed().as_secs_f64(), sent))
 }
 
 /// Open-loop ingest at `rate` events/s; returns sorted acknowledgement latencies (ms).
@@ -375,13 +393,19 @@ async fn main() -> anyhow::Result<()> {
 
     println!("ingest throughput");
     for _ in 0..args.runs * args.runs("ingest") as usize {
-        let r = ingest_throughput(&base, &bodies_1k, args.connections, args.seconds).await?;
-        report.add("ingest, NDJSON 1,000-event batches", "events/s", r);
-        let r = ingest_throughput(&base, &bodies_10k, args.connections, args.seconds).await?;
-        report.add("ingest, NDJSON 10,000-event batches", "events/s", r);
-        let r = ingest_throughput(&base, &bodies_1, args.single_connections, args.seconds).await?;
-        let name = format!("ingest, single-event requests ({} connections)", args.single_connections);
-        report.add(&name, "requests/s", r);
+        let single = format!("ingest, single-event requests ({} connections)", args.single_connections);
+        for (name, bodies, connections, unit) in [
+            ("ingest, NDJSON 1,000-event batches", &bodies_1k, args.connections, "events/s"),
+            ("ingest, NDJSON 10,000-event batches", &bodies_10k, args.connections, "events/s"),
+            (single.as_str(), &bodies_1, args.single_connections, "requests/s"),
+        ] {
+            let cpu = server.cpu_seconds();
+            let (rate, events) = ingest_throughput(&base, bodies, connections, args.seconds).await?;
+            report.add(name, unit, rate);
+            if let (Some(before), Some(after)) = (cpu, server.cpu_seconds()) {
+                report.add(&format!("{name}: server CPU per event"), "µs", (after - before) / events as f64 * 1e6);
+            }
+        }
     }
     let max_1k = report.figures.get("ingest, NDJSON 1,000-event batches").map_or(300_000.0, |f| median_spread(&f.0).0);
 
