@@ -53,6 +53,9 @@ const STORE_URL: &str = "tandem://store";
 /// Inputs of fewer events than this are aggregated in one partition (see [`aggregate`]).
 const SMALL_INPUT: i64 = 1_000_000;
 
+/// Rows per batch of the aggregation (DataFusion's default is 8,192).
+const AGGREGATE_BATCH_ROWS: usize = 65_536;
+
 /// The most parts a day of a version holds: an incremental run rebuilds a dirty day that has
 /// this many into one part, so loading a version reads a bounded number of files per day.
 pub const MAX_DAY_PARTS: usize = 8;
@@ -297,7 +300,10 @@ async fn aggregate(
     // aggregates in one step instead of building partial states per partition, writing them
     // out and merging them again, which for ~50 k events into ~45 k groups cost more than
     // the aggregation itself
-    let mut config = SessionConfig::new();
+    // batches of 64 k events: the sketch aggregates fold a batch's values group by group
+    // (see `sketches`), so the more of a group's events one batch holds, the fewer times its
+    // state is fetched from memory
+    let mut config = SessionConfig::new().with_batch_size(AGGREGATE_BATCH_ROWS);
     if rows_in < SMALL_INPUT {
         config = config.with_target_partitions(1);
     }

@@ -204,12 +204,20 @@ impl GroupsAccumulator for SketchGroups {
     ) -> Result<()> {
         self.grow(total_num_groups);
         let array = &values[0];
-        for (row, &group) in group_indices.iter().enumerate() {
-            if array.is_valid(row) && admitted(opt_filter, row) {
-                self.sketch.update(&mut self.states[group], array, row);
-                self.values += 1;
-            }
+        // the batch's rows in order of their group, so that a group's state (KiBs of sketch,
+        // far from any other group's) is reached once per batch rather than once per row:
+        // in row order nearly every value missed the cache. A sketch does not depend on the
+        // order its values arrive in.
+        let mut rows: Vec<u64> = (0..group_indices.len())
+            .filter(|&row| array.is_valid(row) && admitted(opt_filter, row))
+            .map(|row| ((group_indices[row] as u64) << 32) | row as u64)
+            .collect();
+        rows.sort_unstable();
+        for packed in &rows {
+            let (group, row) = ((packed >> 32) as usize, (packed & u32::MAX as u64) as usize);
+            self.sketch.update(&mut self.states[group], array, row);
         }
+        self.values += rows.len();
         Ok(())
     }
 
