@@ -1,5 +1,5 @@
 //! View filters: an SQL boolean expression over a dataset's fields, compiled once by
-//! DataFusion and evaluated on each ingest request as an Arrow batch. The batch layer hands
+//! DataFusion and evaluated on each group commit's events as one Arrow batch. The batch layer hands
 //! the same text to the same parser, so both layers agree on which events a view sees.
 
 use std::panic::AssertUnwindSafe;
