@@ -296,14 +296,14 @@ async fn aggregate(
         let bytes = get_verified(&env.store, input).await?;
         rows_in += footer_rows(&bytes)?;
     }
-    // a small input (an incremental run's new events) in one partition: DataFusion then
-    // aggregates in one step instead of building partial states per partition, writing them
-    // out and merging them again, which for ~50 k events into ~45 k groups cost more than
-    // the aggregation itself
     // batches of 64 k events: the sketch aggregates fold a batch's values group by group
     // (see `sketches`), so the more of a group's events one batch holds, the fewer times its
     // state is fetched from memory
     let mut config = SessionConfig::new().with_batch_size(AGGREGATE_BATCH_ROWS);
+    // a small input (an incremental run's new events) in one partition: DataFusion then
+    // aggregates in one step instead of building partial states per partition, writing them
+    // out and merging them again, which for ~50 k events into ~45 k groups cost more than
+    // the aggregation itself
     if rows_in < SMALL_INPUT {
         config = config.with_target_partitions(1);
     }

@@ -74,12 +74,12 @@ impl EventColumns {
     /// Columns for `spec`'s fields; with `_seq` first when `with_seq`.
     pub fn new(spec: &DatasetSpec, with_seq: bool) -> EventColumns {
         let mut events = EventColumns::reading(spec, dataset_schema(spec, with_seq), |_| true, 1024);
-        events.seqs = with_seq.then(Int64Builder::new);
+        events.seqs = with_seq.then(Int64Builder::new); // `reading` leaves `_seq` out; added here
         events
     }
 
-    /// Columns for `spec`'s fields (no `_seq`) in `schema`, which is `dataset_schema(spec,
-    /// false)` built once by the caller, for about `rows` events. Only the fields `read`
+    /// Columns for `spec`'s fields, no `_seq`, in `schema` (`dataset_schema(spec, false)`,
+    /// built once by the caller), for about `rows` events. Only the fields `read`
     /// picks (by position) and the time field (never null) hold the events' values; the
     /// others are nulls, for a reader that looks at a few fields only: a view filter that
     /// reads one flag need not copy every string of a request.

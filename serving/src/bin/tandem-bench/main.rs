@@ -221,8 +221,8 @@ async fn post(http: &reqwest::Client, url: &str, body: Bytes) -> anyhow::Result<
 }
 
 /// Closed-loop ingest for `seconds` over `connections` keep-alive connections, each with one
-/// request in flight (the lean client of [`raw_http`]); returns events/s.
-/// Events/s accepted over `seconds`, and how many.
+/// request in flight (the lean client of [`raw_http`]); returns the events/s accepted and
+/// how many events that was.
 async fn ingest_throughput(
     base: &str,
     bodies: &[Bytes],
