@@ -126,25 +126,46 @@ pub async fn write_parquet(
 
 /// Encodes batches as the bytes of one Parquet file (Snappy); also returns the rows.
 pub fn encode_parquet(schema: SchemaRef, batches: &[RecordBatch]) -> Result<(Vec<u8>, usize)> {
-    // dictionaries only for strings: numbers, timestamps, sequence numbers and sketch states
-    // are nearly all distinct, and interning them is wasted work
-    let props = schema
-        .fields()
-        .iter()
-        .filter(|f| !matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View))
-        .fold(WriterProperties::builder().set_compression(Compression::SNAPPY), |props, f| {
-            props.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false)
-        })
-        .build();
-    let mut buf = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(props))?;
-    let mut rows = 0;
+    let mut encoder = ParquetEncoder::new(schema)?;
     for batch in batches {
-        writer.write(batch)?;
-        rows += batch.num_rows();
+        encoder.write(batch)?;
     }
-    writer.close()?;
-    Ok((buf, rows))
+    encoder.finish()
+}
+
+/// One Parquet file's bytes, encoded batch by batch as the batches arrive (Snappy;
+/// dictionaries for strings only). Every Parquet file tandem writes is encoded here.
+pub struct ParquetEncoder {
+    writer: ArrowWriter<Vec<u8>>,
+    rows: usize,
+}
+
+impl ParquetEncoder {
+    pub fn new(schema: SchemaRef) -> Result<ParquetEncoder> {
+        // dictionaries only for strings: numbers, timestamps, sequence numbers and sketch
+        // states are nearly all distinct, and interning them is wasted work
+        let props = schema
+            .fields()
+            .iter()
+            .filter(|f| !matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View))
+            .fold(WriterProperties::builder().set_compression(Compression::SNAPPY), |props, f| {
+                props.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false)
+            })
+            .build();
+        Ok(ParquetEncoder { writer: ArrowWriter::try_new(Vec::new(), schema, Some(props))?, rows: 0 })
+    }
+
+    /// Encodes a batch (its schema is the encoder's).
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer.write(batch)?;
+        self.rows += batch.num_rows();
+        Ok(())
+    }
+
+    /// The file's bytes and its rows.
+    pub fn finish(self) -> Result<(Vec<u8>, usize)> {
+        Ok((self.writer.into_inner()?, self.rows))
+    }
 }
 
 /// Puts encoded Parquet at `{stem}.{crc32}.parquet` and returns that path.
