@@ -177,6 +177,9 @@ mod tests {
 
     const DAY_MICROS: i64 = 86_400_000_000;
 
+    /// Each day's events: sequence number, `n`, `s`, `ts`.
+    type Days = BTreeMap<NaiveDate, Vec<(i64, i64, Option<String>, i64)>>;
+
     /// A segment whose events fall on two days, one of them with more than a batch of
     /// events, becomes one file per day holding exactly that day's events in order, with
     /// their sequence numbers (checked against the events as written, not as read back from
@@ -196,14 +199,14 @@ mod tests {
         let (mut log, _) = log::LogWriter::open(dir.path()).unwrap();
         let events = 2 * CHUNK_ROWS + 10;
         let row = |i: usize| -> Row {
-            let day = if i % 3 == 0 { 20_000 } else { 20_001 };
+            let day = if i.is_multiple_of(3) { 20_000 } else { 20_001 };
             vec![
                 Value::Int(i as i64 * 7),
-                if i % 11 == 0 { Value::Null } else { Value::String(format!("s{}", i % 97)) },
+                if i.is_multiple_of(11) { Value::Null } else { Value::String(format!("s{}", i % 97)) },
                 Value::Timestamp(day * DAY_MICROS + i as i64),
             ]
         };
-        let mut expected: BTreeMap<NaiveDate, Vec<(i64, i64, Option<String>, i64)>> = BTreeMap::new();
+        let mut expected: Days = BTreeMap::new();
         let mut first = None;
         for start in (0..events).step_by(1000) {
             let rows: Vec<Row> = (start..(start + 1000).min(events)).map(row).collect();
@@ -225,7 +228,7 @@ mod tests {
         let (read, encoded) = read_and_encode(segment.path.clone(), spec).await;
         read.unwrap();
         let (files, _) = encoded.unwrap();
-        let mut got: BTreeMap<NaiveDate, Vec<(i64, i64, Option<String>, i64)>> = BTreeMap::new();
+        let mut got: Days = BTreeMap::new();
         for (date, bytes, rows) in files {
             let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes)).unwrap().build().unwrap();
             let day = got.entry(date).or_default();
