@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate};
 use datafusion::arrow::array::RecordBatch;
@@ -54,14 +54,14 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
         if last_seq <= through {
             continue;
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let (read, encoded) = read_and_encode(segment.path.clone(), dataset.spec.clone()).await;
         // the encoder's error first: the reader only stops early because of it, or because
         // the segment is damaged
         let (encoded, encode_busy_ms) = encoded?;
         let read_busy_ms = read?;
         let read_encode_ms = started.elapsed().as_millis() as u64;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         for (date, bytes, rows) in encoded {
             let stem = master_file(name, date, segment.first_seq);
             let written = put_parquet(&env.store, &stem, bytes).await?;
@@ -79,7 +79,7 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
             done.events += rows as u64;
         }
         let put_ms = started.elapsed().as_millis() as u64;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         env.catalog.set_compacted(name, last_seq).await?;
         let catalog_ms = started.elapsed().as_millis() as u64;
         tracing::debug!(
@@ -111,7 +111,7 @@ async fn read_and_encode(path: PathBuf, spec: DatasetSpec) -> (Result<u64>, Resu
     // a few batches in flight: the reader runs ahead of the encoder by at most that much
     let (chunks, received) = mpsc::sync_channel::<(NaiveDate, RecordBatch)>(2);
     let encoder = tokio::task::spawn_blocking(move || -> Result<(Vec<DayFile>, u64)> {
-        let mut busy = std::time::Duration::ZERO;
+        let mut busy = Duration::ZERO;
         let mut days: BTreeMap<NaiveDate, ParquetEncoder> = BTreeMap::new();
         for (date, batch) in received {
             let started = Instant::now();
@@ -207,11 +207,9 @@ mod tests {
             ]
         };
         let mut expected: Days = BTreeMap::new();
-        let mut first = None;
         for start in (0..events).step_by(1000) {
             let rows: Vec<Row> = (start..(start + 1000).min(events)).map(row).collect();
             let seq = log.append(0, &rows, 0, None);
-            first.get_or_insert(seq);
             for (k, r) in rows.iter().enumerate() {
                 let (Value::Int(n), Value::Timestamp(ts)) = (&r[0], &r[2]) else { unreachable!() };
                 let s = match &r[1] {
