@@ -90,6 +90,7 @@ impl AppState {
             max_queued: self.config.max_queued_requests,
             dedup_window: self.config.dedup_window,
             roll_interval: self.config.segment_interval,
+            roll_bytes: self.config.segment_bytes,
             ..WriterConfig::default()
         }
     }

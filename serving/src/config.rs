@@ -45,6 +45,9 @@ pub struct ServeConfig {
     /// The active log segment is sealed (made available to batch runs) at least this often.
     #[arg(long, env = "TANDEM_SEGMENT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub segment_interval: Duration,
+    /// ...or once it holds this many bytes.
+    #[arg(long, env = "TANDEM_SEGMENT_BYTES", default_value_t = 128 << 20)]
+    pub segment_bytes: u64,
     /// How often to look for versions published by other processes (`tandem batch`).
     #[arg(long, env = "TANDEM_POLL_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,

@@ -62,6 +62,7 @@ fn config(dir: &std::path::Path) -> ServeConfig {
         storage: StorageConfig { data_dir: dir.to_path_buf(), database_url: None },
         dedup_window: Duration::from_secs(24 * 3600),
         segment_interval: Duration::from_secs(3600),
+        segment_bytes: 128 << 20,
         poll_interval: Duration::from_secs(1),
         max_body_bytes: 16 << 20,
         max_events_per_request: 100_000,
