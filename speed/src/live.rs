@@ -36,8 +36,10 @@ use crate::shapes::{Chunk, Merged, SHAPES_IDLE, Shape, Shapes, thread_cpu_time};
 const MAX_QUEUED_ROWS: usize = 250_000;
 
 /// Coalescing holds the write lock (and so holds up the writer) at most about this long at a
-/// time.
-const COALESCE_SLICE: Duration = Duration::from_millis(1);
+/// time. The writer holds it for a slice of [`FOLD_SLICE_ROWS`] events, a millisecond or so:
+/// with slices as long as the writer's, a merge halved the writer's share of the lock while it
+/// lasted (a few hundred ms after each seal), and acknowledgements queued up behind it.
+const COALESCE_SLICE: Duration = Duration::from_micros(100);
 
 /// The writer folds about this many events at a time under the view's lock (see
 /// [`ViewLive::apply`]): a 1,000-event request is one slice, a group commit of several is
@@ -90,6 +92,10 @@ pub struct SegmentGroups {
 }
 
 impl SegmentGroups {
+    fn with_capacity(groups: usize) -> SegmentGroups {
+        SegmentGroups { groups: Groups::with_capacity_and_hasher(groups, Default::default()), ..Default::default() }
+    }
+
     fn absorb(&mut self, other: &SegmentGroups) {
         merge_groups(&mut self.groups, &other.groups);
         self.events += other.events;
@@ -235,7 +241,14 @@ impl ViewLive {
             }
             match mask {
                 Ok(mut mask) => {
-                    let into = Arc::make_mut(state.segments.entry(map).or_default());
+                    if !state.segments.contains_key(&map) {
+                        // a new segment's map starts at the size of the newest one (the segment
+                        // just sealed), so it does not grow, rehashing every group each time,
+                        // while acknowledgements wait for the fold
+                        let groups = state.segments.values().next_back().map_or(0, |s| s.groups.len());
+                        state.segments.insert(map, Arc::new(SegmentGroups::with_capacity(groups)));
+                    }
+                    let into = Arc::make_mut(state.segments.get_mut(&map).expect("inserted above"));
                     if let Some(mask) = &mut mask {
                         mask.drain(..skip);
                     }
