@@ -190,6 +190,32 @@ async fn a_version_published_by_tandem_batch_is_served_within_five_seconds() {
     }
 }
 
+/// With segments sealed by size (`--segment-bytes`), a stream of requests spans many segments,
+/// each seal starting a new speed map and merging the sealed ones while queries read them:
+/// every answer stays exact, before and after a run and with more events on top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_sealed_by_size_keep_answers_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, &["--segment-bytes", "2048", "--segment-interval", "1h"]);
+    let mut rng = Gen(21);
+    let mut acc = Accepted::default();
+    server.create_pageviews(by_country_view()).await;
+    for round in 0..10 {
+        ingest_json(&server, &mut acc, &rng.events(60, T0, 48, 100_000)).await;
+        if round % 5 == 4 {
+            check_answers(&server, &acc.events, &["by_country"], &format!("speed layer, round {round}")).await;
+        }
+    }
+    let segments = std::fs::read_dir(dir.path().join("log/pageviews")).unwrap().count();
+    assert!(segments >= 6, "600 events in 2 KiB segments sealed only {segments} segments");
+    let run = server.run_batch("by_country").await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    for _ in 0..3 {
+        ingest_ndjson(&server, &mut acc, &rng.events(60, T0, 48, 100_000)).await;
+    }
+    check_answers(&server, &acc.events, &["by_country"], "batch and speed over many segments").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_keeps_the_previous_version_serving_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
