@@ -241,14 +241,13 @@ impl ViewLive {
             }
             match mask {
                 Ok(mut mask) => {
-                    if !state.segments.contains_key(&map) {
-                        // a new segment's map starts at the size of the newest one (the segment
-                        // just sealed), so it does not grow, rehashing every group each time,
-                        // while acknowledgements wait for the fold
-                        let groups = state.segments.values().next_back().map_or(0, |s| s.groups.len());
-                        state.segments.insert(map, Arc::new(SegmentGroups::with_capacity(groups)));
-                    }
-                    let into = Arc::make_mut(state.segments.get_mut(&map).expect("inserted above"));
+                    // a new segment's map starts at the size of the newest one (the segment just
+                    // sealed), so it does not grow, rehashing every group each time, while
+                    // acknowledgements wait for the fold
+                    let newest = state.segments.last_key_value().map_or(0, |(_, s)| s.groups.len());
+                    let into = Arc::make_mut(
+                        state.segments.entry(map).or_insert_with(|| Arc::new(SegmentGroups::with_capacity(newest))),
+                    );
                     if let Some(mask) = &mut mask {
                         mask.drain(..skip);
                     }
