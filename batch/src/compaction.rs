@@ -8,6 +8,9 @@
 //! compaction writes again (or, if its bytes differ, replaces), and that no run reads (runs read only up to
 //! `compacted_seq`). Segments are compacted oldest first, so `compacted_seq` always ends a
 //! segment.
+//!
+//! A run may pass a [`Tee`]: every batch of events read goes there too, as it is read, so
+//! the run can aggregate the new events while they are being compacted (see `run`).
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -31,31 +34,36 @@ use crate::{BatchEnv, Error, Result};
 /// Events of one day per batch handed from a segment's reader to its Parquet encoder.
 const CHUNK_ROWS: usize = 65_536;
 
+/// Where compaction also sends each batch of events it reads (the dataset's columns with
+/// `_seq`), besides the Parquet encoder. A tee that hangs up is dropped; compaction goes on.
+pub type Tee = tokio::sync::mpsc::Sender<RecordBatch>;
+
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Compacted {
+    /// Every event up to here was in the master dataset before this compaction: the events
+    /// it read (and sent to its tee) are those from here to `through_seq`.
+    pub from_seq: u64,
     /// Every event up to here is in the master dataset.
     pub through_seq: u64,
     pub segments: usize,
     pub events: u64,
 }
 
-/// Compacts every sealed segment of `dataset` not yet in the master dataset.
-pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacted> {
+/// Compacts every sealed segment of `dataset` not yet in the master dataset, sending the
+/// events read to `tee` as well, if given.
+pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord, tee: Option<Tee>) -> Result<Compacted> {
     let name = &dataset.spec.name;
-    let dir = env.log_dir(name);
-    let sealed = tokio::task::spawn_blocking(move || log::sealed_segments(&dir))
-        .await
-        .map_err(|e| Error::Invalid(format!("compaction task: {e}")))??;
+    let sealed = sealed_segments(env, name).await?;
     // the catalog may have moved on since `dataset` was read
     let mut through = env.catalog.dataset(name).await?.map(|d| d.compacted_seq).unwrap_or(dataset.compacted_seq);
-    let mut done = Compacted { through_seq: through, ..Default::default() };
+    let mut done = Compacted { from_seq: through, through_seq: through, ..Default::default() };
     for (segment, last_seq) in sealed {
         if last_seq <= through {
             continue;
         }
         let started = Instant::now();
-        let (read, encoded) = read_and_encode(segment.path.clone(), dataset.spec.clone()).await;
+        let (read, encoded) = read_and_encode(segment.path.clone(), dataset.spec.clone(), tee.clone()).await;
         // the encoder's error first: the reader only stops early because of it, or because
         // the segment is damaged
         let (encoded, encode_busy_ms) = encoded?;
@@ -99,15 +107,35 @@ pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord) -> Result<Compacte
     Ok(done)
 }
 
+/// About how many events a compaction of `dataset` would read now: those of its sealed
+/// segments past the `compacted_seq` it was read with.
+pub async fn pending_events(env: &BatchEnv, dataset: &DatasetRecord) -> Result<u64> {
+    let sealed = sealed_segments(env, &dataset.spec.name).await?;
+    Ok(sealed.last().map_or(0, |(_, last_seq)| last_seq.saturating_sub(dataset.compacted_seq)))
+}
+
+/// The dataset's sealed log segments, oldest first, each with its last sequence number.
+async fn sealed_segments(env: &BatchEnv, dataset: &str) -> Result<Vec<(log::Segment, u64)>> {
+    let dir = env.log_dir(dataset);
+    tokio::task::spawn_blocking(move || log::sealed_segments(&dir))
+        .await
+        .map_err(|e| Error::Invalid(format!("compaction task: {e}")))?
+        .map_err(Error::from)
+}
+
 /// One day's Parquet bytes and events.
 type DayFile = (NaiveDate, Vec<u8>, usize);
 
 /// Reads a sealed segment into one Parquet file per event day. The reader and the encoder
 /// run side by side on blocking threads of their own, handing over batches of
 /// [`CHUNK_ROWS`] events of a day, so a segment takes about as long as the slower of the two
-/// instead of both one after the other. Returns each side's result and the milliseconds it
-/// spent working.
-async fn read_and_encode(path: PathBuf, spec: DatasetSpec) -> (Result<u64>, Result<(Vec<DayFile>, u64)>) {
+/// instead of both one after the other. Each batch also goes to `tee`, if given. Returns each
+/// side's result and the milliseconds it spent working.
+async fn read_and_encode(
+    path: PathBuf,
+    spec: DatasetSpec,
+    mut tee: Option<Tee>,
+) -> (Result<u64>, Result<(Vec<DayFile>, u64)>) {
     // a few batches in flight: the reader runs ahead of the encoder by at most that much
     let (chunks, received) = mpsc::sync_channel::<(NaiveDate, RecordBatch)>(2);
     let encoder = tokio::task::spawn_blocking(move || -> Result<(Vec<DayFile>, u64)> {
@@ -133,8 +161,11 @@ async fn read_and_encode(path: PathBuf, spec: DatasetSpec) -> (Result<u64>, Resu
         let started = Instant::now();
         let time_index = spec.time_index();
         let mut days: BTreeMap<NaiveDate, (EventColumns, usize)> = BTreeMap::new();
-        let hand_over = |date: NaiveDate, columns: EventColumns| -> std::result::Result<(), String> {
+        let mut hand_over = |date: NaiveDate, columns: EventColumns| -> std::result::Result<(), String> {
             let batch = columns.finish().map_err(|e| e.to_string())?;
+            if tee.as_ref().is_some_and(|t| t.blocking_send(batch.clone()).is_err()) {
+                tee = None;
+            }
             chunks.send((date, batch)).map_err(|_| "the Parquet encoder stopped".to_string())
         };
         // the events go from the segment's bytes straight into each day's columns
@@ -223,7 +254,8 @@ mod tests {
         let (segment, _) = log.roll().unwrap().unwrap();
         assert!(expected.values().any(|day| day.len() > CHUNK_ROWS), "a day spans several batches");
 
-        let (read, encoded) = read_and_encode(segment.path.clone(), spec).await;
+        let (tee, mut teed) = tokio::sync::mpsc::channel(64);
+        let (read, encoded) = read_and_encode(segment.path.clone(), spec, Some(tee)).await;
         read.unwrap();
         let (files, _) = encoded.unwrap();
         let mut got: Days = BTreeMap::new();
@@ -231,19 +263,31 @@ mod tests {
             let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes)).unwrap().build().unwrap();
             let day = got.entry(date).or_default();
             for batch in reader {
-                let batch = batch.unwrap();
-                let seqs: &Int64Array = batch.column(0).as_primitive::<Int64Type>();
-                let ns = batch.column(1).as_primitive::<Int64Type>();
-                let ss = batch.column(2).as_string::<i32>();
-                let ts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
-                for i in 0..batch.num_rows() {
-                    let s = (!ss.is_null(i)).then(|| ss.value(i).to_string());
-                    day.push((seqs.value(i), ns.value(i), s, ts.value(i)));
-                }
+                push_events(&batch.unwrap(), day);
             }
             assert_eq!(rows, day.len(), "{date}: rows counted");
         }
         assert_eq!(got.len(), 2);
         assert_eq!(got, expected);
+
+        // the tee saw every event once, in the batches the encoder got
+        let mut teed_days: Days = BTreeMap::new();
+        while let Some(batch) = teed.recv().await {
+            let ts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
+            let date = DateTime::from_timestamp_micros(ts.value(0)).unwrap().date_naive();
+            push_events(&batch, teed_days.entry(date).or_default());
+        }
+        assert_eq!(teed_days, expected);
+    }
+
+    fn push_events(batch: &RecordBatch, day: &mut Vec<(i64, i64, Option<String>, i64)>) {
+        let seqs: &Int64Array = batch.column(0).as_primitive::<Int64Type>();
+        let ns = batch.column(1).as_primitive::<Int64Type>();
+        let ss = batch.column(2).as_string::<i32>();
+        let ts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
+        for i in 0..batch.num_rows() {
+            let s = (!ss.is_null(i)).then(|| ss.value(i).to_string());
+            day.push((seqs.value(i), ns.value(i), s, ts.value(i)));
+        }
     }
 }

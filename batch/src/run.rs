@@ -37,10 +37,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use object_store::ObjectStore;
 use object_store::path::Path;
+use tokio::sync::mpsc;
 
 use crate::catalog::{Publication, RunRecord};
-use crate::compaction::compact;
+use crate::compaction::{compact, pending_events};
 use crate::sketches::sketch_udaf;
 use crate::store::{
     copy_parquet, delete_prefix, file_stem, footer_rows, get_verified, list, master_file_segment, master_prefix,
@@ -53,6 +60,10 @@ const STORE_URL: &str = "tandem://store";
 /// Inputs of fewer events than this are aggregated in one partition (see [`aggregate`]).
 const SMALL_INPUT: i64 = 1_000_000;
 
+/// Batches of an incremental run's new events in flight from its compaction to its
+/// aggregation.
+const TEE_BATCHES: usize = 4;
+
 /// Rows per batch of the aggregation (DataFusion's default is 8,192).
 const AGGREGATE_BATCH_ROWS: usize = 65_536;
 
@@ -64,6 +75,9 @@ pub const MAX_DAY_PARTS: usize = 8;
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
     pub publication: Publication,
+    /// Where the aggregation read its events: `"compaction"` (as this run compacted them)
+    /// or `"master"` (read back from the master dataset).
+    pub read_from: &'static str,
 }
 
 /// Executes a queued run to the end, recording success or failure in the catalog. `full`
@@ -109,15 +123,27 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
         .await?
         .ok_or_else(|| Error::NotFound(format!("dataset {:?}", view_record.spec.dataset)))?;
     let view = view_record.spec.compile(&dataset.spec).map_err(|e| Error::Invalid(e.join("; ")))?;
-    let prepare_ms = run_started.elapsed().as_millis() as u64;
-    let started = std::time::Instant::now();
-    let compacted = compact(env, &dataset).await?;
-    let compact_ms = started.elapsed().as_millis() as u64;
-    let watermark = compacted.through_seq;
     let previous = match view_record.current_version {
         Some(v) if !full => env.catalog.version(&view.spec.name, v).await?,
         _ => None,
     };
+    let prepare_ms = run_started.elapsed().as_millis() as u64;
+    let started = std::time::Instant::now();
+    // an incremental run with few new events aggregates them as compaction reads them, on
+    // the core compaction leaves idle, in case they turn out to be all it needs (below)
+    let (tee, streamed) = match &previous {
+        Some(prev)
+            if prev.watermark == dataset.compacted_seq && pending_events(env, &dataset).await? < SMALL_INPUT as u64 =>
+        {
+            let (tee, events) = tokio::sync::mpsc::channel(TEE_BATCHES);
+            let task = tokio::spawn(aggregate(view.clone(), Events::Stream(events)));
+            (Some(tee), Some(AbortOnDrop(task)))
+        }
+        _ => (None, None),
+    };
+    let compacted = compact(env, &dataset, tee).await?;
+    let compact_ms = started.elapsed().as_millis() as u64;
+    let watermark = compacted.through_seq;
     let version = view_record.current_version.unwrap_or(0) + 1;
 
     let listed = std::time::Instant::now();
@@ -154,7 +180,19 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
         .map(|(p, _, _)| p.clone())
         .collect();
     let started = std::time::Instant::now();
-    let (batches, rows_in) = aggregate(env, &view, watermark, &inputs).await?;
+    // the streamed aggregation holds exactly the inputs when every event past the previous
+    // watermark came through this run's compaction and no dirty day is rebuilt; otherwise it
+    // is dropped and the inputs are read back from the master dataset
+    let (batches, rows_in, read_from) = match streamed {
+        Some(task) if rebuilt.is_empty() && compacted.from_seq == after => {
+            let batches = task.join().await?;
+            (batches, compacted.events as i64, "compaction")
+        }
+        _ => {
+            let (events, rows_in) = Events::files(env, &inputs, watermark).await?;
+            (aggregate(view.clone(), events).await?, rows_in, "master")
+        }
+    };
     let aggregate_ms = started.elapsed().as_millis() as u64;
     let list_ms = (started - listed).as_millis() as u64;
     let started = std::time::Instant::now();
@@ -205,6 +243,7 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
         version,
         watermark,
         mode,
+        read_from,
         rows_in,
         rows_out,
         prepare_ms,
@@ -216,7 +255,7 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
         total_ms = run_started.elapsed().as_millis() as u64,
         "published batch version"
     );
-    Ok(RunOutcome { publication })
+    Ok(RunOutcome { publication, read_from })
 }
 
 /// Splits aggregated batches by the UTC day of their bucket.
@@ -273,47 +312,107 @@ fn bucket_of(granularity: Granularity, time_field: &str) -> Expr {
     cast(micros - into_bucket, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())))
 }
 
-/// Runs the view's aggregation over the events of `inputs` (master files) up to
-/// `watermark`. Returns the batches and the number of events read.
-async fn aggregate(
-    env: &BatchEnv,
-    view: &CompiledView,
-    watermark: u64,
-    inputs: &[Path],
-) -> Result<(Vec<RecordBatch>, i64)> {
+/// The events a run aggregates.
+enum Events {
+    /// Master files (`tandem://store/...` URLs) holding `rows` events, read up to `watermark`.
+    Files { store: Arc<dyn ObjectStore>, files: Vec<String>, rows: i64, watermark: u64 },
+    /// The batches this run's compaction reads, as it reads them (see [`compact`]'s tee).
+    Stream(mpsc::Receiver<RecordBatch>),
+}
+
+impl Events {
+    /// The events of `inputs` (master files) up to `watermark`, and how many there are.
+    /// DataFusion reads the files itself: they are checked first, so a damaged file fails the
+    /// run (naming it) instead of reading back wrong values. Their footers count the events
+    /// read: a master file is one log segment's (or its part of one day), and only segments
+    /// up to the watermark are read, so the `_seq` filter of [`aggregate`] drops nothing and
+    /// is only a guard (counting through it cost a second pass over the `_seq` column).
+    async fn files(env: &BatchEnv, inputs: &[Path], watermark: u64) -> Result<(Events, i64)> {
+        let mut rows = 0;
+        for input in inputs {
+            let bytes = get_verified(&env.store, input).await?;
+            rows += footer_rows(&bytes)?;
+        }
+        let files = inputs.iter().map(|p| format!("{STORE_URL}/{p}")).collect();
+        Ok((Events::Files { store: env.store.clone(), files, rows, watermark }, rows))
+    }
+}
+
+/// A compaction's batches as one DataFusion partition, read once.
+#[derive(Debug)]
+struct Teed {
+    schema: SchemaRef,
+    batches: std::sync::Mutex<Option<mpsc::Receiver<RecordBatch>>>,
+}
+
+impl PartitionStream for Teed {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let schema = self.schema.clone();
+        match self.batches.lock().expect("teed batches lock").take() {
+            Some(batches) => Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::unfold(batches, |mut batches| async move {
+                    batches.recv().await.map(|batch| (Ok(batch), batches))
+                }),
+            )),
+            None => Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::once(async {
+                    Err(DataFusionError::Internal("a compaction's batches were read twice".into()))
+                }),
+            )),
+        }
+    }
+}
+
+/// A spawned task, aborted if it is dropped before it is joined (a run that fails, or that
+/// does not use a streamed aggregation).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<Result<T>> {
+    async fn join(mut self) -> Result<T> {
+        (&mut self.0).await.map_err(|e| Error::Invalid(format!("aggregation task: {e}")))?
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the view's aggregation over `events`.
+async fn aggregate(view: CompiledView, events: Events) -> Result<Vec<RecordBatch>> {
     let dataset = &view.dataset;
-    let files: Vec<String> = inputs.iter().map(|p| format!("{STORE_URL}/{p}")).collect();
-    if files.is_empty() {
-        return Ok((Vec::new(), 0));
-    }
-    // DataFusion reads the files itself: check them first, so a damaged file fails the run
-    // (naming it) instead of reading back wrong values. Their footers count the events read:
-    // a master file is one log segment's (or its part of one day), and only segments up to
-    // the watermark are read, so the `_seq` filter below drops nothing and is only a guard
-    // (counting through it cost a second pass over the `_seq` column).
-    let mut rows_in = 0;
-    for input in inputs {
-        let bytes = get_verified(&env.store, input).await?;
-        rows_in += footer_rows(&bytes)?;
-    }
+    let schema = dataset_schema(dataset, true);
     // batches of 64 k events: the sketch aggregates fold a batch's values group by group
     // (see `sketches`), so the more of a group's events one batch holds, the fewer times its
     // state is fetched from memory
-    let mut config = SessionConfig::new().with_batch_size(AGGREGATE_BATCH_ROWS);
+    let config = SessionConfig::new().with_batch_size(AGGREGATE_BATCH_ROWS);
     // a small input (an incremental run's new events) in one partition: DataFusion then
     // aggregates in one step instead of building partial states per partition, writing them
     // out and merging them again, which for ~50 k events into ~45 k groups cost more than
-    // the aggregation itself
-    if rows_in < SMALL_INPUT {
-        config = config.with_target_partitions(1);
-    }
-    let ctx = SessionContext::new_with_config(config);
-    ctx.register_object_store(ObjectStoreUrl::parse(STORE_URL)?.as_ref(), env.store.clone());
-    let schema = dataset_schema(dataset, true);
-    let events = ctx
-        .read_parquet(files, ParquetReadOptions::default().schema(&schema))
-        .await?
-        .filter(ident(SEQ_COLUMN).lt_eq(lit(watermark as i64)))?;
+    // the aggregation itself. A stream is only used for small inputs.
+    let one_partition = config.clone().with_target_partitions(1);
+    let events = match events {
+        Events::Files { files, .. } if files.is_empty() => return Ok(Vec::new()),
+        Events::Files { store, files, rows, watermark } => {
+            let ctx = SessionContext::new_with_config(if rows < SMALL_INPUT { one_partition } else { config });
+            ctx.register_object_store(ObjectStoreUrl::parse(STORE_URL)?.as_ref(), store);
+            ctx.read_parquet(files, ParquetReadOptions::default().schema(&schema))
+                .await?
+                .filter(ident(SEQ_COLUMN).lt_eq(lit(watermark as i64)))?
+        }
+        Events::Stream(batches) => {
+            let ctx = SessionContext::new_with_config(one_partition);
+            let teed = Teed { schema: schema.clone(), batches: std::sync::Mutex::new(Some(batches)) };
+            ctx.read_table(Arc::new(StreamingTable::try_new(schema.clone(), vec![Arc::new(teed)])?))?
+        }
+    };
     let events = match &view.spec.filter {
         Some(sql) => {
             let predicate = events.parse_sql_expr(sql)?;
@@ -342,8 +441,7 @@ async fn aggregate(
             }
         }
     }
-    let batches = events.aggregate(group, aggs)?.collect().await?;
-    Ok((batches, rows_in))
+    Ok(events.aggregate(group, aggs)?.collect().await?)
 }
 
 #[cfg(test)]
