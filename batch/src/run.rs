@@ -12,7 +12,11 @@
 //!    [`MAX_DAY_PARTS`] parts is *rebuilt* instead: all its events, into one part;
 //! 4. aggregate those master events with `_seq <= watermark` with DataFusion: the view's
 //!    filter (the same SQL text the speed layer compiled), UTC buckets ([`bucket_of`]),
-//!    dimensions, and one state column per measure (`tandem_model::columnar::state_columns`);
+//!    dimensions, and one state column per measure (`tandem_model::columnar::state_columns`).
+//!    An incremental run with few new events starts aggregating them before step 2, fed by
+//!    the compaction's tee as it reads them; it keeps that result when the new events turn
+//!    out to be exactly its inputs (it compacted them all itself, no day is rebuilt), and
+//!    otherwise reads the inputs from the master files;
 //! 5. write one part per day read, `views/{view}/v{N}/date={day}/part-{N:06}.{crc32}.parquet`,
 //!    and copy the previous version's parts of every day not rebuilt (view buckets never
 //!    straddle days);

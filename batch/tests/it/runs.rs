@@ -45,10 +45,11 @@ fn events(seed: u64, start: i64, days: i64, count: usize) -> Vec<Row> {
         .map(|_| {
             state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             let r = state >> 16;
+            // in the dataset's field order: c, n, ts
             vec![
-                Value::Timestamp(start + (r % (days * DAY) as u64) as i64),
                 Value::String(["US", "DE", "FR", "JP", "BR"][(r % 5) as usize].into()),
                 Value::Int((r % 1000) as i64 - 100),
+                Value::Timestamp(start + (r % (days * DAY) as u64) as i64),
             ]
         })
         .collect()
@@ -58,7 +59,7 @@ fn events(seed: u64, start: i64, days: i64, count: usize) -> Vec<Row> {
 fn fold(rows: &[Row]) -> Expected {
     let mut out = Expected::new();
     for row in rows {
-        let [Value::Timestamp(ts), Value::String(c), Value::Int(n)] = &row[..] else { panic!("{row:?}") };
+        let [Value::String(c), Value::Int(n), Value::Timestamp(ts)] = &row[..] else { panic!("{row:?}") };
         if *n >= 0 {
             let e = out.entry((ts.div_euclid(HOUR) * HOUR, c.clone())).or_default();
             e.0 += 1;
