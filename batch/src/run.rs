@@ -133,13 +133,13 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
     };
     let prepare_ms = run_started.elapsed().as_millis() as u64;
     let started = std::time::Instant::now();
-    // an incremental run with few new events aggregates them as compaction reads them, on
-    // the core compaction leaves idle, in case they turn out to be all it needs (below)
+    // an incremental run with few new events aggregates them as compaction reads them, in
+    // case they turn out to be all it needs (below): the two then overlap
     let (tee, streamed) = match &previous {
         Some(prev)
             if prev.watermark == dataset.compacted_seq && pending_events(env, &dataset).await? < SMALL_INPUT as u64 =>
         {
-            let (tee, events) = tokio::sync::mpsc::channel(TEE_BATCHES);
+            let (tee, events) = mpsc::channel(TEE_BATCHES);
             let task = tokio::spawn(aggregate(view.clone(), Events::Stream(events)));
             (Some(tee), Some(AbortOnDrop(task)))
         }
