@@ -42,8 +42,12 @@ use tandem_model::view::CompiledView;
 use tandem_model::{Granularity, Row, Value};
 
 /// A kept shape nobody has asked for in this long is dropped; when no shape of a view has been
-/// asked for in this long, the writer stops keeping the view's delta.
-pub const SHAPES_IDLE: Duration = Duration::from_secs(10);
+/// asked for in this long, the writer stops keeping the view's delta. Long enough for a
+/// dashboard refreshing once a minute: rebuilding a shape folds every group of the batch
+/// version (170-360 ms over 50 M events, session 18), which with 10 s here was the slowest
+/// query of every bench round whose queries were more than 10 s apart. Background rounds stay
+/// bounded by [`MAX_BUSY_SHARE`] whatever this is.
+pub const SHAPES_IDLE: Duration = Duration::from_secs(60);
 
 /// Background rounds may keep a core busy at most this share of the time (over windows of
 /// [`BUSY_WINDOW`]) before the least recently asked shape is dropped.
