@@ -44,7 +44,7 @@ use tandem_model::{Granularity, Row, Value};
 /// A kept shape nobody has asked for in this long is dropped; when no shape of a view has been
 /// asked for in this long, the writer stops keeping the view's delta. Long enough for a
 /// dashboard refreshing once a minute: rebuilding a shape folds every group of the batch
-/// version (170-360 ms over 50 M events, session 18), which with 10 s here was the slowest
+/// version (170-380 ms over 50 M events, session 18), which with 10 s here was the slowest
 /// query of every bench round whose queries were more than 10 s apart. Background rounds stay
 /// bounded by [`MAX_BUSY_SHARE`] whatever this is.
 pub const SHAPES_IDLE: Duration = Duration::from_secs(60);
