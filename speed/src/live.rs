@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
@@ -160,6 +160,9 @@ pub struct ViewLive {
     coalescing: Mutex<()>,
     /// Whether a background round for the kept shapes is due (see [`ViewLive::catch_up`]).
     catch_up_due: AtomicBool,
+    /// Nanoseconds [`apply`](Self::apply) waited for the state's write lock, since last taken
+    /// by [`take_lock_wait`](Self::take_lock_wait) (for the writer's slow-commit log).
+    lock_wait: AtomicU64,
 }
 
 impl ViewLive {
@@ -183,6 +186,7 @@ impl ViewLive {
             shapes: Mutex::new(Shapes::default()),
             coalescing: Mutex::new(()),
             catch_up_due: AtomicBool::new(false),
+            lock_wait: AtomicU64::new(0),
         })
     }
 
@@ -219,7 +223,14 @@ impl ViewLive {
     /// commit, and never sees part of a request's events.
     pub fn apply(&self, map: u64, ingest_time: i64, records: &[(u64, &Arc<Vec<Row>>)]) -> Result<bool, String> {
         let masks = self.masks(records);
-        let mut guard = self.state.write();
+        let mut waited = Duration::ZERO;
+        let mut write = || {
+            let asked = Instant::now();
+            let guard = self.state.write();
+            waited += asked.elapsed();
+            guard
+        };
+        let mut guard = write();
         if guard.delta.is_some() && guard.asked.elapsed() > SHAPES_IDLE {
             guard.delta = None; // nobody asks: stop keeping it (the shapes are rebuilt when asked)
         }
@@ -230,7 +241,7 @@ impl ViewLive {
             if in_slice >= FOLD_SLICE_ROWS {
                 guard = {
                     RwLockWriteGuard::unlock_fair(guard);
-                    self.state.write()
+                    write()
                 };
                 in_slice = 0;
             }
@@ -264,10 +275,16 @@ impl ViewLive {
             }
         }
         drop(guard);
+        self.lock_wait.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
         match failed {
             Some(e) => Err(e),
             None => Ok(handed && !self.catch_up_due.swap(true, Ordering::AcqRel)),
         }
+    }
+
+    /// How long [`apply`](Self::apply) waited for the view's lock since this was last called.
+    pub fn take_lock_wait(&self) -> Duration {
+        Duration::from_nanos(self.lock_wait.swap(0, Ordering::Relaxed))
     }
 
     /// A background round for the kept shapes: the delta is queued and every kept shape
@@ -374,6 +391,7 @@ impl ViewLive {
     fn coalesce_in_slices(&self, slice_time: Duration) {
         let _only = self.coalescing.lock();
         let started = std::time::Instant::now();
+        let cpu = thread_cpu_time();
         let sealed: Vec<(u64, Arc<SegmentGroups>)> =
             self.state.read().segments.iter().filter(|(_, s)| s.sealed).map(|(k, s)| (*k, s.clone())).collect();
         if sealed.len() < 2 {
@@ -434,11 +452,12 @@ impl ViewLive {
         drop(state);
         drop(newer);
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        let cpu_ms = thread_cpu_time().saturating_sub(cpu).as_millis() as u64;
         let maps = keys.len();
         if elapsed_ms >= 250 {
-            tracing::warn!(view = self.name(), maps, groups, elapsed_ms, "slow merge of sealed speed maps");
+            tracing::warn!(view = self.name(), maps, groups, elapsed_ms, cpu_ms, "slow merge of sealed speed maps");
         } else {
-            tracing::debug!(view = self.name(), maps, groups, elapsed_ms, "merged sealed speed maps");
+            tracing::debug!(view = self.name(), maps, groups, elapsed_ms, cpu_ms, "merged sealed speed maps");
         }
     }
 
@@ -559,6 +578,8 @@ impl ViewLive {
         // a new shape is locked before anyone else can find it, and filled below; a kept one
         // is locked only after `shapes` is released, as its rows may be busy answering
         let built = kept.is_none();
+        let base = if built { shapes.base(shape) } else { None };
+        let from_base = base.is_some();
         let kept = kept.unwrap_or_else(|| shapes.keep(shape.clone(), budget.max(1024)));
         let mut merged = if built {
             let merged = kept.lock();
@@ -570,10 +591,20 @@ impl ViewLive {
         };
         let shape_locked_at = Instant::now();
         if let Some(speed) = speed {
-            let mut folded = Groups::default();
-            if let Some(batch) = &batch {
-                shape.fold((None, None), &batch.groups, &mut folded);
-            }
+            let mut folded = match (base, &batch) {
+                (Some(base), _) => Groups::clone(&base),
+                (None, Some(batch)) => {
+                    let mut base = Groups::default();
+                    shape.fold((None, None), &batch.groups, &mut base);
+                    // `shapes` is locked while holding this new shape's rows, which no one
+                    // else can hold: a query locks the rows of a new shape under `shapes`
+                    // only, and any other rows only after releasing it
+                    let base = Arc::new(base);
+                    self.shapes.lock().keep_base(version, shape, &base, batch.groups.len());
+                    Arc::unwrap_or_clone(base)
+                }
+                (None, None) => Groups::default(),
+            };
             merge_groups(&mut folded, &speed);
             *merged = Merged::from_groups(folded);
         }
@@ -591,6 +622,7 @@ impl ViewLive {
                 shape_lock_ms = ms(locked_at, shape_locked_at),
                 build_ms = ms(shape_locked_at, built_at),
                 built,
+                from_base,
                 catch_up_ms = ms(built_at, caught_up_at),
                 answer_ms = caught_up_at.elapsed().as_secs_f64() * 1e3,
                 "slow query"
@@ -875,6 +907,64 @@ mod tests {
         ingest(&live, vec![row(4, 1)]);
         assert!(live.read(|s| s.delta.is_none()));
         ingest(&live, vec![row(5, 2)]);
+        assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all));
+        assert_eq!(shape_rows(&live, &by_day), folded_rows(&live, &by_day));
+    }
+
+    #[test]
+    fn a_dropped_shape_is_rebuilt_from_its_base_and_the_speed_layer() {
+        let live = ViewLive::new(view(None), None).unwrap();
+        let all = Shape::new(Granularity::All, vec![], vec![], vec![0, 1]);
+        let by_day = Shape::new(Granularity::Day, vec![], vec![], vec![0, 1]);
+        let row = |n: i64, day: i64| vec![Value::Int(n), Value::Timestamp(day * DAY + 5)];
+        let seq = std::cell::Cell::new(1);
+        let ingest = |live: &ViewLive, rows: Vec<Row>| {
+            let n = rows.len() as u64;
+            live.apply(seq.get(), 0, &[(seq.get(), &Arc::new(rows))]).unwrap();
+            seq.set(seq.get() + n);
+        };
+        // a version of 64 daily groups: `all` folds them into one row, `by_day` into 64
+        let publish = |live: &ViewLive, version: i64| {
+            let through = seq.get() - 1;
+            assert!(live.publish(BatchSnapshot::new(version, through, None, total(live)), no_rebuild).unwrap());
+        };
+        ingest(&live, (0..64).map(|d| row(d, d)).collect());
+        publish(&live, 1);
+        ingest(&live, vec![row(100, 3), row(7, 70)]);
+        assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all));
+        assert_eq!(shape_rows(&live, &by_day), folded_rows(&live, &by_day));
+        let base = {
+            let mut shapes = live.shapes.lock();
+            assert!(shapes.base(&by_day).is_none(), "a row for each group: not worth keeping");
+            shapes.base(&all).expect("one row from 64 groups: kept")
+        };
+        let int = |v: &Value| match v {
+            Value::Int(n) => *n,
+            other => panic!("not a count: {other:?}"),
+        };
+        let batch_only: Vec<i64> = base.values().map(|s| int(&s[0].value())).collect();
+        assert_eq!(batch_only, vec![64], "the base holds the version's events alone");
+
+        // dropped, then asked for again after more events (late ones too): its base and the
+        // speed layer make the same rows as one fold of everything
+        live.shapes.lock().forget(&all);
+        ingest(&live, vec![row(1, 2), row(2, 80), row(-5, 1)]);
+        assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all));
+        // and the rebuild read the base, not the version's groups: a base that says
+        // otherwise shows in the answer
+        let mut shapes = live.shapes.lock();
+        shapes.forget(&all);
+        let mut wrong = (*base).clone();
+        wrong.values_mut().for_each(|s| s[0] = MeasureState::Count(1000));
+        shapes.keep_base(1, &all, &Arc::new(wrong), 64);
+        drop(shapes);
+        let count = |rows: Vec<(GroupKey, Vec<Value>)>| int(&rows[0].1[0]);
+        assert_eq!(count(shape_rows(&live, &all)), count(folded_rows(&live, &all)) - 64 + 1000);
+
+        // a new version: bases of the old one are forgotten, and the rebuild is right again
+        publish(&live, 2);
+        ingest(&live, vec![row(9, 5)]);
+        live.shapes.lock().forget(&all);
         assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all));
         assert_eq!(shape_rows(&live, &by_day), folded_rows(&live, &by_day));
     }

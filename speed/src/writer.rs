@@ -336,6 +336,8 @@ const SLOW_ACK: Duration = Duration::from_millis(10);
 struct CommitSteps {
     sync: Duration,
     fold: Duration,
+    /// Of `fold`, how long the views' locks were waited for.
+    lock: Duration,
 }
 
 struct Pending {
@@ -452,6 +454,7 @@ impl WriterThread {
                     stage_ms = staged.as_secs_f64() * 1e3,
                     sync_ms = steps.sync.as_secs_f64() * 1e3,
                     fold_ms = steps.fold.as_secs_f64() * 1e3,
+                    lock_ms = steps.lock.as_secs_f64() * 1e3,
                     "slow group commit"
                 );
             }
@@ -568,6 +571,7 @@ impl WriterThread {
                     Ok(false) => {}
                     Err(e) => tracing::error!(view = view.name(), error = %e, "speed layer could not fold events"),
                 }
+                steps.lock += view.take_lock_wait();
             }
         }
         drop(records);
