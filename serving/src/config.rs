@@ -45,8 +45,11 @@ pub struct ServeConfig {
     /// The active log segment is sealed (made available to batch runs) at least this often.
     #[arg(long, env = "TANDEM_SEGMENT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub segment_interval: Duration,
-    /// ...or once it holds this many bytes.
-    #[arg(long, env = "TANDEM_SEGMENT_BYTES", default_value_t = 128 << 20)]
+    /// ...or once it holds this many bytes. Every seal costs the writer for a few hundred
+    /// milliseconds (the views' maps of the new segment start empty while the sealed one is
+    /// merged in the background), so fewer seals mean fewer slow acknowledgements; a batch run
+    /// reads a sealed segment whole, so larger ones cost memory during runs.
+    #[arg(long, env = "TANDEM_SEGMENT_BYTES", default_value_t = 512 << 20)]
     pub segment_bytes: u64,
     /// How often to look for versions published by other processes (`tandem batch`).
     #[arg(long, env = "TANDEM_POLL_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]

@@ -57,7 +57,7 @@ impl Default for WriterConfig {
             dedup_window: Duration::from_secs(24 * 3600),
             key_window: Duration::from_secs(24 * 3600),
             roll_interval: Duration::from_secs(60),
-            roll_bytes: 128 << 20,
+            roll_bytes: 512 << 20,
             max_group: 4096,
             max_queued: 4096,
         }
