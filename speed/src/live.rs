@@ -617,6 +617,7 @@ impl ViewLive {
             let ms = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64() * 1e3;
             tracing::debug!(
                 view = %self.view.spec.name,
+                ?shape,
                 total_ms = started.elapsed().as_secs_f64() * 1e3,
                 lock_ms = ms(started, locked_at),
                 shape_lock_ms = ms(locked_at, shape_locked_at),
@@ -856,22 +857,29 @@ mod tests {
         rows
     }
 
+    /// An event of the test view: `n`, on day `day`.
+    fn day_row(n: i64, day: i64) -> Row {
+        vec![Value::Int(n), Value::Timestamp(day * DAY + 5)]
+    }
+
+    /// Folds one request as the writer would, its events numbered from `seq` on.
+    fn ingest_at(seq: &std::cell::Cell<u64>, live: &ViewLive, rows: Vec<Row>) {
+        let n = rows.len() as u64;
+        live.apply(seq.get(), 0, &[(seq.get(), &Arc::new(rows))]).unwrap();
+        seq.set(seq.get() + n);
+    }
+
     #[test]
     fn kept_shapes_follow_every_event_version_and_pause() {
         let live = ViewLive::new(view(Some("n > 0")), None).unwrap();
         let by_day = Shape::new(Granularity::Day, vec![], vec![], vec![0, 1]);
         let all = Shape::new(Granularity::All, vec![], vec![], vec![1]);
-        let row = |n: i64, day: i64| vec![Value::Int(n), Value::Timestamp(day * DAY + 5)];
         let seq = std::cell::Cell::new(1);
-        let ingest = |live: &ViewLive, rows: Vec<Row>| {
-            let n = rows.len() as u64;
-            live.apply(seq.get(), 0, &[(seq.get(), &Arc::new(rows))]).unwrap();
-            seq.set(seq.get() + n);
-        };
+        let ingest = |live: &ViewLive, rows: Vec<Row>| ingest_at(&seq, live, rows);
         for round in 0..6i64 {
-            ingest(&live, (0..5).map(|i| row(i - 1, (round + i) % 3)).collect());
+            ingest(&live, (0..5).map(|i| day_row(i - 1, (round + i) % 3)).collect());
             assert_eq!(shape_rows(&live, &by_day), folded_rows(&live, &by_day), "round {round}");
-            ingest(&live, vec![row(round + 1, 7)]);
+            ingest(&live, vec![day_row(round + 1, 7)]);
             assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all), "round {round}");
         }
         assert!(live.read(|s| s.delta.is_some()), "events are kept for the shapes while they are asked for");
@@ -879,11 +887,11 @@ mod tests {
         // a background round is due once after events reach the delta (until it runs), and folds them into
         // every kept shape: the queries then find nothing left to fold
         let n = 200;
-        let more = Arc::new((0..n).map(|i| row(i % 9 - 2, i % 4)).collect::<Vec<_>>());
+        let more = Arc::new((0..n).map(|i| day_row(i % 9 - 2, i % 4)).collect::<Vec<_>>());
         live.catch_up(); // the loop above made one due
         let (at, then) = (seq.get(), seq.get() + n as u64);
         assert!(live.apply(at, 0, &[(at, &more)]).unwrap(), "the first fold makes a round due");
-        let again = Arc::new(vec![row(6, 2)]);
+        let again = Arc::new(vec![day_row(6, 2)]);
         assert!(!live.apply(then, 0, &[(then, &again)]).unwrap(), "already due");
         seq.set(then + 1);
         live.catch_up();
@@ -897,16 +905,16 @@ mod tests {
         let covered = total(&live);
         let through = live.read(|s| s.segments.values().map(|m| m.through).max().unwrap());
         assert!(live.publish(BatchSnapshot::new(1, through, None, covered), no_rebuild).unwrap());
-        ingest(&live, vec![row(3, 1), row(-3, 1), row(9, 8)]);
+        ingest(&live, vec![day_row(3, 1), day_row(-3, 1), day_row(9, 8)]);
         assert_eq!(shape_rows(&live, &by_day), folded_rows(&live, &by_day));
         assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all));
 
         // nobody asks for a while: the writer stops keeping the delta, and the next query
         // does not trust the shapes it has
         live.state.write().asked -= SHAPES_IDLE + Duration::from_secs(1);
-        ingest(&live, vec![row(4, 1)]);
+        ingest(&live, vec![day_row(4, 1)]);
         assert!(live.read(|s| s.delta.is_none()));
-        ingest(&live, vec![row(5, 2)]);
+        ingest(&live, vec![day_row(5, 2)]);
         assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all));
         assert_eq!(shape_rows(&live, &by_day), folded_rows(&live, &by_day));
     }
@@ -916,21 +924,16 @@ mod tests {
         let live = ViewLive::new(view(None), None).unwrap();
         let all = Shape::new(Granularity::All, vec![], vec![], vec![0, 1]);
         let by_day = Shape::new(Granularity::Day, vec![], vec![], vec![0, 1]);
-        let row = |n: i64, day: i64| vec![Value::Int(n), Value::Timestamp(day * DAY + 5)];
         let seq = std::cell::Cell::new(1);
-        let ingest = |live: &ViewLive, rows: Vec<Row>| {
-            let n = rows.len() as u64;
-            live.apply(seq.get(), 0, &[(seq.get(), &Arc::new(rows))]).unwrap();
-            seq.set(seq.get() + n);
-        };
+        let ingest = |live: &ViewLive, rows: Vec<Row>| ingest_at(&seq, live, rows);
         // a version of 64 daily groups: `all` folds them into one row, `by_day` into 64
         let publish = |live: &ViewLive, version: i64| {
             let through = seq.get() - 1;
             assert!(live.publish(BatchSnapshot::new(version, through, None, total(live)), no_rebuild).unwrap());
         };
-        ingest(&live, (0..64).map(|d| row(d, d)).collect());
+        ingest(&live, (0..64).map(|d| day_row(d, d)).collect());
         publish(&live, 1);
-        ingest(&live, vec![row(100, 3), row(7, 70)]);
+        ingest(&live, vec![day_row(100, 3), day_row(7, 70)]);
         assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all));
         assert_eq!(shape_rows(&live, &by_day), folded_rows(&live, &by_day));
         let base = {
@@ -948,7 +951,7 @@ mod tests {
         // dropped, then asked for again after more events (late ones too): its base and the
         // speed layer make the same rows as one fold of everything
         live.shapes.lock().forget(&all);
-        ingest(&live, vec![row(1, 2), row(2, 80), row(-5, 1)]);
+        ingest(&live, vec![day_row(1, 2), day_row(2, 80), day_row(-5, 1)]);
         assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all));
         // and the rebuild read the base, not the version's groups: a base that says
         // otherwise shows in the answer
@@ -963,7 +966,7 @@ mod tests {
 
         // a new version: bases of the old one are forgotten, and the rebuild is right again
         publish(&live, 2);
-        ingest(&live, vec![row(9, 5)]);
+        ingest(&live, vec![day_row(9, 5)]);
         live.shapes.lock().forget(&all);
         assert_eq!(shape_rows(&live, &all), folded_rows(&live, &all));
         assert_eq!(shape_rows(&live, &by_day), folded_rows(&live, &by_day));

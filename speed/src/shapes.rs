@@ -280,10 +280,11 @@ impl Merged {
 const SHAPES_PER_VIEW: usize = 32;
 
 /// A shape's rows over the batch version alone (its *base*) are kept for a rebuild when the
-/// version has at least this many groups per base row; so all bases together hold at most
-/// `SHAPES_PER_VIEW / BASE_REDUCTION` (one) times the version's groups, and in practice far
-/// fewer (the bench's 24 h shape: 2.9 k rows from 0.5 M groups).
-const BASE_REDUCTION: usize = 32;
+/// version has at least this many groups per base row (copying a base is then far cheaper
+/// than folding the version again: the bench's 24 h shape has 2.9-3.7 k rows from 31-45 k
+/// groups at 3 M events); all bases together hold no more rows than the version has groups
+/// (least recently used go first).
+const BASE_REDUCTION: usize = 8;
 
 /// The kept shapes of one view, all merging the same batch version. Locked only to find a
 /// shape, queue events and keep or drop shapes; each shape's rows have a lock of their own,
@@ -394,10 +395,16 @@ impl Shapes {
     /// Keeps `base`, the rows of `shape` over batch version `version` (of `groups` groups),
     /// if the shapes still merge that version and it folds at least [`BASE_REDUCTION`]
     /// groups into each row (a shape with about as many rows as the version has groups
-    /// costs as much to copy as to fold again).
+    /// costs as much to copy as to fold again); drops the least recently used bases while
+    /// all of them hold more rows than `groups`.
     pub fn keep_base(&mut self, version: i64, shape: &Shape, base: &Arc<Groups>, groups: usize) {
-        if version == self.version && base.len().saturating_mul(BASE_REDUCTION) <= groups {
+        let kept = version == self.version && base.len().saturating_mul(BASE_REDUCTION) <= groups;
+        tracing::debug!(?shape, version, rows = base.len(), groups, kept, "a shape's base");
+        if kept {
             self.bases.put(shape.clone(), base.clone());
+            while self.bases.iter().map(|(_, b)| b.len()).sum::<usize>() > groups {
+                self.bases.pop_lru();
+            }
         }
     }
 
@@ -537,6 +544,32 @@ mod tests {
         keep(&mut shapes, &shape(Granularity::Minute), 5000, 1000);
         assert!(shapes.get(&shape(Granularity::Minute)).is_some());
         assert_eq!(shapes.kept.len(), 1);
+    }
+
+    #[test]
+    fn bases_are_kept_for_shapes_far_smaller_than_the_version_within_its_groups() {
+        let shape = |dim: usize| Shape::new(Granularity::Hour, vec![dim], vec![], vec![0]);
+        let rows =
+            |n: i64| Arc::new((0..n).map(|b| (GroupKey { bucket: b, dims: vec![] }, vec![])).collect::<Groups>());
+        let mut shapes = Shapes::default();
+        shapes.reset(1);
+        shapes.keep_base(1, &shape(0), &rows(13), 100);
+        assert!(shapes.base(&shape(0)).is_none(), "more than an eighth of the version's groups");
+        shapes.keep_base(2, &shape(0), &rows(12), 100);
+        assert!(shapes.base(&shape(0)).is_none(), "not the version the shapes merge");
+        for dim in 0..8 {
+            shapes.keep_base(1, &shape(dim), &rows(12), 100);
+        }
+        assert!(shapes.base(&shape(0)).is_some(), "96 rows for 100 groups");
+        // a ninth: 108 rows, so the least recently used goes (not 0, just asked for)
+        shapes.keep_base(1, &shape(8), &rows(12), 100);
+        assert!(shapes.base(&shape(1)).is_none());
+        assert!((0..9).filter(|&d| d != 1).all(|d| shapes.base(&shape(d)).is_some()));
+        // a new version forgets them all; the same one keeps them
+        shapes.reset(1);
+        assert!(shapes.base(&shape(0)).is_some());
+        shapes.reset(2);
+        assert!(shapes.base(&shape(0)).is_none());
     }
 
     const HOUR: i64 = 3_600_000_000;
