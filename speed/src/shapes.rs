@@ -300,11 +300,11 @@ pub struct Shapes {
     /// Thread CPU time spent in background rounds since `window` began.
     busy: Duration,
     window: Instant,
-    /// Bases of shapes asked for since `version` was installed, kept or not (see
-    /// [`keep_base`](Self::keep_base)): a shape dropped by the bounds on background work is
-    /// rebuilt from its base and the speed layer, instead of folding every group of the
-    /// version again (170-600 ms over 50 M events, and under ingest the background bound
-    /// drops shapes every few seconds: session 19).
+    /// Bases of shapes asked for since `version` was installed, whether or not the shapes
+    /// themselves are still kept (see [`keep_base`](Self::keep_base)): a shape dropped by the
+    /// bounds on background work is rebuilt from its base and the speed layer, instead of
+    /// folding every group of the version again (170-600 ms over 50 M events, and under
+    /// ingest the background bound drops shapes every few seconds: session 19).
     bases: LruCache<Shape, Arc<Groups>>,
 }
 
