@@ -49,7 +49,7 @@ pub struct ServeConfig {
     /// milliseconds (the views' maps of the new segment start empty while the sealed one is
     /// merged in the background), so fewer seals mean fewer slow acknowledgements; a batch run
     /// reads a sealed segment whole, so larger ones cost memory during runs.
-    #[arg(long, env = "TANDEM_SEGMENT_BYTES", default_value_t = 512 << 20)]
+    #[arg(long, env = "TANDEM_SEGMENT_BYTES", default_value_t = tandem_speed::writer::WriterConfig::default().roll_bytes)]
     pub segment_bytes: u64,
     /// How often to look for versions published by other processes (`tandem batch`).
     #[arg(long, env = "TANDEM_POLL_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
