@@ -293,18 +293,19 @@ impl ViewLive {
     pub fn catch_up(&self) {
         self.catch_up_due.store(false, Ordering::Release);
         let cpu = thread_cpu_time();
-        let round = {
+        let (round, events) = {
             let mut shapes = self.shapes.lock();
             // a delta is kept only from a query on (which made the shapes merge the installed
             // version) until a publish: it is always the shapes' to fold
             let Some(delta) = self.state.write().delta.as_mut().map(std::mem::take) else { return };
+            let events: usize = delta.iter().map(Chunk::len).sum();
             shapes.push(delta, MAX_QUEUED_ROWS);
-            shapes.for_round()
+            (shapes.for_round(), events)
         };
         for (shape, kept) in round {
             kept.try_catch_up(&self.view, &shape); // a shape being answered catches up when asked next
         }
-        self.shapes.lock().spent(self.name(), thread_cpu_time().saturating_sub(cpu));
+        self.shapes.lock().spent(self.name(), thread_cpu_time().saturating_sub(cpu), events);
     }
 
     /// Which of `rows` pass the view's filter; `None` when the view has none.

@@ -10,8 +10,8 @@
 //! `ViewLive::apply`). The delta is taken and queued in every kept shape's inbox, in
 //! [`Chunk`]s, by a background round after each group commit (`ViewLive::catch_up`, on the
 //! dataset's `shapes` thread) and by every query. The round then folds each shape's inbox
-//! into its rows (into fresh rows first, merged into the kept ones once per catch-up), and a
-//! query folds its own shape's, so a query folds at most the
+//! into its rows (straight into the rows it keeps; new rows join them in order once per
+//! catch-up), and a query folds its own shape's, so a query folds at most the
 //! events of a group commit or two, whatever the ingest rate and however long since it was
 //! last asked. (Queries used to merge the delta's view *groups* into their rows when asked:
 //! about 2 µs a group, so the first query after half a second of ingest at 200 k events/s
@@ -64,7 +64,7 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.rows.len() - self.from
     }
 
@@ -156,11 +156,17 @@ impl Shape {
         self.measures.iter().map(move |&m| &states[m])
     }
 
-    /// Folds the events of `chunk` into `fresh` (rows keyed by this shape, with its
-    /// measures), each as [`tandem_model::agg::fold_row`] folds it into the view's groups and
-    /// [`fold`](Self::fold) then into this shape's rows.
-    fn fold_chunk(&self, view: &CompiledView, fresh: &mut Groups, chunk: &Chunk) {
+    /// Folds the events of `chunk` into this shape's rows: into `merged`'s row where it
+    /// has one, else into `fresh` (rows not kept yet, keyed by this shape, with its
+    /// measures); each event as [`tandem_model::agg::fold_row`] folds it into the view's
+    /// groups and [`fold`](Self::fold) then into this shape's rows.
+    fn fold_chunk(&self, view: &CompiledView, merged: &mut Merged, fresh: &mut Groups, chunk: &Chunk) {
         let dims: Vec<usize> = self.group.iter().map(|pos| view.dimension_index[*pos]).collect();
+        let fold = |states: &mut [MeasureState], row: &Row| {
+            for (state, &m) in states.iter_mut().zip(&self.measures) {
+                fold_measure(state, &view.measures[m], row);
+            }
+        };
         for row in chunk.events() {
             let Value::Timestamp(ts) = row[view.time_index] else { continue };
             if !self.admits_dims(|pos| &row[view.dimension_index[pos]]) {
@@ -168,15 +174,16 @@ impl Shape {
             }
             let key =
                 RowKey { bucket: self.granularity.truncate(view.spec.granularity.truncate(ts)), row, dims: &dims };
+            if let Some(kept) = merged.rows.get_mut(&key as &dyn KeyParts) {
+                fold(&mut kept.states, row);
+                kept.changed();
+                continue;
+            }
             update_group(
                 fresh,
                 &key,
                 || self.measures.iter().map(|&m| MeasureState::empty(&view.measures[m].0)).collect(),
-                |states| {
-                    for (state, &m) in states.iter_mut().zip(&self.measures) {
-                        fold_measure(state, &view.measures[m], row);
-                    }
-                },
+                |states| fold(states, row),
             );
         }
     }
@@ -250,16 +257,16 @@ impl Merged {
         places.insert(at, place);
     }
 
-    /// Merges `fresh` (rows of the same shape, over other events) into these.
-    fn absorb(&mut self, fresh: Groups) {
+    /// Folds the events of `chunks` into these rows (of `shape`): straight into the rows
+    /// kept already, and into rows of their own for the others, which then join these in
+    /// their places in the order once.
+    fn fold_chunks<'c>(&mut self, view: &CompiledView, shape: &Shape, chunks: impl IntoIterator<Item = &'c Chunk>) {
+        let mut fresh = Groups::default();
+        for chunk in chunks {
+            shape.fold_chunk(view, self, &mut fresh, chunk);
+        }
         for (key, states) in fresh {
-            match self.rows.get_mut(&key) {
-                Some(existing) => {
-                    merge_states(&mut existing.states, &states);
-                    existing.changed();
-                }
-                None => self.insert(key, MergedRow::new(states)),
-            }
+            self.insert(key, MergedRow::new(states));
         }
     }
 
@@ -297,8 +304,10 @@ pub struct Shapes {
     kept: LruCache<Shape, Entry>,
     /// Rows all kept shapes may hold together (the latest given to [`keep`](Self::keep)).
     budget: usize,
-    /// Thread CPU time spent in background rounds since `window` began.
+    /// Thread CPU time spent in background rounds since `window` began, and the events they
+    /// queued for the kept shapes.
     busy: Duration,
+    busy_events: usize,
     window: Instant,
     /// Bases of shapes asked for since `version` was installed, whether or not the shapes
     /// themselves are still kept (see [`keep_base`](Self::keep_base)): a shape dropped by the
@@ -336,22 +345,15 @@ impl Kept {
         self.merged.lock()
     }
 
-    /// Folds the queued events into `merged` (this shape's rows, locked): first into rows of
-    /// their own, then those into `merged`, so that each kept row is reached once per
-    /// catch-up rather than once per event. (Over a large shape, whose rows and sketches are
-    /// mostly out of the cache, this made the 30-day query under ingest about a sixth
-    /// faster in the median of runs, not in every run; over a small one it is a wash: see the
-    /// README, session 9.)
+    /// Folds the queued events into `merged` (this shape's rows, locked). An event reaching a
+    /// kept row is folded straight into it. (Until session 20 every event went into rows of
+    /// the catch-up's own first, merged into the kept ones once per catch-up, so that each
+    /// kept row was reached once per catch-up rather than once per event; but making, merging
+    /// and freeing those rows' sketch states was about a third of the background rounds'
+    /// time: see `bench/HISTORY.md`, session 20.)
     pub fn catch_up(&self, view: &CompiledView, shape: &Shape, merged: &mut Merged) {
         let inbox = std::mem::take(&mut *self.inbox.lock());
-        if !inbox.chunks.is_empty() {
-            // found by key only: they are put in order as they join the kept rows
-            let mut fresh = Groups::default();
-            for chunk in &inbox.chunks {
-                shape.fold_chunk(view, &mut fresh, chunk);
-            }
-            merged.absorb(fresh);
-        }
+        merged.fold_chunks(view, shape, inbox.chunks.iter().map(|c| &**c));
         self.rows.store(merged.len(), Ordering::Relaxed);
     }
 
@@ -371,6 +373,7 @@ impl Default for Shapes {
             kept: LruCache::new(NonZeroUsize::new(SHAPES_PER_VIEW).expect("not zero")),
             budget: usize::MAX,
             busy: Duration::ZERO,
+            busy_events: 0,
             window: Instant::now(),
             bases: LruCache::new(NonZeroUsize::new(SHAPES_PER_VIEW).expect("not zero")),
         }
@@ -491,21 +494,24 @@ impl Shapes {
         self.kept.iter().map(|(shape, e)| (shape.clone(), e.kept.clone())).collect()
     }
 
-    /// Counts a background round's thread CPU time. When the rounds of the last
-    /// [`BUSY_WINDOW`] kept a core more than [`MAX_BUSY_SHARE`] busy, the least recently asked
-    /// shape is dropped (one shape always stays).
-    pub fn spent(&mut self, view: &str, cpu: Duration) {
+    /// Counts a background round's thread CPU time and the events it queued. When the rounds
+    /// of the last [`BUSY_WINDOW`] kept a core more than [`MAX_BUSY_SHARE`] busy, the least
+    /// recently asked shape is dropped (one shape always stays).
+    pub fn spent(&mut self, view: &str, cpu: Duration, events: usize) {
         self.busy += cpu;
+        self.busy_events += events;
         let window = self.window.elapsed();
         if window < BUSY_WINDOW {
             return;
         }
+        let (busy_ms, events, shapes) = (self.busy.as_millis() as u64, self.busy_events, self.kept.len());
+        // what keeping the shapes costs, for `TANDEM_LOG=tandem_speed=debug`
+        tracing::debug!(view, busy_ms, window_ms = window.as_millis() as u64, events, shapes, "background rounds");
         if self.busy.as_secs_f64() > MAX_BUSY_SHARE * window.as_secs_f64() && self.kept.len() > 1 {
             let dropped = self.kept.pop_lru().map(|(shape, _)| shape);
-            let busy_ms = self.busy.as_millis() as u64;
             tracing::debug!(view, ?dropped, busy_ms, "kept shapes cost too much to keep up; dropped one");
         }
-        (self.busy, self.window) = (Duration::ZERO, Instant::now());
+        (self.busy, self.busy_events, self.window) = (Duration::ZERO, 0, Instant::now());
     }
 }
 
@@ -642,12 +648,10 @@ mod tests {
             ),
             by(Granularity::Hour, vec![], vec![(0, vec![Value::String("b".into())])], vec![0, 2]),
         ] {
-            // each chunk into fresh rows, merged into the kept ones: new rows, then existing
+            // the first chunk makes rows, the second reaches them and makes more
             let mut merged = Merged::default();
             for chunk in [&first, &second] {
-                let mut fresh = Groups::default();
-                shape.fold_chunk(&view, &mut fresh, chunk);
-                merged.absorb(fresh);
+                merged.fold_chunks(&view, &shape, [chunk]);
             }
             let expected = through_groups(&view, &shape, &[&first, &second]);
             assert!(expected.len() > 1, "{shape:?} answers several rows");
