@@ -14,8 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states};
 use tandem_model::value::{format_timestamp, parse_timestamp};
@@ -307,14 +306,11 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiErro
     let write = |kept: Vec<OutRow<'_>>, edges: &[(GroupKey, Vec<Value>)], freshness: Json| {
         let edges = edges.iter().map(|(key, values)| (key, values.as_slice(), None)).collect();
         let rows = in_order(&plan, kept, edges);
-        let mut render = RowWriter {
-            bucket: plan.shape.granularity != Granularity::All,
-            dims: plan.shape.group.iter().map(|&g| view.spec.dimensions[g].as_str()).collect(),
-            measures: plan.shape.measures.iter().map(|&m| view.measures[m].0.name.as_str()).collect(),
-            last_bucket: (i64::MIN, String::new()),
-        };
+        let dims: Vec<&str> = plan.shape.group.iter().map(|&g| view.spec.dimensions[g].as_str()).collect();
+        let measures: Vec<&str> = plan.shape.measures.iter().map(|&m| view.measures[m].0.name.as_str()).collect();
+        let mut render = RowWriter::new(plan.shape.granularity != Granularity::All, &dims, &measures);
         // about the size of the answer, so that writing it does not copy it as it grows
-        let columns = render.dims.len() + render.measures.len() + 1;
+        let columns = dims.len() + measures.len() + 1;
         let mut out = Vec::with_capacity(256 + rows.len() * columns * 24);
         out.extend_from_slice(b"{\"rows\":[");
         for (i, (key, values, text)) in rows.into_iter().enumerate() {
@@ -322,11 +318,7 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiErro
                 out.push(b',');
             }
             match text {
-                Some(text) => out.extend_from_slice(text.get_or_init(|| {
-                    let mut text = Vec::new();
-                    render.write(&mut text, key, values);
-                    text.into_boxed_slice()
-                })),
+                Some(text) => out.extend_from_slice(text.get_or_init(|| render.text(key, values))),
                 None => render.write(&mut out, key, values),
             }
         }
@@ -409,46 +401,107 @@ fn sort_and_limit(plan: &Plan, rows: &mut Vec<OutRow<'_>>) {
     }
 }
 
-/// Writes rows of an answer as JSON objects: `{"bucket", dimensions.., measures..}`.
-struct RowWriter<'a> {
-    /// Whether rows have a `bucket` (every granularity but `all`).
-    bucket: bool,
-    dims: Vec<&'a str>,
-    measures: Vec<&'a str>,
-    /// The bucket last written and its text: rows come mostly in bucket order, so each
+/// Writes rows of an answer as JSON objects: `{"bucket", dimensions.., measures..}`, each
+/// value as serde_json writes it, the keys from text made once per answer.
+struct RowWriter {
+    /// Each column's key as it precedes its value (`{"bucket":`, `,"country":`, ..): the
+    /// bucket's when rows have one (every granularity but `all`), the dimensions', the
+    /// measures'.
+    bucket: Option<Vec<u8>>,
+    dims: Vec<Vec<u8>>,
+    measures: Vec<Vec<u8>>,
+    /// The bucket last written and its JSON text: rows come mostly in bucket order, so each
     /// bucket's time is formatted about once.
-    last_bucket: (i64, String),
+    last_bucket: (i64, Vec<u8>),
+    /// Where a kept row's text is written before it is kept at its exact size.
+    scratch: Vec<u8>,
 }
 
-impl RowWriter<'_> {
-    fn write(&mut self, out: &mut Vec<u8>, key: &GroupKey, values: &[Value]) {
-        if self.bucket && self.last_bucket.0 != key.bucket {
-            self.last_bucket = (key.bucket, format_timestamp(key.bucket));
+impl RowWriter {
+    fn new(bucket: bool, dims: &[&str], measures: &[&str]) -> RowWriter {
+        let mut first = true;
+        let mut key = |name: &str| {
+            let mut text = vec![if std::mem::take(&mut first) { b'{' } else { b',' }];
+            serde_json::to_writer(&mut text, name).expect("writing JSON into memory cannot fail");
+            text.push(b':');
+            text
+        };
+        RowWriter {
+            bucket: bucket.then(|| key("bucket")),
+            dims: dims.iter().map(|name| key(name)).collect(),
+            measures: measures.iter().map(|name| key(name)).collect(),
+            last_bucket: (i64::MIN, Vec::new()),
+            scratch: Vec::new(),
         }
-        let row = Row { writer: self, key, values };
-        serde_json::to_writer(out, &row).expect("writing JSON into memory cannot fail");
+    }
+
+    fn write(&mut self, out: &mut Vec<u8>, key: &GroupKey, values: &[Value]) {
+        let start = out.len();
+        let json = |out: &mut Vec<u8>, value: &Value| {
+            serde_json::to_writer(out, value).expect("writing JSON into memory cannot fail")
+        };
+        if let Some(prefix) = &self.bucket {
+            if self.last_bucket.0 != key.bucket {
+                self.last_bucket.0 = key.bucket;
+                self.last_bucket.1.clear();
+                serde_json::to_writer(&mut self.last_bucket.1, &format_timestamp(key.bucket))
+                    .expect("writing JSON into memory cannot fail");
+            }
+            out.extend_from_slice(prefix);
+            out.extend_from_slice(&self.last_bucket.1);
+        }
+        for (prefix, value) in self.dims.iter().zip(&key.dims).chain(self.measures.iter().zip(values)) {
+            out.extend_from_slice(prefix);
+            json(out, value);
+        }
+        if out.len() == start {
+            out.push(b'{'); // no columns at all
+        }
+        out.push(b'}');
+    }
+
+    /// A kept row's text, at its exact size.
+    fn text(&mut self, key: &GroupKey, values: &[Value]) -> Box<[u8]> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        self.write(&mut scratch, key, values);
+        let text = Box::from(scratch.as_slice());
+        self.scratch = scratch;
+        text
     }
 }
 
-struct Row<'a> {
-    writer: &'a RowWriter<'a>,
-    key: &'a GroupKey,
-    values: &'a [Value],
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Serialize for Row<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let Row { writer, key, values } = self;
-        let mut row = s.serialize_map(Some(writer.bucket as usize + key.dims.len() + values.len()))?;
-        if writer.bucket {
-            row.serialize_entry("bucket", &writer.last_bucket.1)?;
-        }
-        for (name, value) in writer.dims.iter().zip(&key.dims) {
-            row.serialize_entry(name, value)?;
-        }
-        for (name, value) in writer.measures.iter().zip(values.iter()) {
-            row.serialize_entry(name, value)?;
-        }
-        row.end()
+    fn key(bucket: i64, dims: &[&str]) -> GroupKey {
+        GroupKey { bucket, dims: dims.iter().map(|d| Value::String(d.to_string())).collect() }
+    }
+
+    /// Rows are written as JSON objects with their columns in order, values escaped as JSON
+    /// requires, and a kept row's text the same as a row written straight into an answer.
+    #[test]
+    fn rows_are_written_as_json_objects_in_column_order() {
+        let hour = 3_600_000_000;
+        let mut render = RowWriter::new(true, &["country", "path"], &["views", "p95_ms", "users"]);
+        let mut out = Vec::new();
+        render.write(&mut out, &key(hour, &["U\"S", "/p/\u{e9}\n"]), &[Value::Int(3), Value::Float(1.5), Value::Null]);
+        out.push(b',');
+        let kept = render.text(&key(2 * hour, &["DE", "/"]), &[Value::Int(-1), Value::Float(0.25), Value::Int(7)]);
+        out.extend_from_slice(&kept);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            concat!(
+                r#"{"bucket":"1970-01-01T01:00:00Z","country":"U\"S","path":"/p/é\n","views":3,"p95_ms":1.5,"users":null},"#,
+                r#"{"bucket":"1970-01-01T02:00:00Z","country":"DE","path":"/","views":-1,"p95_ms":0.25,"users":7}"#
+            )
+        );
+        let mut all = RowWriter::new(false, &[], &["views"]);
+        let mut out = Vec::new();
+        all.write(&mut out, &key(0, &[]), &[Value::Int(9)]);
+        assert_eq!(out, br#"{"views":9}"#);
+        let mut none = RowWriter::new(false, &[], &[]);
+        assert_eq!(&*none.text(&key(0, &[]), &[]), b"{}");
     }
 }
