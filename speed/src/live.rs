@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
@@ -160,9 +160,16 @@ pub struct ViewLive {
     coalescing: Mutex<()>,
     /// Whether a background round for the kept shapes is due (see [`ViewLive::catch_up`]).
     catch_up_due: AtomicBool,
-    /// Nanoseconds [`apply`](Self::apply) waited for the state's write lock, since last taken
-    /// by [`take_lock_wait`](Self::take_lock_wait) (for the writer's slow-commit log).
-    lock_wait: AtomicU64,
+}
+
+/// What [`ViewLive::apply`] did besides folding.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Applied {
+    /// A background round for the kept shapes became due ([`ViewLive::catch_up`]): the caller
+    /// runs it, or has it run, once.
+    pub catch_up_due: bool,
+    /// How long the fold waited for the view's lock (for the writer's slow-commit log).
+    pub lock_wait: Duration,
 }
 
 impl ViewLive {
@@ -186,7 +193,6 @@ impl ViewLive {
             shapes: Mutex::new(Shapes::default()),
             coalescing: Mutex::new(()),
             catch_up_due: AtomicBool::new(false),
-            lock_wait: AtomicU64::new(0),
         })
     }
 
@@ -211,9 +217,7 @@ impl ViewLive {
     /// Folds log records (each its first sequence number and rows) into the speed map keyed
     /// `map` (the first sequence number of their segment), and hands their rows to the delta
     /// while query shapes are kept. Events at or below the floor are skipped. Nothing is
-    /// folded for a record whose filter failed; the first such error is returned. Returns
-    /// whether a background round for the kept shapes became due ([`catch_up`](Self::catch_up):
-    /// the caller runs it, or has it run, once).
+    /// folded for a record whose filter failed; the first such error is returned.
     ///
     /// The filter runs outside the lock; the fold happens under it, straight into the map.
     /// (Folding each request into a map of its own and merging that in made fresh sketch
@@ -221,7 +225,7 @@ impl ViewLive {
     /// The lock is handed to a waiting query after every [`FOLD_SLICE_ROWS`] events or so,
     /// always between two records, so a query waits for a slice, not for a whole group
     /// commit, and never sees part of a request's events.
-    pub fn apply(&self, map: u64, ingest_time: i64, records: &[(u64, &Arc<Vec<Row>>)]) -> Result<bool, String> {
+    pub fn apply(&self, map: u64, ingest_time: i64, records: &[(u64, &Arc<Vec<Row>>)]) -> Result<Applied, String> {
         let masks = self.masks(records);
         let mut waited = Duration::ZERO;
         let mut write = || {
@@ -275,16 +279,13 @@ impl ViewLive {
             }
         }
         drop(guard);
-        self.lock_wait.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
         match failed {
             Some(e) => Err(e),
-            None => Ok(handed && !self.catch_up_due.swap(true, Ordering::AcqRel)),
+            None => Ok(Applied {
+                catch_up_due: handed && !self.catch_up_due.swap(true, Ordering::AcqRel),
+                lock_wait: waited,
+            }),
         }
-    }
-
-    /// How long [`apply`](Self::apply) waited for the view's lock since this was last called.
-    pub fn take_lock_wait(&self) -> Duration {
-        Duration::from_nanos(self.lock_wait.swap(0, Ordering::Relaxed))
     }
 
     /// A background round for the kept shapes: the delta is queued and every kept shape
@@ -891,9 +892,9 @@ mod tests {
         let more = Arc::new((0..n).map(|i| day_row(i % 9 - 2, i % 4)).collect::<Vec<_>>());
         live.catch_up(); // the loop above made one due
         let (at, then) = (seq.get(), seq.get() + n as u64);
-        assert!(live.apply(at, 0, &[(at, &more)]).unwrap(), "the first fold makes a round due");
+        assert!(live.apply(at, 0, &[(at, &more)]).unwrap().catch_up_due, "the first fold makes a round due");
         let again = Arc::new(vec![day_row(6, 2)]);
-        assert!(!live.apply(then, 0, &[(then, &again)]).unwrap(), "already due");
+        assert!(!live.apply(then, 0, &[(then, &again)]).unwrap().catch_up_due, "already due");
         seq.set(then + 1);
         live.catch_up();
         live.read(|s| assert!(s.delta.as_ref().is_some_and(Vec::is_empty)));

@@ -565,13 +565,14 @@ impl WriterThread {
         if !records.is_empty() {
             for view in &self.views {
                 match view.apply(segment, ingest_time, &records) {
-                    Ok(true) => {
-                        let _ = self.catch_up.send(view.clone()); // that thread lives as long as this one
+                    Ok(applied) => {
+                        if applied.catch_up_due {
+                            let _ = self.catch_up.send(view.clone()); // that thread lives as long as this one
+                        }
+                        steps.lock += applied.lock_wait;
                     }
-                    Ok(false) => {}
                     Err(e) => tracing::error!(view = view.name(), error = %e, "speed layer could not fold events"),
                 }
-                steps.lock += view.take_lock_wait();
             }
         }
         drop(records);
