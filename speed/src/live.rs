@@ -299,8 +299,7 @@ impl ViewLive {
             // a delta is kept only from a query on (which made the shapes merge the installed
             // version) until a publish: it is always the shapes' to fold
             let Some(delta) = self.state.write().delta.as_mut().map(std::mem::take) else { return };
-            let events: usize = delta.iter().map(Chunk::len).sum();
-            shapes.push(delta, MAX_QUEUED_ROWS);
+            let events = shapes.push(delta, MAX_QUEUED_ROWS);
             (shapes.for_round(), events)
         };
         for (shape, kept) in round {

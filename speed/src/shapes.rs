@@ -64,7 +64,7 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.rows.len() - self.from
     }
 
@@ -413,10 +413,11 @@ impl Shapes {
 
     /// Queues events for every kept shape. A shape with more than `max_queued` events
     /// waiting (its rows were locked for that long) is dropped; it is built again when asked.
-    pub fn push(&mut self, chunks: Vec<Chunk>, max_queued: usize) {
+    /// Returns how many events the chunks hold.
+    pub fn push(&mut self, chunks: Vec<Chunk>, max_queued: usize) -> usize {
         let chunks: Vec<Arc<Chunk>> = chunks.into_iter().filter(|c| c.len() > 0).map(Arc::new).collect();
         if chunks.is_empty() {
-            return;
+            return 0;
         }
         let rows: usize = chunks.iter().map(|c| c.len()).sum();
         let mut lagging = Vec::new();
@@ -429,6 +430,7 @@ impl Shapes {
             }
         }
         lagging.iter().for_each(|shape| drop(self.kept.pop(shape)));
+        rows
     }
 
     /// The kept shape `shape`, asked for by a query.
