@@ -1,13 +1,14 @@
 //! Compaction: sealed log segments become the master dataset.
 //!
-//! Each sealed segment past the dataset's `compacted_seq` is read whole (a damaged sealed
-//! segment stops compaction with an error, it is never skipped), split by the UTC date of
-//! each event's time field, and written as one Parquet file per date named after the
-//! segment. Then `compacted_seq` moves to the segment's last sequence number. Compaction is
-//! idempotent: a crash between the writes and the catalog update leaves files that the next
-//! compaction writes again (or, if its bytes differ, replaces), and that no run reads (runs read only up to
-//! `compacted_seq`). Segments are compacted oldest first, so `compacted_seq` always ends a
-//! segment.
+//! Each sealed segment past the dataset's `compacted_seq` is read record by record (a
+//! damaged sealed segment stops compaction with an error, it is never skipped), split by the
+//! UTC date of each event's time field, and written as one Parquet file per date named after
+//! the segment; a day's file is held in memory, compressed, until it is written. Then
+//! `compacted_seq` moves to the segment's last sequence number. Compaction is idempotent: a
+//! crash between the writes and the catalog update leaves files that the next compaction
+//! writes again (or, if its bytes differ, replaces), and that no run reads (runs read only up
+//! to `compacted_seq`). Segments are compacted oldest first, so `compacted_seq` always ends
+//! a segment.
 //!
 //! A run may pass a [`Tee`]: every batch of events read goes there too, as it is read, so
 //! the run can aggregate the new events while they are being compacted (see `run`).

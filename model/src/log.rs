@@ -118,6 +118,53 @@ pub fn sealed_segments(dir: &Path) -> Result<Vec<(Segment, u64)>> {
     Ok(segments.windows(2).map(|pair| (pair[0].clone(), pair[1].first_seq - 1)).collect())
 }
 
+/// The records of a sealed segment, in order, read one at a time: the segment is streamed,
+/// never held whole, so reading one costs the memory of its largest record (one ingest
+/// request), whatever the segment's size. Any damage is an error, after which the iterator
+/// ends.
+pub fn sealed_records(path: &Path) -> Result<SealedRecords> {
+    let (stream, damage) = RecordStream::open(path)?;
+    let done = damage.as_ref().map(|reason| corrupt(path, 0, reason));
+    Ok(SealedRecords { stream, done: done.is_some(), pending: done })
+}
+
+/// See [`sealed_records`].
+pub struct SealedRecords {
+    stream: RecordStream,
+    done: bool,
+    /// An error found on opening, returned by the first `next`.
+    pending: Option<LogError>,
+}
+
+impl Iterator for SealedRecords {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        if let Some(e) = self.pending.take() {
+            return Some(Err(e));
+        }
+        if self.done {
+            return None;
+        }
+        let read = match self.stream.next_raw() {
+            Ok(Ok(None)) => None,
+            Ok(Ok(Some(raw))) => Some(raw.into_record()),
+            Ok(Err(reason)) => Some(Err(reason)),
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        let read = read?.map_err(|reason| corrupt(&self.stream.path, self.stream.start, &reason));
+        self.done = read.is_err();
+        Some(read)
+    }
+}
+
+fn corrupt(path: &Path, offset: u64, reason: &str) -> LogError {
+    LogError::Corrupt { path: path.to_path_buf(), offset, reason: reason.to_string() }
+}
+
 /// What reading a segment found.
 #[derive(Debug)]
 pub struct SegmentContents {
@@ -128,74 +175,119 @@ pub struct SegmentContents {
     pub damage: Option<String>,
 }
 
-/// Reads a sealed segment; any damage is an error.
-pub fn read_sealed(path: &Path) -> Result<Vec<Record>> {
-    let contents = read_segment(path)?;
-    match contents.damage {
-        None => Ok(contents.records),
-        Some(reason) => Err(LogError::Corrupt { path: path.to_path_buf(), offset: contents.valid_len, reason }),
-    }
-}
-
 /// Reads every whole record of a segment and says where and why it stopped, if early.
 pub fn read_segment(path: &Path) -> Result<SegmentContents> {
-    let bytes = read_file(path)?;
     let mut records = Vec::new();
-    let (valid_len, damage) = walk(&bytes, |record| {
-        let mut rows = Vec::with_capacity(record.events.min(1 << 16));
-        let (first_seq, ingest_time, duplicates) = (record.first_seq, record.ingest_time, record.duplicates);
-        let key = record.key.map(str::to_string);
-        record.read_events(|_, values| {
-            rows.push(values.iter().map(|v| v.into_value()).collect());
-            Ok(())
-        })?;
-        records.push(Record { first_seq, ingest_time, rows, duplicates, key });
+    let (valid_len, damage) = walk(path, |record| {
+        records.push(record.into_record()?);
         Ok(())
-    });
+    })?;
     Ok(SegmentContents { records, valid_len, damage })
 }
 
 /// Calls `each` with the sequence number and the values (in field order, borrowed from the
-/// file's bytes) of every event of a sealed segment; any damage is an error. Reads what
-/// [`read_sealed`] reads without building a row of owned values per event.
+/// record being read) of every event of a sealed segment; any damage is an error. Reads
+/// what [`sealed_records`] reads without building a row of owned values per event.
 pub fn visit_sealed(
     path: &Path,
     mut each: impl FnMut(u64, &[ValueRef<'_>]) -> std::result::Result<(), String>,
 ) -> Result<()> {
-    let bytes = read_file(path)?;
-    let (offset, damage) = walk(&bytes, |record| record.read_events(&mut each));
+    let (offset, damage) = walk(path, |record| record.read_events(&mut each))?;
     match damage {
         None => Ok(()),
-        Some(reason) => Err(LogError::Corrupt { path: path.to_path_buf(), offset, reason }),
+        Some(reason) => Err(corrupt(path, offset, &reason)),
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    let mut file = File::open(path).map_err(io_err(path))?;
-    let len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
-    let mut bytes = Vec::with_capacity(len);
-    file.read_to_end(&mut bytes).map_err(io_err(path))?;
-    Ok(bytes)
-}
-
-/// Runs `on_record` on every whole record of a segment's bytes, in order; returns the bytes
-/// of whole records (from the start of the file) and why it stopped early, if it did (a bad
-/// record, or `on_record`'s error).
-fn walk<'a>(
-    bytes: &'a [u8],
-    mut on_record: impl FnMut(RawRecord<'a>) -> std::result::Result<(), String>,
-) -> (u64, Option<String>) {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return (0, Some("missing segment header".into()));
+/// Runs `on_record` on every whole record of a segment, in order; returns the bytes of whole
+/// records (from the start of the file) and why it stopped early, if it did (a bad record,
+/// or `on_record`'s error).
+fn walk(
+    path: &Path,
+    mut on_record: impl FnMut(RawRecord<'_>) -> std::result::Result<(), String>,
+) -> Result<(u64, Option<String>)> {
+    let (mut stream, damage) = RecordStream::open(path)?;
+    if damage.is_some() {
+        return Ok((0, damage));
     }
-    let mut pos = MAGIC.len();
-    while pos < bytes.len() {
-        match raw_record(&bytes[pos..]).and_then(|(record, used)| on_record(record).map(|()| used)) {
-            Ok(used) => pos += used,
-            Err(reason) => return (pos as u64, Some(reason)),
+    loop {
+        match stream.next_raw()? {
+            Ok(None) => return Ok((stream.end, None)),
+            Ok(Some(record)) => {
+                if let Err(reason) = on_record(record) {
+                    return Ok((stream.start, Some(reason)));
+                }
+            }
+            Err(reason) => return Ok((stream.start, Some(reason))),
         }
     }
-    (pos as u64, None)
+}
+
+/// A segment file read record by record into one reused buffer.
+struct RecordStream {
+    path: PathBuf,
+    file: io::BufReader<File>,
+    /// Where the record last read starts, and where it ends.
+    start: u64,
+    end: u64,
+    payload: Vec<u8>,
+}
+
+impl RecordStream {
+    /// Opens a segment and checks its header; says why it is not a segment, if it is not.
+    fn open(path: &Path) -> Result<(RecordStream, Option<String>)> {
+        let file = File::open(path).map_err(io_err(path))?;
+        let mut stream = RecordStream {
+            path: path.to_path_buf(),
+            file: io::BufReader::with_capacity(1 << 20, file),
+            start: 0,
+            end: 0,
+            payload: Vec::new(),
+        };
+        let mut magic = [0u8; MAGIC.len()];
+        let whole = stream.fill(&mut magic)? == MAGIC.len() && &magic == MAGIC;
+        stream.end = MAGIC.len() as u64;
+        Ok((stream, (!whole).then(|| "missing segment header".to_string())))
+    }
+
+    /// The next record: `None` at the end of the file, or why the bytes from `start` on are
+    /// not a whole record. The outer error is the file's (i/o), the inner one the bytes'.
+    fn next_raw(&mut self) -> Result<std::result::Result<Option<RawRecord<'_>>, String>> {
+        self.start = self.end;
+        let mut header = [0u8; RECORD_HEADER];
+        match self.fill(&mut header)? {
+            0 => return Ok(Ok(None)),
+            RECORD_HEADER => {}
+            _ => return Ok(Err("truncated record header".into())),
+        }
+        let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
+        if !(PAYLOAD_HEADER..=MAX_RECORD).contains(&len) {
+            return Ok(Err(format!("impossible record length {len}")));
+        }
+        // grows as the bytes arrive: a torn tail's garbage length allocates nothing
+        self.payload.clear();
+        (&mut self.file).take(len as u64).read_to_end(&mut self.payload).map_err(io_err(&self.path))?;
+        if self.payload.len() < len {
+            return Ok(Err("truncated record".into()));
+        }
+        self.end = self.start + (RECORD_HEADER + len) as u64;
+        Ok(raw_record(&self.payload, crc).map(Some))
+    }
+
+    /// Reads into `buf` until it is full or the file ends; returns the bytes read.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(&self.path)(e)),
+            }
+        }
+        Ok(filled)
+    }
 }
 
 /// What opening the log repaired.
@@ -422,6 +514,18 @@ struct RawRecord<'a> {
 }
 
 impl RawRecord<'_> {
+    /// The record with its events as owned rows.
+    fn into_record(self) -> std::result::Result<Record, String> {
+        let mut rows = Vec::with_capacity(self.events.min(1 << 16));
+        let (first_seq, ingest_time, duplicates) = (self.first_seq, self.ingest_time, self.duplicates);
+        let key = self.key.map(str::to_string);
+        self.read_events(|_, values| {
+            rows.push(values.iter().map(|v| v.into_value()).collect());
+            Ok(())
+        })?;
+        Ok(Record { first_seq, ingest_time, rows, duplicates, key })
+    }
+
     /// Calls `each` with the sequence number and values of each event, then checks that the
     /// record holds nothing else.
     fn read_events(
@@ -443,20 +547,8 @@ impl RawRecord<'_> {
     }
 }
 
-/// Checks the record at the front of `bytes` and reads its header; returns it and the bytes
-/// it takes.
-fn raw_record(bytes: &[u8]) -> std::result::Result<(RawRecord<'_>, usize), String> {
-    if bytes.len() < RECORD_HEADER {
-        return Err("truncated record header".into());
-    }
-    let len = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
-    let crc = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
-    if !(PAYLOAD_HEADER..=MAX_RECORD).contains(&len) {
-        return Err(format!("impossible record length {len}"));
-    }
-    let Some(payload) = bytes.get(RECORD_HEADER..RECORD_HEADER + len) else {
-        return Err("truncated record".into());
-    };
+/// Checks a record's payload against its checksum and reads its header.
+fn raw_record(payload: &[u8], crc: u32) -> std::result::Result<RawRecord<'_>, String> {
     if crc32fast::hash(payload) != crc {
         return Err("checksum mismatch".into());
     }
@@ -472,7 +564,7 @@ fn raw_record(bytes: &[u8]) -> std::result::Result<(RawRecord<'_>, usize), Strin
         return Err("empty record".into());
     }
     let key = (!key.is_empty()).then_some(key);
-    Ok((RawRecord { first_seq, ingest_time, events, width, duplicates, key, body }, RECORD_HEADER + len))
+    Ok(RawRecord { first_seq, ingest_time, events, width, duplicates, key, body })
 }
 
 struct Reader<'a> {
@@ -514,6 +606,10 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read_sealed(path: &Path) -> Result<Vec<Record>> {
+        sealed_records(path)?.collect()
+    }
 
     fn row(i: i64) -> Row {
         vec![
@@ -633,6 +729,40 @@ mod tests {
         // the visitor's own error stops the walk as damage at that record
         let refused = visit_sealed(&path, |seq, _| if seq == 2 { Err("no".into()) } else { Ok(()) });
         assert!(matches!(refused, Err(LogError::Corrupt { offset: o, reason, .. }) if o == 8 && reason == "no"));
+    }
+
+    /// Records are streamed one at a time, so one larger than the read buffer reads back
+    /// whole; damage ends the records with an error at the damaged one.
+    #[test]
+    fn sealed_records_stream_large_records_and_stop_at_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = LogWriter::open(dir.path()).unwrap();
+        let big: Vec<Row> = (0..60_000).map(row).collect(); // over 2 MiB in the log
+        log.append(1, &big, 0, None);
+        log.append(2, &[row(7)], 0, Some("k"));
+        log.append(3, &[row(8)], 0, None);
+        log.sync().unwrap();
+        let (sealed, _) = log.roll().unwrap().unwrap();
+        assert!(fs::metadata(&sealed.path).unwrap().len() > 2 << 20);
+        let records = read_sealed(&sealed.path).unwrap();
+        assert_eq!(records.iter().map(|r| r.rows.len()).collect::<Vec<_>>(), vec![60_000, 1, 1]);
+        assert_eq!(records[0].rows, big);
+        assert_eq!((records[1].first_seq, records[1].key.as_deref()), (60_001, Some("k")));
+
+        let mut bytes = fs::read(&sealed.path).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x40;
+        fs::write(&sealed.path, &bytes).unwrap();
+        let read: Vec<Result<Record>> = sealed_records(&sealed.path).unwrap().collect();
+        assert_eq!(read.len(), 3, "two records, then the error, then nothing");
+        assert!(read[..2].iter().all(|r| r.is_ok()));
+        let Err(LogError::Corrupt { offset, reason, .. }) = &read[2] else { panic!("damage goes unseen") };
+        assert_eq!(reason, "checksum mismatch");
+        assert_eq!(*offset, read_segment(&sealed.path).unwrap().valid_len);
+
+        fs::write(&sealed.path, b"TNDM").unwrap();
+        let read: Vec<Result<Record>> = sealed_records(&sealed.path).unwrap().collect();
+        assert!(matches!(&read[..], [Err(LogError::Corrupt { offset: 0, .. })]), "a file without the header");
     }
 
     #[test]

@@ -47,8 +47,9 @@ pub struct ServeConfig {
     pub segment_interval: Duration,
     /// ...or once it holds this many bytes. Every seal costs the writer for a few hundred
     /// milliseconds (the views' maps of the new segment start empty while the sealed one is
-    /// merged in the background), so fewer seals mean fewer slow acknowledgements; a batch run
-    /// reads a sealed segment whole, so larger ones cost memory during runs.
+    /// merged in the background), so fewer seals mean fewer slow acknowledgements. A batch run
+    /// streams a sealed segment record by record; it holds the segment's Parquet files (one
+    /// per event day, compressed) in memory until they are written.
     #[arg(long, env = "TANDEM_SEGMENT_BYTES", default_value_t = tandem_speed::writer::WriterConfig::default().roll_bytes)]
     pub segment_bytes: u64,
     /// How often to look for versions published by other processes (`tandem batch`).

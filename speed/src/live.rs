@@ -516,7 +516,8 @@ impl ViewLive {
             if last <= after || segment.first_seq > through {
                 continue;
             }
-            for record in log::read_sealed(&segment.path).map_err(|e| e.to_string())? {
+            for record in log::sealed_records(&segment.path).map_err(|e| e.to_string())? {
+                let record = record.map_err(|e| e.to_string())?;
                 let end = record.first_seq + record.rows.len() as u64; // exclusive
                 let (from, to) = (record.first_seq.max(after + 1), end.min(through + 1));
                 if from >= to {

@@ -368,12 +368,11 @@ impl WriterThread {
         let maps: Vec<u64> = self.views.iter().map(|v| v.floor() + 1).collect();
         let mut sealed_through = None;
         for segment in segments {
-            let records = if segment.first_seq == active {
+            if segment.first_seq == active {
                 continue;
-            } else {
-                log::read_sealed(&segment.path)?
-            };
-            for record in records {
+            }
+            for record in log::sealed_records(&segment.path)? {
+                let record = record?;
                 if let Some(key) = &record.key
                     && now - record.ingest_time < self.key_window()
                 {
