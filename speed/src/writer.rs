@@ -604,9 +604,9 @@ impl WriterThread {
         }
     }
 
-    /// Seals the active segment if it holds events; returns the last sealed sequence number.
-    /// Seals the active segment; its speed maps are merged into the sealed ones in the
-    /// background (see `ViewLive::coalesce`).
+    /// Seals the active segment if it holds events; its speed maps are merged into the sealed
+    /// ones in the background (see `ViewLive::coalesce`). Returns the last sealed sequence
+    /// number.
     fn roll(&mut self) -> Result<u64, WriteError> {
         if let Some((segment, last)) = self.log.roll()? {
             for view in &self.views {
