@@ -123,39 +123,35 @@ pub fn sealed_segments(dir: &Path) -> Result<Vec<(Segment, u64)>> {
 /// request), whatever the segment's size. Any damage is an error, after which the iterator
 /// ends.
 pub fn sealed_records(path: &Path) -> Result<SealedRecords> {
-    let (stream, damage) = RecordStream::open(path)?;
-    let done = damage.as_ref().map(|reason| corrupt(path, 0, reason));
-    Ok(SealedRecords { stream, done: done.is_some(), pending: done })
+    match RecordStream::open(path)? {
+        (stream, None) => Ok(SealedRecords { stream, done: false }),
+        (_, Some(reason)) => Err(corrupt(path, 0, &reason)),
+    }
 }
 
 /// See [`sealed_records`].
 pub struct SealedRecords {
     stream: RecordStream,
     done: bool,
-    /// An error found on opening, returned by the first `next`.
-    pending: Option<LogError>,
 }
 
 impl Iterator for SealedRecords {
     type Item = Result<Record>;
 
     fn next(&mut self) -> Option<Result<Record>> {
-        if let Some(e) = self.pending.take() {
-            return Some(Err(e));
-        }
         if self.done {
             return None;
         }
         let read = match self.stream.next_raw() {
-            Ok(Ok(None)) => None,
-            Ok(Ok(Some(raw))) => Some(raw.into_record()),
-            Ok(Err(reason)) => Some(Err(reason)),
+            Ok(Ok(None)) => return None,
+            Ok(Ok(Some(raw))) => raw.into_record(),
+            Ok(Err(reason)) => Err(reason),
             Err(e) => {
                 self.done = true;
                 return Some(Err(e));
             }
         };
-        let read = read?.map_err(|reason| corrupt(&self.stream.path, self.stream.start, &reason));
+        let read = read.map_err(|reason| corrupt(&self.stream.path, self.stream.start, &reason));
         self.done = read.is_err();
         Some(read)
     }
@@ -761,8 +757,7 @@ mod tests {
         assert_eq!(*offset, read_segment(&sealed.path).unwrap().valid_len);
 
         fs::write(&sealed.path, b"TNDM").unwrap();
-        let read: Vec<Result<Record>> = sealed_records(&sealed.path).unwrap().collect();
-        assert!(matches!(&read[..], [Err(LogError::Corrupt { offset: 0, .. })]), "a file without the header");
+        assert!(matches!(sealed_records(&sealed.path), Err(LogError::Corrupt { offset: 0, .. })), "no header");
     }
 
     #[test]
