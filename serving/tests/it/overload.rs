@@ -24,7 +24,7 @@ const BUDGET: usize = 32 << 20;
 /// maps (about 240 k groups a segment; a run's new version cuts a sealed map, which is
 /// folded again from the log while the next seals wait to merge), the installed version, and
 /// a run's Parquet of one segment. Measured (debug build, 2 cores): 402 MiB without runs,
-/// 544–714 MiB in 4 runs with them; 1,896 MiB when compaction and a cut map's fold still read sealed
+/// 544–714 MiB in 7 runs with them; 1,896 MiB when compaction and a cut map's fold still read sealed
 /// segments whole (before session 21).
 const CEILING: u64 = 896 << 20;
 /// Segments sealed at this size (half the default), so that a minute's load seals some
