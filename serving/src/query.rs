@@ -422,7 +422,7 @@ impl RowWriter {
         let mut first = true;
         let mut key = |name: &str| {
             let mut text = vec![if std::mem::take(&mut first) { b'{' } else { b',' }];
-            serde_json::to_writer(&mut text, name).expect("writing JSON into memory cannot fail");
+            write_json(&mut text, name);
             text.push(b':');
             text
         };
@@ -437,22 +437,18 @@ impl RowWriter {
 
     fn write(&mut self, out: &mut Vec<u8>, key: &GroupKey, values: &[Value]) {
         let start = out.len();
-        let json = |out: &mut Vec<u8>, value: &Value| {
-            serde_json::to_writer(out, value).expect("writing JSON into memory cannot fail")
-        };
         if let Some(prefix) = &self.bucket {
             if self.last_bucket.0 != key.bucket {
                 self.last_bucket.0 = key.bucket;
                 self.last_bucket.1.clear();
-                serde_json::to_writer(&mut self.last_bucket.1, &format_timestamp(key.bucket))
-                    .expect("writing JSON into memory cannot fail");
+                write_json(&mut self.last_bucket.1, &format_timestamp(key.bucket));
             }
             out.extend_from_slice(prefix);
             out.extend_from_slice(&self.last_bucket.1);
         }
         for (prefix, value) in self.dims.iter().zip(&key.dims).chain(self.measures.iter().zip(values)) {
             out.extend_from_slice(prefix);
-            json(out, value);
+            write_json(out, value);
         }
         if out.len() == start {
             out.push(b'{'); // no columns at all
@@ -469,6 +465,11 @@ impl RowWriter {
         self.scratch = scratch;
         text
     }
+}
+
+/// Appends `value` as JSON.
+fn write_json(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
+    serde_json::to_writer(out, value).expect("writing JSON into memory cannot fail");
 }
 
 #[cfg(test)]
