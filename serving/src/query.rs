@@ -303,43 +303,102 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiErro
         );
         rows
     };
-    let write = |kept: Vec<OutRow<'_>>, edges: &[(GroupKey, Vec<Value>)], freshness: Json| {
-        let edges = edges.iter().map(|(key, values)| (key, values.as_slice(), None)).collect();
-        let rows = in_order(&plan, kept, edges);
+    let body = |rows: usize| {
         let dims: Vec<&str> = plan.shape.group.iter().map(|&g| view.spec.dimensions[g].as_str()).collect();
         let measures: Vec<&str> = plan.shape.measures.iter().map(|&m| view.measures[m].0.name.as_str()).collect();
-        let mut render = RowWriter::new(plan.shape.granularity != Granularity::All, &dims, &measures);
-        // about the size of the answer, so that writing it does not copy it as it grows
-        let columns = dims.len() + measures.len() + 1;
-        let mut out = Vec::with_capacity(256 + rows.len() * columns * 24);
-        out.extend_from_slice(b"{\"rows\":[");
-        for (i, (key, values, text)) in rows.into_iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            match text {
-                Some(text) => out.extend_from_slice(text.get_or_init(|| render.text(key, values))),
-                None => render.write(&mut out, key, values),
-            }
-        }
-        out.extend_from_slice(b"],\"freshness\":");
-        serde_json::to_writer(&mut out, &freshness).map_err(|e| ApiError::internal("writing an answer", e))?;
-        out.push(b'}');
-        Ok(out)
+        Body::new(RowWriter::new(plan.shape.granularity != Granularity::All, &dims, &measures), rows)
     };
     // one bucket for all time, and a range: every row is an edge, so a kept shape would
     // never be read (and would still have every delta merged into it)
     if plan.shape.granularity == Granularity::All && cuts {
         let (batch, speed_edges, freshness) = live.read(locked)?;
-        write(Vec::new(), &edges(batch, speed_edges), freshness)
+        let edges = edges(batch, speed_edges);
+        let mut body = body(edges.len());
+        in_order(&plan, Vec::new(), edge_rows(&edges)).into_iter().for_each(|row| body.row(row));
+        body.finish(&freshness)
     } else {
         live.query(&plan.shape, locked, |locked, merged| {
             let (batch, speed_edges, freshness) = locked?;
             let edges = edges(batch, speed_edges);
-            let kept = merged.rows(|bucket| span(bucket) == Span::Whole).map(|(k, v, t)| (k, v, Some(t))).collect();
-            write(kept, &edges, freshness)
+            let whole = |bucket: i64| span(bucket) == Span::Whole;
+            if !plan.order.is_empty() || plan.limit.is_some() {
+                let kept = merged.rows(whole).map(|(k, v, t)| (k, v, Some(t))).collect();
+                let rows = in_order(&plan, kept, edge_rows(&edges));
+                let mut body = body(rows.len());
+                rows.into_iter().for_each(|row| body.row(row));
+                return body.finish(&freshness);
+            }
+            // in bucket order: each whole bucket as its one block of text, the edge rows
+            // (in buckets of their own) between them
+            let buckets: Vec<_> = merged.buckets(whole).collect();
+            let mut body = body(edges.len() + buckets.iter().map(|b| b.len()).sum::<usize>());
+            let mut edges = edge_rows(&edges);
+            edges.sort_unstable_by(|a, b| a.0.total_cmp(b.0));
+            let mut edges = edges.into_iter().peekable();
+            for bucket in buckets {
+                while let Some(edge) = edges.next_if(|edge| edge.0.bucket < bucket.start) {
+                    body.row(edge);
+                }
+                let text = bucket.text(|key, values| body.render.text(key, values));
+                body.block(text);
+            }
+            edges.for_each(|edge| body.row(edge));
+            body.finish(&freshness)
         })
     }
+}
+
+/// An answer's JSON body as it is written: `{"rows":[` rows `],"freshness":` .. `}`.
+struct Body {
+    out: Vec<u8>,
+    render: RowWriter,
+    /// No row written yet.
+    first: bool,
+}
+
+impl Body {
+    /// For about `rows` rows, so that writing them does not copy the answer as it grows.
+    fn new(render: RowWriter, rows: usize) -> Body {
+        let columns = render.dims.len() + render.measures.len() + 1;
+        let mut out = Vec::with_capacity(256 + rows * columns * 24);
+        out.extend_from_slice(b"{\"rows\":[");
+        Body { out, render, first: true }
+    }
+
+    /// Writes a row: a kept row as its text (made when first written), any other afresh.
+    fn row(&mut self, (key, values, text): OutRow<'_>) {
+        self.separate();
+        match text {
+            Some(text) => self.out.extend_from_slice(text.get_or_init(|| self.render.text(key, values))),
+            None => self.render.write(&mut self.out, key, values),
+        }
+    }
+
+    /// Writes the comma-separated text of one or more rows.
+    fn block(&mut self, rows: &[u8]) {
+        if !rows.is_empty() {
+            self.separate();
+            self.out.extend_from_slice(rows);
+        }
+    }
+
+    fn separate(&mut self) {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(b',');
+        }
+    }
+
+    fn finish(mut self, freshness: &Json) -> Result<Vec<u8>, ApiError> {
+        self.out.extend_from_slice(b"],\"freshness\":");
+        serde_json::to_writer(&mut self.out, freshness).map_err(|e| ApiError::internal("writing an answer", e))?;
+        self.out.push(b'}');
+        Ok(self.out)
+    }
+}
+
+/// Edge rows (folded for this answer) as rows of an answer.
+fn edge_rows(edges: &[(GroupKey, Vec<Value>)]) -> Vec<OutRow<'_>> {
+    edges.iter().map(|(key, values)| (key, values.as_slice(), None)).collect()
 }
 
 /// A row of an answer: its key and measure values, and for a kept row its text, kept.

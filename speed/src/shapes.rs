@@ -176,7 +176,9 @@ impl Shape {
                 RowKey { bucket: self.granularity.truncate(view.spec.granularity.truncate(ts)), row, dims: &dims };
             if let Some(kept) = merged.rows.get_mut(&key as &dyn KeyParts) {
                 fold(&mut kept.states, row);
-                kept.changed();
+                if kept.changed() {
+                    merged.buckets.get_mut(&key.bucket).expect("a kept row's bucket").text.take();
+                }
                 continue;
             }
             update_group(
@@ -200,8 +202,21 @@ impl Shape {
 pub struct Merged {
     /// The rows by key. A row keeps its place (index) in this map: rows are never removed.
     rows: IndexMap<GroupKey, MergedRow, foldhash::fast::RandomState>,
-    /// Each bucket's rows (their places in `rows`), in order of their dimension values.
-    buckets: BTreeMap<i64, Vec<usize>>,
+    /// Each bucket's rows, in order of their dimension values, and their text.
+    buckets: BTreeMap<i64, Bucket>,
+}
+
+/// The rows of one output bucket.
+#[derive(Debug, Default)]
+struct Bucket {
+    /// The rows' places in `Merged::rows`, in order of their dimension values.
+    places: Vec<usize>,
+    /// The texts of all these rows in order, comma-separated, as an answer writes them: set
+    /// only while every row's own text is, and emptied when a row's text is or a row joins.
+    /// An answer then copies one block per bucket whose rows no event reached instead of
+    /// visiting every row (whose scattered texts were most of the idle 30-day query's time:
+    /// session 22 in `bench/HISTORY.md`).
+    text: Text,
 }
 
 #[derive(Debug)]
@@ -222,10 +237,11 @@ impl MergedRow {
         MergedRow { states, values: OnceCell::new(), text: OnceCell::new() }
     }
 
-    /// Forgets the values and text, after the states changed.
-    fn changed(&mut self) {
+    /// Forgets the values and text, after the states changed; whether it had a text (if
+    /// not, its bucket has no text either).
+    fn changed(&mut self) -> bool {
         self.values.take();
-        self.text.take();
+        self.text.take().is_some()
     }
 }
 
@@ -233,12 +249,14 @@ impl Merged {
     /// The rows of `folded` (already keyed by the shape).
     pub fn from_groups(folded: Groups) -> Merged {
         let rows: IndexMap<_, _, _> = folded.into_iter().map(|(key, states)| (key, MergedRow::new(states))).collect();
-        let mut buckets: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        let mut buckets: BTreeMap<i64, Bucket> = BTreeMap::new();
         for (place, key) in rows.keys().enumerate() {
-            buckets.entry(key.bucket).or_default().push(place);
+            buckets.entry(key.bucket).or_default().places.push(place);
         }
-        for places in buckets.values_mut() {
-            places.sort_unstable_by(|&a, &b| rows.get_index(a).unwrap().0.total_cmp(rows.get_index(b).unwrap().0));
+        for bucket in buckets.values_mut() {
+            bucket
+                .places
+                .sort_unstable_by(|&a, &b| rows.get_index(a).unwrap().0.total_cmp(rows.get_index(b).unwrap().0));
         }
         Merged { rows, buckets }
     }
@@ -252,9 +270,10 @@ impl Merged {
         let bucket = key.bucket;
         let (place, _) = self.rows.insert_full(key, row);
         let key = self.rows.get_index(place).expect("just inserted").0;
-        let places = self.buckets.entry(bucket).or_default();
-        let at = places.partition_point(|&p| self.rows.get_index(p).expect("kept").0.total_cmp(key).is_lt());
-        places.insert(at, place);
+        let bucket = self.buckets.entry(bucket).or_default();
+        let at = bucket.places.partition_point(|&p| self.rows.get_index(p).expect("kept").0.total_cmp(key).is_lt());
+        bucket.places.insert(at, place);
+        bucket.text.take();
     }
 
     /// Folds the events of `chunks` into these rows (of `shape`): straight into the rows
@@ -272,12 +291,56 @@ impl Merged {
 
     /// Each row whose output bucket `keep` accepts, in order of bucket then dimension
     /// values, with its measure values and its text in an answer (made when first asked).
-    pub fn rows(&self, mut keep: impl FnMut(i64) -> bool) -> impl Iterator<Item = (&GroupKey, &[Value], &Text)> {
-        let places = self.buckets.iter().filter(move |(bucket, _)| keep(**bucket)).flat_map(|(_, places)| places);
-        places.map(|&place| {
-            let (key, row) = self.rows.get_index(place).expect("kept");
+    pub fn rows(&self, keep: impl FnMut(i64) -> bool) -> impl Iterator<Item = (&GroupKey, &[Value], &Text)> {
+        self.buckets(keep).flat_map(|bucket| bucket.rows())
+    }
+
+    /// The output buckets `keep` accepts, in order, each with its rows.
+    pub fn buckets(&self, mut keep: impl FnMut(i64) -> bool) -> impl Iterator<Item = BucketRows<'_>> {
+        self.buckets.iter().filter(move |(start, _)| keep(**start)).map(|(&start, bucket)| BucketRows {
+            start,
+            merged: self,
+            bucket,
+        })
+    }
+}
+
+/// One output bucket's rows (see [`Merged::buckets`]).
+pub struct BucketRows<'a> {
+    pub start: i64,
+    merged: &'a Merged,
+    bucket: &'a Bucket,
+}
+
+impl<'a> BucketRows<'a> {
+    /// How many rows it has.
+    pub fn len(&self) -> usize {
+        self.bucket.places.len()
+    }
+
+    /// The rows in order of dimension values, with their measure values and their text in
+    /// an answer (made when first asked).
+    pub fn rows(&self) -> impl Iterator<Item = (&'a GroupKey, &'a [Value], &'a Text)> + use<'a> {
+        let rows = &self.merged.rows;
+        self.bucket.places.iter().map(move |&place| {
+            let (key, row) = rows.get_index(place).expect("kept");
             let values = row.values.get_or_init(|| row.states.iter().map(MeasureState::value).collect());
             (key, values.as_slice(), &row.text)
+        })
+    }
+
+    /// The text of all the rows, comma-separated, made from their texts (made with `write`
+    /// where missing) and kept until an event reaches one of them.
+    pub fn text(&self, mut write: impl FnMut(&GroupKey, &[Value]) -> Box<[u8]>) -> &'a [u8] {
+        self.bucket.text.get_or_init(|| {
+            let mut block = Vec::new();
+            for (i, (key, values, text)) in self.rows().enumerate() {
+                if i > 0 {
+                    block.push(b',');
+                }
+                block.extend_from_slice(text.get_or_init(|| write(key, values)));
+            }
+            block.into_boxed_slice()
         })
     }
 }
@@ -659,6 +722,44 @@ mod tests {
             assert!(expected.len() > 1, "{shape:?} answers several rows");
             assert_eq!(answer(&merged), expected, "{shape:?}");
         }
+    }
+
+    /// A bucket's text is its rows' texts in order, comma-separated; it is kept while no
+    /// event reaches its rows, and made again, from its rows' texts, once one does or a row
+    /// joins it.
+    #[test]
+    fn a_buckets_text_is_kept_until_an_event_reaches_it() {
+        let view = view();
+        let shape = Shape::new(Granularity::Hour, vec![0], vec![], vec![0, 1]);
+        let mut merged = Merged::default();
+        merged.fold_chunks(&view, &shape, [&chunk(&[("b", 1, 0), ("a", 2, 5), ("a", 4, 61)], 0)]);
+        let text = |key: &GroupKey, values: &[Value]| format!("{:?}={values:?}", key.dims).into_bytes().into();
+        // each bucket's text as `answer` reads its rows, written independently
+        let expected = |merged: &Merged| -> Vec<String> {
+            let rows = answer(merged);
+            let mut texts: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+            for (bucket, dims, values) in rows {
+                texts.entry(bucket).or_default().push(format!("{dims:?}={values:?}"));
+            }
+            texts.into_values().map(|t| t.join(",")).collect()
+        };
+        let texts = |merged: &Merged, write: &dyn Fn(&GroupKey, &[Value]) -> Box<[u8]>| -> Vec<String> {
+            merged.buckets(|_| true).map(|b| String::from_utf8(b.text(write).to_vec()).unwrap()).collect()
+        };
+        assert_eq!(texts(&merged, &text), expected(&merged));
+        assert_eq!(texts(&merged, &text)[0], r#"[String("a")]=[Int(1), Int(2)],[String("b")]=[Int(1), Int(1)]"#);
+        let unused = |_: &GroupKey, _: &[Value]| -> Box<[u8]> { panic!("a kept text was made again") };
+        assert_eq!(texts(&merged, &unused), expected(&merged), "kept, not made again");
+
+        // an event reaches a row of hour 0; hour 1 keeps its text
+        merged.fold_chunks(&view, &shape, [&chunk(&[("b", 7, 30)], 0)]);
+        assert!(merged.buckets(|b| b == HOUR).all(|b| !b.text(unused).is_empty()));
+        assert_eq!(texts(&merged, &text), expected(&merged));
+        assert!(texts(&merged, &text)[0].ends_with(r#"[String("b")]=[Int(2), Int(8)]"#));
+        // a row joins hour 1, in its place
+        merged.fold_chunks(&view, &shape, [&chunk(&[("0", 3, 90)], 0)]);
+        assert_eq!(texts(&merged, &text), expected(&merged));
+        assert!(texts(&merged, &text)[1].starts_with(r#"[String("0")]=[Int(1), Int(3)],"#));
     }
 
     /// A kept shape's rows after it folds what was queued for it.
