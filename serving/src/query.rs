@@ -251,7 +251,8 @@ fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {
 /// query's shape (batch and speed merged, up to date). The at most two output buckets the
 /// range cuts through are folded afresh from the version's groups and the speed groups. Kept
 /// rows come in answer order and are referred to, never copied; each is written as its cached
-/// text (see [`tandem_speed::shapes::Text`]), made when first written.
+/// text (see [`tandem_speed::shapes::Text`]), made when first written, and without `order_by`
+/// or `limit` each whole bucket's rows as their bucket's one block of text.
 pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiError> {
     let view = &live.view;
     let plan = plan(view, request)?;
