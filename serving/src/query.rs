@@ -332,7 +332,7 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiErro
             // in bucket order: each whole bucket as its one block of text, the edge rows
             // (in buckets of their own) between them
             let buckets: Vec<_> = merged.buckets(whole).collect();
-            let mut body = body(edges.len() + buckets.iter().map(|b| b.len()).sum::<usize>());
+            let mut body = body(edges.len() + buckets.iter().map(|b| b.row_count()).sum::<usize>());
             let mut edges = edge_rows(&edges);
             edges.sort_unstable_by(|a, b| a.0.total_cmp(b.0));
             let mut edges = edges.into_iter().peekable();

@@ -314,7 +314,7 @@ pub struct BucketRows<'a> {
 
 impl<'a> BucketRows<'a> {
     /// How many rows it has.
-    pub fn len(&self) -> usize {
+    pub fn row_count(&self) -> usize {
         self.bucket.places.len()
     }
 
@@ -743,23 +743,23 @@ mod tests {
             }
             texts.into_values().map(|t| t.join(",")).collect()
         };
-        let texts = |merged: &Merged, write: &dyn Fn(&GroupKey, &[Value]) -> Box<[u8]>| -> Vec<String> {
-            merged.buckets(|_| true).map(|b| String::from_utf8(b.text(write).to_vec()).unwrap()).collect()
-        };
-        assert_eq!(texts(&merged, &text), expected(&merged));
-        assert_eq!(texts(&merged, &text)[0], r#"[String("a")]=[Int(1), Int(2)],[String("b")]=[Int(1), Int(1)]"#);
+        fn texts(merged: &Merged, write: impl Fn(&GroupKey, &[Value]) -> Box<[u8]>) -> Vec<String> {
+            merged.buckets(|_| true).map(|b| String::from_utf8(b.text(&write).to_vec()).unwrap()).collect()
+        }
+        assert_eq!(texts(&merged, text), expected(&merged));
+        assert_eq!(texts(&merged, text)[0], r#"[String("a")]=[Int(1), Int(2)],[String("b")]=[Int(1), Int(1)]"#);
         let unused = |_: &GroupKey, _: &[Value]| -> Box<[u8]> { panic!("a kept text was made again") };
-        assert_eq!(texts(&merged, &unused), expected(&merged), "kept, not made again");
+        assert_eq!(texts(&merged, unused), expected(&merged), "kept, not made again");
 
         // an event reaches a row of hour 0; hour 1 keeps its text
         merged.fold_chunks(&view, &shape, [&chunk(&[("b", 7, 30)], 0)]);
         assert!(merged.buckets(|b| b == HOUR).all(|b| !b.text(unused).is_empty()));
-        assert_eq!(texts(&merged, &text), expected(&merged));
-        assert!(texts(&merged, &text)[0].ends_with(r#"[String("b")]=[Int(2), Int(8)]"#));
+        assert_eq!(texts(&merged, text), expected(&merged));
+        assert!(texts(&merged, text)[0].ends_with(r#"[String("b")]=[Int(2), Int(8)]"#));
         // a row joins hour 1, in its place
         merged.fold_chunks(&view, &shape, [&chunk(&[("0", 3, 90)], 0)]);
-        assert_eq!(texts(&merged, &text), expected(&merged));
-        assert!(texts(&merged, &text)[1].starts_with(r#"[String("0")]=[Int(1), Int(3)],"#));
+        assert_eq!(texts(&merged, text), expected(&merged));
+        assert!(texts(&merged, text)[1].starts_with(r#"[String("0")]=[Int(1), Int(3)],"#));
     }
 
     /// A kept shape's rows after it folds what was queued for it.
