@@ -332,6 +332,24 @@ async fn query_latencies(http: &reqwest::Client, base: &str, q: &Value, n: usize
     Ok((lat, rows))
 }
 
+/// Sequential latencies (ms), sorted, of `GET /healthz`, which does no work: the round trip
+/// through the client, the loopback and the server's HTTP stack that every query pays too.
+async fn round_trips(http: &reqwest::Client, base: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let resp = http.get(format!("{base}/healthz")).send().await?;
+        let status = resp.status();
+        resp.bytes().await?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        if !status.is_success() {
+            bail!("GET /healthz: {status}");
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(lat)
+}
+
 async fn run_batch(http: &reqwest::Client, base: &str, full: bool) -> anyhow::Result<Value> {
     let run: Value =
         http.post(format!("{base}/v1/views/traffic/runs")).json(&json!({"full": full})).send().await?.json().await?;
@@ -532,6 +550,9 @@ async fn main() -> anyhow::Result<()> {
             report.add(&format!("query p99, idle: {name}"), "ms", percentile(&lat, 0.99));
             report.add(&format!("rows answered: {name}"), "rows", rows as f64);
         }
+        let lat = round_trips(&http, &base, args.queries).await?;
+        report.add("round trip p50, idle: GET /healthz", "ms", percentile(&lat, 0.5));
+        report.add("round trip p99, idle: GET /healthz", "ms", percentile(&lat, 0.99));
     }
 
     println!("merged query latency while ingesting 200,000 events/s");
@@ -546,6 +567,9 @@ async fn main() -> anyhow::Result<()> {
             report.add(&format!("query p50, under ingest: {name}"), "ms", percentile(&lat, 0.5));
             report.add(&format!("query p99, under ingest: {name}"), "ms", percentile(&lat, 0.99));
         }
+        let lat = round_trips(&http, &base, args.ingest_queries.unwrap_or(args.queries / 4)).await?;
+        report.add("round trip p50, under ingest: GET /healthz", "ms", percentile(&lat, 0.5));
+        report.add("round trip p99, under ingest: GET /healthz", "ms", percentile(&lat, 0.99));
         load.await??;
     }
 
