@@ -556,18 +556,18 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!("merged query latency while ingesting 200,000 events/s");
+    let n = args.ingest_queries.unwrap_or(args.queries / 4);
     for _ in 0..args.runs * args.runs("queries") as usize {
         let (h, b, bodies) = (http.clone(), base.clone(), bodies_1k.clone());
         let secs = args.seconds.max(3) * 3;
         let load = tokio::spawn(async move { ack_latencies(&h, &b, &bodies, 1000, 200_000.0, secs).await });
         tokio::time::sleep(Duration::from_millis(500)).await;
         for (name, q) in &dashboards {
-            let n = args.ingest_queries.unwrap_or(args.queries / 4);
             let (lat, _) = query_latencies(&http, &base, q, n).await?;
             report.add(&format!("query p50, under ingest: {name}"), "ms", percentile(&lat, 0.5));
             report.add(&format!("query p99, under ingest: {name}"), "ms", percentile(&lat, 0.99));
         }
-        let lat = round_trips(&http, &base, args.ingest_queries.unwrap_or(args.queries / 4)).await?;
+        let lat = round_trips(&http, &base, n).await?;
         report.add("round trip p50, under ingest: GET /healthz", "ms", percentile(&lat, 0.5));
         report.add("round trip p99, under ingest: GET /healthz", "ms", percentile(&lat, 0.99));
         load.await??;
