@@ -9,10 +9,13 @@
 //!
 //! That fold is not redone for each query: the view keeps it per query shape, merged and up
 //! to date (`tandem_speed::shapes`), and a query reads the rows its time range selects. Only
-//! output buckets that the range cuts through are folded afresh.
+//! output buckets that the range cuts through are folded afresh. A query whose shape is kept
+//! and whose range cuts no bucket does not lock the speed maps at all: it takes the events
+//! folded since the last query and the counts its freshness reports as the writer left them
+//! at the end of its last fold slice (`tandem_speed::live::Moment`), so it never waits for a
+//! fold in progress.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -21,7 +24,7 @@ use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
 use tandem_model::{FieldType, Granularity, Value};
 use tandem_speed::shapes::{Range, Shape, Text};
-use tandem_speed::{BatchSnapshot, LiveState, ViewLive};
+use tandem_speed::{BatchSnapshot, LiveState, Moment, ViewLive};
 
 use crate::api::error::ApiError;
 
@@ -259,37 +262,39 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiErro
     let span = |bucket: i64| plan.span(view.spec.granularity, bucket);
     let cuts = plan.cuts_buckets(view.spec.granularity);
     let on_edge = |key: &&GroupKey| span(plan.shape.granularity.truncate(key.bucket)) == Span::Edge;
-    let locked = |state: &LiveState| {
-        if !state.is_ready() {
+    // the freshness of an answer from `moment`, or why there is none yet
+    let freshness = |moment: &Moment| {
+        if !moment.is_ready() {
             return Err(ApiError::unavailable(
                 "view_building",
                 format!("view {:?} is building its first batch version", view.spec.name),
                 5,
             ));
         }
+        Ok(json!({
+            "batch_version": moment.batch.as_ref().map(|b| b.version),
+            "batch_watermark": moment.batch.as_ref().map(|b| b.watermark),
+            "batch_finished_at": moment.batch.as_ref().and_then(|b| b.finished_at.clone()),
+            "speed_events": moment.speed_events,
+            "speed_newest_ingest_at": moment.newest_ingest.map(format_timestamp),
+            "late_events": moment.late_events,
+        }))
+    };
+    // the speed groups on the cut buckets (under the view's lock)
+    let speed_edges = |state: &LiveState| {
         let mut speed_edges = Groups::default();
-        if cuts {
-            for segment in state.segments.values() {
-                plan.shape.fold(plan.range(), segment.groups.iter().filter(|(k, _)| on_edge(k)), &mut speed_edges);
-            }
+        for segment in state.segments.values() {
+            plan.shape.fold(plan.range(), segment.groups.iter().filter(|(k, _)| on_edge(k)), &mut speed_edges);
         }
-        let freshness = json!({
-            "batch_version": state.batch.as_ref().map(|b| b.version),
-            "batch_watermark": state.batch.as_ref().map(|b| b.watermark),
-            "batch_finished_at": state.batch.as_ref().and_then(|b| b.finished_at.clone()),
-            "speed_events": state.speed_events(),
-            "speed_newest_ingest_at": state.newest_ingest().map(format_timestamp),
-            "late_events": state.late_events(),
-        });
-        Ok((state.batch.clone(), speed_edges, freshness))
+        speed_edges
     };
     // the cut buckets: the version's groups on them, merged with the speed layer's
-    let edges = |batch: Option<Arc<BatchSnapshot>>, mut speed_edges: Groups| -> Vec<(GroupKey, Vec<Value>)> {
+    let edges = |batch: Option<&BatchSnapshot>, mut speed_edges: Groups| -> Vec<(GroupKey, Vec<Value>)> {
         if !cuts {
             return Vec::new();
         }
         let mut edges = Groups::default();
-        if let Some(batch) = &batch {
+        if let Some(batch) = batch {
             plan.shape.fold(plan.range(), batch.groups.iter().filter(|(k, _)| on_edge(k)), &mut edges);
         }
         let mut rows = Vec::with_capacity(edges.len() + speed_edges.len());
@@ -312,15 +317,16 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiErro
     // one bucket for all time, and a range: every row is an edge, so a kept shape would
     // never be read (and would still have every delta merged into it)
     if plan.shape.granularity == Granularity::All && cuts {
-        let (batch, speed_edges, freshness) = live.read(locked)?;
-        let edges = edges(batch, speed_edges);
+        let (moment, speed_edges) = live.read(|state| (state.moment(), speed_edges(state)));
+        let freshness = freshness(&moment)?;
+        let edges = edges(moment.batch.as_deref(), speed_edges);
         let mut body = body(edges.len());
         in_order(&plan, Vec::new(), edge_rows(&edges)).into_iter().for_each(|row| body.row(row));
         body.finish(&freshness)
     } else {
-        live.query(&plan.shape, locked, |locked, merged| {
-            let (batch, speed_edges, freshness) = locked?;
-            let edges = edges(batch, speed_edges);
+        live.query(&plan.shape, cuts.then_some(speed_edges), |moment, speed_edges, merged| {
+            let freshness = freshness(moment)?;
+            let edges = edges(moment.batch.as_deref(), speed_edges);
             let whole = |bucket: i64| span(bucket) == Span::Whole;
             if !plan.order.is_empty() || plan.limit.is_some() {
                 let kept = merged.rows(whole).map(|(k, v, t)| (k, v, Some(t))).collect();

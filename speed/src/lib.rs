@@ -15,5 +15,5 @@ pub mod shapes;
 pub mod writer;
 
 pub use filter::ViewFilter;
-pub use live::{BatchSnapshot, LiveState, ViewLive};
+pub use live::{BatchSnapshot, LiveState, Moment, ViewLive};
 pub use writer::{AppendOutcome, DatasetWriter, WriterConfig};

@@ -496,6 +496,11 @@ impl Shapes {
         rows
     }
 
+    /// Whether `shape` is kept (without asking for it).
+    pub fn contains(&self, shape: &Shape) -> bool {
+        self.kept.contains(shape)
+    }
+
     /// The kept shape `shape`, asked for by a query.
     pub fn get(&mut self, shape: &Shape) -> Option<Arc<Kept>> {
         let entry = self.kept.get_mut(shape)?;
@@ -531,11 +536,6 @@ impl Shapes {
     #[cfg(test)]
     pub(crate) fn forget(&mut self, shape: &Shape) {
         self.kept.pop(shape);
-    }
-
-    #[cfg(test)]
-    pub(crate) fn contains(&self, shape: &Shape) -> bool {
-        self.kept.contains(shape)
     }
 
     #[cfg(test)]
