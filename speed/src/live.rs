@@ -606,6 +606,20 @@ impl ViewLive {
         f(&self.state.read())
     }
 
+    /// Whether a query of `shape` would find it kept (no rebuild), holding at most `rows`
+    /// rows, with at most `events` events to fold first: queued for it, or folded since the
+    /// delta was last taken. Not if the shapes are locked: a query building a shape holds
+    /// them while it folds the speed layer, and this is asked on an async worker.
+    pub fn is_light(&self, shape: &Shape, rows: usize, events: usize) -> bool {
+        let Some(shapes) = self.shapes.try_lock() else { return false };
+        let Some((held, queued)) = shapes.size(shape) else { return false };
+        let latest = self.latest.lock();
+        let Some(delta) = latest.delta.as_ref().filter(|_| latest.moment.version() == shapes.version) else {
+            return false; // the shapes start over
+        };
+        held <= rows && queued + delta.iter().map(Chunk::len).sum::<usize>() <= events
+    }
+
     /// Answers through the kept query shape `shape` (see [`crate::shapes`]), brought up to
     /// date first: the events folded since the delta was last taken are queued for the kept
     /// shapes and `shape` folds what it has not seen, or, if not kept yet, is built (its
@@ -1086,6 +1100,32 @@ mod tests {
         }
         writer.join().unwrap();
         assert_eq!(answer(&live).0, 300 * 3 * REQUEST as u64);
+    }
+
+    #[test]
+    fn a_query_is_light_while_its_shape_is_kept_small_and_nearly_caught_up() {
+        let live = ViewLive::new(view(None), None).unwrap();
+        let by_day = Shape::new(Granularity::Day, vec![], vec![], vec![0]);
+        let seq = std::cell::Cell::new(1);
+        let ingest = |live: &ViewLive, n: i64| ingest_at(&seq, live, (0..n).map(|i| day_row(i, i % 4)).collect());
+        ingest(&live, 10);
+        assert!(!live.is_light(&by_day, 100, 100), "not kept: the query builds it");
+        shape_rows(&live, &by_day);
+        assert!(live.is_light(&by_day, 100, 100));
+        assert!(!live.is_light(&by_day, 3, 100), "4 rows, one a day");
+        // events folded since the delta was last taken count, until a round queues and folds them
+        ingest(&live, 60);
+        ingest(&live, 60);
+        assert!(!live.is_light(&by_day, 100, 100));
+        assert!(live.is_light(&by_day, 100, 120));
+        live.catch_up();
+        assert!(live.is_light(&by_day, 100, 0));
+        // a new version: the shapes start over
+        let through = live.read(|s| s.segments.values().map(|m| m.through).max().unwrap());
+        assert!(live.publish(BatchSnapshot::new(1, through, None, total(&live)), no_rebuild).unwrap());
+        assert!(!live.is_light(&by_day, 100, 100));
+        assert_eq!(shape_rows(&live, &by_day), folded_rows(&live, &by_day));
+        assert!(live.is_light(&by_day, 100, 100));
     }
 
     #[test]

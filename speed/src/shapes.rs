@@ -64,7 +64,7 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.rows.len() - self.from
     }
 
@@ -499,6 +499,13 @@ impl Shapes {
     /// Whether `shape` is kept (without asking for it).
     pub fn contains(&self, shape: &Shape) -> bool {
         self.kept.contains(shape)
+    }
+
+    /// The rows `shape` holds and the events queued for it, if kept (without asking for it).
+    pub fn size(&self, shape: &Shape) -> Option<(usize, usize)> {
+        let entry = self.kept.peek(shape)?;
+        let queued = entry.kept.inbox.lock().rows;
+        Some((entry.kept.rows.load(Ordering::Relaxed), queued))
     }
 
     /// The kept shape `shape`, asked for by a query.

@@ -13,7 +13,7 @@ use tandem_model::value::format_timestamp;
 
 use super::error::{ApiError, ApiJson, ApiResult};
 use crate::app::AppState;
-use crate::query::{QueryRequest, answer};
+use crate::query::{QueryRequest, prepare};
 use crate::runner;
 
 fn time(t: Option<i64>) -> Value {
@@ -111,13 +111,19 @@ pub async fn query_get(
     ask(&state, &name, QueryRequest::from_pairs(pairs)?).await
 }
 
-/// Answers, and writes the answer's JSON, on a blocking thread: a query over many rows takes
-/// milliseconds of CPU, which on an async worker would hold up the ingest requests queued
-/// behind it.
+/// Answers, and writes the answer's JSON: a light query (see
+/// [`crate::query::Prepared::is_light`]) right here, any other on a blocking thread, as a
+/// query over many rows takes milliseconds of CPU, which on an async worker would hold up
+/// the ingest requests queued behind it.
 async fn ask(state: &AppState, name: &str, request: QueryRequest) -> ApiResult<Response> {
     let live = state.view(name).ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
-    let answered = tokio::task::spawn_blocking(move || answer(&live, request)).await;
-    let body = answered.map_err(|e| ApiError::internal("query task", e))??;
+    let prepared = prepare(&live, request)?;
+    let body = if prepared.is_light(&live) {
+        prepared.answer(&live)?
+    } else {
+        let answered = tokio::task::spawn_blocking(move || prepared.answer(&live)).await;
+        answered.map_err(|e| ApiError::internal("query task", e))??
+    };
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
