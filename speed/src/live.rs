@@ -14,6 +14,12 @@
 //! publishing drops the maps wholly below it, and a map it cuts through (a run that compacted
 //! fewer segments than the sealed map holds) is folded afresh from the log for the events past
 //! the watermark. Sketch states cannot be subtracted, so rebuilding is the only exact way.
+//!
+//! Beside the state, behind a lock of its own, the view keeps what a query of a kept shape
+//! needs of it (`Latest`): the events folded since the shapes last took them, and the
+//! [`Moment`] (version and speed-layer counts) they bring the shapes to. The writer updates it
+//! under the state's write lock at the end of each fold slice, so such a query reads a
+//! consistent pair without waiting for a slice in progress.
 
 use std::collections::BTreeMap;
 use std::path::Path;
