@@ -501,9 +501,13 @@ impl Shapes {
         self.kept.contains(shape)
     }
 
-    /// The rows `shape` holds and the events queued for it, if kept (without asking for it).
-    pub fn size(&self, shape: &Shape) -> Option<(usize, usize)> {
+    /// The rows `shape` holds and the events queued for it, if kept (without asking for it)
+    /// and its rows are not locked right now (being caught up or answered from).
+    pub fn idle_size(&self, shape: &Shape) -> Option<(usize, usize)> {
         let entry = self.kept.peek(shape)?;
+        if entry.kept.merged.is_locked() {
+            return None;
+        }
         let queued = entry.kept.inbox.lock().rows;
         Some((entry.kept.rows.load(Ordering::Relaxed), queued))
     }
