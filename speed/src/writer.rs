@@ -35,6 +35,9 @@ use tokio::sync::oneshot;
 
 use crate::live::ViewLive;
 
+/// A request of at least this many events frees them itself (see [`DatasetWriter::append`]).
+const FREED_BY_REQUEST_ROWS: usize = 64;
+
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     /// Ids accepted within this window make later events with the same id duplicates.
@@ -92,7 +95,7 @@ pub struct AppendOutcome {
 
 enum Command {
     Append {
-        rows: Vec<Row>,
+        rows: Arc<Vec<Row>>,
         key: Option<String>,
         reply: oneshot::Sender<Result<AppendOutcome, WriteError>>,
         /// When the request was queued.
@@ -195,7 +198,15 @@ impl DatasetWriter {
         if waiting >= self.max_queued {
             return Err(WriteError::Overloaded(self.name.clone(), waiting));
         }
-        self.call(|reply| Command::Append { rows, key, reply, queued: Instant::now() }).await?
+        // a large request keeps a reference to its events until it is answered, so that they
+        // are freed here, beside the thread that decoded them, not on the writer (their frees
+        // were 7.7 % of the writer's samples at 1,000 events a request; session 23); a small
+        // one does not, as sharing the count cost single-event requests more than they gained
+        let rows = Arc::new(rows);
+        let ours = (rows.len() >= FREED_BY_REQUEST_ROWS).then(|| Arc::clone(&rows));
+        let answer = self.call(|reply| Command::Append { rows, key, reply, queued: Instant::now() }).await;
+        drop(ours);
+        answer?
     }
 
     /// Seals the active segment (if it holds events); returns the last sealed sequence number.
@@ -479,7 +490,7 @@ impl WriterThread {
     /// Drops duplicates and buffers the record; nothing is durable or visible yet.
     fn stage(
         &mut self,
-        rows: Vec<Row>,
+        rows: Arc<Vec<Row>>,
         key: Option<String>,
         reply: oneshot::Sender<Result<AppendOutcome, WriteError>>,
     ) -> Pending {
@@ -493,22 +504,29 @@ impl WriterThread {
             }
         }
         let total = rows.len();
-        let rows: Vec<Row> = match self.spec.id_index() {
+        let rows: Arc<Vec<Row>> = match self.spec.id_index() {
             None => rows,
-            Some(id) => rows
-                .into_iter()
-                .filter(|row| match self.dedup.key(&row[id]) {
-                    None => true,
-                    Some(k) => !self.dedup.is_duplicate(k, now, window) && self.group_ids.insert(k),
-                })
-                .collect(),
+            Some(id) => {
+                let fresh: Vec<bool> = rows
+                    .iter()
+                    .map(|row| match self.dedup.key(&row[id]) {
+                        None => true,
+                        Some(k) => !self.dedup.is_duplicate(k, now, window) && self.group_ids.insert(k),
+                    })
+                    .collect();
+                if fresh.iter().all(|f| *f) {
+                    rows
+                } else {
+                    Arc::new(rows.iter().zip(&fresh).filter(|(_, f)| **f).map(|(row, _)| row.clone()).collect())
+                }
+            }
         };
         let outcome = AppendOutcome { accepted: rows.len(), duplicates: total - rows.len() };
         let record = if rows.is_empty() && key.is_none() {
             None
         } else {
             let first_seq = self.log.append(now, &rows, outcome.duplicates as u32, key.as_deref());
-            Some((first_seq, Arc::new(rows)))
+            Some((first_seq, rows))
         };
         if let Some(k) = &key {
             self.group_keys.insert(k.clone(), outcome);
@@ -576,7 +594,13 @@ impl WriterThread {
         }
         drop(records);
         steps.fold = started.elapsed();
-        for p in pending {
+        for mut p in pending {
+            // a large request holds the last reference to its events (see `append`): let go of
+            // ours before answering; a small one's are freed here, after answering, as before
+            let small = p.record.as_ref().is_some_and(|(_, rows)| rows.len() < FREED_BY_REQUEST_ROWS);
+            if !small {
+                p.record = None;
+            }
             let _ = p.reply.send(Ok(p.outcome));
         }
         steps
