@@ -151,10 +151,15 @@ pub struct Moment {
     pub late_events: u64,
 }
 
+/// [`LiveState::is_ready`], for the state or a [`Moment`] of it.
+fn ready(batch: &Option<Arc<BatchSnapshot>>, floor: u64) -> bool {
+    batch.is_some() || floor == 0
+}
+
 impl Moment {
     /// See [`LiveState::is_ready`].
     pub fn is_ready(&self) -> bool {
-        self.batch.is_some() || self.floor == 0
+        ready(&self.batch, self.floor)
     }
 
     fn version(&self) -> i64 {
@@ -176,7 +181,7 @@ impl LiveState {
     /// A view answers once it has a batch version, or if it was created before its dataset
     /// had any events (then the speed layer alone holds everything).
     pub fn is_ready(&self) -> bool {
-        self.batch.is_some() || self.floor == 0
+        ready(&self.batch, self.floor)
     }
 
     pub fn speed_events(&self) -> u64 {
