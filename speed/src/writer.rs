@@ -356,6 +356,8 @@ struct Pending {
     outcome: AppendOutcome,
     /// Its first sequence number and rows, shared with the views' deltas once folded.
     record: Option<(u64, Arc<Vec<Row>>)>,
+    /// Whether the request holds a reference to those rows too (see `DatasetWriter::append`).
+    shared: bool,
     /// A new idempotency key to remember once the group is durable.
     key: Option<String>,
 }
@@ -500,7 +502,7 @@ impl WriterThread {
             let key_window = self.key_window();
             let answered = self.keys.get(k).filter(|(_, at)| now - at < key_window).map(|(o, _)| *o);
             if let Some(outcome) = answered.or_else(|| self.group_keys.get(k).copied()) {
-                return Pending { reply, outcome, record: None, key: None };
+                return Pending { reply, outcome, record: None, shared: false, key: None };
             }
         }
         let total = rows.len();
@@ -522,6 +524,7 @@ impl WriterThread {
             }
         };
         let outcome = AppendOutcome { accepted: rows.len(), duplicates: total - rows.len() };
+        let shared = Arc::strong_count(&rows) > 1; // before any view's delta holds them
         let record = if rows.is_empty() && key.is_none() {
             None
         } else {
@@ -531,7 +534,7 @@ impl WriterThread {
         if let Some(k) = &key {
             self.group_keys.insert(k.clone(), outcome);
         }
-        Pending { reply, outcome, record, key }
+        Pending { reply, outcome, record, shared, key }
     }
 
     /// Fsyncs the staged records, then makes them visible and remembered, then answers;
@@ -595,10 +598,9 @@ impl WriterThread {
         drop(records);
         steps.fold = started.elapsed();
         for mut p in pending {
-            // a large request holds the last reference to its events (see `append`): let go of
-            // ours before answering; a small one's are freed here, after answering, as before
-            let small = p.record.as_ref().is_some_and(|(_, rows)| rows.len() < FREED_BY_REQUEST_ROWS);
-            if !small {
+            // a request that shares its events (see `append`) frees them: let go of ours before
+            // answering; any other's are freed here, after answering
+            if p.shared {
                 p.record = None;
             }
             let _ = p.reply.send(Ok(p.outcome));
