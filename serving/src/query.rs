@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states};
@@ -255,8 +256,9 @@ fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {
 /// range cuts through are folded afresh from the version's groups and the speed groups. Kept
 /// rows come in answer order and are referred to, never copied; each is written as its cached
 /// text (see [`tandem_speed::shapes::Text`]), made when first written, and without `order_by`
-/// or `limit` each whole bucket's rows as their bucket's one block of text.
-pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Vec<u8>, ApiError> {
+/// or `limit` each whole bucket's rows as their kept blocks of text, which the answer shares
+/// (see [`Answer`]).
+pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Answer, ApiError> {
     prepare(live, request)?.answer(live)
 }
 
@@ -282,12 +284,12 @@ impl Prepared {
         !self.0.cuts_buckets(live.view.spec.granularity) && live.is_light(&self.0.shape, LIGHT_ROWS, LIGHT_EVENTS)
     }
 
-    pub fn answer(self, live: &ViewLive) -> Result<Vec<u8>, ApiError> {
+    pub fn answer(self, live: &ViewLive) -> Result<Answer, ApiError> {
         answer_plan(live, self.0)
     }
 }
 
-fn answer_plan(live: &ViewLive, plan: Plan) -> Result<Vec<u8>, ApiError> {
+fn answer_plan(live: &ViewLive, plan: Plan) -> Result<Answer, ApiError> {
     let view = &live.view;
     let span = |bucket: i64| plan.span(view.spec.granularity, bucket);
     let cuts = plan.cuts_buckets(view.spec.granularity);
@@ -365,19 +367,20 @@ fn answer_plan(live: &ViewLive, plan: Plan) -> Result<Vec<u8>, ApiError> {
                 rows.into_iter().for_each(|row| body.row(row));
                 return body.finish(&freshness);
             }
-            // in bucket order: each whole bucket as its one block of text, the edge rows
+            // in bucket order: each whole bucket as its kept blocks of text, the edge rows
             // (in buckets of their own) between them
-            let buckets: Vec<_> = merged.buckets(whole).collect();
-            let mut body = body(edges.len() + buckets.iter().map(|b| b.row_count()).sum::<usize>());
+            let mut body = body(edges.len());
             let mut edges = edge_rows(&edges);
             edges.sort_unstable_by(|a, b| a.0.total_cmp(b.0));
             let mut edges = edges.into_iter().peekable();
-            for bucket in buckets {
+            for bucket in merged.buckets(whole) {
                 while let Some(edge) = edges.next_if(|edge| edge.0.bucket < bucket.start) {
                     body.row(edge);
                 }
-                let text = bucket.text(|key, values| body.render.text(key, values));
-                body.block(text);
+                for block in 0..bucket.block_count() {
+                    let block = bucket.block(block, |key, values| body.render.text(key, values));
+                    body.block(block);
+                }
             }
             edges.for_each(|edge| body.row(edge));
             body.finish(&freshness)
@@ -385,8 +388,39 @@ fn answer_plan(live: &ViewLive, plan: Plan) -> Result<Vec<u8>, ApiError> {
     }
 }
 
+/// An answer's JSON text, in pieces: each kept block of rows as the shape keeps it (shared,
+/// not copied), the rest in pieces written for this answer. A 30-day answer of 24 k rows is
+/// 4 MB, which the server used to copy into one buffer (twice, with the blocks) and take
+/// fresh pages for.
+pub struct Answer {
+    pieces: Vec<Bytes>,
+}
+
+impl Answer {
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The text in one piece.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.pieces.concat()
+    }
+
+    pub fn into_pieces(self) -> Vec<Bytes> {
+        self.pieces
+    }
+}
+
 /// An answer's JSON body as it is written: `{"rows":[` rows `],"freshness":` .. `}`.
 struct Body {
+    /// The pieces written so far (see [`Answer`]).
+    pieces: Vec<Bytes>,
+    /// The text written since the last piece.
     out: Vec<u8>,
     render: RowWriter,
     /// No row written yet.
@@ -394,12 +428,13 @@ struct Body {
 }
 
 impl Body {
-    /// For about `rows` rows, so that writing them does not copy the answer as it grows.
+    /// For about `rows` rows written row by row, so that writing them does not copy the
+    /// text as it grows.
     fn new(render: RowWriter, rows: usize) -> Body {
         let columns = render.dims.len() + render.measures.len() + 1;
         let mut out = Vec::with_capacity(256 + rows * columns * 24);
         out.extend_from_slice(b"{\"rows\":[");
-        Body { out, render, first: true }
+        Body { pieces: Vec::new(), out, render, first: true }
     }
 
     /// Writes a row: a kept row as its text (made when first written), any other afresh.
@@ -411,12 +446,15 @@ impl Body {
         }
     }
 
-    /// Writes the comma-separated text of one or more rows.
-    fn block(&mut self, rows: &[u8]) {
-        if !rows.is_empty() {
-            self.separate();
-            self.out.extend_from_slice(rows);
+    /// Sends a kept block of rows, each preceded by a comma, as a piece of its own.
+    fn block(&mut self, block: &Bytes) {
+        if block.is_empty() {
+            return;
         }
+        if !self.out.is_empty() {
+            self.pieces.push(Bytes::from(std::mem::take(&mut self.out)));
+        }
+        self.pieces.push(if std::mem::take(&mut self.first) { block.slice(1..) } else { block.clone() });
     }
 
     fn separate(&mut self) {
@@ -425,11 +463,12 @@ impl Body {
         }
     }
 
-    fn finish(mut self, freshness: &Json) -> Result<Vec<u8>, ApiError> {
+    fn finish(mut self, freshness: &Json) -> Result<Answer, ApiError> {
         self.out.extend_from_slice(b"],\"freshness\":");
         serde_json::to_writer(&mut self.out, freshness).map_err(|e| ApiError::internal("writing an answer", e))?;
         self.out.push(b'}');
-        Ok(self.out)
+        self.pieces.push(Bytes::from(self.out));
+        Ok(Answer { pieces: self.pieces })
     }
 }
 

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use indexmap::IndexMap;
 use lru::LruCache;
 use parking_lot::{Mutex, MutexGuard};
@@ -177,7 +178,8 @@ impl Shape {
             if let Some(kept) = merged.rows.get_mut(&key as &dyn KeyParts) {
                 fold(&mut kept.states, row);
                 if kept.changed() {
-                    merged.buckets.get_mut(&key.bucket).expect("a kept row's bucket").text.take();
+                    let block = kept.slot / BLOCK_ROWS;
+                    merged.buckets.get_mut(&key.bucket).expect("a kept row's bucket").blocks[block].take();
                 }
                 continue;
             }
@@ -202,21 +204,28 @@ impl Shape {
 pub struct Merged {
     /// The rows by key. A row keeps its place (index) in this map: rows are never removed.
     rows: IndexMap<GroupKey, MergedRow, foldhash::fast::RandomState>,
-    /// Each bucket's rows, in order of their dimension values, and their text.
+    /// Each bucket's rows, in order of their dimension values, and their text in blocks.
     buckets: BTreeMap<i64, Bucket>,
 }
+
+/// Rows of one block of a bucket's text (see [`Bucket::blocks`]). An event reaching a row
+/// makes its block's text again; small blocks keep most of a bucket's text where events reach
+/// a few rows of many buckets (late events, under ingest), large ones make fewer pieces for
+/// an answer to send.
+const BLOCK_ROWS: usize = 32;
 
 /// The rows of one output bucket.
 #[derive(Debug, Default)]
 struct Bucket {
     /// The rows' places in `Merged::rows`, in order of their dimension values.
     places: Vec<usize>,
-    /// The texts of all these rows in order, comma-separated, as an answer writes them: set
-    /// only while every row's own text is, and emptied when a row's text is or a row joins.
-    /// An answer then copies one block per bucket whose rows no event reached instead of
+    /// The text of each run of [`BLOCK_ROWS`] rows in `places` (the last may be shorter), as
+    /// an answer writes them, each row's text preceded by a comma: set only while every row's
+    /// own text is, and emptied when a row's text is or a row joins the run. An answer then
+    /// sends one kept block for each run of rows no event reached, shared, instead of
     /// visiting every row (whose scattered texts were most of the idle 30-day query's time:
     /// session 22 in `bench/HISTORY.md`).
-    text: Text,
+    blocks: Vec<Block>,
 }
 
 #[derive(Debug)]
@@ -226,15 +235,20 @@ struct MergedRow {
     values: OnceCell<Vec<Value>>,
     /// The row as an answer writes it; emptied with `values`.
     text: Text,
+    /// Its index in its bucket's `places`.
+    slot: usize,
 }
 
 /// A kept row's text in an answer (written by the serving layer, which alone knows the
 /// format), kept until an event reaches the row.
 pub type Text = OnceCell<Box<[u8]>>;
 
+/// A block of kept rows' texts (see [`Bucket::blocks`]), shared with the answers that send it.
+pub type Block = OnceCell<Bytes>;
+
 impl MergedRow {
     fn new(states: Vec<MeasureState>) -> MergedRow {
-        MergedRow { states, values: OnceCell::new(), text: OnceCell::new() }
+        MergedRow { states, values: OnceCell::new(), text: OnceCell::new(), slot: 0 }
     }
 
     /// Forgets the values and text, after the states changed; whether it had a text (if
@@ -248,7 +262,8 @@ impl MergedRow {
 impl Merged {
     /// The rows of `folded` (already keyed by the shape).
     pub fn from_groups(folded: Groups) -> Merged {
-        let rows: IndexMap<_, _, _> = folded.into_iter().map(|(key, states)| (key, MergedRow::new(states))).collect();
+        let mut rows: IndexMap<_, _, _> =
+            folded.into_iter().map(|(key, states)| (key, MergedRow::new(states))).collect();
         let mut buckets: BTreeMap<i64, Bucket> = BTreeMap::new();
         for (place, key) in rows.keys().enumerate() {
             buckets.entry(key.bucket).or_default().places.push(place);
@@ -257,6 +272,7 @@ impl Merged {
             bucket
                 .places
                 .sort_unstable_by(|&a, &b| rows.get_index(a).unwrap().0.total_cmp(rows.get_index(b).unwrap().0));
+            bucket.placed(&mut rows, 0);
         }
         Merged { rows, buckets }
     }
@@ -273,7 +289,7 @@ impl Merged {
         let bucket = self.buckets.entry(bucket).or_default();
         let at = bucket.places.partition_point(|&p| self.rows.get_index(p).expect("kept").0.total_cmp(key).is_lt());
         bucket.places.insert(at, place);
-        bucket.text.take();
+        bucket.placed(&mut self.rows, at);
     }
 
     /// Folds the events of `chunks` into these rows (of `shape`): straight into the rows
@@ -305,6 +321,18 @@ impl Merged {
     }
 }
 
+impl Bucket {
+    /// After the rows from `places[from]` on moved: tells them their slots, and forgets the
+    /// blocks they are in.
+    fn placed(&mut self, rows: &mut IndexMap<GroupKey, MergedRow, foldhash::fast::RandomState>, from: usize) {
+        for (slot, &place) in self.places.iter().enumerate().skip(from) {
+            rows.get_index_mut(place).expect("kept").1.slot = slot;
+        }
+        self.blocks.truncate(from / BLOCK_ROWS);
+        self.blocks.resize_with(self.places.len().div_ceil(BLOCK_ROWS), Block::new);
+    }
+}
+
 /// One output bucket's rows (see [`Merged::buckets`]).
 pub struct BucketRows<'a> {
     pub start: i64,
@@ -313,34 +341,39 @@ pub struct BucketRows<'a> {
 }
 
 impl<'a> BucketRows<'a> {
-    /// How many rows it has.
-    pub fn row_count(&self) -> usize {
-        self.bucket.places.len()
-    }
-
     /// The rows in order of dimension values, with their measure values and their text in
     /// an answer (made when first asked).
     pub fn rows(&self) -> impl Iterator<Item = (&'a GroupKey, &'a [Value], &'a Text)> + use<'a> {
+        self.rows_in(&self.bucket.places)
+    }
+
+    /// The rows at `places`, as [`rows`](Self::rows) gives them.
+    fn rows_in(&self, places: &'a [usize]) -> impl Iterator<Item = (&'a GroupKey, &'a [Value], &'a Text)> + use<'a> {
         let rows = &self.merged.rows;
-        self.bucket.places.iter().map(move |&place| {
+        places.iter().map(move |&place| {
             let (key, row) = rows.get_index(place).expect("kept");
             let values = row.values.get_or_init(|| row.states.iter().map(MeasureState::value).collect());
             (key, values.as_slice(), &row.text)
         })
     }
 
-    /// The text of all the rows, comma-separated, made from their texts (made with `write`
-    /// where missing) and kept until an event reaches one of them.
-    pub fn text(&self, mut write: impl FnMut(&GroupKey, &[Value]) -> Box<[u8]>) -> &'a [u8] {
-        self.bucket.text.get_or_init(|| {
+    /// How many blocks of text its rows make (see [`block`](Self::block)).
+    pub fn block_count(&self) -> usize {
+        self.bucket.blocks.len()
+    }
+
+    /// The text of the `index`th run of [`BLOCK_ROWS`] rows, each row's text preceded by a
+    /// comma, made from their texts (made with `write` where missing) and kept until an
+    /// event reaches one of them.
+    pub fn block(&self, index: usize, mut write: impl FnMut(&GroupKey, &[Value]) -> Box<[u8]>) -> &'a Bytes {
+        self.bucket.blocks[index].get_or_init(|| {
+            let places = self.bucket.places.chunks(BLOCK_ROWS).nth(index).expect("a block of the bucket");
             let mut block = Vec::new();
-            for (i, (key, values, text)) in self.rows().enumerate() {
-                if i > 0 {
-                    block.push(b',');
-                }
+            for (key, values, text) in self.rows_in(places) {
+                block.push(b',');
                 block.extend_from_slice(text.get_or_init(|| write(key, values)));
             }
-            block.into_boxed_slice()
+            Bytes::from(block)
         })
     }
 }
@@ -755,7 +788,7 @@ mod tests {
             texts.into_values().map(|t| t.join(",")).collect()
         };
         fn texts(merged: &Merged, write: impl Fn(&GroupKey, &[Value]) -> Box<[u8]>) -> Vec<String> {
-            merged.buckets(|_| true).map(|b| String::from_utf8(b.text(&write).to_vec()).unwrap()).collect()
+            merged.buckets(|_| true).map(|b| String::from_utf8(bucket_text(&b, &write)).unwrap()).collect()
         }
         assert_eq!(texts(&merged, text), expected(&merged));
         assert_eq!(texts(&merged, text)[0], r#"[String("a")]=[Int(1), Int(2)],[String("b")]=[Int(1), Int(1)]"#);
@@ -764,13 +797,64 @@ mod tests {
 
         // an event reaches a row of hour 0; hour 1 keeps its text
         merged.fold_chunks(&view, &shape, [&chunk(&[("b", 7, 30)], 0)]);
-        assert!(merged.buckets(|b| b == HOUR).all(|b| !b.text(unused).is_empty()));
+        assert!(merged.buckets(|b| b == HOUR).all(|b| !bucket_text(&b, unused).is_empty()));
         assert_eq!(texts(&merged, text), expected(&merged));
         assert!(texts(&merged, text)[0].ends_with(r#"[String("b")]=[Int(2), Int(8)]"#));
         // a row joins hour 1, in its place
         merged.fold_chunks(&view, &shape, [&chunk(&[("0", 3, 90)], 0)]);
         assert_eq!(texts(&merged, text), expected(&merged));
         assert!(texts(&merged, text)[1].starts_with(r#"[String("0")]=[Int(1), Int(3)],"#));
+    }
+
+    /// A bucket's blocks of text joined, without the comma before the first row.
+    fn bucket_text(bucket: &BucketRows<'_>, write: impl Fn(&GroupKey, &[Value]) -> Box<[u8]>) -> Vec<u8> {
+        let text: Vec<u8> = (0..bucket.block_count()).flat_map(|i| bucket.block(i, &write).to_vec()).collect();
+        assert!(text.is_empty() || text[0] == b',', "each row's text follows a comma");
+        text.get(1..).unwrap_or_default().to_vec()
+    }
+
+    /// An event reaching one row of a bucket makes that row's block again and keeps the
+    /// bucket's other blocks as they were (the same bytes, not copied); a row joining keeps
+    /// the blocks before it.
+    #[test]
+    fn an_event_makes_again_only_the_block_of_the_row_it_reaches() {
+        let view = view();
+        let shape = Shape::new(Granularity::Hour, vec![0], vec![], vec![0, 1]);
+        let mut merged = Merged::default();
+        // 100 rows in hour 0: k = "k000" .. "k198" (even numbers, so rows can join between)
+        let events: Vec<(String, i64, i64)> = (0..100).map(|i| (format!("k{:03}", 2 * i), i, 0)).collect();
+        let events: Vec<(&str, i64, i64)> = events.iter().map(|(k, n, m)| (k.as_str(), *n, *m)).collect();
+        merged.fold_chunks(&view, &shape, [&chunk(&events, 0)]);
+        let write = |key: &GroupKey, values: &[Value]| format!("{:?}={values:?}", key.dims).into_bytes().into();
+        // the blocks, held (so that a block made again cannot take a dropped one's address),
+        // by address and bytes
+        let blocks = |merged: &Merged| -> Vec<(usize, Bytes)> {
+            let bucket = merged.buckets(|_| true).next().unwrap();
+            (0..bucket.block_count())
+                .map(|i| bucket.block(i, write))
+                .map(|b| (b.as_ptr() as usize, b.clone()))
+                .collect()
+        };
+        let before = blocks(&merged);
+        assert_eq!(before.len(), 100usize.div_ceil(BLOCK_ROWS));
+        assert_eq!(blocks(&merged), before, "kept while no event arrives");
+        // row 40 ("k080") is in the second block
+        merged.fold_chunks(&view, &shape, [&chunk(&[("k080", 5, 1)], 0)]);
+        let after = blocks(&merged);
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            assert_eq!(a == b, i != 40 / BLOCK_ROWS, "block {i}");
+        }
+        assert!(String::from_utf8(after[1].1.to_vec()).unwrap().contains(r#"[String("k080")]=[Int(2), Int(45)]"#));
+        // a row joins after row 70: the blocks before it stay, the rest are made again
+        merged.fold_chunks(&view, &shape, [&chunk(&[("k141", 1, 2)], 0)]);
+        let joined = blocks(&merged);
+        for (i, (a, j)) in after.iter().zip(&joined).enumerate() {
+            assert_eq!(a == j, i < 71 / BLOCK_ROWS, "block {i}");
+        }
+        assert_eq!(joined.len(), 101usize.div_ceil(BLOCK_ROWS));
+        let text: Vec<u8> = joined.iter().flat_map(|(_, b)| b.to_vec()).collect();
+        let rows: Vec<String> = answer(&merged).iter().map(|(_, d, v)| format!(",{d:?}={v:?}")).collect();
+        assert_eq!(String::from_utf8(text).unwrap(), rows.concat(), "the blocks hold every row in order");
     }
 
     /// A kept shape's rows after it folds what was queued for it.

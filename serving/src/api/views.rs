@@ -1,5 +1,9 @@
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -13,7 +17,7 @@ use tandem_model::value::format_timestamp;
 
 use super::error::{ApiError, ApiJson, ApiResult};
 use crate::app::AppState;
-use crate::query::{QueryRequest, prepare};
+use crate::query::{Answer, QueryRequest, prepare};
 use crate::runner;
 
 fn time(t: Option<i64>) -> Value {
@@ -118,13 +122,51 @@ pub async fn query_get(
 async fn ask(state: &AppState, name: &str, request: QueryRequest) -> ApiResult<Response> {
     let live = state.view(name).ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
     let prepared = prepare(&live, request)?;
-    let body = if prepared.is_light(&live) {
+    let answer = if prepared.is_light(&live) {
         prepared.answer(&live)?
     } else {
         let answered = tokio::task::spawn_blocking(move || prepared.answer(&live)).await;
         answered.map_err(|e| ApiError::internal("query task", e))??
     };
-    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(([(CONTENT_TYPE, "application/json")], Body::new(Pieces::from(answer))).into_response())
+}
+
+/// An answer as a response body: its pieces sent one after another (the kept blocks of
+/// rows among them are not copied into one buffer), with its length known up front.
+struct Pieces {
+    pieces: std::vec::IntoIter<Bytes>,
+    left: u64,
+}
+
+impl From<Answer> for Pieces {
+    fn from(answer: Answer) -> Pieces {
+        let left = answer.len() as u64;
+        Pieces { pieces: answer.into_pieces().into_iter(), left }
+    }
+}
+
+impl http_body::Body for Pieces {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let next = self.pieces.next();
+        if let Some(piece) = &next {
+            self.left -= piece.len() as u64;
+        }
+        Poll::Ready(next.map(|piece| Ok(http_body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
 }
 
 /// The optional body of `POST /v1/views/{name}/runs`.

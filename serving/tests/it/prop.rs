@@ -106,7 +106,7 @@ fn ask(state: &AppState, view: &str, query: &Value) -> Value {
     let request: QueryRequest = serde_json::from_value(query.clone()).unwrap();
     let answer =
         answer(&state.view(view).unwrap(), request).unwrap_or_else(|e| panic!("{view} {query}: {}", e.message));
-    serde_json::from_slice(&answer).unwrap()
+    serde_json::from_slice(&answer.to_vec()).unwrap()
 }
 
 fn check(state: &AppState, acc: &Accepted, views: &[&str], context: &str) {
