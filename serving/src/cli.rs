@@ -1,6 +1,7 @@
 //! The two commands of the binary: `tandem serve` and `tandem batch`.
 
 use anyhow::{Context, bail};
+use axum::serve::ListenerExt;
 use tandem_batch::catalog::Trigger;
 use tandem_batch::{BatchEnv, Catalog};
 use tokio::net::TcpListener;
@@ -19,6 +20,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // the end-to-end tests read this line to find an ephemeral port
     println!("tandem listening on http://{addr}");
     tracing::info!(%addr, "tandem listening");
+    // Nagle's algorithm would hold an answer's last small piece (see `query::Answer`) until
+    // the client acknowledges the ones before it, which a client may delay by 40 ms
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY on a connection");
+        }
+    });
     axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(shutdown_signal()).await?;
     tasks.iter().for_each(|t| t.abort());
     state.shutdown().await;

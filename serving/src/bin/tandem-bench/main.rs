@@ -315,17 +315,27 @@ async fn query_bytes(http: &reqwest::Client, base: &str, q: &Value) -> anyhow::R
 }
 
 /// Sequential query latencies (ms), sorted: from sending the request to having the whole
-/// answer (its bytes, as an HTTP benchmark counts). Each answer is then parsed and checked
-/// with the clock stopped: turning it into a JSON tree is the client's work, and on this
-/// machine's two shared cores it took longer than the server's answer.
-async fn query_latencies(http: &reqwest::Client, base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec<f64>, usize)> {
+/// answer (its bytes, as an HTTP benchmark counts), over one keep-alive connection of the
+/// lean client the throughput loops use (see `raw_http`). Each answer is then parsed and
+/// checked with the clock stopped: turning it into a JSON tree is the client's work, and on
+/// this machine's two shared cores it took longer than the server's answer. (With `reqwest`,
+/// collecting a 4 MB answer's pieces into one buffer took about 3 ms more than reading it
+/// into a buffer kept between requests: session 24 in `bench/HISTORY.md`.)
+async fn query_latencies(base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec<f64>, usize)> {
+    let host = base.strip_prefix("http://").context("base is not http://")?;
+    let request =
+        raw_http::request(host, "POST", "/v1/views/traffic/query", Some(("application/json", &serde_json::to_vec(q)?)));
+    let mut conn = raw_http::Connection::open(host).await?;
     let mut lat = Vec::with_capacity(n);
     let mut rows = 0;
     for _ in 0..n {
         let t = Instant::now();
-        let answer = query_bytes(http, base, q).await?;
+        let (status, answer) = conn.send(&request).await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        let v: Value = serde_json::from_slice(&answer)?;
+        if status != 200 {
+            bail!("query {q}: {status} {}", String::from_utf8_lossy(answer));
+        }
+        let v: Value = serde_json::from_slice(answer)?;
         rows = v["rows"].as_array().context("an answer has rows")?.len();
     }
     lat.sort_by(f64::total_cmp);
@@ -333,16 +343,18 @@ async fn query_latencies(http: &reqwest::Client, base: &str, q: &Value, n: usize
 }
 
 /// Sequential latencies (ms), sorted, of `GET /healthz`, which does no work: the round trip
-/// through the client, the loopback and the server's HTTP stack that every query pays too.
-async fn round_trips(http: &reqwest::Client, base: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+/// through the client, the loopback and the server's HTTP stack that every query pays too
+/// (with the queries' client).
+async fn round_trips(base: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+    let host = base.strip_prefix("http://").context("base is not http://")?;
+    let request = raw_http::request(host, "GET", "/healthz", None);
+    let mut conn = raw_http::Connection::open(host).await?;
     let mut lat = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let resp = http.get(format!("{base}/healthz")).send().await?;
-        let status = resp.status();
-        resp.bytes().await?;
+        let (status, _) = conn.send(&request).await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        if !status.is_success() {
+        if status != 200 {
             bail!("GET /healthz: {status}");
         }
     }
@@ -545,12 +557,12 @@ async fn main() -> anyhow::Result<()> {
     ];
     for _ in 0..args.runs * args.runs("queries") as usize {
         for (name, q) in &dashboards {
-            let (lat, rows) = query_latencies(&http, &base, q, args.queries).await?;
+            let (lat, rows) = query_latencies(&base, q, args.queries).await?;
             report.add(&format!("query p50, idle: {name}"), "ms", percentile(&lat, 0.5));
             report.add(&format!("query p99, idle: {name}"), "ms", percentile(&lat, 0.99));
             report.add(&format!("rows answered: {name}"), "rows", rows as f64);
         }
-        let lat = round_trips(&http, &base, args.queries).await?;
+        let lat = round_trips(&base, args.queries).await?;
         report.add("round trip p50, idle: GET /healthz", "ms", percentile(&lat, 0.5));
         report.add("round trip p99, idle: GET /healthz", "ms", percentile(&lat, 0.99));
     }
@@ -563,11 +575,11 @@ async fn main() -> anyhow::Result<()> {
         let load = tokio::spawn(async move { ack_latencies(&h, &b, &bodies, 1000, 200_000.0, secs).await });
         tokio::time::sleep(Duration::from_millis(500)).await;
         for (name, q) in &dashboards {
-            let (lat, _) = query_latencies(&http, &base, q, n).await?;
+            let (lat, _) = query_latencies(&base, q, n).await?;
             report.add(&format!("query p50, under ingest: {name}"), "ms", percentile(&lat, 0.5));
             report.add(&format!("query p99, under ingest: {name}"), "ms", percentile(&lat, 0.99));
         }
-        let lat = round_trips(&http, &base, n).await?;
+        let lat = round_trips(&base, n).await?;
         report.add("round trip p50, under ingest: GET /healthz", "ms", percentile(&lat, 0.5));
         report.add("round trip p99, under ingest: GET /healthz", "ms", percentile(&lat, 0.99));
         load.await??;

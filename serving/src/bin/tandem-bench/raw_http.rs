@@ -1,5 +1,6 @@
-//! The throughput loops' HTTP/1.1 client: one keep-alive connection, requests written whole
-//! from prepared bytes, responses read by their `Content-Length`.
+//! The throughput and latency loops' HTTP/1.1 client: one keep-alive connection, requests
+//! written whole from prepared bytes, responses read by their `Content-Length` into a buffer
+//! kept between requests.
 //!
 //! The load generator runs on the same two cores as the server, so every microsecond it
 //! spends per request is taken from the server. With `reqwest` (connection pool, header
@@ -15,12 +16,20 @@ use tokio::net::TcpStream;
 
 /// A `POST` of `body` to `path` with an NDJSON content type, as the bytes to send.
 pub fn post_request(host: &str, path: &str, body: &[u8]) -> Bytes {
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/x-ndjson\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
+    request(host, "POST", path, Some(("application/x-ndjson", body)))
+}
+
+/// A request of `path`, with a body of a content type or none, as the bytes to send.
+pub fn request(host: &str, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Bytes {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n").into_bytes();
+    if let Some((content_type, body)) = body {
+        request.extend_from_slice(
+            format!("content-type: {content_type}\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(),
+        );
+        request.extend_from_slice(body);
+    } else {
+        request.extend_from_slice(b"\r\n");
+    }
     Bytes::from(request)
 }
 
