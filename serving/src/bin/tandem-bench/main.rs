@@ -319,7 +319,7 @@ async fn query_bytes(http: &reqwest::Client, base: &str, q: &Value) -> anyhow::R
 /// lean client the throughput loops use (see `raw_http`). Each answer is then parsed and
 /// checked with the clock stopped: turning it into a JSON tree is the client's work, and on
 /// this machine's two shared cores it took longer than the server's answer. (With `reqwest`,
-/// collecting a 4 MB answer's pieces into one buffer took about 3 ms more than reading it
+/// collecting a 3.9 MB answer's pieces into one buffer took about 1.5 ms more than reading it
 /// into a buffer kept between requests: session 24 in `bench/HISTORY.md`.)
 async fn query_latencies(base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec<f64>, usize)> {
     let host = base.strip_prefix("http://").context("base is not http://")?;
