@@ -398,12 +398,8 @@ pub struct Answer {
 
 impl Answer {
     /// Its length in bytes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.pieces.iter().map(Bytes::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The text in one piece.
@@ -411,7 +407,7 @@ impl Answer {
         self.pieces.concat()
     }
 
-    pub fn into_pieces(self) -> Vec<Bytes> {
+    pub(crate) fn into_pieces(self) -> Vec<Bytes> {
         self.pieces
     }
 }

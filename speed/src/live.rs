@@ -258,9 +258,7 @@ impl ViewLive {
         if state.batch.is_none() {
             state.floor = floor;
             state.segments.retain(|&first, _| first > floor);
-            let mut latest = self.latest.lock();
-            latest.moment = state.moment();
-            latest.delta = None;
+            self.start_over(&state);
         }
     }
 
@@ -352,6 +350,15 @@ impl ViewLive {
             latest.delta = None; // nobody asks: stop keeping it (the shapes are rebuilt when asked)
         }
         latest.delta.is_some()
+    }
+
+    /// Makes `state` (write-locked, changed other than by a fold) the latest moment, and
+    /// stops keeping the delta: the kept shapes no longer merge what the state holds, so they
+    /// start over when next asked.
+    fn start_over(&self, state: &LiveState) {
+        let mut latest = self.latest.lock();
+        latest.moment = state.moment();
+        latest.delta = None;
     }
 
     /// Makes `state` (write-locked, about to be released) the latest moment, and hands the
@@ -579,10 +586,7 @@ impl ViewLive {
             map.sealed = true;
             state.segments.insert(watermark + 1, Arc::new(map));
         }
-        let mut latest = self.latest.lock();
-        latest.moment = state.moment();
-        latest.delta = None; // the kept shapes merge the old version
-        drop(latest);
+        self.start_over(&state); // the kept shapes merge the old version
         drop(state);
         drop((old_batch, retired)); // freed here, not under the lock
         Ok(true)

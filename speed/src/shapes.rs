@@ -246,7 +246,7 @@ struct MergedRow {
 pub type Text = OnceCell<Box<[u8]>>;
 
 /// A block of kept rows' texts (see [`Bucket::blocks`]), shared with the answers that send it.
-pub type Block = OnceCell<Bytes>;
+type Block = OnceCell<Bytes>;
 
 impl MergedRow {
     fn new(states: Vec<MeasureState>) -> MergedRow {
