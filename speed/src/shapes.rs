@@ -370,10 +370,14 @@ impl<'a> BucketRows<'a> {
     pub fn block(&self, index: usize, mut write: impl FnMut(&GroupKey, &[Value]) -> Box<[u8]>) -> &'a Bytes {
         self.bucket.blocks[index].get_or_init(|| {
             let places = self.bucket.places.chunks(BLOCK_ROWS).nth(index).expect("a block of the bucket");
-            let mut block = Vec::new();
-            for (key, values, text) in self.rows_in(places) {
+            let texts: Vec<&[u8]> =
+                self.rows_in(places).map(|(key, values, text)| &**text.get_or_init(|| write(key, values))).collect();
+            // at its size at once: grown row by row, a block moved several times and took
+            // fresh pages for each size (session 25 in `bench/HISTORY.md`)
+            let mut block = Vec::with_capacity(texts.iter().map(|t| t.len() + 1).sum());
+            for text in texts {
                 block.push(b',');
-                block.extend_from_slice(text.get_or_init(|| write(key, values)));
+                block.extend_from_slice(text);
             }
             Bytes::from(block)
         })
