@@ -355,7 +355,7 @@ pub fn merge_states<'a>(into: &mut [MeasureState], from: impl IntoIterator<Item 
 }
 
 /// Merges every group of `from` into `into`.
-pub fn merge_groups(into: &mut Groups, from: &Groups) {
+pub fn merge_groups<'a>(into: &mut Groups, from: impl IntoIterator<Item = (&'a GroupKey, &'a Vec<MeasureState>)>) {
     for (key, states) in from {
         match into.get_mut(key) {
             Some(existing) => merge_states(existing, states),

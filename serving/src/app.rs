@@ -131,7 +131,11 @@ impl AppState {
                 tandem_batch::Error::NotFound(format!("version {version} of view {:?}", view.spec.name))
             })?;
         let groups = load_version(&self.env.store, view, &record.files).await?;
-        Ok(BatchSnapshot::new(version, record.watermark, Some(format_timestamp(record.created_at)), groups))
+        let finished_at = Some(format_timestamp(record.created_at));
+        // putting the groups in order of bucket sorts them: not on an async worker
+        tokio::task::spawn_blocking(move || BatchSnapshot::new(version, record.watermark, finished_at, groups))
+            .await
+            .map_err(|e| tandem_batch::Error::Invalid(format!("loading version {version}: {e}")))
     }
 
     /// Installs version `version` of a view if it is newer than what the view serves.

@@ -144,14 +144,28 @@ impl Plan {
         }
     }
 
-    /// Whether `[from, to)` cuts through an output bucket (only the buckets holding `from`
-    /// or the end of the range can be cut).
+    /// Whether `[from, to)` cuts through an output bucket.
     fn cuts_buckets(&self, view: Granularity) -> bool {
-        let candidates = [self.from, self.to.map(|t| t - 1)];
-        match self.shape.granularity {
-            Granularity::All => self.from.is_some() || self.to.is_some(),
-            g => candidates.iter().flatten().any(|&t| self.span(view, g.truncate(t)) == Span::Edge),
+        match self.cut_buckets(view) {
+            Some(cut) => !cut.is_empty(),
+            None => self.from.is_some() || self.to.is_some(),
         }
+    }
+
+    /// The output buckets `[from, to)` cuts through (only those holding `from` or the end of
+    /// the range can be), each as the range of view buckets it holds; `None` for one bucket
+    /// for all time, which any range cuts.
+    fn cut_buckets(&self, view: Granularity) -> Option<Vec<(i64, i64)>> {
+        let width = self.shape.granularity.width()?;
+        let mut cut: Vec<(i64, i64)> = [self.from, self.to.map(|t| t - 1)]
+            .into_iter()
+            .flatten()
+            .map(|t| self.shape.granularity.truncate(t))
+            .filter(|&bucket| self.span(view, bucket) == Span::Edge)
+            .map(|bucket| (bucket, bucket + width))
+            .collect();
+        cut.dedup();
+        Some(cut)
     }
 
     fn range(&self) -> Range {
@@ -327,7 +341,12 @@ fn answer_plan(live: &ViewLive, plan: Plan) -> Result<Answer, ApiError> {
         }
         let mut edges = Groups::default();
         if let Some(batch) = batch {
-            plan.shape.fold(plan.range(), batch.groups.iter().filter(|(k, _)| on_edge(k)), &mut edges);
+            match plan.cut_buckets(view.spec.granularity) {
+                Some(cut) => cut.into_iter().for_each(|(from, to)| {
+                    plan.shape.fold(plan.range(), batch.groups_in(from, to).filter(|(k, _)| on_edge(k)), &mut edges)
+                }),
+                None => plan.shape.fold(plan.range(), batch.groups.iter().filter(|(k, _)| on_edge(k)), &mut edges),
+            }
         }
         let mut rows = Vec::with_capacity(edges.len() + speed_edges.len());
         for (key, mut states) in edges {

@@ -27,8 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
-use tandem_model::agg::{GroupKey, Groups, fold_row, merge_groups, merge_states};
+use tandem_model::agg::{GroupKey, Groups, MeasureState, fold_row, merge_groups, merge_states};
 use tandem_model::log;
 use tandem_model::view::{CompiledView, DAY};
 use tandem_model::{Row, Value};
@@ -63,15 +64,33 @@ pub struct BatchSnapshot {
     pub watermark: u64,
     /// When the run that made it finished, RFC 3339.
     pub finished_at: Option<String>,
-    pub groups: Groups,
+    /// In order of bucket (see [`groups_in`](Self::groups_in)).
+    pub groups: BucketOrdered,
     /// The newest event day (days since the epoch, UTC) the version holds groups for.
     pub newest_day: Option<i64>,
 }
 
+/// Groups in order of bucket.
+pub type BucketOrdered = IndexMap<GroupKey, Vec<MeasureState>, foldhash::fast::RandomState>;
+
 impl BatchSnapshot {
+    /// Puts `groups` in order of bucket (a sort of the version's groups, once per version).
     pub fn new(version: i64, watermark: u64, finished_at: Option<String>, groups: Groups) -> BatchSnapshot {
-        let newest_day = groups.keys().map(|k| k.bucket.div_euclid(DAY)).max();
+        let mut groups: BucketOrdered = groups.into_iter().collect();
+        groups.sort_unstable_by(|a, _, b, _| a.bucket.cmp(&b.bucket));
+        let newest_day = groups.last().map(|(k, _)| k.bucket.div_euclid(DAY));
         BatchSnapshot { version, watermark, finished_at, groups, newest_day }
+    }
+
+    /// The groups whose bucket starts in `[from, to)`, without visiting any other: a query
+    /// whose range cuts an output bucket (the 30 days before now cut the first day) folds the
+    /// version's groups of that bucket afresh, and finding them among all of them was 2 ms of
+    /// every such query over 50 M events (session 25 in `bench/HISTORY.md`).
+    pub fn groups_in(&self, from: i64, to: i64) -> impl Iterator<Item = (&GroupKey, &Vec<MeasureState>)> {
+        let groups = self.groups.as_slice();
+        let start = groups.partition_point(|k, _| k.bucket < from);
+        let end = groups.partition_point(|k, _| k.bucket < to).max(start);
+        groups[start..end].iter()
     }
 }
 
@@ -1210,5 +1229,27 @@ mod tests {
         assert!(!live.publish(BatchSnapshot { version: 1, watermark: 9, ..Default::default() }, no_rebuild).unwrap());
         assert!(live.publish(BatchSnapshot { version: 1, watermark: 10, ..Default::default() }, no_rebuild).unwrap());
         assert!(live.read(LiveState::is_ready));
+    }
+
+    #[test]
+    fn a_version_finds_the_groups_of_a_range_of_buckets_and_no_other() {
+        let hour = 3_600_000_000;
+        // buckets given out of order, several groups in some, one before 1970
+        let buckets = [5, -3, 2, 5, 0, 9, 2, 2, 7];
+        let groups: Groups = buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (GroupKey { bucket: b * hour, dims: vec![Value::Int(i as i64)] }, vec![]))
+            .collect();
+        let snapshot = BatchSnapshot::new(1, 1, None, groups);
+        assert_eq!(snapshot.newest_day, Some(0));
+        for (from, to) in [(2, 3), (-5, 1), (3, 5), (0, 100), (6, 6), (8, 2), (-3, 10), (10, 20)] {
+            let mut found: Vec<i64> =
+                snapshot.groups_in(from * hour, to * hour).map(|(k, _)| k.bucket / hour).collect();
+            found.sort();
+            let mut expected: Vec<i64> = buckets.iter().copied().filter(|b| (from..to).contains(b)).collect();
+            expected.sort();
+            assert_eq!(found, expected, "[{from}, {to})");
+        }
     }
 }

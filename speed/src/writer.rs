@@ -850,7 +850,8 @@ mod tests {
         let installed = live.publish(snapshot, |after, to| live.fold_log(dir.path(), after, to)).unwrap();
         assert!(installed);
         let all = live.read(|s| {
-            let mut all = s.batch.as_ref().unwrap().groups.clone();
+            let mut all = Groups::default();
+            merge_groups(&mut all, &s.batch.as_ref().unwrap().groups);
             s.segments.values().for_each(|seg| merge_groups(&mut all, &seg.groups));
             assert!(s.segments.keys().all(|&k| k > watermark));
             all
