@@ -326,9 +326,13 @@ fn answer_plan(live: &ViewLive, plan: Plan) -> Result<Answer, ApiError> {
             "late_events": moment.late_events,
         }))
     };
-    // the speed groups on the cut buckets (under the view's lock)
+    // the speed groups on the cut buckets (under the view's lock), if it may hold any
     let speed_edges = |state: &LiveState| {
         let mut speed_edges = Groups::default();
+        let cut = plan.cut_buckets(view.spec.granularity);
+        if cut.is_some_and(|cut| !cut.iter().any(|&(from, to)| state.may_hold(from, to))) {
+            return speed_edges;
+        }
         for segment in state.segments.values() {
             plan.shape.fold(plan.range(), segment.groups.iter().filter(|(k, _)| on_edge(k)), &mut speed_edges);
         }
