@@ -182,11 +182,8 @@ impl MeasureState {
     /// what DataFusion asks of an aggregate after every batch to account its memory.
     pub fn heap_size(&self) -> usize {
         match self {
-            // a string of up to 24 bytes lies inline, in the state itself
-            MeasureState::Min(Some(Value::String(s))) | MeasureState::Max(Some(Value::String(s)))
-                if s.is_heap_allocated() =>
-            {
-                s.capacity()
+            MeasureState::Min(Some(Value::String(s))) | MeasureState::Max(Some(Value::String(s))) => {
+                if s.is_heap_allocated() { s.capacity() } else { 0 }
             }
             MeasureState::Distinct(d) => d.heap_size(),
             MeasureState::Percentile { sketch, .. } => sketch.heap_size(),
