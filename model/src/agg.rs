@@ -182,9 +182,7 @@ impl MeasureState {
     /// what DataFusion asks of an aggregate after every batch to account its memory.
     pub fn heap_size(&self) -> usize {
         match self {
-            MeasureState::Min(Some(Value::String(s))) | MeasureState::Max(Some(Value::String(s))) => {
-                if s.is_heap_allocated() { s.capacity() } else { 0 }
-            }
+            MeasureState::Min(Some(Value::String(s))) | MeasureState::Max(Some(Value::String(s))) => s.capacity(),
             MeasureState::Distinct(d) => d.heap_size(),
             MeasureState::Percentile { sketch, .. } => sketch.heap_size(),
             _ => 0,

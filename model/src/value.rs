@@ -4,18 +4,12 @@ use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use compact_str::CompactString;
 
 /// One typed value. Timestamps are UTC microseconds since the epoch.
-///
-/// Strings of up to 24 bytes are held inline ([`CompactString`]): a dimension value such as
-/// a country code or a path is then no allocation when an event is decoded, and comparing a
-/// group key with a row reads the key's values where they lie instead of following a pointer
-/// per string (a cache miss each, on the speed layer's hottest path).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Null,
-    String(CompactString),
+    String(String),
     Int(i64),
     Float(f64),
     Bool(bool),
@@ -40,7 +34,7 @@ impl ValueRef<'_> {
     pub fn into_value(self) -> Value {
         match self {
             ValueRef::Null => Value::Null,
-            ValueRef::String(s) => Value::String(s.into()),
+            ValueRef::String(s) => Value::String(s.to_string()),
             ValueRef::Int(i) => Value::Int(i),
             ValueRef::Float(f) => Value::Float(f),
             ValueRef::Bool(b) => Value::Bool(b),

@@ -716,7 +716,7 @@ mod tests {
         let rows: Vec<Row> = events
             .iter()
             .map(|(k, n, minute)| {
-                vec![Value::String((*k).into()), Value::Int(*n), Value::Timestamp(minute * 60_000_000)]
+                vec![Value::String(k.to_string()), Value::Int(*n), Value::Timestamp(minute * 60_000_000)]
             })
             .collect();
         let mask = rows[from..].iter().map(|r| matches!(r[1], Value::Int(n) if n >= 0)).collect();

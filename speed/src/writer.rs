@@ -753,9 +753,8 @@ mod tests {
             .map(|i| {
                 let (w, live) = (writer.clone(), live.clone());
                 tokio::spawn(async move {
-                    let rows = (0..2000).map(|j| {
-                        vec![Value::String(format!("e{i}-{j}").into()), Value::Int(j), Value::Timestamp(i * day)]
-                    });
+                    let rows = (0..2000)
+                        .map(|j| vec![Value::String(format!("e{i}-{j}")), Value::Int(j), Value::Timestamp(i * day)]);
                     assert_eq!(w.append(rows.collect(), None).await.unwrap().accepted, 2000);
                     let counts = live.read(|s| {
                         let groups = s.segments.values().flat_map(|m| m.groups.iter());
