@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -260,27 +260,34 @@ async fn ingest_throughput(
     Ok((sent as f64 / start.elapsed().as_secs_f64(), sent))
 }
 
+/// A `go_on` for [`ack_latencies`]: for `seconds` from now.
+fn for_seconds(seconds: u64) -> impl Fn() -> bool {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    move || Instant::now() < deadline
+}
+
 /// Seconds of load, not counted, before the ack latency section when it runs without the
 /// ingest section before it.
 const ACK_WARM_UP_SECONDS: u64 = 2;
 
-/// Open-loop ingest at `rate` events/s; returns sorted acknowledgement latencies (ms).
+/// Open-loop ingest at `rate` events/s for as long as `go_on()` says so; returns sorted
+/// acknowledgement latencies (ms).
 async fn ack_latencies(
     http: &reqwest::Client,
     base: &str,
     bodies: &[Bytes],
     per_body: usize,
     rate: f64,
-    seconds: u64,
+    go_on: impl Fn() -> bool,
 ) -> anyhow::Result<Vec<f64>> {
     let url = format!("{base}/v1/datasets/pageviews/events");
     let interval = Duration::from_secs_f64(per_body as f64 / rate);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut lat = Vec::new();
     let mut i = 0;
-    while Instant::now() < deadline && tasks.len() < 10_000 {
+    while go_on() && tasks.len() < 10_000 {
         ticker.tick().await;
         let (http, url, body) = (http.clone(), url.clone(), bodies[i % bodies.len()].clone());
         i += 1;
@@ -289,8 +296,10 @@ async fn ack_latencies(
             post(&http, &url, body).await?;
             anyhow::Ok(t.elapsed().as_secs_f64() * 1000.0)
         });
+        while let Some(r) = tasks.try_join_next() {
+            lat.push(r??);
+        }
     }
-    let mut lat = Vec::new();
     while let Some(r) = tasks.join_next().await {
         lat.push(r??);
     }
@@ -455,13 +464,13 @@ async fn main() -> anyhow::Result<()> {
         // of load faulting in fresh memory (`clear_page_erms` was 46 % of the writer's samples
         // in session 21's profile); after the ingest section it has done that already, so a
         // section run alone is warmed up the same way before it is measured.
-        ack_latencies(&http, &base, &bodies_1k, 1000, ack_rate, ACK_WARM_UP_SECONDS).await?;
+        ack_latencies(&http, &base, &bodies_1k, 1000, ack_rate, for_seconds(ACK_WARM_UP_SECONDS)).await?;
         report.notes.push(format!(
             "the ack latency section ran without the ingest section: {ACK_WARM_UP_SECONDS} s at the same rate were sent first and not counted"
         ));
     }
     for _ in 0..args.runs * args.runs("ack") as usize {
-        let lat = ack_latencies(&http, &base, &bodies_1k, 1000, ack_rate, args.seconds).await?;
+        let lat = ack_latencies(&http, &base, &bodies_1k, 1000, ack_rate, for_seconds(args.seconds)).await?;
         report.add("ack latency: events/s offered", "events/s", ack_rate);
         report.add("ack latency p50 at half max (1,000-event batches)", "ms", percentile(&lat, 0.5));
         report.add("ack latency p99 at half max (1,000-event batches)", "ms", percentile(&lat, 0.99));
@@ -570,9 +579,16 @@ async fn main() -> anyhow::Result<()> {
     println!("merged query latency while ingesting 200,000 events/s");
     let n = args.ingest_queries.unwrap_or(args.queries / 4);
     for _ in 0..args.runs * args.runs("queries") as usize {
+        // the load runs until the last query below has its answer, so that every query timed
+        // here is one answered under ingest (with a fixed duration, the 30-day queries, each
+        // followed by parsing its answer, outlasted the load: session 27 in `bench/HISTORY.md`)
         let (h, b, bodies) = (http.clone(), base.clone(), bodies_1k.clone());
-        let secs = args.seconds.max(3) * 3;
-        let load = tokio::spawn(async move { ack_latencies(&h, &b, &bodies, 1000, 200_000.0, secs).await });
+        let querying = Arc::new(AtomicBool::new(true));
+        let go_on = {
+            let querying = querying.clone();
+            move || querying.load(Ordering::Relaxed)
+        };
+        let load = tokio::spawn(async move { ack_latencies(&h, &b, &bodies, 1000, 200_000.0, go_on).await });
         tokio::time::sleep(Duration::from_millis(500)).await;
         for (name, q) in &dashboards {
             let (lat, _) = query_latencies(&base, q, n).await?;
@@ -582,7 +598,12 @@ async fn main() -> anyhow::Result<()> {
         let lat = round_trips(&base, n).await?;
         report.add("round trip p50, under ingest: GET /healthz", "ms", percentile(&lat, 0.5));
         report.add("round trip p99, under ingest: GET /healthz", "ms", percentile(&lat, 0.99));
+        let loading = !load.is_finished();
+        querying.store(false, Ordering::Relaxed);
         load.await??;
+        if !loading {
+            bail!("the ingest load stopped (10,000 requests in flight) before the queries timed under it ended");
+        }
     }
 
     if let Some(rss) = server.peak_rss_bytes() {
