@@ -24,7 +24,7 @@ use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states};
 use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
 use tandem_model::{FieldType, Granularity, Value};
-use tandem_speed::shapes::{Range, Shape, Text};
+use tandem_speed::shapes::{Range, Shape};
 use tandem_speed::{BatchSnapshot, LiveState, Moment, ViewLive};
 
 use crate::api::error::ApiError;
@@ -263,10 +263,10 @@ fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {
 /// Output buckets wholly inside `[from, to)` are read from the view's kept rows for the
 /// query's shape (batch and speed merged, up to date). The at most two output buckets the
 /// range cuts through are folded afresh from the version's groups and the speed groups. Kept
-/// rows come in answer order and are referred to, never copied; each is written as its cached
-/// text (see [`tandem_speed::shapes::Text`]), made when first written, and without `order_by`
-/// or `limit` each whole bucket's rows as their kept blocks of text, which the answer shares
-/// (see [`Answer`]).
+/// rows come in answer order and are referred to, never copied; each is written as its kept
+/// text, made again only once an event reached the row (see
+/// [`tandem_speed::shapes::Merged::fresh`]), and without `order_by` or `limit` each whole
+/// bucket's rows as their kept blocks of text, which the answer shares (see [`Answer`]).
 pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Answer, ApiError> {
     prepare(live, request)?.answer(live)
 }
@@ -376,27 +376,25 @@ fn answer_plan(live: &ViewLive, plan: Plan) -> Result<Answer, ApiError> {
             let freshness = freshness(moment)?;
             let edges = edges(moment.batch.as_deref(), speed_edges);
             let whole = |bucket: i64| span(bucket) == Span::Whole;
+            let mut body = body(edges.len());
             if !plan.order.is_empty() || plan.limit.is_some() {
-                let kept = merged.rows(whole).map(|(k, v, t)| (k, v, Some(t))).collect();
+                let fresh = merged.fresh(whole, |key, values, out| body.render.write(out, key, values), false);
+                let kept = fresh.rows().map(|(k, v, t)| (k, v, Some(t))).collect();
                 let rows = in_order(&plan, kept, edge_rows(&edges));
-                let mut body = body(rows.len());
                 rows.into_iter().for_each(|row| body.row(row));
                 return body.finish(&freshness);
             }
             // in bucket order: each whole bucket as its kept blocks of text, the edge rows
             // (in buckets of their own) between them
-            let mut body = body(edges.len());
+            let fresh = merged.fresh(whole, |key, values, out| body.render.write(out, key, values), true);
             let mut edges = edge_rows(&edges);
             edges.sort_unstable_by(|a, b| a.0.total_cmp(b.0));
             let mut edges = edges.into_iter().peekable();
-            for bucket in merged.buckets(whole) {
+            for bucket in fresh.buckets() {
                 while let Some(edge) = edges.next_if(|edge| edge.0.bucket < bucket.start) {
                     body.row(edge);
                 }
-                for block in 0..bucket.block_count() {
-                    let block = bucket.block(block, |key, values| body.render.text(key, values));
-                    body.block(block);
-                }
+                bucket.blocks().for_each(|block| body.block(block));
             }
             edges.for_each(|edge| body.row(edge));
             body.finish(&freshness)
@@ -449,11 +447,11 @@ impl Body {
         Body { pieces: Vec::new(), out, render, first: true }
     }
 
-    /// Writes a row: a kept row as its text (made when first written), any other afresh.
+    /// Writes a row: a kept row as its kept text, any other afresh.
     fn row(&mut self, (key, values, text): OutRow<'_>) {
         self.separate();
         match text {
-            Some(text) => self.out.extend_from_slice(text.get_or_init(|| self.render.text(key, values))),
+            Some(text) => self.out.extend_from_slice(text),
             None => self.render.write(&mut self.out, key, values),
         }
     }
@@ -490,7 +488,7 @@ fn edge_rows(edges: &[(GroupKey, Vec<Value>)]) -> Vec<OutRow<'_>> {
 }
 
 /// A row of an answer: its key and measure values, and for a kept row its text, kept.
-type OutRow<'a> = (&'a GroupKey, &'a [Value], Option<&'a Text>);
+type OutRow<'a> = (&'a GroupKey, &'a [Value], Option<&'a [u8]>);
 
 /// The rows in the query's order, the first `limit` of them. `kept` come in bucket and
 /// dimension order (see [`tandem_speed::shapes::Merged::rows`]), so without an `order_by`
@@ -560,8 +558,6 @@ struct RowWriter {
     /// The bucket last written and its JSON text: rows come mostly in bucket order, so each
     /// bucket's time is formatted about once.
     last_bucket: (i64, Vec<u8>),
-    /// Where a kept row's text is written before it is kept at its exact size.
-    scratch: Vec<u8>,
 }
 
 impl RowWriter {
@@ -578,7 +574,6 @@ impl RowWriter {
             dims: dims.iter().map(|name| key(name)).collect(),
             measures: measures.iter().map(|name| key(name)).collect(),
             last_bucket: (i64::MIN, Vec::new()),
-            scratch: Vec::new(),
         }
     }
 
@@ -602,16 +597,6 @@ impl RowWriter {
         }
         out.push(b'}');
     }
-
-    /// A kept row's text, at its exact size.
-    fn text(&mut self, key: &GroupKey, values: &[Value]) -> Box<[u8]> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        self.write(&mut scratch, key, values);
-        let text = Box::from(scratch.as_slice());
-        self.scratch = scratch;
-        text
-    }
 }
 
 /// Appends `value` as JSON.
@@ -628,7 +613,7 @@ mod tests {
     }
 
     /// Rows are written as JSON objects with their columns in order, values escaped as JSON
-    /// requires, and a kept row's text the same as a row written straight into an answer.
+    /// requires.
     #[test]
     fn rows_are_written_as_json_objects_in_column_order() {
         let hour = 3_600_000_000;
@@ -636,8 +621,7 @@ mod tests {
         let mut out = Vec::new();
         render.write(&mut out, &key(hour, &["U\"S", "/p/\u{e9}\n"]), &[Value::Int(3), Value::Float(1.5), Value::Null]);
         out.push(b',');
-        let kept = render.text(&key(2 * hour, &["DE", "/"]), &[Value::Int(-1), Value::Float(0.25), Value::Int(7)]);
-        out.extend_from_slice(&kept);
+        render.write(&mut out, &key(2 * hour, &["DE", "/"]), &[Value::Int(-1), Value::Float(0.25), Value::Int(7)]);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             concat!(
@@ -650,6 +634,8 @@ mod tests {
         all.write(&mut out, &key(0, &[]), &[Value::Int(9)]);
         assert_eq!(out, br#"{"views":9}"#);
         let mut none = RowWriter::new(false, &[], &[]);
-        assert_eq!(&*none.text(&key(0, &[]), &[]), b"{}");
+        let mut out = Vec::new();
+        none.write(&mut out, &key(0, &[]), &[]);
+        assert_eq!(out, b"{}");
     }
 }

@@ -684,7 +684,7 @@ impl ViewLive {
         &self,
         shape: &Shape,
         edges: Option<impl FnOnce(&LiveState) -> Groups>,
-        answer: impl FnOnce(&Moment, Groups, &Merged) -> T,
+        answer: impl FnOnce(&Moment, Groups, &mut Merged) -> T,
     ) -> T {
         let started = Instant::now();
         let mut shapes = self.shapes.lock();
@@ -765,7 +765,7 @@ impl ViewLive {
         let built_at = Instant::now();
         kept.catch_up(&self.view, shape, &mut merged);
         let caught_up_at = Instant::now();
-        let answered = answer(&moment, speed_edges, &merged);
+        let answered = answer(&moment, speed_edges, &mut merged);
         if started.elapsed() >= SLOW_QUERY {
             // where a slow query spent its time, for `TANDEM_LOG=tandem_speed=debug`
             let ms = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64() * 1e3;
@@ -782,6 +782,7 @@ impl ViewLive {
                 from_base,
                 catch_up_ms = ms(built_at, caught_up_at),
                 answer_ms = caught_up_at.elapsed().as_secs_f64() * 1e3,
+                rows_made = merged.made,
                 "slow query"
             );
         }
@@ -1002,9 +1003,7 @@ mod tests {
 
     /// The rows a kept shape answers with, read through [`ViewLive::query`].
     fn shape_rows(live: &ViewLive, shape: &Shape) -> Vec<(GroupKey, Vec<Value>)> {
-        let mut rows: Vec<_> = live.query(shape, None::<fn(&LiveState) -> Groups>, |_, _, merged| {
-            merged.rows(|_| true).map(|(k, v, _)| (k.clone(), v.to_vec())).collect()
-        });
+        let mut rows: Vec<_> = live.query(shape, None::<fn(&LiveState) -> Groups>, |_, _, merged| merged.values());
         rows.sort_by_key(|(k, _)| k.bucket);
         rows
     }
@@ -1097,7 +1096,7 @@ mod tests {
         let asking = Arc::clone(&live);
         let query = std::thread::spawn(move || {
             let answer = asking.query(&all, None::<fn(&LiveState) -> Groups>, |moment, _, merged| {
-                (moment.speed_events, merged.rows(|_| true).map(|(k, v, _)| (k.clone(), v.to_vec())).collect())
+                (moment.speed_events, merged.values())
             });
             tx.send(answer).unwrap();
         });
@@ -1122,7 +1121,7 @@ mod tests {
         let all = Shape::new(Granularity::All, vec![], vec![], vec![0, 1]);
         let answer = |live: &ViewLive| {
             live.query(&all, None::<fn(&LiveState) -> Groups>, |moment, _, merged| {
-                let values: Vec<Value> = merged.rows(|_| true).flat_map(|(_, v, _)| v.to_vec()).collect();
+                let values: Vec<Value> = merged.values().into_iter().flat_map(|(_, v)| v).collect();
                 (moment.speed_events, values)
             })
         };
