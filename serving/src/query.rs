@@ -378,7 +378,7 @@ fn answer_plan(live: &ViewLive, plan: Plan) -> Result<Answer, ApiError> {
             let whole = |bucket: i64| span(bucket) == Span::Whole;
             let mut body = body(edges.len());
             if !plan.order.is_empty() || plan.limit.is_some() {
-                let fresh = merged.fresh(whole, |key, values, out| body.render.write(out, key, values), false);
+                let fresh = merged.fresh(whole, |key, values, out| body.render.write(out, key, values));
                 let kept = fresh.rows().map(|(k, v, t)| (k, v, Some(t))).collect();
                 let rows = in_order(&plan, kept, edge_rows(&edges));
                 rows.into_iter().for_each(|row| body.row(row));
@@ -386,7 +386,7 @@ fn answer_plan(live: &ViewLive, plan: Plan) -> Result<Answer, ApiError> {
             }
             // in bucket order: each whole bucket as its kept blocks of text, the edge rows
             // (in buckets of their own) between them
-            let fresh = merged.fresh(whole, |key, values, out| body.render.write(out, key, values), true);
+            let fresh = merged.fresh(whole, |key, values, out| body.render.write(out, key, values));
             let mut edges = edge_rows(&edges);
             edges.sort_unstable_by(|a, b| a.0.total_cmp(b.0));
             let mut edges = edges.into_iter().peekable();
