@@ -353,7 +353,10 @@ impl Merged {
                 let mut ends = Vec::with_capacity(places.len());
                 let text = if run.made {
                     // the rows no event reached are copied, in stretches between those reached
-                    let (old, mut text) = (&run.text, Vec::with_capacity(run.text.len() + 64));
+                    // (room for each reached row to grow by a few characters: a Vec grown past
+                    // its capacity would keep twice the run's size)
+                    let room = 16 * run.stale.count_ones() as usize;
+                    let (old, mut text) = (&run.text, Vec::with_capacity(run.text.len() + room));
                     let (mut copied, mut grown) = (0, 0_i64);
                     for (i, &end) in run.ends.iter().enumerate() {
                         if run.stale & (1 << i) != 0 {
