@@ -357,11 +357,12 @@ fn answer_plan(live: &ViewLive, plan: Plan) -> Result<Answer, ApiError> {
         );
         rows
     };
-    let body = |rows: usize| {
+    let writer = || {
         let dims: Vec<&str> = plan.shape.group.iter().map(|&g| view.spec.dimensions[g].as_str()).collect();
         let measures: Vec<&str> = plan.shape.measures.iter().map(|&m| view.measures[m].0.name.as_str()).collect();
-        Body::new(RowWriter::new(plan.shape.granularity != Granularity::All, &dims, &measures), rows)
+        RowWriter::new(plan.shape.granularity != Granularity::All, &dims, &measures)
     };
+    let body = |rows: usize| Body::new(writer(), rows);
     // one bucket for all time, and a range: every row is an edge, so a kept shape would
     // never be read (and would still have every delta merged into it)
     if plan.shape.granularity == Granularity::All && cuts {
@@ -376,16 +377,18 @@ fn answer_plan(live: &ViewLive, plan: Plan) -> Result<Answer, ApiError> {
             let freshness = freshness(moment)?;
             let edges = edges(moment.batch.as_deref(), speed_edges);
             let whole = |bucket: i64| span(bucket) == Span::Whole;
-            let mut body = body(edges.len());
             if !plan.order.is_empty() || plan.limit.is_some() {
-                let fresh = merged.fresh(whole, |key, values, out| body.render.write(out, key, values));
+                let mut render = writer();
+                let fresh = merged.fresh(whole, |key, values, out| render.write(out, key, values));
                 let kept = fresh.rows().map(|(k, v, t)| (k, v, Some(t))).collect();
                 let rows = in_order(&plan, kept, edge_rows(&edges));
+                let mut body = Body::new(render, rows.len());
                 rows.into_iter().for_each(|row| body.row(row));
                 return body.finish(&freshness);
             }
             // in bucket order: each whole bucket as its kept blocks of text, the edge rows
             // (in buckets of their own) between them
+            let mut body = body(edges.len());
             let fresh = merged.fresh(whole, |key, values, out| body.render.write(out, key, values));
             let mut edges = edge_rows(&edges);
             edges.sort_unstable_by(|a, b| a.0.total_cmp(b.0));
@@ -491,7 +494,7 @@ fn edge_rows(edges: &[(GroupKey, Vec<Value>)]) -> Vec<OutRow<'_>> {
 type OutRow<'a> = (&'a GroupKey, &'a [Value], Option<&'a [u8]>);
 
 /// The rows in the query's order, the first `limit` of them. `kept` come in bucket and
-/// dimension order (see [`tandem_speed::shapes::Merged::rows`]), so without an `order_by`
+/// dimension order (see [`tandem_speed::shapes::Fresh::rows`]), so without an `order_by`
 /// the few edge rows are merged into them rather than all sorted.
 fn in_order<'a>(plan: &Plan, kept: Vec<OutRow<'a>>, mut edges: Vec<OutRow<'a>>) -> Vec<OutRow<'a>> {
     if !plan.order.is_empty() {

@@ -337,6 +337,10 @@ impl Merged {
         mut render: impl FnMut(&GroupKey, &[Value], &mut Vec<u8>),
     ) -> Fresh<'_, K> {
         let mut made = 0;
+        // where a run with no text yet is written, to be kept at its size (grown row by row,
+        // a run's text moved several times and took fresh pages for each size: session 25 in
+        // `bench/HISTORY.md`)
+        let mut scratch = Vec::new();
         let Merged { rows, buckets, .. } = &mut *self;
         for bucket in buckets.iter_mut().filter(|(start, _)| keep(**start)).map(|(_, b)| b) {
             for (run, places) in bucket.runs.iter_mut().zip(bucket.places.chunks(BLOCK_ROWS)) {
@@ -351,7 +355,7 @@ impl Merged {
                     render(key, values, text);
                 };
                 let mut ends = Vec::with_capacity(places.len());
-                let text = if run.made {
+                let text: Bytes = if run.made {
                     // the rows no event reached are copied, in stretches between those reached
                     // (room for each reached row to grow by a few characters: a Vec grown past
                     // its capacity would keep twice the run's size)
@@ -369,17 +373,16 @@ impl Merged {
                         ends.push((end as i64 + grown) as u32);
                     }
                     text.extend_from_slice(&old[copied..]);
-                    text
+                    text.into()
                 } else {
-                    let mut text = Vec::new();
+                    scratch.clear();
                     for i in 0..places.len() {
-                        write(i, &mut text);
-                        ends.push(text.len() as u32);
+                        write(i, &mut scratch);
+                        ends.push(scratch.len() as u32);
                     }
-                    text.shrink_to_fit();
-                    text
+                    Bytes::copy_from_slice(&scratch)
                 };
-                *run = Run { text: Bytes::from(text), ends, stale: 0, made: true };
+                *run = Run { text, ends, stale: 0, made: true };
             }
         }
         self.made = made;
