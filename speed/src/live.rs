@@ -419,10 +419,9 @@ impl ViewLive {
             let events = shapes.push(delta, MAX_QUEUED_ROWS);
             (shapes.for_round(), events)
         };
-        for (shape, kept) in round {
-            kept.try_catch_up(&self.view, &shape); // a shape being answered catches up when asked next
-        }
-        self.shapes.lock().spent(self.name(), thread_cpu_time().saturating_sub(cpu), events);
+        // a shape being answered catches up when asked next
+        let made: usize = round.iter().map(|(shape, kept)| kept.try_catch_up(&self.view, shape)).sum();
+        self.shapes.lock().spent(self.name(), thread_cpu_time().saturating_sub(cpu), events, made);
     }
 
     /// Which of `rows` pass the view's filter; `None` when the view has none.
@@ -765,6 +764,8 @@ impl ViewLive {
         let built_at = Instant::now();
         kept.catch_up(&self.view, shape, &mut merged);
         let caught_up_at = Instant::now();
+        // the answer's own CPU time, against its wall time: how long it waited for a core
+        let answer_cpu = tracing::enabled!(tracing::Level::DEBUG).then(thread_cpu_time);
         let answered = answer(&moment, speed_edges, &mut merged);
         if started.elapsed() >= SLOW_QUERY {
             // where a slow query spent its time, for `TANDEM_LOG=tandem_speed=debug`
@@ -782,6 +783,7 @@ impl ViewLive {
                 from_base,
                 catch_up_ms = ms(built_at, caught_up_at),
                 answer_ms = caught_up_at.elapsed().as_secs_f64() * 1e3,
+                answer_cpu_ms = answer_cpu.map(|cpu| thread_cpu_time().saturating_sub(cpu).as_secs_f64() * 1e3),
                 rows_made = merged.made,
                 "slow query"
             );
