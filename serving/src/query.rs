@@ -377,6 +377,10 @@ fn answer_plan(live: &ViewLive, plan: Plan) -> Result<Answer, ApiError> {
             let freshness = freshness(moment)?;
             let edges = edges(moment.batch.as_deref(), speed_edges);
             let whole = |bucket: i64| span(bucket) == Span::Whole;
+            merged.keep_render(|| {
+                let mut render = writer();
+                Box::new(move |key, values, out| render.write(out, key, values))
+            });
             if !plan.order.is_empty() || plan.limit.is_some() {
                 let mut render = writer();
                 let fresh = merged.fresh(whole, |key, values, out| render.write(out, key, values));

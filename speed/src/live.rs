@@ -411,16 +411,16 @@ impl ViewLive {
     pub fn catch_up(&self) {
         self.catch_up_due.store(false, Ordering::Release);
         let cpu = thread_cpu_time();
-        let (round, events) = {
+        let (round, events, make_behind) = {
             let mut shapes = self.shapes.lock();
             // a delta is kept only from a query on (which made the shapes merge the installed
             // version) until a publish: it is always the shapes' to fold
             let Some(delta) = self.latest.lock().delta.as_mut().map(std::mem::take) else { return };
             let events = shapes.push(delta, MAX_QUEUED_ROWS);
-            (shapes.for_round(), events)
+            (shapes.for_round(), events, shapes.may_make_behind())
         };
         // a shape being answered catches up when asked next
-        let made: usize = round.iter().map(|(shape, kept)| kept.try_catch_up(&self.view, shape)).sum();
+        let made: usize = round.iter().map(|(shape, kept)| kept.try_catch_up(&self.view, shape, make_behind)).sum();
         self.shapes.lock().spent(self.name(), thread_cpu_time().saturating_sub(cpu), events, made);
     }
 

@@ -23,10 +23,10 @@
 //! asked for in [`SHAPES_IDLE`] is dropped, and when the rounds use more than half of a
 //! core's time the least recently asked shape is dropped (a dropped shape is built again when
 //! asked). A row's measure values, and its text in an answer, are cached until an event
-//! reaches it; a round makes the reached rows' values again (at most every [`VALUES_EVERY`]),
-//! a query their text. States fold and merge
-//! exactly, so a kept shape equals one fold of all events at the moment the newest chunk it
-//! folded was queued.
+//! reaches it; a round makes the reached rows' values and text again (at most every
+//! [`VALUES_EVERY`], within its share of a core), and a query those of the rows reached
+//! since. States fold and merge exactly, so a kept shape equals one fold of all events at the
+//! moment the newest chunk it folded was queued.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -54,14 +54,20 @@ pub const SHAPES_IDLE: Duration = Duration::from_secs(60);
 /// [`BUSY_WINDOW`]) before the least recently asked shape is dropped.
 const MAX_BUSY_SHARE: f64 = 0.5;
 
-/// A background round makes the values of a kept shape's rows that events reached (see
-/// [`Merged::make_values`]) at most this often. Under ingest a row of the current day is
-/// reached many times between two queries; made every 10 ms, the 30-day query under ingest
-/// made 0.9 k rows' values itself instead of 5.1-5.8 k, its answer step took 4.0 ms instead of
-/// 6.4-8.1, and the rounds kept a core about 0.1 more of the time busy (20 ms: 1.7 k rows,
-/// 4.5-5.0 ms; 50 ms: 3.7 k rows, 5.9 ms; session 29 in `bench/HISTORY.md`).
+/// A background round makes the values and text of a kept shape's rows that events reached
+/// (see [`Merged::make_behind`]) at most this often, while the rounds are within
+/// [`MAKE_BEHIND_SHARE`]. Under ingest a row of the current day is reached many times between
+/// two queries; the 30-day query under ingest then made 0.9-1.7 k rows' values itself instead
+/// of 5.1-5.8 k, and its answer step took 1.3-3.1 ms instead of 6.4-9.1 (values only: 4.0-4.4
+/// ms; every 20 or 50 ms: fewer rows made ahead, slower answers; session 29 in
+/// `bench/HISTORY.md`).
 const VALUES_EVERY: Duration = Duration::from_millis(10);
 
+/// Background rounds make rows ahead of the queries only while below this share (see
+/// [`Shapes::may_make_behind`]): close under [`MAX_BUSY_SHARE`], so that making rows ahead
+/// never drops a shape (without this bound it dropped one or two in most bench runs; at 0.4
+/// or 0.45 it made few rows on a slow hour, whose folds alone took 0.4 of a core).
+const MAKE_BEHIND_SHARE: f64 = 0.48;
 const BUSY_WINDOW: Duration = Duration::from_secs(1);
 
 /// Events of one request past the view's floor, shared with the writer's group commit: the
@@ -219,6 +225,19 @@ pub struct Merged {
     /// When a background round last made the values of the rows events reached (see
     /// [`make_values`](Self::make_values)).
     values_made: Option<Instant>,
+    /// How the answers write a row's text, for the background rounds to write it too.
+    render: Option<RowText>,
+}
+
+/// Writes a row's text in an answer: the serving layer's JSON writer.
+pub type Render = Box<dyn FnMut(&GroupKey, &[Value], &mut Vec<u8>) + Send>;
+
+struct RowText(Render);
+
+impl std::fmt::Debug for RowText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RowText")
+    }
 }
 
 /// Rows of one run of a bucket's text (see [`Run`]). An event reaching a row makes its run's
@@ -310,7 +329,7 @@ impl Merged {
                 .sort_unstable_by(|&a, &b| rows.get_index(a).unwrap().0.total_cmp(rows.get_index(b).unwrap().0));
             bucket.placed(&mut rows, 0);
         }
-        Merged { rows, buckets, made: 0, values_made: None }
+        Merged { rows, buckets, made: 0, values_made: None, render: None }
     }
 
     fn len(&self) -> usize {
@@ -339,6 +358,22 @@ impl Merged {
         for (key, states) in fresh {
             self.insert(key, MergedRow::new(states));
         }
+    }
+
+    /// Keeps how answers write a row's text (`make`'s, unless one is kept already), so that
+    /// background rounds write the reached rows' text too.
+    pub fn keep_render(&mut self, make: impl FnOnce() -> Render) {
+        self.render.get_or_insert_with(|| RowText(make()));
+    }
+
+    /// Makes the values and text of the rows events reached (with the kept render; without
+    /// one, the values only); returns how many rows.
+    fn make_behind(&mut self) -> usize {
+        let Some(mut render) = self.render.take() else { return self.make_values() };
+        self.values_made = Some(Instant::now());
+        self.fresh(|_| true, &mut render.0);
+        self.render = Some(render);
+        self.made
     }
 
     /// Makes the values of the rows events reached since they were last made (their text
@@ -587,16 +622,16 @@ impl Kept {
     }
 
     /// [`catch_up`](Self::catch_up), unless the rows are locked (being answered from): then
-    /// the events stay queued for the next round or query.
-    /// Then makes the values of the rows events reached (see [`Merged::make_values`]);
-    /// returns how many.
-    pub fn try_catch_up(&self, view: &CompiledView, shape: &Shape) -> usize {
+    /// the events stay queued for the next round or query. Then, if `make_behind`, makes the
+    /// values and text of the rows events reached (see [`Merged::make_behind`]); returns how
+    /// many rows.
+    pub fn try_catch_up(&self, view: &CompiledView, shape: &Shape, make_behind: bool) -> usize {
         let Some(mut merged) = self.merged.try_lock() else { return 0 };
         self.catch_up(view, shape, &mut merged);
-        if merged.values_made.is_some_and(|at| at.elapsed() < VALUES_EVERY) {
+        if !make_behind || merged.values_made.is_some_and(|at| at.elapsed() < VALUES_EVERY) {
             return 0;
         }
-        merged.make_values()
+        merged.make_behind()
     }
 }
 
@@ -740,6 +775,15 @@ impl Shapes {
         idle.iter().for_each(|shape| drop(self.kept.pop(shape)));
         self.fit();
         self.kept.iter().map(|(shape, e)| (shape.clone(), e.kept.clone())).collect()
+    }
+
+    /// Whether the rounds may make the reached rows' values and text (see
+    /// [`Kept::try_catch_up`]): only while they have kept a core less than
+    /// [`MAKE_BEHIND_SHARE`] busy in the current window. Folding the events must be done, making
+    /// rows ahead of the queries need not: it is left to the queries before it could push the
+    /// rounds over [`MAX_BUSY_SHARE`] and drop a shape.
+    pub fn may_make_behind(&self) -> bool {
+        self.busy.as_secs_f64() <= MAKE_BEHIND_SHARE * self.window.elapsed().as_secs_f64()
     }
 
     /// Counts a background round's thread CPU time and the events it queued. When the rounds
@@ -1006,7 +1050,13 @@ mod tests {
             // now and then a background round makes the reached rows' values, and sometimes
             // more events reach rows before they are read
             if next(3) == 0 {
-                merged.make_values();
+                // values only, or values and text as the rounds make them with a kept render
+                if next(2) == 0 {
+                    merged.make_values();
+                } else {
+                    merged.keep_render(|| Box::new(write));
+                    merged.make_behind();
+                }
                 if next(2) == 0 {
                     merged.fold_chunks(&view, &shape, [&chunk(&events[..events.len() / 2], 0)]);
                 }
@@ -1135,7 +1185,7 @@ mod tests {
         assert!(!shapes.contains(&daily), "nobody asked for it lately");
         assert_eq!(round.len(), 2);
         for (s, kept) in &round {
-            kept.try_catch_up(&view, s);
+            kept.try_catch_up(&view, s, true);
         }
         let expected = chunks();
         let expected = |s: &Shape| through_groups(&view, s, &[&expected[0], &expected[1]]);
