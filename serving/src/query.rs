@@ -382,18 +382,17 @@ fn answer_plan(live: &ViewLive, plan: Plan) -> Result<Answer, ApiError> {
                 Box::new(move |key, values, out| render.write(out, key, values))
             });
             if !plan.order.is_empty() || plan.limit.is_some() {
-                let mut render = writer();
-                let fresh = merged.fresh(whole, |key, values, out| render.write(out, key, values));
+                let fresh = merged.fresh(whole);
                 let kept = fresh.rows().map(|(k, v, t)| (k, v, Some(t))).collect();
                 let rows = in_order(&plan, kept, edge_rows(&edges));
-                let mut body = Body::new(render, rows.len());
+                let mut body = body(rows.len());
                 rows.into_iter().for_each(|row| body.row(row));
                 return body.finish(&freshness);
             }
             // in bucket order: each whole bucket as its kept blocks of text, the edge rows
             // (in buckets of their own) between them
             let mut body = body(edges.len());
-            let fresh = merged.fresh(whole, |key, values, out| body.render.write(out, key, values));
+            let fresh = merged.fresh(whole);
             let mut edges = edge_rows(&edges);
             edges.sort_unstable_by(|a, b| a.0.total_cmp(b.0));
             let mut edges = edges.into_iter().peekable();

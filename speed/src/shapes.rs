@@ -24,7 +24,7 @@
 //! core's time the least recently asked shape is dropped (a dropped shape is built again when
 //! asked). A row's measure values, and its text in an answer, are cached until an event
 //! reaches it; a round makes the reached rows' values and text again (at most every
-//! [`VALUES_EVERY`], within its share of a core), and a query those of the rows reached
+//! [`MAKE_BEHIND_EVERY`], within its share of a core), and a query those of the rows reached
 //! since. States fold and merge exactly, so a kept shape equals one fold of all events at the
 //! moment the newest chunk it folded was queued.
 
@@ -61,7 +61,7 @@ const MAX_BUSY_SHARE: f64 = 0.5;
 /// of 5.1-5.8 k, and its answer step took 1.3-3.1 ms instead of 6.4-9.1 (values only: 4.0-4.4
 /// ms; every 20 or 50 ms: fewer rows made ahead, slower answers; session 29 in
 /// `bench/HISTORY.md`).
-const VALUES_EVERY: Duration = Duration::from_millis(10);
+const MAKE_BEHIND_EVERY: Duration = Duration::from_millis(10);
 
 /// Background rounds make rows ahead of the queries only while below this share (see
 /// [`Shapes::may_make_behind`]): close under [`MAX_BUSY_SHARE`], so that making rows ahead
@@ -222,10 +222,10 @@ pub struct Merged {
     buckets: BTreeMap<i64, Bucket>,
     /// How many rows the last [`fresh`](Self::fresh) made again (for the slow-query log).
     pub(crate) made: usize,
-    /// When a background round last made the values of the rows events reached (see
-    /// [`make_values`](Self::make_values)).
-    values_made: Option<Instant>,
-    /// How the answers write a row's text, for the background rounds to write it too.
+    /// When a background round last made the rows events reached (see
+    /// [`make_behind`](Self::make_behind)).
+    made_behind: Option<Instant>,
+    /// How the answers write a row's text; the background rounds write it with the same.
     render: Option<RowText>,
 }
 
@@ -329,7 +329,7 @@ impl Merged {
                 .sort_unstable_by(|&a, &b| rows.get_index(a).unwrap().0.total_cmp(rows.get_index(b).unwrap().0));
             bucket.placed(&mut rows, 0);
         }
-        Merged { rows, buckets, made: 0, values_made: None, render: None }
+        Merged { rows, buckets, made: 0, made_behind: None, render: None }
     }
 
     fn len(&self) -> usize {
@@ -360,57 +360,37 @@ impl Merged {
         }
     }
 
-    /// Keeps how answers write a row's text (`make`'s, unless one is kept already), so that
-    /// background rounds write the reached rows' text too.
+    /// Keeps how answers write a row's text (`make`'s, unless one is kept already): one
+    /// render for every text of these rows, whether an answer or a background round makes it.
     pub fn keep_render(&mut self, make: impl FnOnce() -> Render) {
         self.render.get_or_insert_with(|| RowText(make()));
     }
 
-    /// Makes the values and text of the rows events reached (with the kept render; without
-    /// one, the values only); returns how many rows.
+    /// Makes the values and text of the rows events reached, as an answer would; returns
+    /// how many rows. Nothing before an answer kept its render. A background round does it
+    /// right after folding the events, whose states are then still in its core's cache, so
+    /// that a query finds most rows made.
     fn make_behind(&mut self) -> usize {
-        let Some(mut render) = self.render.take() else { return self.make_values() };
-        self.values_made = Some(Instant::now());
-        self.fresh(|_| true, &mut render.0);
-        self.render = Some(render);
-        self.made
-    }
-
-    /// Makes the values of the rows events reached since they were last made (their text
-    /// stays stale); returns how many. A background round does it right after folding the
-    /// events, whose states are then still in its core's cache, so that a query finds most
-    /// rows' values made and only writes their text.
-    fn make_values(&mut self) -> usize {
-        self.values_made = Some(Instant::now());
-        let Merged { rows, buckets, .. } = self;
-        let mut made = 0;
-        for bucket in buckets.values() {
-            for (run, places) in bucket.runs.iter().zip(bucket.places.chunks(BLOCK_ROWS)) {
-                let mut stale = run.stale;
-                while stale != 0 {
-                    let i = stale.trailing_zeros() as usize;
-                    stale &= stale - 1;
-                    made += usize::from(rows.get_index_mut(places[i]).expect("kept").1.values().1);
-                }
-            }
+        if self.render.is_none() {
+            return 0;
         }
-        made
+        self.made_behind = Some(Instant::now());
+        self.fresh(|_| true);
+        self.made
     }
 
     /// The rows of the output buckets `keep` accepts, to be read: each row an event reached
     /// since it was last read has its values made again, and each run of rows (see [`Run`])
-    /// its text, the text of each such row written with `render`.
-    pub fn fresh<K: Fn(i64) -> bool>(
-        &mut self,
-        keep: K,
-        mut render: impl FnMut(&GroupKey, &[Value], &mut Vec<u8>),
-    ) -> Fresh<'_, K> {
+    /// its text, the text of each such row written with the kept render (see
+    /// [`keep_render`](Self::keep_render), which must have been called).
+    pub fn fresh<K: Fn(i64) -> bool>(&mut self, keep: K) -> Fresh<'_, K> {
         let mut made = 0;
         // where a run with no text yet is written, to be kept at its size (grown row by row,
         // a run's text moved several times and took fresh pages for each size: session 25 in
         // `bench/HISTORY.md`)
         let mut scratch = Vec::new();
-        let Merged { rows, buckets, .. } = &mut *self;
+        let Merged { rows, buckets, render, .. } = &mut *self;
+        let render = &mut render.as_mut().expect("an answer keeps its render before reading rows").0;
         for bucket in buckets.iter_mut().filter(|(start, _)| keep(**start)).map(|(_, b)| b) {
             for (run, places) in bucket.runs.iter_mut().zip(bucket.places.chunks(BLOCK_ROWS)) {
                 if run.made && run.stale == 0 {
@@ -628,7 +608,7 @@ impl Kept {
     pub fn try_catch_up(&self, view: &CompiledView, shape: &Shape, make_behind: bool) -> usize {
         let Some(mut merged) = self.merged.try_lock() else { return 0 };
         self.catch_up(view, shape, &mut merged);
-        if !make_behind || merged.values_made.is_some_and(|at| at.elapsed() < VALUES_EVERY) {
+        if !make_behind || merged.made_behind.is_some_and(|at| at.elapsed() < MAKE_BEHIND_EVERY) {
             return 0;
         }
         merged.make_behind()
@@ -964,13 +944,15 @@ mod tests {
     }
 
     /// Each bucket's text, its blocks joined without the comma before the first row, for
-    /// the buckets `keep` accepts, made fresh with `write`.
+    /// the buckets `keep` accepts, made fresh with `write` (kept as the rows' render in place
+    /// of any other).
     fn texts(
         merged: &mut Merged,
         keep: impl Fn(i64) -> bool,
-        write: impl FnMut(&GroupKey, &[Value], &mut Vec<u8>),
+        write: impl FnMut(&GroupKey, &[Value], &mut Vec<u8>) + Send + 'static,
     ) -> Vec<String> {
-        let fresh = merged.fresh(keep, write);
+        merged.render = Some(RowText(Box::new(write)));
+        let fresh = merged.fresh(keep);
         fresh
             .buckets()
             .map(|bucket| {
@@ -1047,16 +1029,11 @@ mod tests {
                 .collect();
             let events: Vec<(&str, i64, i64)> = events.iter().map(|(k, n, m)| (k.as_str(), *n, *m)).collect();
             merged.fold_chunks(&view, &shape, [&chunk(&events, 0)]);
-            // now and then a background round makes the reached rows' values, and sometimes
-            // more events reach rows before they are read
+            // now and then a background round makes the reached rows (before the first read,
+            // nothing: no render is kept yet), and sometimes more events reach rows before
+            // they are read
             if next(3) == 0 {
-                // values only, or values and text as the rounds make them with a kept render
-                if next(2) == 0 {
-                    merged.make_values();
-                } else {
-                    merged.keep_render(|| Box::new(write));
-                    merged.make_behind();
-                }
+                merged.make_behind();
                 if next(2) == 0 {
                     merged.fold_chunks(&view, &shape, [&chunk(&events[..events.len() / 2], 0)]);
                 }
@@ -1087,8 +1064,9 @@ mod tests {
         merged.fold_chunks(&view, &shape, [&chunk(&events, 0)]);
         // the blocks, held (so that a block made again cannot take a dropped one's address),
         // by address and bytes
+        merged.keep_render(|| Box::new(write));
         let blocks = |merged: &mut Merged| -> Vec<(usize, Bytes)> {
-            let fresh = merged.fresh(|_| true, write);
+            let fresh = merged.fresh(|_| true);
             let bucket = fresh.buckets().next().unwrap();
             bucket.blocks().map(|b| (b.as_ptr() as usize, b.clone())).collect()
         };
