@@ -550,7 +550,7 @@ pub struct Shapes {
     /// queued for the kept shapes.
     busy: Duration,
     busy_events: usize,
-    /// Rows whose values they made.
+    /// Rows they made ahead of the queries, values and text (see [`Merged::make_behind`]).
     busy_values: usize,
     window: Instant,
     /// Bases of shapes asked for since `version` was installed, whether or not the shapes
