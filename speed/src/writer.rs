@@ -315,12 +315,14 @@ struct WriterThread {
 /// background work that nothing waits for, yet it takes a few hundred ms of a core after
 /// each seal; at the writer's priority it took that share of the two cores from the writer
 /// and the request threads, and from the acknowledgements of that moment. Niced, it runs on
-/// what they leave. It holds the view's lock at most about 100 µs at a time
-/// (`COALESCE_SLICE`); should it be preempted inside a slice, a writer blocked on that lock
-/// leaves a core free that it can resume on (unless the request threads take that core
-/// first: the measured p99s are the judge, and session 30's suite saw the writer wait up to
-/// 28 ms for the view's lock while a merge ran).
-const COALESCE_NICENESS: i32 = 10;
+/// what they leave, the nicest a thread can be. It holds the view's lock at most about
+/// 100 µs at a time (`COALESCE_SLICE`) and then rests (`COALESCE_REST`); should it be
+/// preempted inside a slice, a writer blocked on that lock leaves a core free that it can
+/// resume on (unless the request threads take that core first: the measured p99s are the
+/// judge). Session 30's suite saw the writer wait up to 28 ms for the view's lock while a
+/// merge ran at nice 10; session 32's alternated runs, at nice 19 with the rest, had fewer
+/// slow acknowledgements than at nice 10 without it (`bench/HISTORY.md`).
+const COALESCE_NICENESS: i32 = 19;
 
 /// Makes the calling thread `by` nicer (lower priority; 0 leaves it as it is), at most 19.
 /// On Linux a thread id names one thread for `setpriority`; where that fails, the thread
