@@ -54,9 +54,10 @@ const COALESCE_SLICE: Duration = Duration::from_micros(100);
 /// load share two cores, and that burst right after a seal queued acknowledgements up. In
 /// session 32's alternated runs (with [`crate::writer`]'s merge at nice 19), the median of
 /// 36 runs' ack p99 went from 8.2 to 5.7 ms and the runs over 10 ms from 13 to 7; a merge
-/// then takes about 0.85 s instead of 0.16 (up to 4.6 s). A segment lasts about 7 s at that
-/// rate and 3.5 s at the maximum; a merge still running at the next seal is followed by one
-/// that takes in all the sealed maps then present.
+/// then takes about 0.85 s instead of 0.16 (up to 4.6 s in those runs, 6.6 s in that
+/// session's full suite). A segment lasts about 7 s at that rate and 3.5 s at the maximum; a
+/// merge still running at the next seal is followed by one that takes in all the sealed maps
+/// then present.
 const COALESCE_REST: u32 = 3;
 
 /// The writer folds about this many events at a time under the view's lock (see
