@@ -105,6 +105,15 @@ impl Server {
         self.proc_status("VmHWM:")
     }
 
+    /// Peak resident memory since the last call (or the start), and whether the next peak
+    /// starts afresh: writing 5 to `clear_refs` resets the kernel's peak (VmHWM) to the
+    /// resident memory now.
+    fn take_peak_rss_bytes(&self) -> Option<(u64, bool)> {
+        let peak = self.peak_rss_bytes()?;
+        let reset = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").is_ok();
+        Some((peak, reset))
+    }
+
     /// Resident memory now, from /proc.
     fn rss_bytes(&self) -> Option<u64> {
         self.proc_status("VmRSS:")
@@ -198,6 +207,42 @@ impl Report {
         println!("  {name}: {value:.3} {unit}");
         self.figures.entry(name.to_string()).or_insert_with(|| (Vec::new(), unit)).0.push(value);
     }
+}
+
+/// The server's peak resident memory in each section of the suite and over the whole suite.
+#[derive(Default)]
+struct PeakRss {
+    suite: u64,
+    /// Whether the kernel's peak could not be reset, so that each section's peak is the
+    /// suite's so far.
+    cumulative: bool,
+}
+
+impl PeakRss {
+    /// Records the server's peak since the previous section as `section`'s.
+    fn section(&mut self, server: &Server, report: &mut Report, section: &str) {
+        let Some((peak, reset)) = server.take_peak_rss_bytes() else { return };
+        self.suite = self.suite.max(peak);
+        self.cumulative |= !reset;
+        report.add(&format!("server peak RSS, section: {section}"), "MiB", mib(peak));
+    }
+
+    fn finish(self, report: &mut Report) {
+        if self.suite > 0 {
+            report.add("server peak RSS over the whole suite", "MiB", mib(self.suite));
+        }
+        if self.cumulative {
+            report.notes.push(
+                "the server's peak RSS could not be reset between sections (/proc/PID/clear_refs): each section's \
+                 peak is the suite's up to its end"
+                    .into(),
+            );
+        }
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
 }
 
 fn median_spread(values: &[f64]) -> (f64, f64, f64) {
@@ -457,6 +502,10 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    let mut peaks = PeakRss::default();
+    if args.runs("ingest") {
+        peaks.section(&server, &mut report, "ingest");
+    }
     let max_1k = report.figures.get("ingest, NDJSON 1,000-event batches").map_or(300_000.0, |f| median_spread(&f.0).0);
 
     let ack_rate = args.ack_rate.unwrap_or(max_1k / 2.0);
@@ -483,6 +532,9 @@ async fn main() -> anyhow::Result<()> {
         report.add("ack latency p99 at half max (1,000-event batches)", "ms", percentile(&lat, 0.99));
         report.add("ack latency p99.9 at half max (1,000-event batches)", "ms", percentile(&lat, 0.999));
     }
+    if args.runs("ack") {
+        peaks.section(&server, &mut report, "ack");
+    }
 
     println!("freshness");
     for _ in 0..args.runs * args.runs("freshness") as usize {
@@ -507,6 +559,9 @@ async fn main() -> anyhow::Result<()> {
         report.add("freshness: events visible to the first query after their ack", "%", visible_at_ack as f64 / 2.0);
         gaps.sort_by(f64::total_cmp);
         report.add("freshness: ack to visible (one query round trip), p50", "ms", percentile(&gaps, 0.5));
+    }
+    if args.runs("freshness") {
+        peaks.section(&server, &mut report, "freshness");
     }
 
     println!("batch runs");
@@ -556,6 +611,8 @@ async fn main() -> anyhow::Result<()> {
         report.add("batch: incremental run after 1 % late events", "s", inc_secs);
         report.add("batch: incremental / full time", "%", 100.0 * inc_secs / secs);
     }
+    // the first run compacts the log even when the batch section is not measured
+    peaks.section(&server, &mut report, "batch");
 
     println!("merged query latency, idle");
     let hour = chrono::Duration::hours(1);
@@ -581,6 +638,9 @@ async fn main() -> anyhow::Result<()> {
         let lat = round_trips(&base, args.queries).await?;
         report.add("round trip p50, idle: GET /healthz", "ms", percentile(&lat, 0.5));
         report.add("round trip p99, idle: GET /healthz", "ms", percentile(&lat, 0.99));
+    }
+    if args.runs("queries") {
+        peaks.section(&server, &mut report, "queries, idle");
     }
 
     println!("merged query latency while ingesting 200,000 events/s");
@@ -613,9 +673,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    if let Some(rss) = server.peak_rss_bytes() {
-        report.add("server peak RSS over the whole suite", "MiB", rss as f64 / (1 << 20) as f64);
+    if args.runs("queries") {
+        peaks.section(&server, &mut report, "queries, under ingest");
     }
+    peaks.finish(&mut report);
     drop(server);
     if args.memory_events > 0 && args.runs("memory") {
         println!("speed-layer memory: {} events with no batch run", args.memory_events);
@@ -719,7 +780,6 @@ async fn memory(http: &reqwest::Client, args: &Args, report: &mut Report) -> any
     }
     let elapsed = start.elapsed().as_secs_f64();
     let total = sent.load(Ordering::Relaxed) as f64;
-    let mib = |b: u64| b as f64 / (1 << 20) as f64;
     report.add("memory: events held by the speed layer", "events", total);
     report.add("memory: ingest rate while filling", "events/s", total / elapsed);
     report.add("memory: server RSS idle, before", "MiB", mib(idle));
