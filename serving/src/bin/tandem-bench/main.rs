@@ -225,6 +225,10 @@ impl PeakRss {
         self.suite = self.suite.max(peak);
         self.cumulative |= !reset;
         report.add(&format!("server peak RSS, section: {section}"), "MiB", mib(peak));
+        // what the section left resident, where the next section's peak starts from
+        if let Some(rss) = server.rss_bytes() {
+            report.add(&format!("server RSS at the end, section: {section}"), "MiB", mib(rss));
+        }
     }
 
     fn finish(self, report: &mut Report) {
