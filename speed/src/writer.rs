@@ -3,8 +3,9 @@
 //!
 //! Each request is one message to the thread. The thread takes every message waiting,
 //! drops events whose id was already accepted within the dedup window, appends one log
-//! record per request, fsyncs once, folds the records into every view and then answers all
-//! of them. A failed fsync answers every request of the group with an error, and nothing of
+//! record per request and fsyncs once; then it folds the records into every view a slice of
+//! requests at a time, answering each slice's requests as soon as every view holds their
+//! events. A failed fsync answers every request of the group with an error, and nothing of
 //! the group is visible or remembered as a duplicate.
 //!
 //! A request may carry an idempotency key: a retry with a key accepted within the window
@@ -37,6 +38,11 @@ use crate::live::ViewLive;
 
 /// A request of at least this many events frees them itself (see [`DatasetWriter::append`]).
 const FREED_BY_REQUEST_ROWS: usize = 64;
+
+/// A group commit is folded into the views and answered about this many events at a time
+/// (whole requests; a 1,000-event request is one slice): a request is answered once its own
+/// slice is folded, not the whole group.
+const ANSWER_SLICE_ROWS: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -581,35 +587,52 @@ impl WriterThread {
                 }
             }
         }
-        // the whole group goes to each view in one call, which folds it under the view's lock a
-        // slice of requests at a time (`ViewLive::apply`)
-        let records: Vec<(u64, &Arc<Vec<Row>>)> =
-            pending.iter().filter_map(|p| p.record.as_ref().map(|(seq, rows)| (*seq, rows))).collect();
+        // the group is folded and answered a slice of requests at a time: each slice goes to
+        // every view (`ViewLive::apply`, one call per view), and its requests are answered as
+        // soon as every view holds their events, so that the first requests of a large group
+        // do not wait for the whole group's fold
         let started = Instant::now();
-        if !records.is_empty() {
-            for view in &self.views {
-                match view.apply(segment, ingest_time, &records) {
-                    Ok(applied) => {
-                        if applied.catch_up_due {
-                            let _ = self.catch_up.send(view.clone()); // that thread lives as long as this one
-                        }
-                        steps.lock += applied.lock_wait;
-                    }
-                    Err(e) => tracing::error!(view = view.name(), error = %e, "speed layer could not fold events"),
+        let mut pending = pending.into_iter().peekable();
+        while pending.peek().is_some() {
+            let mut events = 0;
+            let slice: Vec<Pending> = std::iter::from_fn(|| {
+                let p = pending.next_if(|_| events < ANSWER_SLICE_ROWS)?;
+                events += p.record.as_ref().map_or(0, |(_, rows)| rows.len());
+                Some(p)
+            })
+            .collect();
+            self.fold(segment, ingest_time, &slice, &mut steps);
+            for mut p in slice {
+                // a request that shares its events (see `append`) frees them: let go of ours
+                // before answering; any other's are freed here, after answering
+                if p.shared {
+                    p.record = None;
                 }
+                let _ = p.reply.send(Ok(p.outcome));
             }
         }
-        drop(records);
         steps.fold = started.elapsed();
-        for mut p in pending {
-            // a request that shares its events (see `append`) frees them: let go of ours before
-            // answering; any other's are freed here, after answering
-            if p.shared {
-                p.record = None;
-            }
-            let _ = p.reply.send(Ok(p.outcome));
-        }
         steps
+    }
+
+    /// Folds the records of `slice` into every view, each view under its lock in one call.
+    fn fold(&self, segment: u64, ingest_time: i64, slice: &[Pending], steps: &mut CommitSteps) {
+        let records: Vec<(u64, &Arc<Vec<Row>>)> =
+            slice.iter().filter_map(|p| p.record.as_ref().map(|(seq, rows)| (*seq, rows))).collect();
+        if records.is_empty() {
+            return;
+        }
+        for view in &self.views {
+            match view.apply(segment, ingest_time, &records) {
+                Ok(applied) => {
+                    if applied.catch_up_due {
+                        let _ = self.catch_up.send(view.clone()); // that thread lives as long as this one
+                    }
+                    steps.lock += applied.lock_wait;
+                }
+                Err(e) => tracing::error!(view = view.name(), error = %e, "speed layer could not fold events"),
+            }
+        }
     }
 
     fn control(&mut self, command: Command) {
@@ -743,39 +766,47 @@ mod tests {
         writer.shutdown().await;
     }
 
-    /// Freshness 0: many requests at once (so that groups hold several), each checking that
-    /// all its events are visible the moment its answer arrives.
+    /// Freshness 0: many requests at once (so that groups hold several, folded and answered
+    /// a slice at a time), each checking that all its events are visible in every view the
+    /// moment its answer arrives.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn every_event_is_visible_when_its_acknowledgement_arrives() {
         let dir = tempfile::tempdir().unwrap();
-        let live = view();
-        let (writer, _) =
-            DatasetWriter::open(dir.path(), dataset(), vec![live.clone()], WriterConfig::default()).unwrap();
+        let views = [view(), view()];
+        let (writer, _) = DatasetWriter::open(dir.path(), dataset(), views.to_vec(), WriterConfig::default()).unwrap();
         let day = tandem_model::view::DAY;
         // requests of 2,000 events, each on a day of its own, so that folding one takes a while
         let tasks: Vec<_> = (0..100i64)
             .map(|i| {
-                let (w, live) = (writer.clone(), live.clone());
+                let (w, views) = (writer.clone(), views.clone());
                 tokio::spawn(async move {
                     let rows = (0..2000)
                         .map(|j| vec![Value::String(format!("e{i}-{j}")), Value::Int(j), Value::Timestamp(i * day)]);
                     assert_eq!(w.append(rows.collect(), None).await.unwrap().accepted, 2000);
-                    let counts = live.read(|s| {
-                        let groups = s.segments.values().flat_map(|m| m.groups.iter());
-                        groups
-                            .filter(|(k, _)| k.bucket == i * day)
-                            .map(|(_, states)| states[0].finish())
-                            .collect::<Vec<_>>()
-                    });
-                    assert_eq!(counts, [serde_json::json!(2000)], "request {i} answered before all of it was visible");
+                    for (v, live) in views.iter().enumerate() {
+                        let counts = live.read(|s| {
+                            let groups = s.segments.values().flat_map(|m| m.groups.iter());
+                            groups
+                                .filter(|(k, _)| k.bucket == i * day)
+                                .map(|(_, states)| states[0].finish())
+                                .collect::<Vec<_>>()
+                        });
+                        assert_eq!(
+                            counts,
+                            [serde_json::json!(2000)],
+                            "request {i} answered before all of it was visible in view {v}"
+                        );
+                    }
                 })
             })
             .collect();
         for t in tasks {
             t.await.unwrap();
         }
-        let groups = live.read(|s| s.segments.values().map(|m| m.groups.len()).sum::<usize>());
-        assert_eq!(groups, 100, "every request folded once, into its own day");
+        for live in &views {
+            let groups = live.read(|s| s.segments.values().map(|m| m.groups.len()).sum::<usize>());
+            assert_eq!(groups, 100, "every request folded once into each view, into its own day");
+        }
         writer.shutdown().await;
     }
 
