@@ -62,8 +62,9 @@ const COALESCE_REST: u32 = 3;
 
 /// The writer folds about this many events at a time under the view's lock (see
 /// [`ViewLive::apply`]): a 1,000-event request is one slice, a group commit of several is
-/// several.
-const FOLD_SLICE_ROWS: usize = 1000;
+/// several. It also answers a group commit's requests a slice of this size at a time, one
+/// `apply` per slice (`crate::writer`).
+pub(crate) const FOLD_SLICE_ROWS: usize = 1000;
 
 /// A query whose speed-layer part takes this long logs where its time went (at debug level).
 const SLOW_QUERY: Duration = Duration::from_millis(1);
@@ -320,8 +321,9 @@ impl ViewLive {
     /// (Folding each request into a map of its own and merging that in made fresh sketch
     /// states for every group a request touched, only to merge and drop them: 8 % of ingest.)
     /// The lock is handed to a waiting query after every [`FOLD_SLICE_ROWS`] events or so,
-    /// always between two records, so a query waits for a slice, not for a whole group
-    /// commit, and never sees part of a request's events.
+    /// always between two records, and when the call ends (the writer calls once per slice),
+    /// so a query waits for a slice, not for a whole group commit, and never sees part of a
+    /// request's events.
     pub fn apply(&self, map: u64, ingest_time: i64, records: &[(u64, &Arc<Vec<Row>>)]) -> Result<Applied, String> {
         let masks = self.masks(records);
         let mut waited = Duration::ZERO;
@@ -377,7 +379,8 @@ impl ViewLive {
             }
         }
         self.show(&guard, &mut chunks);
-        drop(guard);
+        // handed over as between slices: the writer's next call is the next slice
+        RwLockWriteGuard::unlock_fair(guard);
         match failed {
             Some(e) => Err(e),
             None => Ok(Applied {

@@ -34,15 +34,10 @@ use tandem_model::log::{self, LogError, LogWriter, Recovery};
 use tandem_model::{DatasetSpec, Row, Value};
 use tokio::sync::oneshot;
 
-use crate::live::ViewLive;
+use crate::live::{FOLD_SLICE_ROWS, ViewLive};
 
 /// A request of at least this many events frees them itself (see [`DatasetWriter::append`]).
 const FREED_BY_REQUEST_ROWS: usize = 64;
-
-/// A group commit is folded into the views and answered about this many events at a time
-/// (whole requests; a 1,000-event request is one slice): a request is answered once its own
-/// slice is folded, not the whole group.
-const ANSWER_SLICE_ROWS: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -587,16 +582,17 @@ impl WriterThread {
                 }
             }
         }
-        // the group is folded and answered a slice of requests at a time: each slice goes to
-        // every view (`ViewLive::apply`, one call per view), and its requests are answered as
-        // soon as every view holds their events, so that the first requests of a large group
-        // do not wait for the whole group's fold
+        // the group is folded and answered a slice of whole requests (about `FOLD_SLICE_ROWS`
+        // events) at a time: each slice goes to every view (`ViewLive::apply`, one call per
+        // view, which hands the lock to a waiting query when it ends), and its requests are
+        // answered as soon as every view holds their events, so that the first requests of a
+        // large group do not wait for the whole group's fold
         let started = Instant::now();
         let mut pending = pending.into_iter().peekable();
         while pending.peek().is_some() {
             let mut events = 0;
             let slice: Vec<Pending> = std::iter::from_fn(|| {
-                let p = pending.next_if(|_| events < ANSWER_SLICE_ROWS)?;
+                let p = pending.next_if(|_| events < FOLD_SLICE_ROWS)?;
                 events += p.record.as_ref().map_or(0, |(_, rows)| rows.len());
                 Some(p)
             })
