@@ -234,7 +234,7 @@ mod tests {
             let day = if i.is_multiple_of(3) { 20_000 } else { 20_001 };
             vec![
                 Value::Int(i as i64 * 7),
-                if i.is_multiple_of(11) { Value::Null } else { Value::String(format!("s{}", i % 97)) },
+                if i.is_multiple_of(11) { Value::Null } else { Value::String(format!("s{}", i % 97).into()) },
                 Value::Timestamp(day * DAY_MICROS + i as i64),
             ]
         };
@@ -245,7 +245,7 @@ mod tests {
             for (k, r) in rows.iter().enumerate() {
                 let (Value::Int(n), Value::Timestamp(ts)) = (&r[0], &r[2]) else { unreachable!() };
                 let s = match &r[1] {
-                    Value::String(s) => Some(s.clone()),
+                    Value::String(s) => Some(s.to_string()),
                     _ => None,
                 };
                 let date = DateTime::from_timestamp_micros(*ts).unwrap().date_naive();

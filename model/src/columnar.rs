@@ -231,8 +231,8 @@ pub fn value_at(array: &ArrayRef, row: usize, ty: FieldType) -> Value {
     match ty {
         FieldType::String => array
             .as_string_opt::<i32>()
-            .map(|a| Value::String(a.value(row).to_string()))
-            .or_else(|| array.as_string_view_opt().map(|a| Value::String(a.value(row).to_string())))
+            .map(|a| Value::String(a.value(row).into()))
+            .or_else(|| array.as_string_view_opt().map(|a| Value::String(a.value(row).into())))
             .unwrap_or(Value::Null),
         FieldType::Int64 => {
             array.as_primitive_opt::<Int64Type>().map(|a| Value::Int(a.value(row))).unwrap_or(Value::Null)

@@ -486,7 +486,7 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
             FieldType::String if s.len() > self.limits.max_string_bytes => {
                 Err(format!("string of {} bytes; the limit is {}", s.len(), self.limits.max_string_bytes))
             }
-            FieldType::String => Ok(Value::String(s.to_string())),
+            FieldType::String => Ok(Value::String(s.into())),
             FieldType::Timestamp => match parse_timestamp(s) {
                 Some(t) if TIMESTAMP_RANGE.contains(&t) => Ok(Value::Timestamp(t)),
                 Some(_) => Err(format!("timestamp {s:?} is outside the accepted years 1678 to 2261")),

@@ -610,7 +610,7 @@ mod tests {
     fn row(i: i64) -> Row {
         vec![
             Value::Int(i),
-            Value::String(format!("s{i}")),
+            Value::String(format!("s{i}").into()),
             Value::Null,
             Value::Timestamp(i * 10),
             Value::Bool(i % 2 == 0),

@@ -268,7 +268,7 @@ mod tests {
             let vs: Vec<Value> = (0..n)
                 .flat_map(|i| {
                     [
-                        Value::String(format!("user-{i}-{}", "x".repeat(i as usize % 40))),
+                        Value::String(format!("user-{i}-{}", "x".repeat(i as usize % 40)).into()),
                         Value::Int(i * 31 - 7),
                         Value::Float(i as f64 / 3.0),
                         Value::Timestamp(i * 1_000_007),
@@ -288,11 +288,11 @@ mod tests {
     #[test]
     fn estimates_are_within_their_error() {
         let mut d = Distinct::new();
-        (0..100_000).for_each(|i| d.insert(&Value::String(format!("user-{i}"))));
+        (0..100_000).for_each(|i| d.insert(&Value::String(format!("user-{i}").into())));
         let e = d.estimate() as f64;
         assert!((e - 100_000.0).abs() / 100_000.0 < 0.03, "{e}");
         let mut small = Distinct::new();
-        ["a", "b", "a", "c"].iter().for_each(|s| small.insert(&Value::String(s.to_string())));
+        ["a", "b", "a", "c"].iter().for_each(|s| small.insert(&Value::String((*s).into())));
         assert_eq!(small.estimate(), 3);
         assert!(small.to_bytes().len() < 100, "a small set stays small: {} bytes", small.to_bytes().len());
 

@@ -4,12 +4,15 @@ use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+pub use compact_str::CompactString;
 
-/// One typed value. Timestamps are UTC microseconds since the epoch.
+/// One typed value. Timestamps are UTC microseconds since the epoch. A string of up to 24
+/// bytes is held inline ([`CompactString`]), so most dimension values and ids are no allocation
+/// of their own and a group key's strings lie in the key's own memory.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Null,
-    String(String),
+    String(CompactString),
     Int(i64),
     Float(f64),
     Bool(bool),
@@ -34,7 +37,7 @@ impl ValueRef<'_> {
     pub fn into_value(self) -> Value {
         match self {
             ValueRef::Null => Value::Null,
-            ValueRef::String(s) => Value::String(s.to_string()),
+            ValueRef::String(s) => Value::String(s.into()),
             ValueRef::Int(i) => Value::Int(i),
             ValueRef::Float(f) => Value::Float(f),
             ValueRef::Bool(b) => Value::Bool(b),

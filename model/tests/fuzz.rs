@@ -78,7 +78,7 @@ fn reference_decode(spec: &DatasetSpec, format: Format, body: &[u8]) -> Option<V
                     match (map.get(name).unwrap_or(&Json::Null), ty) {
                         (Json::Null, _) if is_time => None,
                         (Json::Null, _) => Some(Value::Null),
-                        (Json::String(s), FieldType::String) => Some(Value::String(s.clone())),
+                        (Json::String(s), FieldType::String) => Some(Value::String(s.as_str().into())),
                         (Json::Number(n), FieldType::Int64) => n.as_i64().map(Value::Int),
                         (Json::Number(n), FieldType::Float64) => n.as_f64().map(Value::Float),
                         (Json::Bool(b), FieldType::Bool) => Some(Value::Bool(*b)),

@@ -247,7 +247,7 @@ fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
 
 fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {
     match (ty, v) {
-        (FieldType::String, Json::String(s)) => Some(Value::String(s.clone())),
+        (FieldType::String, Json::String(s)) => Some(Value::String(s.as_str().into())),
         (FieldType::Int64, Json::Number(n)) => n.as_i64().map(Value::Int),
         (FieldType::Int64, Json::String(s)) => s.parse().ok().map(Value::Int),
         (FieldType::Bool, Json::Bool(b)) => Some(Value::Bool(*b)),
@@ -615,7 +615,7 @@ mod tests {
     use super::*;
 
     fn key(bucket: i64, dims: &[&str]) -> GroupKey {
-        GroupKey { bucket, dims: dims.iter().map(|d| Value::String(d.to_string())).collect() }
+        GroupKey { bucket, dims: dims.iter().map(|d| Value::String((*d).into())).collect() }
     }
 
     /// Rows are written as JSON objects with their columns in order, values escaped as JSON

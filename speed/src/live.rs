@@ -1280,7 +1280,7 @@ mod tests {
         let groups: Groups = buckets
             .iter()
             .enumerate()
-            .map(|(i, b)| (GroupKey { bucket: b * hour, dims: vec![Value::Int(i as i64)] }, vec![]))
+            .map(|(i, b)| (GroupKey { bucket: b * hour, dims: vec![Value::Int(i as i64)].into() }, vec![]))
             .collect();
         let snapshot = BatchSnapshot::new(1, 1, None, groups);
         assert_eq!(snapshot.newest_day, Some(0));

@@ -798,12 +798,13 @@ pub fn thread_cpu_time() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_model::agg::Dims;
 
     /// Keeps `shape` with `rows` rows, as a query building it does.
     fn keep(shapes: &mut Shapes, shape: &Shape, rows: i64, budget: usize) {
         let kept = shapes.keep(shape.clone(), budget);
         let mut merged = kept.lock();
-        *merged = Merged::from_groups((0..rows).map(|b| (GroupKey { bucket: b, dims: vec![] }, vec![])).collect());
+        *merged = Merged::from_groups((0..rows).map(|b| (GroupKey { bucket: b, dims: Dims::new() }, vec![])).collect());
         kept.catch_up(&view(), shape, &mut merged);
     }
 
@@ -830,7 +831,7 @@ mod tests {
     fn bases_are_kept_for_shapes_far_smaller_than_the_version_within_its_groups() {
         let shape = |dim: usize| Shape::new(Granularity::Hour, vec![dim], vec![], vec![0]);
         let rows =
-            |n: i64| Arc::new((0..n).map(|b| (GroupKey { bucket: b, dims: vec![] }, vec![])).collect::<Groups>());
+            |n: i64| Arc::new((0..n).map(|b| (GroupKey { bucket: b, dims: Dims::new() }, vec![])).collect::<Groups>());
         let mut shapes = Shapes::default();
         shapes.reset(1);
         shapes.keep_base(1, &shape(0), &rows(13), 100);
@@ -875,7 +876,7 @@ mod tests {
         let rows: Vec<Row> = events
             .iter()
             .map(|(k, n, minute)| {
-                vec![Value::String(k.to_string()), Value::Int(*n), Value::Timestamp(minute * 60_000_000)]
+                vec![Value::String((*k).into()), Value::Int(*n), Value::Timestamp(minute * 60_000_000)]
             })
             .collect();
         let mask = rows[from..].iter().map(|r| matches!(r[1], Value::Int(n) if n >= 0)).collect();
@@ -885,7 +886,7 @@ mod tests {
     /// A shape's rows: bucket, dimension values and measure values, which must come in
     /// order of bucket and dimension values.
     fn answer(merged: &Merged) -> Vec<(i64, Vec<Value>, Vec<Value>)> {
-        let rows: Vec<_> = merged.values().into_iter().map(|(k, v)| (k.bucket, k.dims, v)).collect();
+        let rows: Vec<_> = merged.values().into_iter().map(|(k, v)| (k.bucket, k.dims.into_vec(), v)).collect();
         let mut sorted = rows.clone();
         sorted.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| format!("{:?}", a.1).cmp(&format!("{:?}", b.1))));
         assert_eq!(rows, sorted, "rows in answer order");
@@ -1186,7 +1187,7 @@ mod tests {
         );
         let b = Shape::new(Granularity::Day, vec![0], vec![(1, vec![Value::Int(1), Value::Int(2)])], vec![0]);
         assert_eq!(a, b);
-        let key = |d: i64| GroupKey { bucket: 0, dims: vec![Value::Null, Value::Int(d)] };
+        let key = |d: i64| GroupKey { bucket: 0, dims: vec![Value::Null, Value::Int(d)].into() };
         assert!(a.admits(&key(1)) && a.admits(&key(2)) && !a.admits(&key(3)));
     }
 }
