@@ -182,7 +182,9 @@ impl MeasureState {
     /// what DataFusion asks of an aggregate after every batch to account its memory.
     pub fn heap_size(&self) -> usize {
         match self {
-            MeasureState::Min(Some(Value::String(s))) | MeasureState::Max(Some(Value::String(s))) if s.is_heap_allocated() => {
+            MeasureState::Min(Some(Value::String(s))) | MeasureState::Max(Some(Value::String(s)))
+                if s.is_heap_allocated() =>
+            {
                 s.capacity()
             }
             MeasureState::Distinct(d) => d.heap_size(),

@@ -776,8 +776,9 @@ mod tests {
             .map(|i| {
                 let (w, views) = (writer.clone(), views.clone());
                 tokio::spawn(async move {
-                    let rows = (0..2000)
-                        .map(|j| vec![Value::String(format!("e{i}-{j}").into()), Value::Int(j), Value::Timestamp(i * day)]);
+                    let rows = (0..2000).map(|j| {
+                        vec![Value::String(format!("e{i}-{j}").into()), Value::Int(j), Value::Timestamp(i * day)]
+                    });
                     assert_eq!(w.append(rows.collect(), None).await.unwrap().accepted, 2000);
                     for (v, live) in views.iter().enumerate() {
                         let counts = live.read(|s| {

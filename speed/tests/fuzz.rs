@@ -71,7 +71,7 @@ proptest! {
                 vec![Value::Null, Value::Null, Value::Null, Value::Timestamp(1)],
                 vec![Value::Bool(false), Value::String("(".into()), Value::Int(i64::MIN), Value::Timestamp(TIMESTAMP_RANGE.start)],
                 vec![Value::Bool(false), Value::String("".into()), Value::Int(i64::MAX), Value::Timestamp(TIMESTAMP_RANGE.end - 1)],
-                vec![Value::Bool(false), Value::String("9".repeat(30)), Value::Int(-1), Value::Timestamp(-1)],
+                vec![Value::Bool(false), Value::String("9".repeat(30).into()), Value::Int(-1), Value::Timestamp(-1)],
             ];
             let refs: Vec<&Row> = rows.iter().collect();
             let batch = rows_to_batch(&d, &refs, None).unwrap();

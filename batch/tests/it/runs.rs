@@ -61,7 +61,7 @@ fn fold(rows: &[Row]) -> Expected {
     for row in rows {
         let [Value::String(c), Value::Int(n), Value::Timestamp(ts)] = &row[..] else { panic!("{row:?}") };
         if *n >= 0 {
-            let e = out.entry((ts.div_euclid(HOUR) * HOUR, c.clone())).or_default();
+            let e = out.entry((ts.div_euclid(HOUR) * HOUR, c.to_string())).or_default();
             e.0 += 1;
             e.1 += n;
         }
