@@ -409,6 +409,53 @@ mod tests {
         }
     }
 
+    /// Folding finds each event's group from its row in place, whether the key's values lie in
+    /// the key (two dimensions, strings of up to 24 bytes) or not (a third dimension, longer
+    /// strings): the counts equal a plain count per (hour, values).
+    #[test]
+    fn folding_finds_groups_of_inline_and_spilled_keys() {
+        let dataset: crate::DatasetSpec = serde_json::from_str(
+            r#"{"name":"d","time_field":"ts","fields":{"ts":"timestamp","a":"string","b":"string","c":"string"}}"#,
+        )
+        .unwrap();
+        let text = |i: u64| "x".repeat((i * 7 % 41) as usize) + &(i % 5).to_string();
+        let rows: Vec<Row> = (0..5_000u64)
+            .map(|i| {
+                let (a, b, c) = (text(i % 13), text(i % 11), text(i % 3));
+                // fields in name order: a, b, c, ts
+                vec![
+                    Value::String(a.into()),
+                    Value::String(b.into()),
+                    Value::String(c.into()),
+                    Value::Timestamp((i % 4) as i64 * 3_600_000_000),
+                ]
+            })
+            .collect();
+        for dims in [r#"["a","b"]"#, r#"["a","b","c"]"#] {
+            let spec: crate::ViewSpec = serde_json::from_str(&format!(
+                r#"{{"name":"v","dataset":"d","granularity":"hour","dimensions":{dims},"measures":{{"n":"count"}}}}"#
+            ))
+            .unwrap();
+            let view = spec.compile(&dataset).unwrap();
+            let mut groups = Groups::default();
+            rows.iter().for_each(|row| fold_row(&view, &mut groups, row));
+            let mut expected = std::collections::BTreeMap::<(i64, Vec<String>), i64>::new();
+            for row in &rows {
+                let Value::Timestamp(ts) = row[3] else { unreachable!() };
+                let values = view.dimension_index.iter().map(|&i| format!("{:?}", row[i])).collect();
+                *expected.entry((ts, values)).or_default() += 1;
+            }
+            assert_eq!(groups.len(), expected.len(), "{dims}");
+            for (key, states) in &groups {
+                let values = key.dims.iter().map(|v| format!("{v:?}")).collect();
+                assert_eq!(
+                    Some(&states[0].value()),
+                    expected.get(&(key.bucket, values)).map(|n| Value::Int(*n)).as_ref()
+                );
+            }
+        }
+    }
+
     #[test]
     fn empty_aggregates_are_null_except_count() {
         let m = measure(MeasureKind::Sum, FieldType::Float64);
