@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
-use tandem_model::agg::{GroupKey, Groups, MeasureState, fold_row, merge_groups, merge_states};
+use tandem_model::agg::{GroupKey, Groups, MeasureState, fold_rows, merge_groups, merge_states};
 use tandem_model::log;
 use tandem_model::view::{CompiledView, DAY};
 use tandem_model::{Row, Value};
@@ -487,9 +487,9 @@ impl ViewLive {
     fn fold_groups(&self, groups: &mut Groups, rows: &[Row], mask: Option<&[bool]>) {
         match mask {
             Some(mask) => {
-                rows.iter().zip(mask).filter(|(_, keep)| **keep).for_each(|(row, _)| fold_row(&self.view, groups, row))
+                fold_rows(&self.view, groups, rows.iter().zip(mask).filter(|(_, keep)| **keep).map(|(row, _)| row))
             }
-            None => rows.iter().for_each(|row| fold_row(&self.view, groups, row)),
+            None => fold_rows(&self.view, groups, rows),
         }
     }
 
@@ -813,7 +813,7 @@ impl ViewLive {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_model::agg::{GroupKey, MeasureState};
+    use tandem_model::agg::{GroupKey, MeasureState, fold_row};
     use tandem_model::{DatasetSpec, Granularity, Value, ViewSpec};
 
     fn view(filter: Option<&str>) -> CompiledView {
