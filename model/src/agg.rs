@@ -373,10 +373,10 @@ const PREFETCH_AHEAD: usize = 8;
 /// the groups a few events ahead is already on its way into the cache.
 ///
 /// Folding is bound by cache misses on per-group memory (the map's slot, the states, each
-/// sketch's own memory: dependent loads, one after the other). One event at a time, each
-/// miss waits for the one before; here the lookups of the first pass do not depend on each
-/// other, so the CPU overlaps them, and the second pass asks for the states and the sketches
-/// before it needs them.
+/// sketch's own memory: dependent loads, one after the other). Knowing the groups ahead lets
+/// the second pass ask for the states and the sketches before it needs them, which is what
+/// pays: the two passes without the prefetches folded no faster than one event at a time
+/// (`bench/HISTORY.md`, session 35).
 #[allow(unsafe_code)] // the one place: see the SAFETY notes
 pub fn fold_rows<'r>(view: &CompiledView, groups: &mut Groups, rows: impl IntoIterator<Item = &'r Row>) {
     let rows = rows.into_iter();
