@@ -369,14 +369,17 @@ const PREFETCH_AHEAD: usize = 8;
 
 /// Folds events (already known to pass the view's filter) into `groups`, as [`fold_row`]
 /// folds each in turn, with the same result, in two passes: the first finds (or makes) every
-/// event's group, the second folds each event into its group's states while the memory of
-/// the groups a few events ahead is already on its way into the cache.
+/// event's group, the second folds the events into their groups' states, one measure at a
+/// time over all the events, while the memory of the groups a few events ahead is already on
+/// its way into the cache.
 ///
 /// Folding is bound by cache misses on per-group memory (the map's slot, the states, each
 /// sketch's own memory: dependent loads, one after the other). Knowing the groups ahead lets
 /// the second pass ask for the states and the sketches before it needs them, which is what
 /// pays: the two passes without the prefetches folded no faster than one event at a time
-/// (`bench/HISTORY.md`, session 35).
+/// (`bench/HISTORY.md`, session 35). A measure at a time, consecutive updates (say, two
+/// DDSketch adds, each waiting on its bin) are short and independent, so the CPU overlaps
+/// their misses; a group's events still fold in order, so the result is the same.
 #[allow(unsafe_code)] // the one place: see the SAFETY notes
 pub fn fold_rows<'r>(view: &CompiledView, groups: &mut Groups, rows: impl IntoIterator<Item = &'r Row>) {
     let rows = rows.into_iter();
@@ -397,16 +400,21 @@ pub fn fold_rows<'r>(view: &CompiledView, groups: &mut Groups, rows: impl IntoIt
     // within the map, never their buffers; from here on nothing inserts, removes, grows or
     // drops a vector (`groups` is borrowed mutably, so nothing else can either). Two events of
     // one group share a buffer, so each slice lives only within its own statement or block.
-    for i in 0..found.len() {
-        if let Some(&(states, len, _)) = found.get(i + PREFETCH_AHEAD) {
-            prefetch(states as *const u8, len * size_of::<MeasureState>());
+    for (m, measure) in view.measures.iter().enumerate() {
+        for i in 0..found.len() {
+            if m == 0
+                && let Some(&(states, len, _)) = found.get(i + PREFETCH_AHEAD)
+            {
+                prefetch(states as *const u8, len * size_of::<MeasureState>());
+            }
+            if let Some(&(states, len, _)) = found.get(i + PREFETCH_AHEAD / 2) {
+                let ahead = unsafe { std::slice::from_raw_parts(states, len) };
+                ahead[m].prefetch();
+            }
+            let (states, len, row) = found[i];
+            let states = unsafe { std::slice::from_raw_parts_mut(states, len) };
+            fold_measure(&mut states[m], measure, row);
         }
-        if let Some(&(states, len, _)) = found.get(i + PREFETCH_AHEAD / 2) {
-            unsafe { std::slice::from_raw_parts(states, len) }.iter().for_each(MeasureState::prefetch);
-        }
-        let (states, len, row) = found[i];
-        let states = unsafe { std::slice::from_raw_parts_mut(states, len) };
-        states.iter_mut().zip(&view.measures).for_each(|(state, measure)| fold_measure(state, measure, row));
     }
 }
 
