@@ -387,14 +387,14 @@ struct Rows {
 /// server shares with the client while the latencies under ingest were timed. (With
 /// `reqwest`, collecting a 3.9 MB answer's pieces into one buffer took about 1.5 ms more than
 /// reading it into a buffer kept between requests: session 24 in `bench/HISTORY.md`.)
-async fn query_latencies(base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec<f64>, usize)> {
+async fn query_latencies(base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec<f64>, usize, Bytes)> {
     let host = base.strip_prefix("http://").context("base is not http://")?;
     let request =
         raw_http::request(host, "POST", "/v1/views/traffic/query", Some(("application/json", &serde_json::to_vec(q)?)));
     let mut conn = raw_http::Connection::open(host).await?;
     let mut lat = Vec::with_capacity(n);
-    let mut rows = 0;
-    for _ in 0..n {
+    let (mut rows, mut last) = (0, Bytes::new());
+    for i in 0..n {
         let t = Instant::now();
         let (status, answer) = conn.send(&request).await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -402,9 +402,57 @@ async fn query_latencies(base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec
             bail!("query {q}: {status} {}", String::from_utf8_lossy(answer));
         }
         rows = serde_json::from_slice::<Rows>(answer).with_context(|| format!("query {q}: the answer"))?.rows.len();
+        if i + 1 == n {
+            last = Bytes::copy_from_slice(answer);
+        }
     }
     lat.sort_by(f64::total_cmp);
-    Ok((lat, rows))
+    Ok((lat, rows, last))
+}
+
+/// Sequential latencies (ms), sorted, of the queries' client reading `body` from a server
+/// that only writes it: a minimal HTTP/1.1 responder in this process, on loopback, that
+/// answers each request with `body` ready in one buffer. With a query's answer as `body`,
+/// this is what that answer's size costs before tandem does any work: the floor its latency
+/// cannot go under on this machine.
+async fn transfer_floor(body: &[u8], n: usize) -> anyhow::Result<Vec<f64>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let host = listener.local_addr()?.to_string();
+    let mut response =
+        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len())
+            .into_bytes();
+    response.extend_from_slice(body);
+    let responder = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let mut request = Vec::with_capacity(1024);
+        loop {
+            // a request's head (the client's requests here have no body)
+            request.clear();
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                if stream.read_buf(&mut request).await? == 0 {
+                    return anyhow::Ok(());
+                }
+            }
+            stream.write_all(&response).await?;
+        }
+    });
+    let request = raw_http::request(&host, "GET", "/", None);
+    let mut conn = raw_http::Connection::open(&host).await?;
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let (status, answer) = conn.send(&request).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        if status != 200 || answer.len() != body.len() {
+            bail!("the minimal responder answered {status} with {} bytes", answer.len());
+        }
+    }
+    drop(conn);
+    responder.await??;
+    lat.sort_by(f64::total_cmp);
+    Ok(lat)
 }
 
 /// Sequential latencies (ms), sorted, of `GET /healthz`, which does no work: the round trip
@@ -632,13 +680,30 @@ async fn main() -> anyhow::Result<()> {
             json!({"granularity": "all", "group_by": ["path"], "order_by": [{"field": "views", "desc": true}], "limit": 10}),
         ),
     ];
+    // the largest answer, for the floor of its transfer
+    let mut largest = Bytes::new();
     for _ in 0..args.runs * args.runs("queries") as usize {
         for (name, q) in &dashboards {
-            let (lat, rows) = query_latencies(&base, q, args.queries).await?;
+            let (lat, rows, answer) = query_latencies(&base, q, args.queries).await?;
             report.add(&format!("query p50, idle: {name}"), "ms", percentile(&lat, 0.5));
             report.add(&format!("query p99, idle: {name}"), "ms", percentile(&lat, 0.99));
             report.add(&format!("rows answered: {name}"), "rows", rows as f64);
+            report.add(&format!("answer size: {name}"), "MB", answer.len() as f64 / 1e6);
+            if answer.len() > largest.len() {
+                largest = answer;
+            }
         }
+        let lat = transfer_floor(&largest, args.queries).await?;
+        report.add(
+            "transfer floor p50, idle: the largest answer's bytes from a minimal responder",
+            "ms",
+            percentile(&lat, 0.5),
+        );
+        report.add(
+            "transfer floor p99, idle: the largest answer's bytes from a minimal responder",
+            "ms",
+            percentile(&lat, 0.99),
+        );
         let lat = round_trips(&base, args.queries).await?;
         report.add("round trip p50, idle: GET /healthz", "ms", percentile(&lat, 0.5));
         report.add("round trip p99, idle: GET /healthz", "ms", percentile(&lat, 0.99));
@@ -662,13 +727,24 @@ async fn main() -> anyhow::Result<()> {
         let load = tokio::spawn(async move { ack_latencies(&h, &b, &bodies, 1000, 200_000.0, go_on).await });
         tokio::time::sleep(Duration::from_millis(500)).await;
         for (name, q) in &dashboards {
-            let (lat, _) = query_latencies(&base, q, n).await?;
+            let (lat, ..) = query_latencies(&base, q, n).await?;
             report.add(&format!("query p50, under ingest: {name}"), "ms", percentile(&lat, 0.5));
             report.add(&format!("query p99, under ingest: {name}"), "ms", percentile(&lat, 0.99));
         }
         let lat = round_trips(&base, n).await?;
         report.add("round trip p50, under ingest: GET /healthz", "ms", percentile(&lat, 0.5));
         report.add("round trip p99, under ingest: GET /healthz", "ms", percentile(&lat, 0.99));
+        let lat = transfer_floor(&largest, n).await?;
+        report.add(
+            "transfer floor p50, under ingest: the largest answer's bytes from a minimal responder",
+            "ms",
+            percentile(&lat, 0.5),
+        );
+        report.add(
+            "transfer floor p99, under ingest: the largest answer's bytes from a minimal responder",
+            "ms",
+            percentile(&lat, 0.99),
+        );
         let loading = !load.is_finished();
         querying.store(false, Ordering::Relaxed);
         load.await??;
