@@ -207,6 +207,13 @@ impl Report {
         println!("  {name}: {value:.3} {unit}");
         self.figures.entry(name.to_string()).or_insert_with(|| (Vec::new(), unit)).0.push(value);
     }
+
+    /// The p50 and p99 of sorted latencies (ms), as "`what` p50, `when`: `of`" and p99.
+    fn add_latencies(&mut self, what: &str, when: &str, of: &str, lat: &[f64]) {
+        for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+            self.add(&format!("{what} {name}, {when}: {of}"), "ms", percentile(lat, p));
+        }
+    }
 }
 
 /// The server's peak resident memory in each section of the suite and over the whole suite.
@@ -409,6 +416,9 @@ async fn query_latencies(base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec
     lat.sort_by(f64::total_cmp);
     Ok((lat, rows, last))
 }
+
+/// What [`transfer_reference`] measures, in the report's names.
+const LARGEST_FROM_RESPONDER: &str = "the largest answer's bytes from a minimal responder";
 
 /// Sequential latencies (ms), sorted, of the queries' client reading `body` from a server
 /// that only writes it: a minimal HTTP/1.1 responder on a thread of its own (plain blocking
@@ -728,8 +738,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..args.runs * args.runs("queries") as usize {
         for (name, q) in &dashboards {
             let (lat, rows, answer) = query_latencies(&base, q, args.queries).await?;
-            report.add(&format!("query p50, idle: {name}"), "ms", percentile(&lat, 0.5));
-            report.add(&format!("query p99, idle: {name}"), "ms", percentile(&lat, 0.99));
+            report.add_latencies("query", "idle", name, &lat);
             report.add(&format!("rows answered: {name}"), "rows", rows as f64);
             report.add(&format!("answer size: {name}"), "MB", answer.len() as f64 / 1e6);
             if answer.len() > largest.len() {
@@ -737,19 +746,9 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         let lat = transfer_reference(&largest, args.queries).await?;
-        report.add(
-            "transfer reference p50, idle: the largest answer's bytes from a minimal responder",
-            "ms",
-            percentile(&lat, 0.5),
-        );
-        report.add(
-            "transfer reference p99, idle: the largest answer's bytes from a minimal responder",
-            "ms",
-            percentile(&lat, 0.99),
-        );
+        report.add_latencies("transfer reference", "idle", LARGEST_FROM_RESPONDER, &lat);
         let lat = round_trips(&base, args.queries).await?;
-        report.add("round trip p50, idle: GET /healthz", "ms", percentile(&lat, 0.5));
-        report.add("round trip p99, idle: GET /healthz", "ms", percentile(&lat, 0.99));
+        report.add_latencies("round trip", "idle", "GET /healthz", &lat);
     }
     if args.runs("queries") {
         peaks.section(&server, &mut report, "queries, idle");
@@ -771,23 +770,12 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         for (name, q) in &dashboards {
             let (lat, ..) = query_latencies(&base, q, n).await?;
-            report.add(&format!("query p50, under ingest: {name}"), "ms", percentile(&lat, 0.5));
-            report.add(&format!("query p99, under ingest: {name}"), "ms", percentile(&lat, 0.99));
+            report.add_latencies("query", "under ingest", name, &lat);
         }
         let lat = round_trips(&base, n).await?;
-        report.add("round trip p50, under ingest: GET /healthz", "ms", percentile(&lat, 0.5));
-        report.add("round trip p99, under ingest: GET /healthz", "ms", percentile(&lat, 0.99));
+        report.add_latencies("round trip", "under ingest", "GET /healthz", &lat);
         let lat = transfer_reference(&largest, n).await?;
-        report.add(
-            "transfer reference p50, under ingest: the largest answer's bytes from a minimal responder",
-            "ms",
-            percentile(&lat, 0.5),
-        );
-        report.add(
-            "transfer reference p99, under ingest: the largest answer's bytes from a minimal responder",
-            "ms",
-            percentile(&lat, 0.99),
-        );
+        report.add_latencies("transfer reference", "under ingest", LARGEST_FROM_RESPONDER, &lat);
         let loading = !load.is_finished();
         querying.store(false, Ordering::Relaxed);
         load.await??;
