@@ -425,11 +425,11 @@ const LARGEST_FROM_RESPONDER: &str = "the largest answer's bytes from a minimal 
 /// sockets, outside the client's runtime, as a server process would be), on loopback, that
 /// answers each request with `body`, ready in memory. With a query's answer as `body`,
 /// this is what that answer's size costs before tandem does any work on this machine: a
-/// reference, not a strict floor (written in one piece it read slower than tandem's answer,
-/// which goes out in pieces; session 36 in `bench/HISTORY.md`). Each answer is checked after
-/// the clock stops, as [`query_latencies`] checks them.
+/// reference rather than a strict floor (how the bytes are cut into writes moves it: session
+/// 36 in `bench/HISTORY.md`). Each answer is checked after the clock stops, as
+/// [`query_latencies`] checks them.
 async fn transfer_reference(body: &[u8], n: usize) -> anyhow::Result<Vec<f64>> {
-    use std::io::{Read, Write};
+    use std::io::{IoSlice, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let host = listener.local_addr()?.to_string();
     let mut response =
@@ -450,10 +450,17 @@ async fn transfer_reference(body: &[u8], n: usize) -> anyhow::Result<Vec<f64>> {
                 }
                 request.extend_from_slice(&buf[..read]);
             }
-            // in writes of 64 KiB: the kernel then copies into the socket while the client
-            // copies out (one write of the whole answer was slower to read)
-            for piece in response.chunks(64 << 10) {
-                stream.write_all(piece)?;
+            // in pieces of 20 KB, 16 a system call, about as tandem's answers go out: the
+            // kernel copies into the socket while the client copies out (one write of the whole
+            // answer, or writes of 64 KiB, were slower to read: session 36)
+            let pieces: Vec<IoSlice> = response.chunks(20_000).map(IoSlice::new).collect();
+            for group in pieces.chunks(16) {
+                let mut group = group.to_vec();
+                let mut left = &mut group[..];
+                while !left.is_empty() {
+                    let written = stream.write_vectored(left)?;
+                    IoSlice::advance_slices(&mut left, written);
+                }
             }
         }
     });
