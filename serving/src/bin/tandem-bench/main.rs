@@ -507,10 +507,10 @@ async fn round_trips(base: &str, n: usize) -> anyhow::Result<Vec<f64>> {
 /// Runs the view's batch job and waits until the server serves the version it published;
 /// returns the run, with `served_s`: seconds from the run's end to the version served.
 ///
-/// A version is served once loaded (its Parquet decoded, on both cores) and installed, which
-/// takes a while after the run ends; until session 36 the bench went on at the run's end, so
-/// that loading overlapped DuckDB's timing after a full run and the first idle queries after
-/// the batch section (whose 30-day p99 then read 13-18 ms instead of 3-5).
+/// A version is served once loaded (its Parquet decoded) and installed, 0.1-0.5 s after the
+/// run ends here; until session 36 the bench went on at the run's end, so that loading could
+/// overlap DuckDB's timing after a full run and the first idle queries after the batch
+/// section.
 async fn run_batch(http: &reqwest::Client, base: &str, full: bool) -> anyhow::Result<Value> {
     let run: Value =
         http.post(format!("{base}/v1/views/traffic/runs")).json(&json!({"full": full})).send().await?.json().await?;
