@@ -914,8 +914,9 @@ fn write_report(args: &Args, report: &Report) -> anyhow::Result<()> {
         .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
         .map(|kb| format!("{:.1} GiB", kb as f64 / (1 << 20) as f64))
         .unwrap_or_default();
-    // loopback TCP's congestion control moves the large answers' figures: with BBR, which
-    // paces its sends, the idle 30-day p99 read 14-18 ms, with cubic 2.4-2.7 (session 36)
+    // loopback TCP's congestion control may move the large answers' figures (BBR paces its
+    // sends): one suite with cubic had the idle 30-day p99 at 2.7 ms against 14-18 with BBR,
+    // a second 21 ms (session 36)
     let congestion = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
         .map(|c| c.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
