@@ -398,13 +398,8 @@ async fn query_latencies(base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec
     let host = base.strip_prefix("http://").context("base is not http://")?;
     let request =
         raw_http::request(host, "POST", "/v1/views/traffic/query", Some(("application/json", &serde_json::to_vec(q)?)));
-    let mut conn = raw_http::Connection::open(host).await?;
-    let mut lat = Vec::with_capacity(n);
     let (mut rows, mut last) = (0, Bytes::new());
-    for i in 0..n {
-        let t = Instant::now();
-        let (status, answer) = conn.send(&request).await?;
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    let lat = timed_requests(host, &request, n, |i, status, answer| {
         if status != 200 {
             bail!("query {q}: {status} {}", String::from_utf8_lossy(answer));
         }
@@ -412,9 +407,31 @@ async fn query_latencies(base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec
         if i + 1 == n {
             last = Bytes::copy_from_slice(answer);
         }
+        Ok(())
+    })
+    .await?;
+    Ok((lat, rows, last))
+}
+
+/// Sequential latencies (ms), sorted, of `n` sends of a prepared `request` over one
+/// keep-alive connection to `host`, each from sending it to holding the whole answer;
+/// `check` sees each answer (its index, status and body) after the clock stops.
+async fn timed_requests(
+    host: &str,
+    request: &[u8],
+    n: usize,
+    mut check: impl FnMut(usize, u16, &[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut conn = raw_http::Connection::open(host).await?;
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        let (status, answer) = conn.send(request).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        check(i, status, answer)?;
     }
     lat.sort_by(f64::total_cmp);
-    Ok((lat, rows, last))
+    Ok(lat)
 }
 
 /// What [`transfer_reference`] measures, in the report's names.
@@ -437,6 +454,10 @@ async fn transfer_reference(body: &[u8], n: usize) -> anyhow::Result<Vec<f64>> {
             .into_bytes();
     response.extend_from_slice(body);
     let responder = std::thread::spawn(move || {
+        // in pieces of 20 KB, 16 a system call, about as tandem's answers go out: the kernel
+        // copies into the socket while the client copies out (one write of the whole answer,
+        // or writes of 64 KiB, were slower to read: session 36)
+        let pieces: Vec<IoSlice> = response.chunks(20_000).map(IoSlice::new).collect();
         let (mut stream, _) = listener.accept()?;
         stream.set_nodelay(true)?;
         let (mut request, mut buf) = (Vec::with_capacity(1024), [0u8; 1024]);
@@ -450,10 +471,6 @@ async fn transfer_reference(body: &[u8], n: usize) -> anyhow::Result<Vec<f64>> {
                 }
                 request.extend_from_slice(&buf[..read]);
             }
-            // in pieces of 20 KB, 16 a system call, about as tandem's answers go out: the
-            // kernel copies into the socket while the client copies out (one write of the whole
-            // answer, or writes of 64 KiB, were slower to read: session 36)
-            let pieces: Vec<IoSlice> = response.chunks(20_000).map(IoSlice::new).collect();
             for group in pieces.chunks(16) {
                 let mut group = group.to_vec();
                 let mut left = &mut group[..];
@@ -465,22 +482,18 @@ async fn transfer_reference(body: &[u8], n: usize) -> anyhow::Result<Vec<f64>> {
         }
     });
     let request = raw_http::request(&host, "GET", "/", None);
-    let mut conn = raw_http::Connection::open(&host).await?;
-    let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let (status, answer) = conn.send(&request).await?;
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    let lat = timed_requests(&host, &request, n, |_, status, answer| {
         if status != 200 || answer.len() != body.len() {
             bail!("the minimal responder answered {status} with {} bytes", answer.len());
         }
         // checked as the queries' answers are, so that the client works between requests
         // as it does there
         serde_json::from_slice::<Rows>(answer).context("the minimal responder's answer")?;
-    }
-    drop(conn);
+        Ok(())
+    })
+    .await?;
+    // the connection is closed: the responder sees the end of its stream and returns
     responder.join().map_err(|_| anyhow::anyhow!("the minimal responder panicked"))??;
-    lat.sort_by(f64::total_cmp);
     Ok(lat)
 }
 
@@ -490,18 +503,13 @@ async fn transfer_reference(body: &[u8], n: usize) -> anyhow::Result<Vec<f64>> {
 async fn round_trips(base: &str, n: usize) -> anyhow::Result<Vec<f64>> {
     let host = base.strip_prefix("http://").context("base is not http://")?;
     let request = raw_http::request(host, "GET", "/healthz", None);
-    let mut conn = raw_http::Connection::open(host).await?;
-    let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let (status, _) = conn.send(&request).await?;
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    timed_requests(host, &request, n, |_, status, _| {
         if status != 200 {
             bail!("GET /healthz: {status}");
         }
-    }
-    lat.sort_by(f64::total_cmp);
-    Ok(lat)
+        Ok(())
+    })
+    .await
 }
 
 /// Runs the view's batch job and waits until the server serves the version it published;
