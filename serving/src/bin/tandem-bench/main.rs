@@ -64,6 +64,11 @@ struct Args {
     /// memory); all by default. Sections that need an earlier one's figure use a default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Also write every timed request's latency to this file (CSV: what was timed, when it
+    /// was sent in Unix seconds, milliseconds), to see when the slow ones came; the report
+    /// keeps only percentiles.
+    #[arg(long)]
+    latency_log: Option<PathBuf>,
 }
 
 impl Args {
@@ -394,12 +399,12 @@ struct Rows {
 /// server shares with the client while the latencies under ingest were timed. (With
 /// `reqwest`, collecting a 3.9 MB answer's pieces into one buffer took about 1.5 ms more than
 /// reading it into a buffer kept between requests: session 24 in `bench/HISTORY.md`.)
-async fn query_latencies(base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec<f64>, usize, Bytes)> {
+async fn query_latencies(what: &str, base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec<f64>, usize, Bytes)> {
     let host = base.strip_prefix("http://").context("base is not http://")?;
     let request =
         raw_http::request(host, "POST", "/v1/views/traffic/query", Some(("application/json", &serde_json::to_vec(q)?)));
     let (mut rows, mut last) = (0, Bytes::new());
-    let lat = timed_requests(host, &request, n, |i, status, answer| {
+    let lat = timed_requests(what, host, &request, n, |i, status, answer| {
         if status != 200 {
             bail!("query {q}: {status} {}", String::from_utf8_lossy(answer));
         }
@@ -417,21 +422,60 @@ async fn query_latencies(base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec
 /// keep-alive connection to `host`, each from sending it to holding the whole answer;
 /// `check` sees each answer (its index, status and body) after the clock stops.
 async fn timed_requests(
+    what: &str,
     host: &str,
     request: &[u8],
     n: usize,
     mut check: impl FnMut(usize, u16, &[u8]) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<f64>> {
     let mut conn = raw_http::Connection::open(host).await?;
-    let mut lat = Vec::with_capacity(n);
+    let (mut lat, mut sent) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
         let t = Instant::now();
         let (status, answer) = conn.send(request).await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        sent.push(t);
         check(i, status, answer)?;
     }
+    LatencyLog::write(what, &sent, &lat)?;
     lat.sort_by(f64::total_cmp);
     Ok(lat)
+}
+
+/// The file `--latency-log` names, if it does.
+struct LatencyLog {
+    /// When it was opened, by both clocks: requests are timed with the monotonic one and
+    /// logged with the wall clock's time, to be set beside the server's log and the system's
+    /// counters.
+    started: (Instant, std::time::SystemTime),
+    file: std::sync::Mutex<std::io::BufWriter<std::fs::File>>,
+}
+
+static LATENCY_LOG: std::sync::OnceLock<LatencyLog> = std::sync::OnceLock::new();
+
+impl LatencyLog {
+    fn open(path: &std::path::Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        writeln!(file, "what,sent_unix_s,ms")?;
+        let started = (Instant::now(), std::time::SystemTime::now());
+        let log = LatencyLog { started, file: std::sync::Mutex::new(file) };
+        LATENCY_LOG.set(log).map_err(|_| anyhow::anyhow!("the latency log is opened once"))
+    }
+
+    /// Adds requests sent at `sent`, which took `lat` ms each.
+    fn write(what: &str, sent: &[Instant], lat: &[f64]) -> anyhow::Result<()> {
+        use std::io::Write;
+        let Some(log) = LATENCY_LOG.get() else { return Ok(()) };
+        let mut file = log.file.lock().expect("no writer panics holding it");
+        for (t, ms) in sent.iter().zip(lat) {
+            let at = log.started.1 + t.duration_since(log.started.0);
+            let at = at.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+            writeln!(file, "\"{what}\",{at:.6},{ms:.3}")?;
+        }
+        file.flush()?;
+        Ok(())
+    }
 }
 
 /// What [`transfer_reference`] measures, in the report's names.
@@ -445,7 +489,7 @@ const LARGEST_FROM_RESPONDER: &str = "the largest answer's bytes from a minimal 
 /// reference rather than a strict floor (how the bytes are cut into writes moves it: session
 /// 36 in `bench/HISTORY.md`). Each answer is checked after the clock stops, as
 /// [`query_latencies`] checks them.
-async fn transfer_reference(body: &[u8], n: usize) -> anyhow::Result<Vec<f64>> {
+async fn transfer_reference(when: &str, body: &[u8], n: usize) -> anyhow::Result<Vec<f64>> {
     use std::io::{IoSlice, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let host = listener.local_addr()?.to_string();
@@ -482,7 +526,8 @@ async fn transfer_reference(body: &[u8], n: usize) -> anyhow::Result<Vec<f64>> {
         }
     });
     let request = raw_http::request(&host, "GET", "/", None);
-    let lat = timed_requests(&host, &request, n, |_, status, answer| {
+    let what = format!("transfer reference, {when}");
+    let lat = timed_requests(&what, &host, &request, n, |_, status, answer| {
         if status != 200 || answer.len() != body.len() {
             bail!("the minimal responder answered {status} with {} bytes", answer.len());
         }
@@ -500,10 +545,10 @@ async fn transfer_reference(body: &[u8], n: usize) -> anyhow::Result<Vec<f64>> {
 /// Sequential latencies (ms), sorted, of `GET /healthz`, which does no work: the round trip
 /// through the client, the loopback and the server's HTTP stack that every query pays too
 /// (with the queries' client).
-async fn round_trips(base: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+async fn round_trips(when: &str, base: &str, n: usize) -> anyhow::Result<Vec<f64>> {
     let host = base.strip_prefix("http://").context("base is not http://")?;
     let request = raw_http::request(host, "GET", "/healthz", None);
-    timed_requests(host, &request, n, |_, status, _| {
+    timed_requests(&format!("round trip, {when}"), host, &request, n, |_, status, _| {
         if status != 200 {
             bail!("GET /healthz: {status}");
         }
@@ -559,6 +604,9 @@ fn seconds_between(a: &Value, b: &Value) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(path) = &args.latency_log {
+        LatencyLog::open(path)?;
+    }
     let server = Server::start()?;
     let base = server.base.clone();
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
@@ -752,7 +800,7 @@ async fn main() -> anyhow::Result<()> {
     let mut largest = Bytes::new();
     for _ in 0..args.runs * args.runs("queries") as usize {
         for (name, q) in &dashboards {
-            let (lat, rows, answer) = query_latencies(&base, q, args.queries).await?;
+            let (lat, rows, answer) = query_latencies(&format!("query, idle: {name}"), &base, q, args.queries).await?;
             report.add_latencies("query", "idle", name, &lat);
             report.add(&format!("rows answered: {name}"), "rows", rows as f64);
             report.add(&format!("answer size: {name}"), "MB", answer.len() as f64 / 1e6);
@@ -760,9 +808,9 @@ async fn main() -> anyhow::Result<()> {
                 largest = answer;
             }
         }
-        let lat = transfer_reference(&largest, args.queries).await?;
+        let lat = transfer_reference("idle", &largest, args.queries).await?;
         report.add_latencies("transfer reference", "idle", LARGEST_FROM_RESPONDER, &lat);
-        let lat = round_trips(&base, args.queries).await?;
+        let lat = round_trips("idle", &base, args.queries).await?;
         report.add_latencies("round trip", "idle", "GET /healthz", &lat);
     }
     if args.runs("queries") {
@@ -784,12 +832,12 @@ async fn main() -> anyhow::Result<()> {
         let load = tokio::spawn(async move { ack_latencies(&h, &b, &bodies, 1000, 200_000.0, go_on).await });
         tokio::time::sleep(Duration::from_millis(500)).await;
         for (name, q) in &dashboards {
-            let (lat, ..) = query_latencies(&base, q, n).await?;
+            let (lat, ..) = query_latencies(&format!("query, under ingest: {name}"), &base, q, n).await?;
             report.add_latencies("query", "under ingest", name, &lat);
         }
-        let lat = round_trips(&base, n).await?;
+        let lat = round_trips("under ingest", &base, n).await?;
         report.add_latencies("round trip", "under ingest", "GET /healthz", &lat);
-        let lat = transfer_reference(&largest, n).await?;
+        let lat = transfer_reference("under ingest", &largest, n).await?;
         report.add_latencies("transfer reference", "under ingest", LARGEST_FROM_RESPONDER, &lat);
         let loading = !load.is_finished();
         querying.store(false, Ordering::Relaxed);
