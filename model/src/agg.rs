@@ -103,8 +103,9 @@ impl MeasureState {
         }
     }
 
-    /// Starts loading the memory of a sketch state (see [`fold_rows`]).
-    fn prefetch(&self) {
+    /// Starts loading the memory of a sketch state (see [`fold_rows`]); nothing for the
+    /// others, whose state is in the slice of states itself.
+    pub fn prefetch(&self) {
         match self {
             MeasureState::Distinct(d) => prefetch(&**d as *const Distinct as *const u8, size_of::<Distinct>()),
             MeasureState::Percentile { sketch, .. } => {
@@ -431,7 +432,7 @@ pub fn fold_rows<'r>(view: &CompiledView, groups: &mut Groups, rows: impl IntoIt
 /// changes no result and never faults, whatever the address.
 #[inline(always)]
 #[allow(unsafe_code)]
-fn prefetch(start: *const u8, len: usize) {
+pub fn prefetch(start: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     for offset in (0..len).step_by(64) {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};

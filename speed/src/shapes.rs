@@ -38,7 +38,9 @@ use bytes::Bytes;
 use indexmap::IndexMap;
 use lru::LruCache;
 use parking_lot::{Mutex, MutexGuard};
-use tandem_model::agg::{GroupKey, Groups, KeyParts, MeasureState, RowKey, fold_measure, merge_states, update_group};
+use tandem_model::agg::{
+    GroupKey, Groups, KeyParts, MeasureState, RowKey, fold_measure, merge_states, prefetch, update_group,
+};
 use tandem_model::view::CompiledView;
 use tandem_model::{Granularity, Row, Value};
 
@@ -217,7 +219,7 @@ impl Shape {
 #[derive(Debug, Default)]
 pub struct Merged {
     /// The rows by key. A row keeps its place (index) in this map: rows are never removed.
-    rows: IndexMap<GroupKey, MergedRow, foldhash::fast::RandomState>,
+    rows: RowMap,
     /// Each bucket's rows, in order of their dimension values, and their text in blocks.
     buckets: BTreeMap<i64, Bucket>,
     /// How many rows the last [`fresh`](Self::fresh) made again (for the slow-query log).
@@ -227,6 +229,42 @@ pub struct Merged {
     made_behind: Option<Instant>,
     /// How the answers write a row's text; the background rounds write it with the same.
     render: Option<RowText>,
+}
+
+type RowMap = IndexMap<GroupKey, MergedRow, foldhash::fast::RandomState>;
+
+/// How many rows ahead of the one whose values are being made [`make_values`] starts loading
+/// a row, and half and a quarter as many ahead, the memory the row points to.
+const MAKE_AHEAD: usize = 8;
+
+/// Makes again the values of the rows at `places` (in `rows`) that are stale, as
+/// [`MergedRow::values`] does one row at a time; returns how many it made.
+///
+/// Like folding events (`tandem_model::agg::fold_rows`), making values is bound by cache
+/// misses, one after the other: the row, its states, each sketch's own memory, and the key the
+/// row's text is written from. Knowing the rows ahead, it asks for that memory a few rows
+/// before it needs it.
+fn make_values(rows: &mut RowMap, places: &[usize]) -> usize {
+    let mut made = 0;
+    for (k, &place) in places.iter().enumerate() {
+        let entry = |place: usize| rows.get_index(place).expect("kept");
+        if let Some(&ahead) = places.get(k + MAKE_AHEAD) {
+            let (key, row) = entry(ahead);
+            prefetch((key as *const GroupKey).cast(), size_of::<GroupKey>());
+            prefetch((row as *const MergedRow).cast(), size_of::<MergedRow>());
+        }
+        if let Some(&ahead) = places.get(k + MAKE_AHEAD / 2) {
+            let (key, row) = entry(ahead);
+            prefetch(row.states.as_ptr().cast(), size_of_val(row.states.as_slice()));
+            prefetch(row.values.as_ptr().cast(), size_of_val(row.values.as_slice()));
+            prefetch(key.dims.as_ptr().cast(), size_of_val(key.dims.as_slice()));
+        }
+        if let Some(&ahead) = places.get(k + MAKE_AHEAD / 4) {
+            entry(ahead).1.states.iter().for_each(MeasureState::prefetch);
+        }
+        made += usize::from(rows.get_index_mut(place).expect("kept").1.values().1);
+    }
+    made
 }
 
 /// Writes a row's text in an answer: the serving layer's JSON writer.
@@ -384,13 +422,29 @@ impl Merged {
     /// its text, the text of each such row written with the kept render (see
     /// [`keep_render`](Self::keep_render), which must have been called).
     pub fn fresh<K: Fn(i64) -> bool>(&mut self, keep: K) -> Fresh<'_, K> {
-        let mut made = 0;
+        let Merged { rows, buckets, render, .. } = &mut *self;
+        let render = &mut render.as_mut().expect("an answer keeps its render before reading rows").0;
+        // first the values of the rows whose text is made again below, all in one pass (see
+        // `make_values`)
+        let mut again = Vec::new();
+        for bucket in buckets.iter().filter(|(start, _)| keep(**start)).map(|(_, b)| b) {
+            for (run, places) in bucket.runs.iter().zip(bucket.places.chunks(BLOCK_ROWS)) {
+                if !run.made {
+                    again.extend_from_slice(places);
+                    continue;
+                }
+                let mut stale = run.stale;
+                while stale != 0 {
+                    again.push(places[stale.trailing_zeros() as usize]);
+                    stale &= stale - 1;
+                }
+            }
+        }
+        let mut made = make_values(rows, &again);
         // where a run with no text yet is written, to be kept at its size (grown row by row,
         // a run's text moved several times and took fresh pages for each size: session 25 in
         // `bench/HISTORY.md`)
         let mut scratch = Vec::new();
-        let Merged { rows, buckets, render, .. } = &mut *self;
-        let render = &mut render.as_mut().expect("an answer keeps its render before reading rows").0;
         for bucket in buckets.iter_mut().filter(|(start, _)| keep(**start)).map(|(_, b)| b) {
             for (run, places) in bucket.runs.iter_mut().zip(bucket.places.chunks(BLOCK_ROWS)) {
                 if run.made && run.stale == 0 {
@@ -480,7 +534,7 @@ impl<'a, K: Fn(i64) -> bool> Fresh<'a, K> {
 impl Bucket {
     /// After the rows from `places[from]` on moved: tells them their slots, and forgets the
     /// texts of the runs they are in.
-    fn placed(&mut self, rows: &mut IndexMap<GroupKey, MergedRow, foldhash::fast::RandomState>, from: usize) {
+    fn placed(&mut self, rows: &mut RowMap, from: usize) {
         for (slot, &place) in self.places.iter().enumerate().skip(from) {
             rows.get_index_mut(place).expect("kept").1.slot = slot;
         }
