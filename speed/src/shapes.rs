@@ -238,7 +238,7 @@ type RowMap = IndexMap<GroupKey, MergedRow, foldhash::fast::RandomState>;
 const MAKE_AHEAD: usize = 8;
 
 /// Makes again the values of the rows at `places` (in `rows`) that are stale, as
-/// [`MergedRow::values`] does one row at a time; returns how many it made.
+/// [`MergedRow::make_values`] does one row at a time; returns how many it made.
 ///
 /// Like folding events (`tandem_model::agg::fold_rows`), making values is bound by cache
 /// misses, one after the other: the row, its states, each sketch's own memory, and the key the
@@ -262,7 +262,7 @@ fn make_values(rows: &mut RowMap, places: &[usize]) -> usize {
         if let Some(&ahead) = places.get(k + MAKE_AHEAD / 4) {
             entry(ahead).1.states.iter().for_each(MeasureState::prefetch);
         }
-        made += usize::from(rows.get_index_mut(place).expect("kept").1.values().1);
+        made += usize::from(rows.get_index_mut(place).expect("kept").1.make_values());
     }
     made
 }
@@ -341,14 +341,14 @@ impl MergedRow {
         !std::mem::replace(&mut self.stale, true)
     }
 
-    /// The values, made again if stale; whether they were.
-    fn values(&mut self) -> (&[Value], bool) {
+    /// Makes the values again if stale; whether they were.
+    fn make_values(&mut self) -> bool {
         let stale = std::mem::replace(&mut self.stale, false);
         if stale {
             self.values.clear();
             self.values.extend(self.states.iter().map(MeasureState::value));
         }
-        (&self.values, stale)
+        stale
     }
 }
 
@@ -440,7 +440,7 @@ impl Merged {
                 }
             }
         }
-        let mut made = make_values(rows, &again);
+        let made = make_values(rows, &again);
         // where a run with no text yet is written, to be kept at its size (grown row by row,
         // a run's text moved several times and took fresh pages for each size: session 25 in
         // `bench/HISTORY.md`)
@@ -451,11 +451,10 @@ impl Merged {
                     continue;
                 }
                 let mut write = |i: usize, text: &mut Vec<u8>| {
-                    let (key, row) = rows.get_index_mut(places[i]).expect("kept");
-                    let (values, stale) = row.values();
-                    made += usize::from(stale);
+                    let (key, row) = rows.get_index(places[i]).expect("kept");
+                    debug_assert!(!row.stale, "made above");
                     text.push(b',');
-                    render(key, values, text);
+                    render(key, &row.values, text);
                 };
                 let mut ends = Vec::with_capacity(places.len());
                 let text: Bytes = if run.made {
