@@ -213,11 +213,16 @@ impl Report {
         self.figures.entry(name.to_string()).or_insert_with(|| (Vec::new(), unit)).0.push(value);
     }
 
-    /// The p50 and p99 of sorted latencies (ms), as "`what` p50, `when`: `of`" and p99.
-    fn add_latencies(&mut self, what: &str, when: &str, of: &str, lat: &[f64]) {
+    /// The p50 and p99 of timed requests, as "`what` p50, `when`: `of`" and p99; and each
+    /// request, as "`what`, `when`: `of`", in the latency log if there is one.
+    fn add_latencies(&mut self, what: &str, when: &str, of: &str, timed: Timed) -> anyhow::Result<()> {
+        LatencyLog::write(&format!("{what}, {when}: {of}"), &timed)?;
+        let mut lat = timed.ms;
+        lat.sort_by(f64::total_cmp);
         for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
-            self.add(&format!("{what} {name}, {when}: {of}"), "ms", percentile(lat, p));
+            self.add(&format!("{what} {name}, {when}: {of}"), "ms", percentile(&lat, p));
         }
+        Ok(())
     }
 }
 
@@ -391,7 +396,7 @@ struct Rows {
     rows: Vec<serde::de::IgnoredAny>,
 }
 
-/// Sequential query latencies (ms), sorted: from sending the request to having the whole
+/// `n` queries timed one after the other, from sending the request to having the whole
 /// answer (its bytes, as an HTTP benchmark counts), over one keep-alive connection of the
 /// lean client the throughput loops use (see `raw_http`). Each answer is then checked with
 /// the clock stopped, as [`Rows`]: building it as a JSON tree (43 k objects for the 30-day
@@ -399,12 +404,12 @@ struct Rows {
 /// server shares with the client while the latencies under ingest were timed. (With
 /// `reqwest`, collecting a 3.9 MB answer's pieces into one buffer took about 1.5 ms more than
 /// reading it into a buffer kept between requests: session 24 in `bench/HISTORY.md`.)
-async fn query_latencies(what: &str, base: &str, q: &Value, n: usize) -> anyhow::Result<(Vec<f64>, usize, Bytes)> {
+async fn query_latencies(base: &str, q: &Value, n: usize) -> anyhow::Result<(Timed, usize, Bytes)> {
     let host = base.strip_prefix("http://").context("base is not http://")?;
     let request =
         raw_http::request(host, "POST", "/v1/views/traffic/query", Some(("application/json", &serde_json::to_vec(q)?)));
     let (mut rows, mut last) = (0, Bytes::new());
-    let lat = timed_requests(what, host, &request, n, |i, status, answer| {
+    let timed = timed_requests(host, &request, n, |i, status, answer| {
         if status != 200 {
             bail!("query {q}: {status} {}", String::from_utf8_lossy(answer));
         }
@@ -415,31 +420,34 @@ async fn query_latencies(what: &str, base: &str, q: &Value, n: usize) -> anyhow:
         Ok(())
     })
     .await?;
-    Ok((lat, rows, last))
+    Ok((timed, rows, last))
 }
 
-/// Sequential latencies (ms), sorted, of `n` sends of a prepared `request` over one
-/// keep-alive connection to `host`, each from sending it to holding the whole answer;
-/// `check` sees each answer (its index, status and body) after the clock stops.
+/// Requests timed one after the other: when each was sent, and how long it took (ms).
+struct Timed {
+    sent: Vec<Instant>,
+    ms: Vec<f64>,
+}
+
+/// `n` sends of a prepared `request` over one keep-alive connection to `host`, each timed
+/// from sending it to holding the whole answer; `check` sees each answer (its index, status
+/// and body) after the clock stops.
 async fn timed_requests(
-    what: &str,
     host: &str,
     request: &[u8],
     n: usize,
     mut check: impl FnMut(usize, u16, &[u8]) -> anyhow::Result<()>,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<Timed> {
     let mut conn = raw_http::Connection::open(host).await?;
-    let (mut lat, mut sent) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut timed = Timed { sent: Vec::with_capacity(n), ms: Vec::with_capacity(n) };
     for i in 0..n {
         let t = Instant::now();
         let (status, answer) = conn.send(request).await?;
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        sent.push(t);
+        timed.ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        timed.sent.push(t);
         check(i, status, answer)?;
     }
-    LatencyLog::write(what, &sent, &lat)?;
-    lat.sort_by(f64::total_cmp);
-    Ok(lat)
+    Ok(timed)
 }
 
 /// The file `--latency-log` names, if it does.
@@ -463,12 +471,12 @@ impl LatencyLog {
         LATENCY_LOG.set(log).map_err(|_| anyhow::anyhow!("the latency log is opened once"))
     }
 
-    /// Adds requests sent at `sent`, which took `lat` ms each.
-    fn write(what: &str, sent: &[Instant], lat: &[f64]) -> anyhow::Result<()> {
+    /// Adds the timed requests, as `what`.
+    fn write(what: &str, timed: &Timed) -> anyhow::Result<()> {
         use std::io::Write;
         let Some(log) = LATENCY_LOG.get() else { return Ok(()) };
         let mut file = log.file.lock().expect("no writer panics holding it");
-        for (t, ms) in sent.iter().zip(lat) {
+        for (t, ms) in timed.sent.iter().zip(&timed.ms) {
             let at = log.started.1 + t.duration_since(log.started.0);
             let at = at.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
             writeln!(file, "\"{what}\",{at:.6},{ms:.3}")?;
@@ -481,15 +489,15 @@ impl LatencyLog {
 /// What [`transfer_reference`] measures, in the report's names.
 const LARGEST_FROM_RESPONDER: &str = "the largest answer's bytes from a minimal responder";
 
-/// Sequential latencies (ms), sorted, of the queries' client reading `body` from a server
-/// that only writes it: a minimal HTTP/1.1 responder on a thread of its own (plain blocking
-/// sockets, outside the client's runtime, as a server process would be), on loopback, that
-/// answers each request with `body`, ready in memory. With a query's answer as `body`,
+/// The queries' client, timed `n` times reading `body` from a server that only writes it: a
+/// minimal HTTP/1.1 responder on a thread of its own (plain blocking sockets, outside the
+/// client's runtime, as a server process would be), on loopback, that answers each request
+/// with `body`, ready in memory. With a query's answer as `body`,
 /// this is what that answer's size costs before tandem does any work on this machine: a
 /// reference rather than a strict floor (how the bytes are cut into writes moves it: session
 /// 36 in `bench/HISTORY.md`). Each answer is checked after the clock stops, as
 /// [`query_latencies`] checks them.
-async fn transfer_reference(when: &str, body: &[u8], n: usize) -> anyhow::Result<Vec<f64>> {
+async fn transfer_reference(body: &[u8], n: usize) -> anyhow::Result<Timed> {
     use std::io::{IoSlice, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let host = listener.local_addr()?.to_string();
@@ -526,8 +534,7 @@ async fn transfer_reference(when: &str, body: &[u8], n: usize) -> anyhow::Result
         }
     });
     let request = raw_http::request(&host, "GET", "/", None);
-    let what = format!("transfer reference, {when}");
-    let lat = timed_requests(&what, &host, &request, n, |_, status, answer| {
+    let timed = timed_requests(&host, &request, n, |_, status, answer| {
         if status != 200 || answer.len() != body.len() {
             bail!("the minimal responder answered {status} with {} bytes", answer.len());
         }
@@ -539,16 +546,16 @@ async fn transfer_reference(when: &str, body: &[u8], n: usize) -> anyhow::Result
     .await?;
     // the connection is closed: the responder sees the end of its stream and returns
     responder.join().map_err(|_| anyhow::anyhow!("the minimal responder panicked"))??;
-    Ok(lat)
+    Ok(timed)
 }
 
-/// Sequential latencies (ms), sorted, of `GET /healthz`, which does no work: the round trip
+/// `GET /healthz` timed, `n` times one after the other: it does no work: the round trip
 /// through the client, the loopback and the server's HTTP stack that every query pays too
 /// (with the queries' client).
-async fn round_trips(when: &str, base: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+async fn round_trips(base: &str, n: usize) -> anyhow::Result<Timed> {
     let host = base.strip_prefix("http://").context("base is not http://")?;
     let request = raw_http::request(host, "GET", "/healthz", None);
-    timed_requests(&format!("round trip, {when}"), host, &request, n, |_, status, _| {
+    timed_requests(host, &request, n, |_, status, _| {
         if status != 200 {
             bail!("GET /healthz: {status}");
         }
@@ -800,18 +807,18 @@ async fn main() -> anyhow::Result<()> {
     let mut largest = Bytes::new();
     for _ in 0..args.runs * args.runs("queries") as usize {
         for (name, q) in &dashboards {
-            let (lat, rows, answer) = query_latencies(&format!("query, idle: {name}"), &base, q, args.queries).await?;
-            report.add_latencies("query", "idle", name, &lat);
+            let (timed, rows, answer) = query_latencies(&base, q, args.queries).await?;
+            report.add_latencies("query", "idle", name, timed)?;
             report.add(&format!("rows answered: {name}"), "rows", rows as f64);
             report.add(&format!("answer size: {name}"), "MB", answer.len() as f64 / 1e6);
             if answer.len() > largest.len() {
                 largest = answer;
             }
         }
-        let lat = transfer_reference("idle", &largest, args.queries).await?;
-        report.add_latencies("transfer reference", "idle", LARGEST_FROM_RESPONDER, &lat);
-        let lat = round_trips("idle", &base, args.queries).await?;
-        report.add_latencies("round trip", "idle", "GET /healthz", &lat);
+        let timed = transfer_reference(&largest, args.queries).await?;
+        report.add_latencies("transfer reference", "idle", LARGEST_FROM_RESPONDER, timed)?;
+        let timed = round_trips(&base, args.queries).await?;
+        report.add_latencies("round trip", "idle", "GET /healthz", timed)?;
     }
     if args.runs("queries") {
         peaks.section(&server, &mut report, "queries, idle");
@@ -832,13 +839,13 @@ async fn main() -> anyhow::Result<()> {
         let load = tokio::spawn(async move { ack_latencies(&h, &b, &bodies, 1000, 200_000.0, go_on).await });
         tokio::time::sleep(Duration::from_millis(500)).await;
         for (name, q) in &dashboards {
-            let (lat, ..) = query_latencies(&format!("query, under ingest: {name}"), &base, q, n).await?;
-            report.add_latencies("query", "under ingest", name, &lat);
+            let (timed, ..) = query_latencies(&base, q, n).await?;
+            report.add_latencies("query", "under ingest", name, timed)?;
         }
-        let lat = round_trips("under ingest", &base, n).await?;
-        report.add_latencies("round trip", "under ingest", "GET /healthz", &lat);
-        let lat = transfer_reference("under ingest", &largest, n).await?;
-        report.add_latencies("transfer reference", "under ingest", LARGEST_FROM_RESPONDER, &lat);
+        let timed = round_trips(&base, n).await?;
+        report.add_latencies("round trip", "under ingest", "GET /healthz", timed)?;
+        let timed = transfer_reference(&largest, n).await?;
+        report.add_latencies("transfer reference", "under ingest", LARGEST_FROM_RESPONDER, timed)?;
         let loading = !load.is_finished();
         querying.store(false, Ordering::Relaxed);
         load.await??;
