@@ -971,6 +971,48 @@ mod key_tests {
     }
 
     #[tokio::test]
+    async fn ids_shared_by_requests_queued_together_are_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _) = DatasetWriter::open(dir.path(), dataset(), vec![], WriterConfig::default()).unwrap();
+        // requests of 3,000 events, each sharing 1,000 ids with the one before, all queued at
+        // once: some share a group commit, others are staged right after the group before
+        let (requests, size, shared) = (24, 3_000, 1_000);
+        let ids = |r: usize| (r * (size - shared)..r * (size - shared) + size).map(|i| event(&format!("e{i}")));
+        let sent: Vec<_> = (0..requests)
+            .map(|r| {
+                let w = writer.clone();
+                let rows: Vec<Row> = ids(r).collect();
+                tokio::spawn(async move { w.append(rows, None).await.unwrap() })
+            })
+            .collect();
+        let (mut accepted, mut duplicates) = (0, 0);
+        for s in sent {
+            let outcome = s.await.unwrap();
+            accepted += outcome.accepted;
+            duplicates += outcome.duplicates;
+        }
+        let distinct: HashSet<String> = (0..requests)
+            .flat_map(ids)
+            .map(|row| match &row[0] {
+                Value::String(id) => id.to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(accepted, distinct.len());
+        assert_eq!(accepted + duplicates, requests * size);
+        writer.shutdown().await;
+        let stored: Vec<String> = log::list_segments(dir.path())
+            .unwrap()
+            .iter()
+            .flat_map(|s| log::read_segment(&s.path).unwrap().records)
+            .flat_map(|r| r.rows)
+            .map(|row| format!("{:?}", row[0]))
+            .collect();
+        assert_eq!(stored.len(), distinct.len(), "each id stored once");
+        assert_eq!(stored.iter().collect::<HashSet<_>>().len(), distinct.len());
+    }
+
+    #[tokio::test]
     async fn a_full_queue_refuses_instead_of_growing() {
         let dir = tempfile::tempdir().unwrap();
         let config = WriterConfig { max_queued: 2, ..WriterConfig::default() };
