@@ -1,6 +1,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -128,20 +129,34 @@ async fn ask(state: &AppState, name: &str, request: QueryRequest) -> ApiResult<R
         let answered = tokio::task::spawn_blocking(move || prepared.answer(&live)).await;
         answered.map_err(|e| ApiError::internal("query task", e))??
     };
-    Ok(([(CONTENT_TYPE, "application/json")], Body::new(Pieces::from(answer))).into_response())
+    Ok(([(CONTENT_TYPE, "application/json")], Body::new(Pieces::new(answer, name))).into_response())
 }
+
+/// An answer whose sending took longer than this logs how long (`TANDEM_LOG=tandem_serving=debug`),
+/// to be set beside the slow-query log of its making (`tandem_speed=debug`).
+const SLOW_SEND: Duration = Duration::from_millis(1);
 
 /// An answer as a response body: its pieces sent one after another (the kept blocks of
 /// rows among them are not copied into one buffer), with its length known up front.
 struct Pieces {
     pieces: std::vec::IntoIter<Bytes>,
     left: u64,
+    /// The view, how long the answer is, and when it was made (for [`SLOW_SEND`]).
+    view: String,
+    len: u64,
+    made: Instant,
 }
 
-impl From<Answer> for Pieces {
-    fn from(answer: Answer) -> Pieces {
-        let left = answer.len() as u64;
-        Pieces { pieces: answer.into_pieces().into_iter(), left }
+impl Pieces {
+    fn new(answer: Answer, view: &str) -> Pieces {
+        let len = answer.len() as u64;
+        Pieces {
+            pieces: answer.into_pieces().into_iter(),
+            left: len,
+            view: view.to_string(),
+            len,
+            made: Instant::now(),
+        }
     }
 }
 
@@ -156,6 +171,11 @@ impl http_body::Body for Pieces {
         let next = self.pieces.next();
         if let Some(piece) = &next {
             self.left -= piece.len() as u64;
+            // the last piece is asked for once the pieces before it are written to the socket
+            if self.left == 0 && self.made.elapsed() >= SLOW_SEND {
+                let ms = self.made.elapsed().as_secs_f64() * 1e3;
+                tracing::debug!(view = %self.view, ms, bytes = self.len, "slow send");
+            }
         }
         Poll::Ready(next.map(|piece| Ok(http_body::Frame::data(piece))))
     }
