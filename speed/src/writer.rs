@@ -975,7 +975,7 @@ mod key_tests {
         let dir = tempfile::tempdir().unwrap();
         let (writer, _) = DatasetWriter::open(dir.path(), dataset(), vec![], WriterConfig::default()).unwrap();
         // requests of 3,000 events, each sharing 1,000 ids with the one before, all queued at
-        // once: some share a group commit, others are staged right after the group before
+        // once: some share a group commit, others follow in the next ones
         let (requests, size, shared) = (24, 3_000, 1_000);
         let ids = |r: usize| (r * (size - shared)..r * (size - shared) + size).map(|i| event(&format!("e{i}")));
         let sent: Vec<_> = (0..requests)
