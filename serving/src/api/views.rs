@@ -141,22 +141,16 @@ const SLOW_SEND: Duration = Duration::from_millis(1);
 struct Pieces {
     pieces: std::vec::IntoIter<Bytes>,
     left: u64,
-    /// The view, how long the answer is, and when it was made (for [`SLOW_SEND`]).
-    view: String,
-    len: u64,
-    made: Instant,
+    /// The view, how long the answer is, and when it was made, while [`SLOW_SEND`]s are
+    /// logged (nothing is kept for it otherwise).
+    watched: Option<(String, u64, Instant)>,
 }
 
 impl Pieces {
     fn new(answer: Answer, view: &str) -> Pieces {
-        let len = answer.len() as u64;
-        Pieces {
-            pieces: answer.into_pieces().into_iter(),
-            left: len,
-            view: view.to_string(),
-            len,
-            made: Instant::now(),
-        }
+        let left = answer.len() as u64;
+        let watched = tracing::enabled!(tracing::Level::DEBUG).then(|| (view.to_string(), left, Instant::now()));
+        Pieces { pieces: answer.into_pieces().into_iter(), left, watched }
     }
 }
 
@@ -172,9 +166,11 @@ impl http_body::Body for Pieces {
         if let Some(piece) = &next {
             self.left -= piece.len() as u64;
             // the last piece is asked for once the pieces before it are written to the socket
-            if self.left == 0 && self.made.elapsed() >= SLOW_SEND {
-                let ms = self.made.elapsed().as_secs_f64() * 1e3;
-                tracing::debug!(view = %self.view, ms, bytes = self.len, "slow send");
+            if let Some((view, bytes, made)) = self.watched.as_ref().filter(|_| self.left == 0) {
+                let took = made.elapsed();
+                if took >= SLOW_SEND {
+                    tracing::debug!(view = %view, ms = took.as_secs_f64() * 1e3, bytes, "slow send");
+                }
             }
         }
         Poll::Ready(next.map(|piece| Ok(http_body::Frame::data(piece))))
