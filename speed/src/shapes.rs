@@ -53,14 +53,8 @@ use tandem_model::{Granularity, Row, Value};
 pub const SHAPES_IDLE: Duration = Duration::from_secs(60);
 
 /// Background rounds may keep a core busy at most this share of the time (over windows of
-/// [`BUSY_WINDOW`]) before the least recently asked shape is dropped. Until session 39 half a
-/// core: on a slow machine, folding 200 k ev/s into three kept shapes then took 0.35-0.4 of a
-/// core, which left the rounds little room to make rows ahead, and the 30-day query under
-/// ingest made 3.0-4.7 k rows itself at its 90th percentile, against 1.7-3.7 k with 0.65
-/// (client p99, median of seven alternating pairs, 36.2 -> 25.4 ms, the p50 unchanged;
-/// `bench/HISTORY.md`, session 39). The cost: under heavy ingest with shapes kept, up to 0.65
-/// of a core goes to the rounds before one is dropped.
-const MAX_BUSY_SHARE: f64 = 0.65;
+/// [`BUSY_WINDOW`]) before the least recently asked shape is dropped.
+const MAX_BUSY_SHARE: f64 = 0.5;
 
 /// A background round makes the values and text of a kept shape's rows that events reached
 /// (see [`Merged::make_behind`]) at most this often, while the rounds are within
@@ -73,10 +67,9 @@ const MAKE_BEHIND_EVERY: Duration = Duration::from_millis(10);
 
 /// Background rounds make rows ahead of the queries only while below this share (see
 /// [`Shapes::may_make_behind`]): close under [`MAX_BUSY_SHARE`], so that making rows ahead
-/// never drops a shape (without this bound it dropped one or two in most bench runs; with the
-/// bound at half a core, 0.4 or 0.45 here made few rows on a slow hour, whose folds alone took
-/// 0.4 of a core).
-const MAKE_BEHIND_SHARE: f64 = 0.63;
+/// never drops a shape (without this bound it dropped one or two in most bench runs; at 0.4
+/// or 0.45 it made few rows on a slow hour, whose folds alone took 0.4 of a core).
+const MAKE_BEHIND_SHARE: f64 = 0.48;
 const BUSY_WINDOW: Duration = Duration::from_secs(1);
 
 /// Events of one request past the view's floor, shared with the writer's group commit: the
