@@ -934,6 +934,17 @@ mod key_tests {
         vec![Value::String(id.into()), Value::Timestamp(0)]
     }
 
+    /// The ids of every event in the log under `dir`, in log order.
+    fn stored_ids(dir: &Path) -> Vec<String> {
+        let segments = log::list_segments(dir).unwrap();
+        let rows = segments.iter().flat_map(|s| log::read_segment(&s.path).unwrap().records).flat_map(|r| r.rows);
+        rows.map(|row| match &row[0] {
+            Value::String(id) => id.to_string(),
+            other => panic!("an id field holds {other:?}"),
+        })
+        .collect()
+    }
+
     #[tokio::test]
     async fn a_retried_key_gets_the_first_answer_and_stores_nothing_even_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -962,12 +973,7 @@ mod key_tests {
         let fresh = writer.append(vec![event("c"), event("x"), event("y")], Some("k3".into())).await.unwrap();
         assert_eq!(fresh, AppendOutcome { accepted: 3, duplicates: 0 });
         writer.shutdown().await;
-        let stored: usize = log::list_segments(dir.path())
-            .unwrap()
-            .iter()
-            .map(|s| log::read_segment(&s.path).unwrap().records.iter().map(|r| r.rows.len()).sum::<usize>())
-            .sum();
-        assert_eq!(stored, 5);
+        assert_eq!(stored_ids(dir.path()), ["a", "b", "c", "x", "y"]);
     }
 
     #[tokio::test]
@@ -977,11 +983,11 @@ mod key_tests {
         // requests of 3,000 events, each sharing 1,000 ids with the one before, all queued at
         // once: some share a group commit, others follow in the next ones
         let (requests, size, shared) = (24, 3_000, 1_000);
-        let ids = |r: usize| (r * (size - shared)..r * (size - shared) + size).map(|i| event(&format!("e{i}")));
+        let ids = |r: usize| (r * (size - shared)..r * (size - shared) + size).map(|i| format!("e{i}"));
         let sent: Vec<_> = (0..requests)
             .map(|r| {
                 let w = writer.clone();
-                let rows: Vec<Row> = ids(r).collect();
+                let rows: Vec<Row> = ids(r).map(|id| event(&id)).collect();
                 tokio::spawn(async move { w.append(rows, None).await.unwrap() })
             })
             .collect();
@@ -991,25 +997,13 @@ mod key_tests {
             accepted += outcome.accepted;
             duplicates += outcome.duplicates;
         }
-        let distinct: HashSet<String> = (0..requests)
-            .flat_map(ids)
-            .map(|row| match &row[0] {
-                Value::String(id) => id.to_string(),
-                other => panic!("{other:?}"),
-            })
-            .collect();
+        let distinct: HashSet<String> = (0..requests).flat_map(ids).collect();
         assert_eq!(accepted, distinct.len());
         assert_eq!(accepted + duplicates, requests * size);
         writer.shutdown().await;
-        let stored: Vec<String> = log::list_segments(dir.path())
-            .unwrap()
-            .iter()
-            .flat_map(|s| log::read_segment(&s.path).unwrap().records)
-            .flat_map(|r| r.rows)
-            .map(|row| format!("{:?}", row[0]))
-            .collect();
+        let stored = stored_ids(dir.path());
         assert_eq!(stored.len(), distinct.len(), "each id stored once");
-        assert_eq!(stored.iter().collect::<HashSet<_>>().len(), distinct.len());
+        assert_eq!(stored.into_iter().collect::<HashSet<_>>(), distinct, "the ids sent, each of them");
     }
 
     #[tokio::test]
