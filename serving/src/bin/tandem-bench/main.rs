@@ -60,8 +60,13 @@ struct Args {
     /// (0 skips it).
     #[arg(long, default_value_t = 20_000_000)]
     memory_events: u64,
+    /// How often a dashboard left open asks its three queries in the section at the ingest
+    /// limit (`dashboards`), in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    dashboard_every_ms: u64,
     /// Run only these sections (comma-separated: ingest, ack, freshness, batch, queries,
-    /// memory); all by default. Sections that need an earlier one's figure use a default.
+    /// dashboards, memory); all by default. Sections that need an earlier one's figure use a
+    /// default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write every timed request's latency to this file (CSV: what was timed, when it
@@ -421,6 +426,31 @@ async fn query_latencies(base: &str, q: &Value, n: usize) -> anyhow::Result<(Tim
     })
     .await?;
     Ok((timed, rows, last))
+}
+
+/// A dashboard left open: its `queries` (prepared requests) asked one after the other over one
+/// keep-alive connection, a round starting every `every`, until `until`; each query's
+/// requests answered by then, timed as [`timed_requests`] times them.
+async fn dashboard(host: String, queries: Vec<Bytes>, every: Duration, until: Instant) -> anyhow::Result<Vec<Timed>> {
+    let mut conn = raw_http::Connection::open(&host).await?;
+    let mut timed: Vec<Timed> = queries.iter().map(|_| Timed { sent: Vec::new(), ms: Vec::new() }).collect();
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        for (request, query) in queries.iter().zip(&mut timed) {
+            let t = Instant::now();
+            let (status, answer) = conn.send(request).await?;
+            if status != 200 {
+                bail!("dashboard query: {status} {}", String::from_utf8_lossy(answer));
+            }
+            if Instant::now() > until {
+                return Ok(timed);
+            }
+            query.ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            query.sent.push(t);
+        }
+    }
 }
 
 /// Requests timed one after the other: when each was sent, and how long it took (ms).
@@ -856,6 +886,44 @@ async fn main() -> anyhow::Result<()> {
 
     if args.runs("queries") {
         peaks.section(&server, &mut report, "queries, under ingest");
+    }
+
+    // What keeping dashboards' answers current costs the ingest: as the ingest section's
+    // 1,000-event batches, with a dashboard asking its three queries all along (the shapes the
+    // background rounds keep current take up to half a core: `speed/src/shapes.rs`).
+    let every = Duration::from_millis(args.dashboard_every_ms);
+    println!("ingest at the limit with a dashboard open (its queries every {every:?})");
+    let host = base.strip_prefix("http://").context("base is not http://")?.to_string();
+    let requests: Vec<Bytes> = dashboards
+        .iter()
+        .map(|(_, q)| {
+            let body = serde_json::to_vec(q).expect("a JSON value serializes");
+            raw_http::request(&host, "POST", "/v1/views/traffic/query", Some(("application/json", &body)))
+        })
+        .collect();
+    if args.runs("dashboards") {
+        // the first ask of each builds its shape (see `speed/src/shapes.rs`), not timed here
+        let mut conn = raw_http::Connection::open(&host).await?;
+        for request in &requests {
+            conn.send(request).await?;
+        }
+    }
+    for _ in 0..args.runs * args.runs("dashboards") as usize {
+        let until = Instant::now() + Duration::from_secs(args.seconds);
+        let open = tokio::spawn(dashboard(host.clone(), requests.clone(), every, until));
+        let cpu = server.cpu_seconds();
+        let (rate, events) = ingest_throughput(&base, &bodies_1k, args.connections, args.seconds).await?;
+        let name = "ingest with a dashboard open, NDJSON 1,000-event batches";
+        report.add(name, "events/s", rate);
+        if let (Some(before), Some(after)) = (cpu, server.cpu_seconds()) {
+            report.add(&format!("{name}: server CPU per event"), "µs", (after - before) / events as f64 * 1e6);
+        }
+        for ((query, _), timed) in dashboards.iter().zip(open.await??) {
+            report.add_latencies("query", "at the ingest limit", query, timed)?;
+        }
+    }
+    if args.runs("dashboards") {
+        peaks.section(&server, &mut report, "ingest with a dashboard open");
     }
     peaks.finish(&mut report);
     drop(server);
