@@ -390,10 +390,10 @@ const PREFETCH_AHEAD: usize = 8;
 /// (`bench/HISTORY.md`, session 35). A measure at a time, consecutive updates (say, two
 /// DDSketch adds, each waiting on its bin) are short and independent, so the CPU overlaps
 /// their misses; a group's events still fold in order, so the result is the same.
-#[allow(unsafe_code)] // the one place: see the SAFETY notes
+#[allow(unsafe_code)] // see the SAFETY note; `fold_found` holds the rest
 pub fn fold_rows<'r>(view: &CompiledView, groups: &mut Groups, rows: impl IntoIterator<Item = &'r Row>) {
     let rows = rows.into_iter();
-    let mut found: Vec<(*mut MeasureState, usize, &Row)> = Vec::with_capacity(rows.size_hint().0);
+    let mut found: Vec<Found<'r>> = Vec::with_capacity(rows.size_hint().0);
     for row in rows {
         let Some(key) = row_key(view, row) else {
             continue;
@@ -405,18 +405,41 @@ pub fn fold_rows<'r>(view: &CompiledView, groups: &mut Groups, rows: impl IntoIt
             |states| found.push((states.as_mut_ptr(), states.len(), row)),
         );
     }
-    // SAFETY (for each slice made below): every pointer is the heap buffer of a group's states
-    // vector in `groups`, with its length. Inserting groups above moved each new vector into
-    // the map and may have moved the others within it, never their buffers; from here on nothing inserts, removes, grows or
-    // drops a vector (`groups` is borrowed mutably, so nothing else can either). Two events of
-    // one group share a buffer, so each slice lives only within its own statement or block.
-    for (m, measure) in view.measures.iter().enumerate() {
+    // SAFETY: every pointer is the heap buffer of a group's states vector in `groups`, with
+    // its length and a state per measure of the view. Inserting groups above moved each new
+    // vector into the map and may have moved the others within it, never their buffers;
+    // `groups` stays borrowed mutably until `fold_found` returns, so nothing else inserts,
+    // removes, grows or drops a vector.
+    unsafe { fold_found(&found, &view.measures) }
+}
+
+/// An event and where its states were found: the heap buffer of a states vector, its length,
+/// and the event (see [`fold_found`]).
+pub type Found<'r> = (*mut MeasureState, usize, &'r Row);
+
+/// The second pass of [`fold_rows`], for any states the caller found: folds each event of
+/// `found` into its states, a measure at a time over all the events, with the states and the
+/// sketch structs of the events a few ahead on their way into the cache. `measures` are the
+/// states' measures, in their order, each with the position of its field in a row (as in
+/// [`CompiledView::measures`]); the events of one states vector fold in the order of `found`.
+///
+/// # Safety
+///
+/// Every entry's pointer must be the heap buffer of a live `Vec<MeasureState>` of that many
+/// states, one per entry of `measures`, which nothing else reads, writes, grows, shrinks or
+/// drops until this returns. Entries may share a buffer (two events of one group).
+#[allow(unsafe_code)] // the one place that reads through them: see the SAFETY notes
+pub unsafe fn fold_found<'m>(found: &[Found<'_>], measures: impl IntoIterator<Item = &'m (Measure, Option<usize>)>) {
+    for (m, measure) in measures.into_iter().enumerate() {
         for i in 0..found.len() {
             if m == 0
                 && let Some(&(states, len, _)) = found.get(i + PREFETCH_AHEAD)
             {
                 prefetch(states as *const u8, len * size_of::<MeasureState>());
             }
+            // SAFETY (for each slice made below): by the contract above each pointer is a live
+            // buffer of `len` states; two events of one group share a buffer, so each slice
+            // lives only within its own statement.
             if let Some(&(states, len, _)) = found.get(i + PREFETCH_AHEAD / 2) {
                 let ahead = unsafe { std::slice::from_raw_parts(states, len) };
                 ahead[m].prefetch();

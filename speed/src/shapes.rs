@@ -39,7 +39,7 @@ use indexmap::IndexMap;
 use lru::LruCache;
 use parking_lot::{Mutex, MutexGuard};
 use tandem_model::agg::{
-    GroupKey, Groups, KeyParts, MeasureState, RowKey, fold_measure, merge_states, prefetch, update_group,
+    Found, GroupKey, Groups, KeyParts, MeasureState, RowKey, fold_found, merge_states, prefetch, update_group,
 };
 use tandem_model::view::CompiledView;
 use tandem_model::{Granularity, Row, Value};
@@ -177,14 +177,16 @@ impl Shape {
     /// Folds the events of `chunk` into this shape's rows: into `merged`'s row where it
     /// has one, else into `fresh` (rows not kept yet, keyed by this shape, with its
     /// measures); each event as [`tandem_model::agg::fold_row`] folds it into the view's
-    /// groups and [`fold`](Self::fold) then into this shape's rows.
+    /// groups and [`fold`](Self::fold) then into this shape's rows. In two passes, as the
+    /// writer folds (`tandem_model::agg::fold_rows`): every event's row first, then the events
+    /// into their rows a measure at a time, with the rows' memory a few events ahead on its
+    /// way into the cache. At the ingest limit with a dashboard open the rounds spent two
+    /// thirds of their time in the sketches' inserts, waiting on an HLL register or a DDSketch
+    /// bin (session 40 in `bench/HISTORY.md`).
+    #[allow(unsafe_code)] // see the SAFETY note
     fn fold_chunk(&self, view: &CompiledView, merged: &mut Merged, fresh: &mut Groups, chunk: &Chunk) {
         let dims: Vec<usize> = self.group.iter().map(|pos| view.dimension_index[*pos]).collect();
-        let fold = |states: &mut [MeasureState], row: &Row| {
-            for (state, &m) in states.iter_mut().zip(&self.measures) {
-                fold_measure(state, &view.measures[m], row);
-            }
-        };
+        let mut found: Vec<Found<'_>> = Vec::with_capacity(chunk.len());
         for row in chunk.events() {
             let Value::Timestamp(ts) = row[view.time_index] else { continue };
             if !self.admits_dims(|pos| &row[view.dimension_index[pos]]) {
@@ -193,19 +195,26 @@ impl Shape {
             let key =
                 RowKey { bucket: self.granularity.truncate(view.spec.granularity.truncate(ts)), row, dims: &dims };
             if let Some(kept) = merged.rows.get_mut(&key as &dyn KeyParts) {
-                fold(&mut kept.states, row);
                 if kept.changed() {
                     merged.buckets.get_mut(&key.bucket).expect("a kept row's bucket").reached(kept.slot);
                 }
+                found.push((kept.states.as_mut_ptr(), kept.states.len(), row));
                 continue;
             }
             update_group(
                 fresh,
                 &key,
                 || self.measures.iter().map(|&m| MeasureState::empty(&view.measures[m].0)).collect(),
-                |states| fold(states, row),
+                |states| found.push((states.as_mut_ptr(), states.len(), row)),
             );
         }
+        // SAFETY: every pointer is the heap buffer of the states vector of a row in
+        // `merged.rows` or in `fresh`, with its length and a state per measure of this shape.
+        // Nothing was inserted into `merged.rows` above; inserting rows into `fresh` moved each
+        // new vector into the map and may have moved the others within it, never their
+        // buffers; both stay borrowed mutably until `fold_found` returns, so nothing else
+        // inserts, removes, grows or drops a vector.
+        unsafe { fold_found(&found, self.measures.iter().map(|&m| &view.measures[m])) }
     }
 }
 
