@@ -22,8 +22,8 @@
 //! The background work grows with events × kept shapes, so it is bounded: a shape nobody
 //! asked for in [`SHAPES_IDLE`] is dropped, and when the rounds use more than half of a
 //! core's time a shape is dropped, one whose base is kept first (a dropped shape is built
-//! again when asked: see [`Shapes::spent`]). A row's measure values, and its text in an answer, are cached until an event
-//! reaches it; a round makes the reached rows' values and text again (at most every
+//! again when asked: see [`Shapes::spent`]). A row's measure values, and its text in an
+//! answer, are cached until an event reaches it; a round makes the reached rows' values and text again (at most every
 //! [`MAKE_BEHIND_EVERY`], within its share of a core), and a query those of the rows reached
 //! since. States fold and merge exactly, so a kept shape equals one fold of all events at the
 //! moment the newest chunk it folded was queued.
@@ -917,7 +917,7 @@ mod tests {
             shapes.window = Instant::now() - BUSY_WINDOW;
             shapes.spent("v", BUSY_WINDOW, 1, 0);
         };
-        // day was asked least recently but has no base: hour goes, then all, then day
+        // day was asked least recently but has no base: hour goes, then all; day stays alone
         over_the_bound(&mut shapes);
         assert!(!shapes.contains(&shape(Granularity::Hour)));
         assert!(shapes.contains(&shape(Granularity::Day)) && shapes.contains(&shape(Granularity::All)));
