@@ -25,8 +25,8 @@
 //! again when asked: see [`Shapes::spent`]). A row's measure values, and its text in an
 //! answer, are cached until an event reaches it; a round makes the reached rows' values and
 //! text again (at most every [`MAKE_BEHIND_EVERY`], within its share of a core), and a query
-//! those of the rows reached since. States fold and merge exactly, so a kept shape equals one fold of all events at the
-//! moment the newest chunk it folded was queued.
+//! those of the rows reached since. States fold and merge exactly, so a kept shape equals one
+//! fold of all events at the moment the newest chunk it folded was queued.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
