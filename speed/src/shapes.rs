@@ -628,6 +628,8 @@ struct Entry {
     kept: Arc<Kept>,
     /// When a query last asked for it.
     asked: Instant,
+    /// Thread CPU time the background rounds spent on it in the current window.
+    rounds: Duration,
 }
 
 /// One kept shape: its rows, and the events queued for it that it has not folded yet.
@@ -774,7 +776,7 @@ impl Shapes {
     /// fills it (see [`Kept::lock`]) before anyone else can: lock it before releasing `self`.
     pub fn keep(&mut self, shape: Shape, budget: usize) -> Arc<Kept> {
         let kept = Arc::new(Kept::default());
-        self.kept.put(shape, Entry { kept: kept.clone(), asked: Instant::now() });
+        self.kept.put(shape, Entry { kept: kept.clone(), asked: Instant::now(), rounds: Duration::ZERO });
         self.budget = budget;
         self.fit();
         kept
@@ -828,14 +830,27 @@ impl Shapes {
         self.busy.as_secs_f64() <= MAKE_BEHIND_SHARE * self.window.elapsed().as_secs_f64()
     }
 
-    /// Counts a background round's thread CPU time and the events it queued. When the rounds
+    /// Counts a background round's thread CPU time, the events it queued, and (`each`) the
+    /// time it spent on each shape, which the window's debug line reports. When the rounds
     /// of the last [`BUSY_WINDOW`] kept a core more than [`MAX_BUSY_SHARE`] busy, a shape is
     /// dropped (one always stays): the least recently asked of those whose base is kept, else
     /// the least recently asked. A shape with a base is built again in milliseconds; the 30-day
     /// shape, which keeps none (too many rows for the version's groups: see
     /// [`keep_base`](Self::keep_base)), took 114-490 ms to build again at the ingest limit,
     /// where the rounds go over their bound in every window (session 40 in `bench/HISTORY.md`).
-    pub fn spent(&mut self, view: &str, cpu: Duration, events: usize, values_made: usize) {
+    pub fn spent(
+        &mut self,
+        view: &str,
+        cpu: Duration,
+        events: usize,
+        values_made: usize,
+        each: Vec<(Shape, Duration)>,
+    ) {
+        for (shape, cpu) in each {
+            if let Some(entry) = self.kept.peek_mut(&shape) {
+                entry.rounds += cpu;
+            }
+        }
         self.busy += cpu;
         self.busy_events += events;
         self.busy_values += values_made;
@@ -846,7 +861,18 @@ impl Shapes {
         let (busy_ms, events, shapes) = (self.busy.as_millis() as u64, self.busy_events, self.kept.len());
         // what keeping the shapes costs, for `TANDEM_LOG=tandem_speed=debug`
         let window_ms = window.as_millis() as u64;
-        tracing::debug!(view, busy_ms, window_ms, events, values_made = self.busy_values, shapes, "background rounds");
+        let each_ms: Vec<(Granularity, &[usize], u128)> =
+            self.kept.iter().map(|(s, e)| (s.granularity, s.group.as_slice(), e.rounds.as_millis())).collect();
+        tracing::debug!(
+            view,
+            busy_ms,
+            window_ms,
+            events,
+            values_made = self.busy_values,
+            shapes,
+            ?each_ms,
+            "background rounds"
+        );
         if self.busy.as_secs_f64() > MAX_BUSY_SHARE * window.as_secs_f64() && self.kept.len() > 1 {
             let dropped = self.cheapest_to_build_again();
             if let Some(shape) = &dropped {
@@ -855,6 +881,7 @@ impl Shapes {
             tracing::debug!(view, ?dropped, busy_ms, "kept shapes cost too much to keep up; dropped one");
         }
         (self.busy, self.busy_events, self.busy_values, self.window) = (Duration::ZERO, 0, 0, Instant::now());
+        self.kept.iter_mut().for_each(|(_, e)| e.rounds = Duration::ZERO);
     }
 
     /// The shape the rounds' bound drops (see [`spent`](Self::spent)).
@@ -915,7 +942,7 @@ mod tests {
         shapes.keep_base(1, &shape(Granularity::All), &few, 100);
         let over_the_bound = |shapes: &mut Shapes| {
             shapes.window = Instant::now() - BUSY_WINDOW;
-            shapes.spent("v", BUSY_WINDOW, 1, 0);
+            shapes.spent("v", BUSY_WINDOW, 1, 0, vec![]);
         };
         // day was asked least recently but has no base: hour goes, then all; day stays alone
         over_the_bound(&mut shapes);
@@ -929,7 +956,7 @@ mod tests {
         // within the bound nothing goes
         keep(&mut shapes, &shape(Granularity::Hour), 10, 1000);
         shapes.window = Instant::now() - BUSY_WINDOW;
-        shapes.spent("v", BUSY_WINDOW / 4, 1, 0);
+        shapes.spent("v", BUSY_WINDOW / 4, 1, 0, vec![]);
         assert_eq!(shapes.kept.len(), 2);
         // without bases, the least recently asked goes
         shapes.reset(2);
