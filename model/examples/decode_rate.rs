@@ -59,7 +59,7 @@ fn body() -> String {
             (x >> 30) % 1000,
             x % 2_000_000,
             x >> 50,
-            x % 7 == 0
+            x.is_multiple_of(7)
         ));
         body.push('\n');
     }
