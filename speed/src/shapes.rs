@@ -846,9 +846,9 @@ impl Shapes {
         values_made: usize,
         each: Vec<(Shape, Duration)>,
     ) {
-        for (shape, cpu) in each {
+        for (shape, on_it) in each {
             if let Some(entry) = self.kept.peek_mut(&shape) {
-                entry.rounds += cpu;
+                entry.rounds += on_it;
             }
         }
         self.busy += cpu;
