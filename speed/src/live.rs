@@ -435,14 +435,8 @@ impl ViewLive {
             (shapes.for_round(), events, shapes.may_make_behind())
         };
         // a shape being answered catches up when asked next
-        let mut made = 0;
-        let mut each = Vec::with_capacity(round.len());
-        for (shape, kept) in round {
-            let before = thread_cpu_time();
-            made += kept.try_catch_up(&self.view, &shape, make_behind);
-            each.push((shape, thread_cpu_time().saturating_sub(before)));
-        }
-        self.shapes.lock().spent(self.name(), thread_cpu_time().saturating_sub(cpu), events, made, each);
+        let made: usize = round.iter().map(|(shape, kept)| kept.try_catch_up(&self.view, shape, make_behind)).sum();
+        self.shapes.lock().spent(self.name(), thread_cpu_time().saturating_sub(cpu), events, made);
     }
 
     /// Which of `rows` pass the view's filter; `None` when the view has none.

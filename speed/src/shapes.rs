@@ -31,7 +31,7 @@
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -628,8 +628,6 @@ struct Entry {
     kept: Arc<Kept>,
     /// When a query last asked for it.
     asked: Instant,
-    /// Thread CPU time the background rounds spent on it in the current window.
-    rounds: Duration,
 }
 
 /// One kept shape: its rows, and the events queued for it that it has not folded yet.
@@ -639,6 +637,9 @@ pub struct Kept {
     inbox: Mutex<Inbox>,
     /// Rows in `merged` (readable without its lock, for the row budget).
     rows: AtomicUsize,
+    /// Thread CPU time (µs) the background rounds spent on it since their window began, for
+    /// the window's debug line (see [`Shapes::spent`]).
+    rounds_us: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -671,11 +672,16 @@ impl Kept {
     /// many rows.
     pub fn try_catch_up(&self, view: &CompiledView, shape: &Shape, make_behind: bool) -> usize {
         let Some(mut merged) = self.merged.try_lock() else { return 0 };
+        let cpu = thread_cpu_time();
         self.catch_up(view, shape, &mut merged);
-        if !make_behind || merged.made_behind.is_some_and(|at| at.elapsed() < MAKE_BEHIND_EVERY) {
-            return 0;
-        }
-        merged.make_behind()
+        let made = if !make_behind || merged.made_behind.is_some_and(|at| at.elapsed() < MAKE_BEHIND_EVERY) {
+            0
+        } else {
+            merged.make_behind()
+        };
+        let spent = thread_cpu_time().saturating_sub(cpu);
+        self.rounds_us.fetch_add(spent.as_micros() as u64, Ordering::Relaxed);
+        made
     }
 }
 
@@ -776,7 +782,7 @@ impl Shapes {
     /// fills it (see [`Kept::lock`]) before anyone else can: lock it before releasing `self`.
     pub fn keep(&mut self, shape: Shape, budget: usize) -> Arc<Kept> {
         let kept = Arc::new(Kept::default());
-        self.kept.put(shape, Entry { kept: kept.clone(), asked: Instant::now(), rounds: Duration::ZERO });
+        self.kept.put(shape, Entry { kept: kept.clone(), asked: Instant::now() });
         self.budget = budget;
         self.fit();
         kept
@@ -830,27 +836,15 @@ impl Shapes {
         self.busy.as_secs_f64() <= MAKE_BEHIND_SHARE * self.window.elapsed().as_secs_f64()
     }
 
-    /// Counts a background round's thread CPU time, the events it queued, and (`each`) the
-    /// time it spent on each shape, which the window's debug line reports. When the rounds
+    /// Counts a background round's thread CPU time and the events it queued; the window's
+    /// debug line also gives each shape's share (see [`Kept::try_catch_up`]). When the rounds
     /// of the last [`BUSY_WINDOW`] kept a core more than [`MAX_BUSY_SHARE`] busy, a shape is
     /// dropped (one always stays): the least recently asked of those whose base is kept, else
     /// the least recently asked. A shape with a base is built again in milliseconds; the 30-day
     /// shape, which keeps none (too many rows for the version's groups: see
     /// [`keep_base`](Self::keep_base)), took 114-490 ms to build again at the ingest limit,
     /// where the rounds go over their bound in every window (session 40 in `bench/HISTORY.md`).
-    pub fn spent(
-        &mut self,
-        view: &str,
-        cpu: Duration,
-        events: usize,
-        values_made: usize,
-        each: Vec<(Shape, Duration)>,
-    ) {
-        for (shape, on_it) in each {
-            if let Some(entry) = self.kept.peek_mut(&shape) {
-                entry.rounds += on_it;
-            }
-        }
+    pub fn spent(&mut self, view: &str, cpu: Duration, events: usize, values_made: usize) {
         self.busy += cpu;
         self.busy_events += events;
         self.busy_values += values_made;
@@ -861,8 +855,11 @@ impl Shapes {
         let (busy_ms, events, shapes) = (self.busy.as_millis() as u64, self.busy_events, self.kept.len());
         // what keeping the shapes costs, for `TANDEM_LOG=tandem_speed=debug`
         let window_ms = window.as_millis() as u64;
-        let each_ms: Vec<(Granularity, &[usize], u128)> =
-            self.kept.iter().map(|(s, e)| (s.granularity, s.group.as_slice(), e.rounds.as_millis())).collect();
+        let each_ms: Vec<(Granularity, &[usize], u64)> = self
+            .kept
+            .iter()
+            .map(|(s, e)| (s.granularity, s.group.as_slice(), e.kept.rounds_us.swap(0, Ordering::Relaxed) / 1000))
+            .collect();
         tracing::debug!(
             view,
             busy_ms,
@@ -881,7 +878,6 @@ impl Shapes {
             tracing::debug!(view, ?dropped, busy_ms, "kept shapes cost too much to keep up; dropped one");
         }
         (self.busy, self.busy_events, self.busy_values, self.window) = (Duration::ZERO, 0, 0, Instant::now());
-        self.kept.iter_mut().for_each(|(_, e)| e.rounds = Duration::ZERO);
     }
 
     /// The shape the rounds' bound drops (see [`spent`](Self::spent)).
@@ -942,7 +938,7 @@ mod tests {
         shapes.keep_base(1, &shape(Granularity::All), &few, 100);
         let over_the_bound = |shapes: &mut Shapes| {
             shapes.window = Instant::now() - BUSY_WINDOW;
-            shapes.spent("v", BUSY_WINDOW, 1, 0, vec![]);
+            shapes.spent("v", BUSY_WINDOW, 1, 0);
         };
         // day was asked least recently but has no base: hour goes, then all; day stays alone
         over_the_bound(&mut shapes);
@@ -956,7 +952,7 @@ mod tests {
         // within the bound nothing goes
         keep(&mut shapes, &shape(Granularity::Hour), 10, 1000);
         shapes.window = Instant::now() - BUSY_WINDOW;
-        shapes.spent("v", BUSY_WINDOW / 4, 1, 0, vec![]);
+        shapes.spent("v", BUSY_WINDOW / 4, 1, 0);
         assert_eq!(shapes.kept.len(), 2);
         // without bases, the least recently asked goes
         shapes.reset(2);
