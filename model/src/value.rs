@@ -62,6 +62,7 @@ impl Hash for Value {
 }
 
 impl Value {
+    #[inline]
     pub fn as_ref(&self) -> ValueRef<'_> {
         match self {
             Value::Null => ValueRef::Null,

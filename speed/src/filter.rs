@@ -76,7 +76,7 @@ impl ViewFilter {
     pub fn mask(&self, rows: &[&Row]) -> Result<Vec<bool>, String> {
         let mut events = EventColumns::reading(&self.dataset, self.schema.clone(), |i| self.reads[i], rows.len());
         for row in rows {
-            events.push(None, row.iter().map(Value::as_ref));
+            events.push_row(row);
         }
         self.evaluate(&events.finish().map_err(|e| e.to_string())?)
     }
