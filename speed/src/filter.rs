@@ -373,4 +373,30 @@ mod tests {
         let batch = rows_to_batch(&d, &refs, None).unwrap();
         assert_eq!(f.evaluate(&batch).unwrap(), vec![true, false, false]);
     }
+
+    /// `mask` fills only the columns a filter reads; it must say what the filter says of a
+    /// batch holding every value.
+    #[test]
+    fn a_mask_agrees_with_the_filter_over_every_field() {
+        let d = dataset();
+        // fields in name order: bot, country, ms, ts
+        let rows: Vec<Row> = (0..40)
+            .map(|i| {
+                vec![
+                    [Value::Bool(i % 3 == 0), Value::Bool(false), Value::Null][i % 3].clone(),
+                    [Value::String("US".into()), Value::String("DE".into()), Value::Null][i % 5 % 3].clone(),
+                    if i % 7 == 0 { Value::Null } else { Value::Float(i as f64 * 1.5) },
+                    Value::Timestamp(i as i64 * 3_600_000_000),
+                ]
+            })
+            .collect();
+        let refs: Vec<&Row> = rows.iter().collect();
+        let batch = rows_to_batch(&d, &refs, None).unwrap();
+        for sql in ["bot = false", "country IN ('US') AND ms > 10", "ms IS NULL OR ts >= '1970-01-02T00:00:00Z'"] {
+            let f = ViewFilter::compile(&d, sql).unwrap();
+            let expected = f.evaluate(&batch).unwrap();
+            assert!(expected.contains(&true) && expected.contains(&false), "{sql}: a filter that tells rows apart");
+            assert_eq!(f.mask(&refs).unwrap(), expected, "{sql}");
+        }
+    }
 }
