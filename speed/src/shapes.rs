@@ -29,6 +29,7 @@
 //! fold of all events at the moment the newest chunk it folded was queued.
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -182,28 +183,47 @@ impl Shape {
     /// into their rows a measure at a time, with the rows' memory a few events ahead on its
     /// way into the cache. At the ingest limit with a dashboard open the rounds spent two
     /// thirds of their time in the sketches' inserts, waiting on an HLL register or a DDSketch
-    /// bin (session 40 in `bench/HISTORY.md`).
+    /// bin (session 40 in `bench/HISTORY.md`). Finding the rows goes by the guesses of
+    /// [`Recent`], so that a row's memory too is on its way a few events ahead.
     #[allow(unsafe_code)] // see the SAFETY note
-    fn fold_chunk(&self, view: &CompiledView, merged: &mut Merged, fresh: &mut Groups, chunk: &Chunk) {
+    fn fold_chunk<'c>(&self, view: &CompiledView, merged: &mut Merged, fresh: &mut Groups, chunk: &'c Chunk) {
         let dims: Vec<usize> = self.group.iter().map(|pos| view.dimension_index[*pos]).collect();
-        let mut found: Vec<Found<'_>> = Vec::with_capacity(chunk.len());
+        let key = |row: &'c Row, bucket: i64| RowKey { bucket, row, dims: &dims };
+        // first every event's row key (by its bucket), its hash, and where the rows found last
+        // lay (a guess, checked below)
+        let mut keys: Vec<(&Row, i64, u64, Option<usize>)> = Vec::with_capacity(chunk.len());
         for row in chunk.events() {
             let Value::Timestamp(ts) = row[view.time_index] else { continue };
             if !self.admits_dims(|pos| &row[view.dimension_index[pos]]) {
                 continue;
             }
-            let key =
-                RowKey { bucket: self.granularity.truncate(view.spec.granularity.truncate(ts)), row, dims: &dims };
-            if let Some(kept) = merged.rows.get_mut(&key as &dyn KeyParts) {
+            let bucket = self.granularity.truncate(view.spec.granularity.truncate(ts));
+            let hash = merged.rows.hasher().hash_one(&key(row, bucket) as &dyn KeyParts);
+            keys.push((row, bucket, hash, merged.recent.get(hash)));
+        }
+        // then each event's row, with the rows guessed a few events ahead on their way into
+        // the cache
+        let mut found: Vec<Found<'c>> = Vec::with_capacity(keys.len());
+        for (i, &(row, bucket, hash, guess)) in keys.iter().enumerate() {
+            if let Some(&(_, _, _, Some(ahead))) = keys.get(i + FIND_AHEAD) {
+                merged.prefetch_row(ahead);
+            }
+            let key = key(row, bucket);
+            let key = &key as &dyn KeyParts;
+            let place = guess
+                .filter(|&p| merged.rows.get_index(p).is_some_and(|(kept, _)| kept as &dyn KeyParts == key))
+                .or_else(|| merged.rows.get_index_of(key).inspect(|&p| merged.recent.put(hash, p, merged.rows.len())));
+            if let Some(place) = place {
+                let (_, kept) = merged.rows.get_index_mut(place).expect("found");
                 if kept.changed() {
-                    merged.buckets.get_mut(&key.bucket).expect("a kept row's bucket").reached(kept.slot);
+                    merged.buckets.get_mut(&bucket).expect("a kept row's bucket").reached(kept.slot);
                 }
                 found.push((kept.states.as_mut_ptr(), kept.states.len(), row));
                 continue;
             }
             update_group(
                 fresh,
-                &key,
+                key,
                 || self.measures.iter().map(|&m| MeasureState::empty(&view.measures[m].0)).collect(),
                 |states| found.push((states.as_mut_ptr(), states.len(), row)),
             );
@@ -238,6 +258,8 @@ pub struct Merged {
     made_behind: Option<Instant>,
     /// How the answers write a row's text; the background rounds write it with the same.
     render: Option<RowText>,
+    /// Where the rows events reached lately lie in `rows`.
+    recent: Recent,
 }
 
 type RowMap = IndexMap<GroupKey, MergedRow, foldhash::fast::RandomState>;
@@ -324,6 +346,48 @@ struct Run {
     made: bool,
 }
 
+/// How many events ahead of the one whose row [`Shape::fold_chunk`] finds it starts loading
+/// the row [`Recent`] guesses for that event.
+const FIND_AHEAD: usize = 8;
+
+/// Where rows events reached lately lie in [`Merged::rows`], by the hash of their key: a
+/// direct-mapped table of guesses, each the upper half of a hash and a place, which a fold
+/// checks against the row's key before it trusts it (rows keep their place: see
+/// [`Merged::rows`]).
+///
+/// Finding a row in the map is three loads, each waiting on the one before and most of them
+/// cache misses on a shape of many rows (the slot of the map's index table, the index in it,
+/// then the row): a fifth of the background rounds' samples at the ingest limit with a
+/// dashboard open (session 43 in `bench/HISTORY.md`). A guess is one load from a table far
+/// smaller than the rows (about two slots a row, within [`RECENT_SLOTS`]), and tells the row,
+/// so the fold can start loading it a few events before it gets there.
+#[derive(Debug, Default)]
+struct Recent(Vec<u64>);
+
+/// The smallest and largest table of [`Recent`] (8 bytes a slot).
+const RECENT_SLOTS: (usize, usize) = (1 << 10, 1 << 15);
+
+impl Recent {
+    /// The place of the row last remembered with a hash whose slot and upper half are
+    /// `hash`'s, if any: most likely the row with key hash `hash`.
+    fn get(&self, hash: u64) -> Option<usize> {
+        let slot = *self.0.get(hash as usize & self.0.len().wrapping_sub(1))?;
+        let place = slot as u32;
+        (place != 0 && slot >> 32 == hash >> 32).then(|| place as usize - 1)
+    }
+
+    /// Remembers that the row with key hash `hash` lies at `place`, of `rows` rows.
+    fn put(&mut self, hash: u64, place: usize, rows: usize) {
+        let Ok(place) = u32::try_from(place + 1) else { return };
+        let size = (rows * 2).next_power_of_two().clamp(RECENT_SLOTS.0, RECENT_SLOTS.1);
+        if self.0.len() < size {
+            self.0 = vec![0; size];
+        }
+        let at = hash as usize & (self.0.len() - 1);
+        self.0[at] = (hash >> 32) << 32 | u64::from(place);
+    }
+}
+
 #[derive(Debug)]
 struct MergedRow {
     states: Vec<MeasureState>,
@@ -376,11 +440,19 @@ impl Merged {
                 .sort_unstable_by(|&a, &b| rows.get_index(a).unwrap().0.total_cmp(rows.get_index(b).unwrap().0));
             bucket.placed(&mut rows, 0);
         }
-        Merged { rows, buckets, made: 0, made_behind: None, render: None }
+        Merged { rows, buckets, made: 0, made_behind: None, render: None, recent: Recent::default() }
     }
 
     fn len(&self) -> usize {
         self.rows.len()
+    }
+
+    /// Starts loading the row at `place` (its key and its states' vector) into the cache.
+    fn prefetch_row(&self, place: usize) {
+        if let Some((key, row)) = self.rows.get_index(place) {
+            prefetch(key as *const GroupKey as *const u8, size_of::<GroupKey>());
+            prefetch(row as *const MergedRow as *const u8, size_of::<MergedRow>());
+        }
     }
 
     /// Adds a row not kept yet, in its place in the order.
@@ -1067,6 +1139,27 @@ mod tests {
             assert!(expected.len() > 1, "{shape:?} answers several rows");
             assert_eq!(answer(&merged), expected, "{shape:?}");
         }
+    }
+
+    #[test]
+    fn a_wrong_guess_of_a_rows_place_is_never_trusted() {
+        let view = view();
+        let events: Vec<(&str, i64, i64)> =
+            (0..300).map(|i| (["a", "b", "c", "d"][i as usize % 4], i % 50, (i * 7) % 600)).collect();
+        let (first, second) = (chunk(&events[..150], 0), chunk(&events[150..], 0));
+        let shape = Shape::new(Granularity::Hour, vec![0], vec![], vec![0, 1, 2]);
+        let mut merged = Merged::default();
+        merged.fold_chunks(&view, &shape, [&first]);
+        // every row's guess names the place of the row after it
+        let rows = merged.rows.len();
+        assert!(rows > 4, "several rows");
+        for place in 0..rows {
+            let hash = merged.rows.hasher().hash_one(merged.rows.get_index(place).unwrap().0 as &dyn KeyParts);
+            merged.recent.put(hash, (place + 1) % rows, rows);
+            assert_eq!(merged.recent.get(hash), Some((place + 1) % rows));
+        }
+        merged.fold_chunks(&view, &shape, [&second]);
+        assert_eq!(answer(&merged), through_groups(&view, &shape, &[&first, &second]));
     }
 
     /// Writes a row's text as these tests expect it.
