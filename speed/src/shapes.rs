@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use indexmap::IndexMap;
+use indexmap::map::RawEntryApiV1;
 use lru::LruCache;
 use parking_lot::{Mutex, MutexGuard};
 use tandem_model::agg::{
@@ -210,9 +211,13 @@ impl Shape {
             }
             let key = key(row, bucket);
             let key = &key as &dyn KeyParts;
-            let place = guess
-                .filter(|&p| merged.rows.get_index(p).is_some_and(|(kept, _)| kept as &dyn KeyParts == key))
-                .or_else(|| merged.rows.get_index_of(key).inspect(|&p| merged.recent.put(hash, p, merged.rows.len())));
+            let is_key = |kept: &GroupKey| kept as &dyn KeyParts == key;
+            let guessed = guess.filter(|&p| merged.rows.get_index(p).is_some_and(|(kept, _)| is_key(kept)));
+            // a wrong or missing guess: the map, searched with the hash made above
+            let place = guessed.or_else(|| {
+                let found = merged.rows.raw_entry_v1().index_from_hash(hash, is_key);
+                found.inspect(|&p| merged.recent.put(hash, p, merged.rows.len()))
+            });
             if let Some(place) = place {
                 let (_, kept) = merged.rows.get_index_mut(place).expect("found");
                 if kept.changed() {
