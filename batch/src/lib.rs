@@ -14,6 +14,7 @@ use object_store::ObjectStore;
 
 pub mod catalog;
 pub mod compaction;
+pub mod retention;
 pub mod run;
 pub mod sketches;
 pub mod store;

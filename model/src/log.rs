@@ -5,7 +5,9 @@
 //! first event. Every accepted event gets the next sequence number of its dataset, starting
 //! at 1, so segment `i` holds exactly the events `first_seq(i) ..= first_seq(i+1) - 1`.
 //! The segment with the highest number is the active one; every other is sealed and never
-//! changes again. Sequence numbers, not event time, are what batch watermarks count.
+//! changes again, until log retention deletes it (oldest first, once the master dataset holds
+//! its events: `tandem_batch::retention`), after which the log's first segment starts later.
+//! Sequence numbers, not event time, are what batch watermarks count.
 //!
 //! # Segment format
 //! An 8-byte magic `TNDMLOG1`, then records:

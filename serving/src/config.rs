@@ -52,6 +52,12 @@ pub struct ServeConfig {
     /// per event day, compressed) in memory until they are written.
     #[arg(long, env = "TANDEM_SEGMENT_BYTES", default_value_t = tandem_speed::writer::WriterConfig::default().roll_bytes)]
     pub segment_bytes: u64,
+    /// Delete sealed log segments last written longer ago than this (at least the dedup
+    /// window and the 24 h of idempotency keys), once every view's version covers them and
+    /// their events are in the master dataset, checked and synced; without it the log is kept
+    /// whole. Checked at every poll (see `--poll-interval`).
+    #[arg(long, env = "TANDEM_LOG_RETENTION", value_parser = humantime::parse_duration)]
+    pub log_retention: Option<Duration>,
     /// How often to look for versions published by other processes (`tandem batch`).
     #[arg(long, env = "TANDEM_POLL_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,

@@ -1,12 +1,15 @@
 //! Batch runs inside the server: started by hand (API), by a view's cron schedule, or at
-//! view creation; and the poller that installs versions published by other processes.
+//! view creation; and the poller that installs versions published by other processes and
+//! applies log retention.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tandem_batch::catalog::{RunRecord, Trigger};
+use tandem_batch::retention::prune_log;
 use tandem_batch::run::execute;
+use tandem_speed::writer::WriterConfig;
 use tokio::task::JoinHandle;
 
 use crate::api::error::ApiResult;
@@ -53,8 +56,8 @@ pub fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
     ]
 }
 
-/// Installs versions that another process (`tandem batch`) published, and fails runs
-/// whose process died.
+/// Installs versions that another process (`tandem batch`) published, fails runs
+/// whose process died, and deletes the log segments `--log-retention` lets go.
 async fn poll_versions(state: AppState) {
     let mut tick = tokio::time::interval(state.config.poll_interval);
     loop {
@@ -73,6 +76,31 @@ async fn poll_versions(state: AppState) {
             if let Err(e) = state.refresh_view(&view, version).await {
                 tracing::warn!(view, version, error = %e, "could not load a published version");
             }
+        }
+        if let Some(age) = state.config.log_retention {
+            prune_logs(&state, age).await;
+        }
+    }
+}
+
+/// Deletes the log segments `--log-retention` lets go (see `tandem_batch::retention`), for
+/// a retention age of at least the windows a restart reads back from the log.
+async fn prune_logs(state: &AppState, age: Duration) {
+    let age = age.max(state.config.dedup_window).max(WriterConfig::default().key_window);
+    for dataset in state.datasets() {
+        let name = &dataset.record.spec.name;
+        match prune_log(&state.env, name, age).await {
+            Ok(p) if p.segments > 0 => {
+                tracing::info!(
+                    dataset = name,
+                    segments = p.segments,
+                    events = p.events,
+                    bytes = p.bytes,
+                    "deleted log segments past retention"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(dataset = name, error = %e, "could not apply log retention"),
         }
     }
 }

@@ -372,3 +372,118 @@ async fn a_view_schedule_runs_batches_by_itself() {
     }
     check_answers(&server, &acc.events, &["by_country"], "after a scheduled run").await;
 }
+
+/// The log segments in `dir` (a dataset's log), oldest first, as (first sequence number, path).
+fn log_segments(dir: &std::path::Path) -> Vec<(u64, std::path::PathBuf)> {
+    let mut segments: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| Some((p.file_stem()?.to_str()?.parse().ok()?, p)))
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// Dates a file's last write two days back, past the 24 h of idempotency keys that bound any
+/// retention age from below.
+fn age(path: &std::path::Path) {
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86_400);
+    std::fs::File::options().write(true).open(path).unwrap().set_modified(two_days_ago).unwrap();
+}
+
+/// Waits until `done` holds, polling for up to 15 s.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// With `--log-retention`, exactly the sealed segments that are old enough, compacted into the
+/// master dataset and covered by every view's version are deleted: not a young one, not one
+/// whose master files do not hold all its events, not one past a view's watermark; and the
+/// answers stay exact, after a kill -9 (the speed layers replay what is left of the log) and
+/// after a full recompute (from the master dataset alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_retention_deletes_only_segments_the_master_dataset_and_every_version_hold() {
+    for catalog in catalogs().await {
+        let label = if catalog.is_some() { "postgres" } else { "sqlite" };
+        let dir = tempfile::tempdir().unwrap();
+        let flags = ["--log-retention", "1s", "--poll-interval", "100ms", "--segment-bytes", "4096"];
+        let mut server = TestServer::start(dir.path(), catalog.clone(), &flags);
+        let log = dir.path().join("log/pageviews");
+        let views = ["by_country", "by_bot"];
+        let mut rng = Gen(0x7e7e_0000_0000_0044);
+        let mut acc = Accepted::default();
+        server.create_pageviews(by_country_view()).await;
+        server.ok("POST", "/v1/views", Some(by_bot_view())).await;
+        for _ in 0..3 {
+            ingest_json(&server, &mut acc, &rng.events(120, T0, 48, 100_000)).await;
+        }
+        for view in views {
+            assert_eq!(server.run_batch(view).await["status"], "succeeded");
+        }
+        let by_bot = server.ok("GET", "/v1/views/by_bot", None).await["watermark"].as_u64().unwrap();
+
+        // a covered segment whose master files are not all there stays, however old
+        let (oldest_seq, oldest) = log_segments(&log)[0].clone();
+        let hidden = dir.path().join("hidden.parquet");
+        let master_file = std::fs::read_dir(dir.path().join("master/pageviews"))
+            .unwrap()
+            .flat_map(|day| std::fs::read_dir(day.unwrap().path()).unwrap())
+            .map(|f| f.unwrap().path())
+            .find(|f| f.file_name().unwrap().to_str().unwrap().starts_with(&format!("{oldest_seq:020}.")))
+            .expect("the oldest segment's events are in the master dataset");
+        std::fs::rename(&master_file, &hidden).unwrap();
+        age(&oldest);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(oldest.exists(), "{label}: a segment whose master files lack events was deleted");
+        std::fs::rename(&hidden, &master_file).unwrap();
+        eventually(&format!("{label}: the aged segment deleted once its events are all there"), || !oldest.exists())
+            .await;
+
+        // more events, late ones too, in a second version of one view only; then some past
+        // its watermark
+        for _ in 0..3 {
+            ingest_ndjson(&server, &mut acc, &rng.events(120, T0 - 3 * 86_400_000_000, 72, 100_000)).await;
+        }
+        let by_country = server.run_batch("by_country").await["watermark"].as_u64().unwrap();
+        for _ in 0..3 {
+            ingest_json(&server, &mut acc, &rng.events(120, T0, 24, 100_000)).await;
+        }
+        let segments = log_segments(&log);
+        let past = |through: u64| segments.iter().filter(|(first, _)| *first > through).cloned().collect::<Vec<_>>();
+        assert!(by_bot < by_country && past(by_country).len() >= 2, "{label}: {segments:?}");
+        // young segments stay
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(log_segments(&log), segments, "{label}: a young segment was deleted");
+
+        // every sealed segment old now (the active one is never deleted): they go through the
+        // lowest watermark, by_bot's, and no further
+        segments[..segments.len() - 1].iter().for_each(|(_, path)| age(path));
+        eventually(&format!("{label}: segments through by_bot's watermark deleted"), || {
+            log_segments(&log).first().is_some_and(|(first, _)| *first == by_bot + 1)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(log_segments(&log), past(by_bot), "{label}");
+        // by_bot's next version covers what by_country's does, and those segments go too
+        assert_eq!(server.run_batch("by_bot").await["status"], "succeeded");
+        eventually(&format!("{label}: segments through by_country's watermark deleted"), || {
+            log_segments(&log).first().is_some_and(|(first, _)| *first == by_country + 1)
+        })
+        .await;
+        check_answers(&server, &acc.events, &views, &format!("{label} after retention")).await;
+
+        server.kill();
+        server.restart();
+        check_answers(&server, &acc.events, &views, &format!("{label} retention, kill -9")).await;
+        let (status, run) = server.call("POST", "/v1/views/by_country/runs", Some(json!({"full": true}))).await;
+        assert_eq!(status, 202, "{run}");
+        let run = server.wait_run(run["id"].as_i64().unwrap()).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+        assert_eq!(run["rows_in"], json!(acc.events.len()), "{label}: the full run read every event");
+        check_answers(&server, &acc.events, &views, &format!("{label} retention, full run")).await;
+    }
+}

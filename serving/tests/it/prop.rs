@@ -64,6 +64,7 @@ fn config(dir: &std::path::Path) -> ServeConfig {
         segment_interval: Duration::from_secs(3600),
         segment_bytes: 128 << 20,
         poll_interval: Duration::from_secs(1),
+        log_retention: None,
         max_body_bytes: 16 << 20,
         max_events_per_request: 100_000,
         max_string_bytes: 64 << 10,
