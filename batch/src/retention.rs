@@ -36,8 +36,13 @@ pub struct Pruned {
     pub bytes: u64,
 }
 
+/// Most segments one pass deletes: a pass reads each segment's master files whole to check
+/// them, and the server's poller, which installs new versions, waits for it; a backlog (the
+/// first pass after retention is turned on) goes a few segments a poll.
+const SEGMENTS_PER_PASS: usize = 8;
+
 /// Deletes the sealed segments of `dataset`'s log that the rules above allow, for a
-/// retention age of `min_age`.
+/// retention age of `min_age`, at most [`SEGMENTS_PER_PASS`] of them.
 pub async fn prune_log(env: &BatchEnv, dataset: &str, min_age: Duration) -> Result<Pruned> {
     let mut pruned = Pruned::default();
     let Some(record) = env.catalog.dataset(dataset).await? else { return Ok(pruned) };
@@ -51,7 +56,7 @@ pub async fn prune_log(env: &BatchEnv, dataset: &str, min_age: Duration) -> Resu
     .await?;
     let now = SystemTime::now();
     let mut master: Option<Vec<Path>> = None;
-    for (segment, last_seq) in sealed {
+    for (segment, last_seq) in sealed.into_iter().take(SEGMENTS_PER_PASS) {
         let age = std::fs::metadata(&segment.path)
             .and_then(|m| m.modified())
             .map_err(|e| Error::Io(segment.path.display().to_string(), e))?;
