@@ -384,11 +384,11 @@ fn log_segments(dir: &std::path::Path) -> Vec<(u64, std::path::PathBuf)> {
     segments
 }
 
-/// Dates a file's last write two days back, past the 24 h of idempotency keys that bound any
-/// retention age from below.
-fn age(path: &std::path::Path) {
-    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86_400);
-    std::fs::File::options().write(true).open(path).unwrap().set_modified(two_days_ago).unwrap();
+/// Dates a file's last write `seconds` back (two days is past the 24 h of idempotency keys
+/// that bound any retention age from below).
+fn set_age(path: &std::path::Path, seconds: u64) {
+    let then = std::time::SystemTime::now() - Duration::from_secs(seconds);
+    std::fs::File::options().write(true).open(path).unwrap().set_modified(then).unwrap();
 }
 
 /// Waits until `done` holds, polling for up to 15 s.
@@ -401,8 +401,9 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// With `--log-retention`, exactly the sealed segments that are old enough, compacted into the
-/// master dataset and covered by every view's version are deleted: not a young one, not one
-/// whose master files do not hold all its events, not one past a view's watermark; and the
+/// master dataset and covered by every view's version are deleted: none while a view has no
+/// version, not a young one, not one whose master files do not hold all its events (nor any
+/// after it), not one past a view's watermark; and the
 /// answers stay exact, after a kill -9 (the speed layers replay what is left of the log) and
 /// after a full recompute (from the master dataset alone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,13 +422,22 @@ async fn log_retention_deletes_only_segments_the_master_dataset_and_every_versio
         for _ in 0..3 {
             ingest_json(&server, &mut acc, &rng.events(120, T0, 48, 100_000)).await;
         }
-        for view in views {
-            assert_eq!(server.run_batch(view).await["status"], "succeeded");
-        }
-        let by_bot = server.ok("GET", "/v1/views/by_bot", None).await["watermark"].as_u64().unwrap();
+        assert_eq!(server.run_batch("by_country").await["status"], "succeeded");
 
-        // a covered segment whose master files are not all there stays, however old
-        let (oldest_seq, oldest) = log_segments(&log)[0].clone();
+        // while a view has no version yet, the log stays, however old
+        let first_segments = log_segments(&log);
+        let sealed = &first_segments[..first_segments.len() - 1];
+        sealed.iter().for_each(|(_, path)| set_age(path, 2 * 86_400));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(log_segments(&log), first_segments, "{label}: deleted while by_bot had no version");
+        sealed.iter().for_each(|(_, path)| set_age(path, 0));
+        assert_eq!(server.run_batch("by_bot").await["status"], "succeeded");
+        let by_bot = server.ok("GET", "/v1/views/by_bot", None).await["watermark"].as_u64().unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(log_segments(&log), first_segments, "{label}: covered but young segments deleted");
+
+        // a covered, old segment whose master files are not all there stays too, until they are
+        let (oldest_seq, oldest) = first_segments[0].clone();
         let hidden = dir.path().join("hidden.parquet");
         let master_file = std::fs::read_dir(dir.path().join("master/pageviews"))
             .unwrap()
@@ -436,12 +446,14 @@ async fn log_retention_deletes_only_segments_the_master_dataset_and_every_versio
             .find(|f| f.file_name().unwrap().to_str().unwrap().starts_with(&format!("{oldest_seq:020}.")))
             .expect("the oldest segment's events are in the master dataset");
         std::fs::rename(&master_file, &hidden).unwrap();
-        age(&oldest);
+        sealed.iter().for_each(|(_, path)| set_age(path, 2 * 86_400));
         tokio::time::sleep(Duration::from_millis(800)).await;
-        assert!(oldest.exists(), "{label}: a segment whose master files lack events was deleted");
+        assert_eq!(log_segments(&log), first_segments, "{label}: deleted past a segment lacking master rows");
         std::fs::rename(&hidden, &master_file).unwrap();
-        eventually(&format!("{label}: the aged segment deleted once its events are all there"), || !oldest.exists())
-            .await;
+        eventually(&format!("{label}: the covered segments deleted once their events are all there"), || {
+            log_segments(&log).first().is_some_and(|(first, _)| *first == by_bot + 1)
+        })
+        .await;
 
         // more events, late ones too, in a second version of one view only; then some past
         // its watermark
@@ -461,7 +473,7 @@ async fn log_retention_deletes_only_segments_the_master_dataset_and_every_versio
 
         // every sealed segment old now (the active one is never deleted): they go through the
         // lowest watermark, by_bot's, and no further
-        segments[..segments.len() - 1].iter().for_each(|(_, path)| age(path));
+        segments[..segments.len() - 1].iter().for_each(|(_, path)| set_age(path, 2 * 86_400));
         eventually(&format!("{label}: segments through by_bot's watermark deleted"), || {
             log_segments(&log).first().is_some_and(|(first, _)| *first == by_bot + 1)
         })
