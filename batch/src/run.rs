@@ -197,6 +197,24 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
             (aggregate(view.clone(), events).await?, rows_in, "master")
         }
     };
+    // sequence numbers are dense (every one is an accepted event) and each compacted segment
+    // is in the master dataset whole, so what the run read is known: a file gone from the
+    // master dataset (which, with log retention, may be the only copy) fails the run rather
+    // than publishing a version without its events
+    let expected = match mode {
+        "full" => Some(watermark),
+        _ if rebuilt.is_empty() => Some(watermark - after),
+        _ => None, // a rebuilt day reads its events before the previous watermark too
+    };
+    if let Some(expected) = expected
+        && rows_in != expected as i64
+    {
+        return Err(Error::Invalid(format!(
+            "the master dataset holds {rows_in} of the {expected} events this run must read \
+             (sequence numbers {} to {watermark}): a master file is missing",
+            if mode == "full" { 1 } else { after + 1 }
+        )));
+    }
     let aggregate_ms = started.elapsed().as_millis() as u64;
     let list_ms = (started - listed).as_millis() as u64;
     let started = std::time::Instant::now();

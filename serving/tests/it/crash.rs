@@ -241,6 +241,15 @@ async fn a_corrupt_master_file_or_sealed_segment_is_reported_never_skipped() {
     let file_name = master[0].file_name().unwrap().to_str().unwrap();
     assert!(run["error"].as_str().unwrap().contains(file_name), "the error names the file: {run}");
     assert_eq!(server.query("v", json!({"granularity": "all"})).await["rows"], before["rows"]);
+
+    // a master file gone: the next full run fails rather than publish a version without its
+    // events; version 1 keeps serving
+    std::fs::rename(&master[0], dir.path().join("gone.parquet")).unwrap();
+    let (_, run) = server.call("POST", "/v1/views/v/runs", Some(json!({"full": true}))).await;
+    let run = server.wait_run(run["id"].as_i64().unwrap()).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(run["error"].as_str().unwrap().contains("holds 0 of the 500 events"), "{run}");
+    assert_eq!(server.query("v", json!({"granularity": "all"})).await["rows"], before["rows"]);
     server.kill();
 
     // a damaged sealed segment: the server refuses to start and says which file and where
