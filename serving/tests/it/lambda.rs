@@ -437,7 +437,7 @@ async fn log_retention_deletes_only_segments_the_master_dataset_and_every_versio
         assert_eq!(log_segments(&log), first_segments, "{label}: covered but young segments deleted");
 
         // a covered, old segment whose master files are not all there stays too, until they are
-        let (oldest_seq, oldest) = first_segments[0].clone();
+        let oldest_seq = first_segments[0].0;
         let hidden = dir.path().join("hidden.parquet");
         let master_file = std::fs::read_dir(dir.path().join("master/pageviews"))
             .unwrap()
