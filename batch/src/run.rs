@@ -210,8 +210,8 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
         && rows_in != expected as i64
     {
         return Err(Error::Invalid(format!(
-            "the master dataset holds {rows_in} of the {expected} events this run must read \
-             (sequence numbers {} to {watermark}): a master file is missing",
+            "the master dataset holds {rows_in} events where this run must read {expected} \
+             (sequence numbers {} to {watermark}): a master file is missing, or one is extra",
             if mode == "full" { 1 } else { after + 1 }
         )));
     }

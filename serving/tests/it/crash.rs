@@ -248,7 +248,7 @@ async fn a_corrupt_master_file_or_sealed_segment_is_reported_never_skipped() {
     let (_, run) = server.call("POST", "/v1/views/v/runs", Some(json!({"full": true}))).await;
     let run = server.wait_run(run["id"].as_i64().unwrap()).await;
     assert_eq!(run["status"], "failed", "{run}");
-    assert!(run["error"].as_str().unwrap().contains("holds 0 of the 500 events"), "{run}");
+    assert!(run["error"].as_str().unwrap().contains("holds 0 events where this run must read 500"), "{run}");
     assert_eq!(server.query("v", json!({"granularity": "all"})).await["rows"], before["rows"]);
     server.kill();
 
