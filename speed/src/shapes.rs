@@ -207,7 +207,7 @@ impl Shape {
         let mut found: Vec<Found<'c>> = Vec::with_capacity(keys.len());
         for (i, &(row, bucket, hash, guess)) in keys.iter().enumerate() {
             if let Some(&(_, _, _, Some(ahead))) = keys.get(i + FIND_AHEAD) {
-                merged.prefetch_row(ahead);
+                prefetch_row(&merged.rows, ahead);
             }
             let key = key(row, bucket);
             let key = &key as &dyn KeyParts;
@@ -285,9 +285,7 @@ fn make_values(rows: &mut RowMap, places: &[usize]) -> usize {
     for (k, &place) in places.iter().enumerate() {
         let entry = |place: usize| rows.get_index(place).expect("kept");
         if let Some(&ahead) = places.get(k + MAKE_AHEAD) {
-            let (key, row) = entry(ahead);
-            prefetch((key as *const GroupKey).cast(), size_of::<GroupKey>());
-            prefetch((row as *const MergedRow).cast(), size_of::<MergedRow>());
+            prefetch_row(rows, ahead);
         }
         if let Some(&ahead) = places.get(k + MAKE_AHEAD / 2) {
             let (key, row) = entry(ahead);
@@ -301,6 +299,15 @@ fn make_values(rows: &mut RowMap, places: &[usize]) -> usize {
         made += usize::from(rows.get_index_mut(place).expect("kept").1.make_values());
     }
     made
+}
+
+/// Starts loading the row at `place` in `rows`, if there is one (its key and its states'
+/// vector), into the cache.
+fn prefetch_row(rows: &RowMap, place: usize) {
+    if let Some((key, row)) = rows.get_index(place) {
+        prefetch((key as *const GroupKey).cast(), size_of::<GroupKey>());
+        prefetch((row as *const MergedRow).cast(), size_of::<MergedRow>());
+    }
 }
 
 /// Writes a row's text in an answer: the serving layer's JSON writer.
@@ -450,14 +457,6 @@ impl Merged {
 
     fn len(&self) -> usize {
         self.rows.len()
-    }
-
-    /// Starts loading the row at `place` (its key and its states' vector) into the cache.
-    fn prefetch_row(&self, place: usize) {
-        if let Some((key, row)) = self.rows.get_index(place) {
-            prefetch(key as *const GroupKey as *const u8, size_of::<GroupKey>());
-            prefetch(row as *const MergedRow as *const u8, size_of::<MergedRow>());
-        }
     }
 
     /// Adds a row not kept yet, in its place in the order.
