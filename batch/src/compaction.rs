@@ -116,11 +116,11 @@ pub async fn pending_events(env: &BatchEnv, dataset: &DatasetRecord) -> Result<u
 }
 
 /// The dataset's sealed log segments, oldest first, each with its last sequence number.
-async fn sealed_segments(env: &BatchEnv, dataset: &str) -> Result<Vec<(log::Segment, u64)>> {
+pub(crate) async fn sealed_segments(env: &BatchEnv, dataset: &str) -> Result<Vec<(log::Segment, u64)>> {
     let dir = env.log_dir(dataset);
     tokio::task::spawn_blocking(move || log::sealed_segments(&dir))
         .await
-        .map_err(|e| Error::Invalid(format!("compaction task: {e}")))?
+        .map_err(|e| Error::Invalid(format!("log listing task: {e}")))?
         .map_err(Error::from)
 }
 

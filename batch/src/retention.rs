@@ -23,9 +23,9 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use object_store::path::Path;
-use tandem_model::log;
 
-use crate::store::{footer_rows, get_verified, list, master_file_segment};
+use crate::compaction::sealed_segments;
+use crate::store::{list, master_file_segment, master_prefix, verified_rows};
 use crate::{BatchEnv, Error, Result};
 
 /// What [`prune_log`] deleted.
@@ -49,11 +49,7 @@ pub async fn prune_log(env: &BatchEnv, dataset: &str, min_age: Duration) -> Resu
     let Some(covered) = covered_by_every_view(env, dataset).await? else { return Ok(pruned) };
     let bound = record.compacted_seq.min(covered);
     let dir = env.log_dir(dataset);
-    let sealed = blocking({
-        let dir = dir.clone();
-        move || log::sealed_segments(&dir).map_err(Error::from)
-    })
-    .await?;
+    let sealed = sealed_segments(env, dataset).await?;
     let now = SystemTime::now();
     let mut master: Option<Vec<Path>> = None;
     for (segment, last_seq) in sealed.into_iter().take(SEGMENTS_PER_PASS) {
@@ -66,13 +62,11 @@ pub async fn prune_log(env: &BatchEnv, dataset: &str, min_age: Duration) -> Resu
         let events = last_seq + 1 - segment.first_seq;
         let files = match &master {
             Some(files) => files,
-            None => master.insert(list(&env.store, &Path::from(format!("master/{dataset}"))).await?),
+            None => master.insert(list(&env.store, &master_prefix(dataset)).await?),
         };
-        let mine: Vec<&Path> = files.iter().filter(|p| master_file_segment(p) == Some(segment.first_seq)).collect();
-        let mut rows = 0;
-        for path in &mine {
-            rows += footer_rows(&get_verified(&env.store, path).await?)?;
-        }
+        let mine: Vec<Path> =
+            files.iter().filter(|p| master_file_segment(p) == Some(segment.first_seq)).cloned().collect();
+        let rows = verified_rows(&env.store, &mine).await?;
         if rows != events as i64 {
             let segment = segment.path.display();
             tracing::warn!(%segment, events, rows, "a log segment's master files do not hold its events; it is kept");
@@ -80,7 +74,7 @@ pub async fn prune_log(env: &BatchEnv, dataset: &str, min_age: Duration) -> Resu
         }
         let local: Vec<PathBuf> = mine.iter().map(|p| env.data_dir.join(p.as_ref())).collect();
         let (seg_path, log_dir) = (segment.path.clone(), dir.clone());
-        let bytes = blocking(move || {
+        let bytes = tokio::task::spawn_blocking(move || -> Result<u64> {
             for file in &local {
                 sync(file)?;
                 sync(file.parent().expect("a master file lies in a day's directory"))?;
@@ -90,7 +84,8 @@ pub async fn prune_log(env: &BatchEnv, dataset: &str, min_age: Duration) -> Resu
             sync(&log_dir)?;
             Ok(bytes)
         })
-        .await?;
+        .await
+        .map_err(|e| Error::Invalid(format!("retention task: {e}")))??;
         pruned.segments += 1;
         pruned.events += events;
         pruned.bytes += bytes;
@@ -112,8 +107,4 @@ async fn covered_by_every_view(env: &BatchEnv, dataset: &str) -> Result<Option<u
 
 fn sync(path: &std::path::Path) -> Result<()> {
     std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| Error::Io(path.display().to_string(), e))
-}
-
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| Error::Invalid(format!("retention task: {e}")))?
 }

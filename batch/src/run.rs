@@ -54,8 +54,8 @@ use crate::catalog::{Publication, RunRecord};
 use crate::compaction::{compact, pending_events};
 use crate::sketches::sketch_udaf;
 use crate::store::{
-    copy_parquet, delete_prefix, file_stem, footer_rows, get_verified, list, master_file_segment, master_prefix,
-    partition_date, version_dir, version_part, write_parquet,
+    copy_parquet, delete_prefix, file_stem, list, master_file_segment, master_prefix, partition_date, verified_rows,
+    version_dir, version_part, write_parquet,
 };
 use crate::{BatchEnv, Error, Result};
 
@@ -200,19 +200,15 @@ async fn recompute(env: &BatchEnv, run: &RunRecord, full: bool) -> Result<RunOut
     // sequence numbers are dense (every one is an accepted event) and each compacted segment
     // is in the master dataset whole, so what the run read is known: a file gone from the
     // master dataset (which, with log retention, may be the only copy) fails the run rather
-    // than publishing a version without its events
-    let expected = match mode {
-        "full" => Some(watermark),
-        _ if rebuilt.is_empty() => Some(watermark - after),
-        _ => None, // a rebuilt day reads its events before the previous watermark too
-    };
-    if let Some(expected) = expected
-        && rows_in != expected as i64
-    {
+    // than publishing a version without its events. A full run has no previous watermark
+    // (`after` is 0); an incremental run that rebuilds a day reads that day's events before
+    // the previous watermark too, so its count is not known here.
+    let expected = watermark - after;
+    if (previous.is_none() || rebuilt.is_empty()) && rows_in != expected as i64 {
         return Err(Error::Invalid(format!(
             "the master dataset holds {rows_in} events where this run must read {expected} \
              (sequence numbers {} to {watermark}): a master file is missing, or one is extra",
-            if mode == "full" { 1 } else { after + 1 }
+            after + 1
         )));
     }
     let aggregate_ms = started.elapsed().as_millis() as u64;
@@ -350,11 +346,7 @@ impl Events {
     /// up to the watermark are read, so the `_seq` filter of [`aggregate`] drops nothing and
     /// is only a guard (counting through it cost a second pass over the `_seq` column).
     async fn files(env: &BatchEnv, inputs: &[Path], watermark: u64) -> Result<(Events, i64)> {
-        let mut rows = 0;
-        for input in inputs {
-            let bytes = get_verified(&env.store, input).await?;
-            rows += footer_rows(&bytes)?;
-        }
+        let rows = verified_rows(&env.store, inputs).await?;
         let files = inputs.iter().map(|p| format!("{STORE_URL}/{p}")).collect();
         Ok((Events::Files { store: env.store.clone(), files, rows, watermark }, rows))
     }

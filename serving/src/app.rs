@@ -85,7 +85,8 @@ impl AppState {
         Ok(state)
     }
 
-    fn writer_config(&self) -> WriterConfig {
+    /// The configuration of every dataset's writer.
+    pub(crate) fn writer_config(&self) -> WriterConfig {
         WriterConfig {
             max_queued: self.config.max_queued_requests,
             dedup_window: self.config.dedup_window,

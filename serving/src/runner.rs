@@ -9,7 +9,6 @@ use chrono::{DateTime, Utc};
 use tandem_batch::catalog::{RunRecord, Trigger};
 use tandem_batch::retention::prune_log;
 use tandem_batch::run::execute;
-use tandem_speed::writer::WriterConfig;
 use tokio::task::JoinHandle;
 
 use crate::api::error::ApiResult;
@@ -86,7 +85,8 @@ async fn poll_versions(state: AppState) {
 /// Deletes the log segments `--log-retention` lets go (see `tandem_batch::retention`), for
 /// a retention age of at least the windows a restart reads back from the log.
 async fn prune_logs(state: &AppState, age: Duration) {
-    let age = age.max(state.config.dedup_window).max(WriterConfig::default().key_window);
+    let writers = state.writer_config();
+    let age = age.max(writers.dedup_window).max(writers.key_window);
     for dataset in state.datasets() {
         let name = &dataset.record.spec.name;
         match prune_log(&state.env, name, age).await {
