@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::server::TestServer;
+use crate::server::{TestServer, files_under};
 
 const EVENTS_PER_REQUEST: usize = 40;
 const CYCLES: usize = 20;
@@ -196,20 +196,6 @@ fn flip_middle_byte(path: &std::path::Path) {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(path, &bytes).unwrap();
-}
-
-fn files_under(dir: &std::path::Path, extension: &str) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(files_under(&path, extension));
-        } else if path.extension().is_some_and(|e| e == extension) {
-            found.push(path);
-        }
-    }
-    found.sort();
-    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::reference::{
     Accepted, Event, Gen, T0, assert_rows_match, by_bot_view, by_country_view, date_of, reference, shapes,
 };
-use crate::server::{BIN, TestServer, catalogs, pageviews_dataset};
+use crate::server::{BIN, TestServer, catalogs, files_under, pageviews_dataset};
 
 async fn ingest_json(server: &TestServer, acc: &mut Accepted, events: &[Event]) {
     let body: Vec<Value> = events.iter().enumerate().map(|(i, e)| e.to_json(i % 2 == 0)).collect();
@@ -375,13 +375,8 @@ async fn a_view_schedule_runs_batches_by_itself() {
 
 /// The log segments in `dir` (a dataset's log), oldest first, as (first sequence number, path).
 fn log_segments(dir: &std::path::Path) -> Vec<(u64, std::path::PathBuf)> {
-    let mut segments: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter_map(|p| Some((p.file_stem()?.to_str()?.parse().ok()?, p)))
-        .collect();
-    segments.sort();
-    segments
+    let first_seq = |p: &std::path::Path| p.file_stem()?.to_str()?.parse().ok();
+    files_under(dir, "seg").into_iter().filter_map(|p| Some((first_seq(&p)?, p))).collect()
 }
 
 /// Dates a file's last write `seconds` back (two days is past the 24 h of idempotency keys
@@ -439,10 +434,8 @@ async fn log_retention_deletes_only_segments_the_master_dataset_and_every_versio
         // a covered, old segment whose master files are not all there stays too, until they are
         let oldest_seq = first_segments[0].0;
         let hidden = dir.path().join("hidden.parquet");
-        let master_file = std::fs::read_dir(dir.path().join("master/pageviews"))
-            .unwrap()
-            .flat_map(|day| std::fs::read_dir(day.unwrap().path()).unwrap())
-            .map(|f| f.unwrap().path())
+        let master_file = files_under(&dir.path().join("master/pageviews"), "parquet")
+            .into_iter()
             .find(|f| f.file_name().unwrap().to_str().unwrap().starts_with(&format!("{oldest_seq:020}.")))
             .expect("the oldest segment's events are in the master dataset");
         std::fs::rename(&master_file, &hidden).unwrap();

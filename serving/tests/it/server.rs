@@ -169,3 +169,18 @@ pub fn pageviews_dataset() -> Value {
     json!({"name": "pageviews", "time_field": "ts", "id_field": "event_id",
            "fields": {"ts": "timestamp", "event_id": "string", "country": "string", "duration_ms": "float64", "bytes": "int64", "bot": "bool"}})
 }
+
+/// The files under `dir` (at any depth) whose name ends in `.extension`, sorted by path.
+pub fn files_under(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_under(&path, extension));
+        } else if path.extension().is_some_and(|e| e == extension) {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
