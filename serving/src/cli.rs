@@ -8,12 +8,13 @@ use tokio::net::TcpListener;
 
 use crate::app::AppState;
 use crate::config::{BatchConfig, ServeConfig};
-use crate::{api, runner};
+use crate::{api, metrics, runner};
 
 /// Serves until SIGINT or SIGTERM, then drains requests and stops the writers (every
 /// acknowledged event is already on disk; stopping only finishes in-flight requests).
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let exporter = metrics::install()?;
     let state = AppState::start(config).await?;
     let tasks = runner::spawn_background(&state);
     let addr = listener.local_addr()?;
@@ -27,7 +28,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "could not set TCP_NODELAY on a connection");
         }
     });
-    axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, api::router(state.clone(), exporter)).with_graceful_shutdown(shutdown_signal()).await?;
     tasks.iter().for_each(|t| t.abort());
     state.shutdown().await;
     tracing::info!("tandem stopped");

@@ -11,5 +11,6 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod query;
 pub mod runner;

@@ -34,7 +34,13 @@ async fn execute_run(state: &AppState, run: &RunRecord, full: bool) {
     {
         tracing::warn!(run = run.id, error = %e, "could not seal the active segment before a run");
     }
-    match execute(&state.env, run, full).await {
+    let started = std::time::Instant::now();
+    let result = execute(&state.env, run, full).await;
+    let status = if result.is_ok() { "succeeded" } else { "failed" };
+    let labels = [("view", run.view.clone()), ("status", status.to_string())];
+    metrics::counter!("tandem_batch_runs_total", &labels).increment(1);
+    metrics::histogram!("tandem_batch_run_seconds", &labels).record(started.elapsed());
+    match result {
         Ok(outcome) => {
             let p = outcome.publication;
             if let Err(e) = state.refresh_view(&p.view, p.version).await {
@@ -91,6 +97,8 @@ async fn prune_logs(state: &AppState, age: Duration) {
         let name = &dataset.record.spec.name;
         match prune_log(&state.env, name, age).await {
             Ok(p) if p.segments > 0 => {
+                metrics::counter!("tandem_log_segments_deleted_total", "dataset" => name.clone())
+                    .increment(p.segments as u64);
                 tracing::info!(
                     dataset = name,
                     segments = p.segments,

@@ -167,6 +167,7 @@ impl DatasetWriter {
             keys: HashMap::new(),
             group_keys: HashMap::new(),
             roll_failed: None,
+            metrics: WriterMetrics::new(&spec.name),
         };
         thread.replay()?;
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -310,6 +311,42 @@ struct WriterThread {
     group_keys: HashMap<String, AppendOutcome>,
     /// When sealing last failed (a full disk): the next timed attempt waits a second.
     roll_failed: Option<Instant>,
+    metrics: WriterMetrics,
+}
+
+/// What the writer reports to `GET /metrics`, through the `metrics` facade (a no-op without
+/// an installed recorder). The handles are taken once, so a group commit pays an atomic add
+/// per counter and a push per histogram, never a lookup by name.
+struct WriterMetrics {
+    /// Events made durable (after the fsync); duplicates and replayed requests store none.
+    stored: metrics::Counter,
+    duplicates: metrics::Counter,
+    /// One sample a group commit.
+    fsync: metrics::Histogram,
+    fold: metrics::Histogram,
+    failed_syncs: metrics::Counter,
+    seals: metrics::Counter,
+}
+
+impl WriterMetrics {
+    fn new(dataset: &str) -> WriterMetrics {
+        use metrics::{Unit, describe_counter, describe_histogram};
+        describe_counter!("tandem_events_stored_total", "Events made durable (counted after the fsync).");
+        describe_counter!("tandem_events_duplicate_total", "Events dropped as duplicates of an id within the window.");
+        describe_histogram!("tandem_log_fsync_seconds", Unit::Seconds, "The fsync of one group commit.");
+        describe_histogram!("tandem_speed_fold_seconds", Unit::Seconds, "One group commit's fold into every view.");
+        describe_counter!("tandem_log_failed_syncs_total", "Failed fsyncs; their requests got an error.");
+        describe_counter!("tandem_log_segments_sealed_total", "Log segments sealed.");
+        let label = [("dataset", dataset.to_string())];
+        WriterMetrics {
+            stored: metrics::counter!("tandem_events_stored_total", &label),
+            duplicates: metrics::counter!("tandem_events_duplicate_total", &label),
+            fsync: metrics::histogram!("tandem_log_fsync_seconds", &label),
+            fold: metrics::histogram!("tandem_speed_fold_seconds", &label),
+            failed_syncs: metrics::counter!("tandem_log_failed_syncs_total", &label),
+            seals: metrics::counter!("tandem_log_segments_sealed_total", &label),
+        }
+    }
 }
 
 /// How much nicer than the writer the thread that merges sealed speed maps runs. A merge is
@@ -365,6 +402,8 @@ struct Pending {
     shared: bool,
     /// A new idempotency key to remember once the group is durable.
     key: Option<String>,
+    /// Events of the request dropped as duplicates (0 for a replayed idempotency key).
+    duplicates: usize,
 }
 
 impl WriterThread {
@@ -507,7 +546,7 @@ impl WriterThread {
             let key_window = self.key_window();
             let answered = self.keys.get(k).filter(|(_, at)| now - at < key_window).map(|(o, _)| *o);
             if let Some(outcome) = answered.or_else(|| self.group_keys.get(k).copied()) {
-                return Pending { reply, outcome, record: None, shared: false, key: None };
+                return Pending { reply, outcome, record: None, shared: false, key: None, duplicates: 0 };
             }
         }
         let total = rows.len();
@@ -539,7 +578,7 @@ impl WriterThread {
         if let Some(k) = &key {
             self.group_keys.insert(k.clone(), outcome);
         }
-        Pending { reply, outcome, record, shared, key }
+        Pending { reply, outcome, record, shared, key, duplicates: outcome.duplicates }
     }
 
     /// Fsyncs the staged records, then makes them visible and remembered, then answers;
@@ -555,7 +594,9 @@ impl WriterThread {
         let started = Instant::now();
         let synced = self.log.sync();
         steps.sync = started.elapsed();
+        self.metrics.fsync.record(steps.sync);
         if let Err(e) = synced {
+            self.metrics.failed_syncs.increment(1);
             let message = e.to_string();
             let kind = match &e {
                 LogError::Io { source, .. } => source.kind(),
@@ -572,6 +613,9 @@ impl WriterThread {
         }
         let segment = self.log.active_first_seq();
         let id = self.spec.id_index();
+        let stored: usize = pending.iter().filter_map(|p| p.record.as_ref()).map(|(_, rows)| rows.len()).sum();
+        self.metrics.stored.increment(stored as u64);
+        self.metrics.duplicates.increment(pending.iter().map(|p| p.duplicates as u64).sum());
         for p in &pending {
             if let Some(key) = &p.key {
                 self.keys.insert(key.clone(), (p.outcome, ingest_time));
@@ -608,6 +652,7 @@ impl WriterThread {
             }
         }
         steps.fold = started.elapsed();
+        self.metrics.fold.record(steps.fold);
         steps
     }
 
@@ -658,6 +703,7 @@ impl WriterThread {
     /// number.
     fn roll(&mut self) -> Result<u64, WriteError> {
         if let Some((segment, last)) = self.log.roll()? {
+            self.metrics.seals.increment(1);
             for view in &self.views {
                 if view.seal(segment.first_seq, last) {
                     let _ = self.coalesce.send(view.clone()); // that thread lives as long as this one

@@ -1,9 +1,12 @@
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 
 use crate::app::AppState;
+use crate::metrics::{self, Metrics};
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -18,4 +21,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "degraded", "catalog": "unavailable" })))
         }
     }
+}
+
+/// Prometheus' text format (see [`crate::metrics`]).
+pub async fn metrics(State(state): State<AppState>, Extension(m): Extension<Metrics>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render(&state, &m).await)
 }

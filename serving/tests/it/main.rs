@@ -9,6 +9,7 @@ mod bad_input;
 mod crash;
 mod disk_full;
 mod lambda;
+mod metrics;
 mod outage;
 mod overload;
 mod prop;
