@@ -12,18 +12,27 @@
 //! The exporter is `metrics-exporter-prometheus` without its own listener: the answer is
 //! rendered from a route of the API, on the API's port.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::Context as _;
 use axum::extract::{MatchedPath, Request};
-use axum::http::Method;
-use axum::middleware::Next;
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use metrics::{Label, gauge};
+use metrics::{Counter, Histogram, Label, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
+use parking_lot::RwLock;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 
 use crate::app::AppState;
+
+/// The maps of [`HttpHandles`], with a fast hash: a request hashes its route template.
+type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Upper bounds of every `*_seconds` histogram's buckets: from the 0.1 ms of an
 /// acknowledged single event or a kept-shape query to the minutes of a full batch run.
@@ -40,10 +49,11 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// disappear after the first scrape past it (every scrape sets the others).
 const GAUGE_IDLE: Duration = Duration::from_secs(60);
 
-/// The installed recorder, which the `/metrics` route renders.
+/// The installed recorder, which the `/metrics` route renders, and the HTTP metrics' handles.
 #[derive(Clone)]
 pub struct Metrics {
     handle: PrometheusHandle,
+    http: Arc<HttpHandles>,
 }
 
 /// Installs the process-wide recorder (once, by `tandem serve`) and starts its upkeep.
@@ -64,7 +74,7 @@ pub fn install() -> anyhow::Result<Metrics> {
             upkeep.run_upkeep();
         }
     });
-    Ok(Metrics { handle })
+    Ok(Metrics { handle, http: Arc::default() })
 }
 
 /// The `# HELP` lines of the metrics this crate records (the writer describes its own).
@@ -94,28 +104,129 @@ fn describe() {
     describe_gauge!("tandem_catalog_up", "0 if the catalog did not answer during the scrape.");
 }
 
-/// Middleware on every route: `tandem_http_requests_total` by method, route (its template,
-/// such as `/v1/views/{name}/query`) and status, and `tandem_http_request_duration_seconds`
-/// by method and route, from the request's arrival until its answer's head is ready (a
-/// query's rows are made by then; sending them is not counted).
-pub async fn track(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().map_or_else(String::new, |p| p.as_str().to_owned());
-    let method = match *request.method() {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::DELETE => "DELETE",
-        _ => "other",
-    };
-    let response = next.run(request).await;
-    let labels = [
-        Label::new("method", method),
-        Label::new("route", route),
-        Label::new("status", response.status().as_str().to_owned()),
-    ];
-    metrics::counter!("tandem_http_requests_total", labels.iter()).increment(1);
-    metrics::histogram!("tandem_http_request_duration_seconds", labels[..2].iter()).record(started.elapsed());
-    response
+/// The layer on every route that counts requests: `tandem_http_requests_total` by method,
+/// route (its template, such as `/v1/views/{name}/query`) and status, and
+/// `tandem_http_request_duration_seconds` by method and route, from the request's arrival
+/// until its answer's head is ready (a query's rows are made by then; sending them is not
+/// counted). A service of its own rather than `axum::middleware::from_fn`, whose boxed
+/// future and clone of the route's service cost a single-event request about 3 k
+/// instructions more (callgrind; see `bench/HISTORY.md`, session 45).
+#[derive(Clone)]
+pub struct TrackLayer(Arc<HttpHandles>);
+
+impl TrackLayer {
+    pub fn new(metrics: &Metrics) -> TrackLayer {
+        TrackLayer(metrics.http.clone())
+    }
+}
+
+impl<S> Layer<S> for TrackLayer {
+    type Service = Track<S>;
+    fn layer(&self, inner: S) -> Track<S> {
+        Track { inner, http: self.0.clone() }
+    }
+}
+
+/// See [`TrackLayer`].
+#[derive(Clone)]
+pub struct Track<S> {
+    inner: S,
+    http: Arc<HttpHandles>,
+}
+
+impl<S> Service<Request> for Track<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Tracked<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Tracked<S::Future> {
+        Tracked {
+            started: Instant::now(),
+            route: request.extensions().get::<MatchedPath>().cloned(),
+            method: request.method().clone(),
+            http: self.http.clone(),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project! {
+    /// A request's answer on its way, and what it is counted under once it is ready.
+    pub struct Tracked<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        route: Option<MatchedPath>,
+        method: Method,
+        http: Arc<HttpHandles>,
+    }
+}
+
+impl<F, E> Future for Tracked<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = ready!(this.inner.poll(cx));
+        if let Ok(response) = &answer {
+            let route = this.route.as_ref().map_or("", |r| r.as_str());
+            this.http.record(route, this.method, response.status(), this.started.elapsed());
+        }
+        Poll::Ready(answer)
+    }
+}
+
+/// The handles of the HTTP metrics, one pair for each route, method and status seen.
+///
+/// Found by name in the recorder, a request's pair cost a single-event request 10.7 k
+/// instructions (callgrind, `bench/HISTORY.md`, session 45), most of it building and looking up
+/// the labelled keys; kept here, a request finds its pair under a read lock.
+#[derive(Default)]
+pub struct HttpHandles {
+    by_route: RwLock<Map<String, ByStatus>>,
+}
+
+/// A route's `tandem_http_requests_total` and `tandem_http_request_duration_seconds` by
+/// method and status.
+type ByStatus = Map<(Method, StatusCode), (Counter, Histogram)>;
+
+impl HttpHandles {
+    fn record(&self, route: &str, method: &Method, status: StatusCode, took: Duration) {
+        if let Some((requests, duration)) =
+            self.by_route.read().get(route).and_then(|m| m.get(&(method.clone(), status)))
+        {
+            requests.increment(1);
+            duration.record(took);
+            return;
+        }
+        let method_label = match *method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::DELETE => "DELETE",
+            _ => "other",
+        };
+        let labels = [
+            Label::new("method", method_label),
+            Label::new("route", route.to_string()),
+            Label::new("status", status.as_str().to_string()),
+        ];
+        let requests = metrics::counter!("tandem_http_requests_total", labels.iter());
+        let duration = metrics::histogram!("tandem_http_request_duration_seconds", labels[..2].iter());
+        requests.increment(1);
+        duration.record(took);
+        let mut by_route = self.by_route.write();
+        by_route.entry(route.to_string()).or_default().insert((method.clone(), status), (requests, duration));
+    }
 }
 
 /// The answer of `GET /metrics`: every view's state now, then everything recorded.

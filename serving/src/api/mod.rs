@@ -8,21 +8,21 @@ mod events;
 mod system;
 mod views;
 
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::{Extension, Router, middleware};
-use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TrackLayer};
 use error::ApiError;
 
 pub fn router(state: AppState, metrics: Metrics) -> Router {
+    let exporter = metrics.clone();
     let body_limit = state.config.max_body_bytes;
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
-        .route("/metrics", get(system::metrics))
+        .route("/metrics", get(move |state| system::metrics(state, exporter.clone())))
         .route("/v1/datasets", post(datasets::create).get(datasets::list))
         .route("/v1/datasets/{name}", get(datasets::get))
         .route("/v1/datasets/{name}/events", post(events::ingest))
@@ -31,10 +31,8 @@ pub fn router(state: AppState, metrics: Metrics) -> Router {
         .route("/v1/views/{name}/query", post(views::query_post).get(views::query_get))
         .route("/v1/views/{name}/runs", post(views::start_run).get(views::list_runs))
         .route("/v1/runs/{id}", get(views::get_run))
-        .route_layer(middleware::from_fn(crate::metrics::track))
+        .route_layer(TrackLayer::new(&metrics))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TraceLayer::new_for_http())
-        .layer(Extension(metrics))
         .with_state(state)
 }

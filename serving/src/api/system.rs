@@ -1,8 +1,8 @@
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use axum::{Extension, Json};
 use serde_json::{Value, json};
 
 use crate::app::AppState;
@@ -24,6 +24,6 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 }
 
 /// Prometheus' text format (see [`crate::metrics`]).
-pub async fn metrics(State(state): State<AppState>, Extension(m): Extension<Metrics>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render(&state, &m).await)
+pub async fn metrics(State(state): State<AppState>, exporter: Metrics) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render(&state, &exporter).await)
 }
