@@ -109,8 +109,8 @@ fn describe() {
 /// `tandem_http_request_duration_seconds` by method and route, from the request's arrival
 /// until its answer's head is ready (a query's rows are made by then; sending them is not
 /// counted). A service of its own rather than `axum::middleware::from_fn`, whose boxed
-/// future and clone of the route's service cost a single-event request about 3 k
-/// instructions more (callgrind; see `bench/HISTORY.md`, session 45).
+/// future and clone of the route's service cost a single-event request 1.6 k instructions
+/// more (callgrind; see `bench/HISTORY.md`, session 45).
 #[derive(Clone)]
 pub struct TrackLayer(Arc<HttpHandles>);
 
@@ -188,9 +188,9 @@ where
 
 /// The handles of the HTTP metrics, one pair for each route, method and status seen.
 ///
-/// Found by name in the recorder, a request's pair cost a single-event request 10.7 k
-/// instructions (callgrind, `bench/HISTORY.md`, session 45), most of it building and looking up
-/// the labelled keys; kept here, a request finds its pair under a read lock.
+/// Kept here, a request finds its pair under a read lock; found by name in the recorder at each
+/// request (building and looking up the labelled keys), they cost a single-event request 3.8 k
+/// instructions more (callgrind, `bench/HISTORY.md`, session 45).
 #[derive(Default)]
 pub struct HttpHandles {
     by_route: RwLock<Map<String, ByStatus>>,
