@@ -2,7 +2,7 @@
 //! state of every view read at each scrape.
 //!
 //! Events are counted where they happen, through the `metrics` facade: HTTP requests by
-//! route and status here ([`track`]), the log's fsyncs and the speed layer's folds in the
+//! route and status here ([`TrackLayer`]), the log's fsyncs and the speed layer's folds in the
 //! writer (`tandem_speed::writer`), batch runs and log retention in [`crate::runner`]. A level
 //! rather than an event (a view's batch version and watermark, the events past it, the last
 //! run's outcome) is read from the views and the catalog when scraped ([`render`]), so it

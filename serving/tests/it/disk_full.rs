@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::metrics::{EVENTS_ROUTE, Scrape};
 use crate::server::TestServer;
 
 const EVENTS_PER_REQUEST: usize = 100;
@@ -135,6 +136,14 @@ async fn a_full_disk_refuses_with_507_loses_nothing_and_recovers() {
         }
     }
     assert!(refused.len() >= 30, "the full disk refused only {} of 40 requests", refused.len());
+    // /metrics counts the refusals, and stored events only once they are durable
+    let scrape = Scrape::take(&server).await;
+    let status = |code| [("method", "POST"), ("route", EVENTS_ROUTE), ("status", code)];
+    assert_eq!(scrape.get("tandem_http_requests_total", &status("507")), Some(refused.len() as f64));
+    assert_eq!(scrape.get("tandem_http_requests_total", &status("200")), Some(acked.len() as f64));
+    let dataset = [("dataset", "clicks")];
+    assert_eq!(scrape.value("tandem_events_stored_total", &dataset), (acked.len() * EVENTS_PER_REQUEST) as f64);
+    assert!(scrape.value("tandem_log_failed_syncs_total", &dataset) >= 1.0);
     assert_eq!(server.call("GET", "/healthz", None).await.0, 200);
     let during = stored(&server).await;
     assert_eq!(during.len(), acked.len(), "refused requests must store nothing: {during:?}");

@@ -10,13 +10,13 @@ use crate::reference::{Accepted, Event, Gen, T0, by_bot_view, date_of};
 use crate::server::{TestServer, catalogs};
 
 /// One scrape, parsed: every sample by metric name and its labels.
-struct Scrape {
+pub struct Scrape {
     text: String,
     samples: BTreeMap<(String, BTreeMap<String, String>), f64>,
 }
 
 impl Scrape {
-    async fn take(server: &TestServer) -> Scrape {
+    pub async fn take(server: &TestServer) -> Scrape {
         let resp = server.http.get(format!("{}/metrics", server.base)).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
@@ -36,12 +36,12 @@ impl Scrape {
     }
 
     /// The sample of `name` with exactly these labels; `None` if there is none.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.samples.get(&(name.to_string(), labels)).copied()
     }
 
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.get(name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{}", self.text))
     }
 }
@@ -63,7 +63,7 @@ async fn post_events(server: &TestServer, events: &[Event]) -> Value {
     server.ok("POST", "/v1/datasets/pageviews/events", Some(Value::Array(body))).await
 }
 
-const EVENTS_ROUTE: &str = "/v1/datasets/{name}/events";
+pub const EVENTS_ROUTE: &str = "/v1/datasets/{name}/events";
 const QUERY_ROUTE: &str = "/v1/views/{name}/query";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
