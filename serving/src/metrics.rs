@@ -102,6 +102,7 @@ fn describe() {
     describe_gauge!("tandem_view_last_run_success", "1 if the view's newest ended run succeeded, else 0.");
     describe_gauge!("tandem_view_last_run_duration_seconds", Unit::Seconds, "How long the newest ended run ran.");
     describe_gauge!("tandem_catalog_up", "0 if the catalog did not answer during the scrape.");
+    describe_gauge!("process_resident_memory_bytes", metrics::Unit::Bytes, "Resident memory of the server (Linux).");
 }
 
 /// The layer on every route that counts requests: `tandem_http_requests_total` by method,
@@ -267,7 +268,18 @@ pub async fn render(state: &AppState, metrics: &Metrics) -> String {
         }
     }
     gauge!("tandem_catalog_up").set(flag(catalog_up));
+    if let Some(bytes) = resident_bytes() {
+        gauge!("process_resident_memory_bytes").set(bytes as f64);
+    }
     metrics.handle.render()
+}
+
+/// The process's resident memory (`VmRSS` in `/proc/self/status`; `None` where there is none).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn seconds(micros: i64) -> f64 {
