@@ -379,6 +379,21 @@ fn log_segments(dir: &std::path::Path) -> Vec<(u64, std::path::PathBuf)> {
     files_under(dir, "seg").into_iter().filter_map(|p| Some((first_seq(&p)?, p))).collect()
 }
 
+/// The log's segments once the writer has settled: it seals a full segment just after
+/// answering the request that filled it, so a listing taken right after an answer may miss
+/// that seal.
+async fn settled_segments(dir: &std::path::Path) -> Vec<(u64, std::path::PathBuf)> {
+    let mut before = log_segments(dir);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = log_segments(dir);
+        if now == before {
+            return now;
+        }
+        before = now;
+    }
+}
+
 /// Dates a file's last write `seconds` back (two days is past the 24 h of idempotency keys
 /// that bound any retention age from below).
 fn set_age(path: &std::path::Path, seconds: u64) {
@@ -457,7 +472,7 @@ async fn log_retention_deletes_only_segments_the_master_dataset_and_every_versio
         for _ in 0..3 {
             ingest_json(&server, &mut acc, &rng.events(120, T0, 24, 100_000)).await;
         }
-        let segments = log_segments(&log);
+        let segments = settled_segments(&log).await;
         let past = |through: u64| segments.iter().filter(|(first, _)| *first > through).cloned().collect::<Vec<_>>();
         assert!(by_bot < by_country && past(by_country).len() >= 2, "{label}: {segments:?}");
         // young segments stay
