@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::reference::{Accepted, Event, Gen, T0, by_bot_view, date_of};
-use crate::server::{TestServer, catalogs};
+use crate::server::{TestServer, catalogs, memory};
 
 /// One scrape, parsed: every sample by metric name and its labels.
 pub struct Scrape {
@@ -121,18 +121,9 @@ async fn metrics_count_what_was_acknowledged_and_show_how_far_each_view_is_behin
         assert_eq!(s.value("tandem_catalog_up", &[]), 1.0);
         assert_eq!(s.get("tandem_view_last_run_success", &view), None, "no run has ended yet");
         // the server's resident memory, against what the kernel tells the test (it moves a little)
-        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .unwrap()
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .unwrap();
+        let kernel = memory(server.pid(), "VmRSS") as f64;
         let rss = s.value("process_resident_memory_bytes", &[]);
-        assert!((rss / (kib * 1024.0) - 1.0).abs() < 0.25, "reported {rss} B, the kernel says {kib} KiB");
+        assert!((rss / kernel - 1.0).abs() < 0.25, "reported {rss} B, the kernel says {kernel} B");
 
         // a batch run takes every event into the version
         let before = chrono::Utc::now().timestamp_micros() as f64 / 1e6;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::server::TestServer;
+use crate::server::{TestServer, memory};
 
 const CLIENTS: usize = 128;
 const EVENTS_PER_REQUEST: usize = 50_000;
@@ -31,13 +31,6 @@ const CEILING: u64 = 896 << 20;
 /// even on a slow machine and the runs have segments to compact.
 const SEGMENT: u64 = 256 << 20;
 const RUN_EVERY: Duration = Duration::from_secs(10);
-
-/// `VmHWM` (peak) or `VmRSS` of a process, in bytes.
-fn memory(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
 
 fn body(variant: usize) -> bytes::Bytes {
     let mut out = String::new();

@@ -184,3 +184,10 @@ pub fn files_under(dir: &Path, extension: &str) -> Vec<PathBuf> {
     found.sort();
     found
 }
+
+/// `VmHWM` (peak) or `VmRSS` of a process, in bytes, as the kernel reports it.
+pub fn memory(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
