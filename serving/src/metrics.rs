@@ -27,6 +27,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 use parking_lot::RwLock;
 use pin_project_lite::pin_project;
+use tandem_model::value::parse_timestamp;
 use tower::{Layer, Service};
 
 use crate::app::AppState;
@@ -243,17 +244,12 @@ pub async fn render(state: &AppState, metrics: &Metrics) -> String {
         gauge!("tandem_view_batch_watermark", &label).set(batch.map_or(0.0, |b| b.watermark as f64));
         gauge!("tandem_view_speed_events", &label).set(moment.speed_events as f64);
         gauge!("tandem_view_late_events", &label).set(moment.late_events as f64);
+        // the version's publish time, which the view loaded with it
+        if let Some(published) = batch.and_then(|b| b.finished_at.as_deref()).and_then(parse_timestamp) {
+            gauge!("tandem_view_batch_published_timestamp_seconds", &label).set(seconds(published));
+        }
         if !catalog_up {
             continue;
-        }
-        if let Some(b) = batch {
-            match state.env.catalog.version(&name, b.version).await {
-                Ok(Some(v)) => {
-                    gauge!("tandem_view_batch_published_timestamp_seconds", &label).set(seconds(v.created_at))
-                }
-                Ok(None) => {}
-                Err(_) => catalog_up = false,
-            }
         }
         // the newest run that ended (a newer one may be queued or running)
         match state.env.catalog.runs_of(&name, 10).await {
