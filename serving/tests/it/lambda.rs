@@ -13,12 +13,15 @@ use crate::reference::{
 };
 use crate::server::{BIN, TestServer, catalogs, files_under, pageviews_dataset};
 
-async fn ingest_json(server: &TestServer, acc: &mut Accepted, events: &[Event]) {
+/// Posts `events` as one JSON request and checks the answer against the test's own dedup;
+/// returns the (accepted, duplicates) counts.
+pub async fn ingest_json(server: &TestServer, acc: &mut Accepted, events: &[Event]) -> (usize, usize) {
     let body: Vec<Value> = events.iter().enumerate().map(|(i, e)| e.to_json(i % 2 == 0)).collect();
     let (status, out) = server.call("POST", "/v1/datasets/pageviews/events", Some(Value::Array(body))).await;
     assert_eq!(status, 200, "{out}");
     let (a, d) = acc.add(events);
     assert_eq!(out, json!({"accepted": a, "duplicates": d}));
+    (a, d)
 }
 
 async fn ingest_ndjson(server: &TestServer, acc: &mut Accepted, events: &[Event]) {

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::reference::{Accepted, Event, Gen, T0, by_bot_view, date_of};
+use crate::lambda::ingest_json;
+use crate::reference::{Accepted, Gen, T0, by_bot_view, date_of};
 use crate::server::{TestServer, catalogs, memory};
 
 /// One scrape, parsed: every sample by metric name and its labels.
@@ -58,11 +59,6 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
     labels
 }
 
-async fn post_events(server: &TestServer, events: &[Event]) -> Value {
-    let body: Vec<Value> = events.iter().map(|e| e.to_json(false)).collect();
-    server.ok("POST", "/v1/datasets/pageviews/events", Some(Value::Array(body))).await
-}
-
 pub const EVENTS_ROUTE: &str = "/v1/datasets/{name}/events";
 const QUERY_ROUTE: &str = "/v1/views/{name}/query";
 
@@ -81,10 +77,7 @@ async fn metrics_count_what_was_acknowledged_and_show_how_far_each_view_is_behin
         let mut events_of = Gen(0x5eed_0042);
         let mut duplicates = 0;
         for events in [events_of.events(400, T0, 72, 300), events_of.events(300, T0, 72, 600)] {
-            let answer = post_events(&server, &events).await;
-            let (accepted, dups) = acc.add(&events);
-            assert_eq!(answer, json!({"accepted": accepted, "duplicates": dups}));
-            duplicates += dups;
+            duplicates += ingest_json(&server, &mut acc, &events).await.1;
         }
         assert!(duplicates > 0 && acc.events.len() > 300, "the test needs both kinds of events");
         let bad = json!([{"ts": "not a time", "event_id": "x", "bot": false}]);
@@ -145,8 +138,7 @@ async fn metrics_count_what_was_acknowledged_and_show_how_far_each_view_is_behin
         // events past the watermark: all in the speed layer, late those of a day the version holds
         let newest_day = acc.events.iter().map(|e| date_of(e.ts)).max().unwrap();
         let events = events_of.events(120, T0 + 48 * 3_600_000_000, 72, 1_000_000);
-        let (accepted, _) = acc.add(&events);
-        post_events(&server, &events).await;
+        let (accepted, _) = ingest_json(&server, &mut acc, &events).await;
         let new = &acc.events[acc.events.len() - accepted..];
         let late = new.iter().filter(|e| date_of(e.ts) <= newest_day).count();
         assert!(late > 0 && late < accepted, "the test needs late and on-time events: {late} of {accepted}");
