@@ -3,8 +3,8 @@
 //! A request is all-or-nothing: [`decode`] either returns every event as a typed row or
 //! the list of what was wrong (the first [`MAX_ERRORS`]), and the caller stores nothing.
 
-use std::cell::RefCell;
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -60,13 +60,64 @@ impl EventError {
 /// up in the schema), never through a `serde_json::Value` tree: building and tearing down
 /// that tree was the largest cost of ingest after the allocator. A malformed body anywhere
 /// is reported alone, as the only problem; otherwise every event's problems are.
+///
+/// A server keeps one [`Decoder`] a dataset instead, so that what one request learns of the
+/// order of its clients' keys serves the next.
 pub fn decode(spec: &DatasetSpec, format: Format, body: &[u8], limits: &Limits) -> Result<Vec<Row>, Vec<EventError>> {
-    let schema = Schema::new(spec, limits);
+    Decoder::new(spec).decode(format, body, limits)
+}
+
+/// A dataset's fields as the decoder looks them up, made once for the dataset.
+pub struct Decoder {
+    /// Sorted by name, as rows hold them.
+    fields: Vec<(String, FieldType)>,
+    time: usize,
+    /// The field positions (plus one; 0 for none) in the order the previous event gave its
+    /// keys: clients write their events' keys in one order, so the n-th key is looked for
+    /// there first (one comparison instead of a search; the search was a tenth of ingest).
+    /// Kept from request to request (a single-event request used to learn the order afresh
+    /// and search for every key: 4 % of its instructions, session 46); a guess is only a
+    /// guess, so racing requests that store different ones cost a search, never a wrong row.
+    order: Box<[AtomicU32]>,
+}
+
+impl Decoder {
+    pub fn new(spec: &DatasetSpec) -> Decoder {
+        let fields: Vec<(String, FieldType)> = spec.fields.iter().map(|(n, t)| (n.clone(), *t)).collect();
+        let time = fields.iter().position(|(n, _)| *n == spec.time_field).unwrap_or(usize::MAX);
+        let order = fields.iter().map(|_| AtomicU32::new(0)).collect();
+        Decoder { fields, time, order }
+    }
+
+    /// [`decode`] with this dataset's fields.
+    pub fn decode(&self, format: Format, body: &[u8], limits: &Limits) -> Result<Vec<Row>, Vec<EventError>> {
+        decode_with(&Schema { decoder: self, limits }, format, body)
+    }
+
+    /// The position of the field named `name`, given as an event's `nth` key.
+    fn position(&self, nth: usize, name: &str) -> Option<usize> {
+        let slot = self.order.get(nth);
+        if let Some(guess) = slot.map(|s| s.load(Ordering::Relaxed)).filter(|&g| g > 0)
+            && let Some((field, _)) = self.fields.get(guess as usize - 1)
+            && same_key(field, name)
+        {
+            return Some(guess as usize - 1);
+        }
+        let found = self.fields.binary_search_by(|(n, _)| n.as_str().cmp(name)).ok()?;
+        if let Some(slot) = slot {
+            slot.store(found as u32 + 1, Ordering::Relaxed);
+        }
+        Some(found)
+    }
+}
+
+fn decode_with(schema: &Schema<'_>, format: Format, body: &[u8]) -> Result<Vec<Row>, Vec<EventError>> {
+    let limits = schema.limits;
     let mut out = Collector::default();
     match format {
         Format::Json => {
             let mut de = serde_json::Deserializer::from_slice(body);
-            let parsed = BodySeed { schema: &schema, out: &mut out }.deserialize(&mut de).and_then(|()| de.end());
+            let parsed = BodySeed { schema, out: &mut out }.deserialize(&mut de).and_then(|()| de.end());
             if let Err(e) = parsed {
                 return Err(vec![match out.too_many {
                     true => too_many(limits),
@@ -89,7 +140,7 @@ pub fn decode(spec: &DatasetSpec, format: Format, body: &[u8], limits: &Limits) 
                 }
                 let mut de = serde_json::Deserializer::from_str(line);
                 let index = out.seen;
-                let parsed = EventSeed { schema: &schema, index, skip: !malformed.is_empty() || out.is_full() }
+                let parsed = EventSeed { schema, index, skip: !malformed.is_empty() || out.is_full() }
                     .deserialize(&mut de)
                     .and_then(|event| de.end().map(|()| event));
                 out.seen += 1;
@@ -119,36 +170,23 @@ fn too_many(limits: &Limits) -> EventError {
     EventError::new(0, None, format!("request holds more than {} events, the limit", limits.max_events))
 }
 
-/// The dataset's fields as the decoder looks them up: sorted by name, as rows hold them.
+/// A dataset's [`Decoder`] and the request's limits.
 struct Schema<'a> {
-    fields: Vec<(&'a str, FieldType)>,
-    time: usize,
+    decoder: &'a Decoder,
     limits: &'a Limits,
-    /// The field positions in the order the previous event gave its keys: clients write
-    /// their events' keys in one order, so the n-th key is looked for there first (one
-    /// comparison instead of a search; the search was a tenth of ingest).
-    order: RefCell<Vec<usize>>,
 }
 
-impl<'a> Schema<'a> {
-    fn new(spec: &'a DatasetSpec, limits: &'a Limits) -> Schema<'a> {
-        let fields: Vec<(&str, FieldType)> = spec.fields.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-        let time = fields.iter().position(|(n, _)| *n == spec.time_field).unwrap_or(usize::MAX);
-        Schema { fields, time, limits, order: RefCell::new(Vec::new()) }
+impl Schema<'_> {
+    fn fields(&self) -> &[(String, FieldType)] {
+        &self.decoder.fields
     }
 
-    /// The position of the field named `name`, given as an event's `nth` key.
+    fn time(&self) -> usize {
+        self.decoder.time
+    }
+
     fn position(&self, nth: usize, name: &str) -> Option<usize> {
-        let mut order = self.order.borrow_mut();
-        if let Some(&guess) = order.get(nth)
-            && same_key(self.fields[guess].0, name)
-        {
-            return Some(guess);
-        }
-        let found = self.fields.binary_search_by(|(n, _)| (*n).cmp(name)).ok()?;
-        order.truncate(nth);
-        order.push(found);
-        Some(found)
+        self.decoder.position(nth, name)
     }
 }
 
@@ -323,7 +361,7 @@ impl<'de> Visitor<'de> for EventSeed<'_, '_> {
         let schema = self.schema;
         // a key given twice counts once, with its last value (as in a JSON object model)
         // made in place, not cloned from one `Null` as `vec!` does (that was 3 % of `decode`)
-        let mut row: Row = std::iter::repeat_with(|| Value::Null).take(schema.fields.len()).collect();
+        let mut row: Row = std::iter::repeat_with(|| Value::Null).take(schema.fields().len()).collect();
         let mut refused: Vec<(usize, String)> = Vec::new();
         let mut unknown: Vec<String> = Vec::new();
         let mut nth = 0;
@@ -331,7 +369,8 @@ impl<'de> Visitor<'de> for EventSeed<'_, '_> {
             nth += 1;
             match key {
                 Ok(i) => {
-                    let seed = FieldSeed { ty: schema.fields[i].1, is_time: i == schema.time, limits: schema.limits };
+                    let seed =
+                        FieldSeed { ty: schema.fields()[i].1, is_time: i == schema.time(), limits: schema.limits };
                     let value = map.next_value_seed(seed)?;
                     if !refused.is_empty() {
                         refused.retain(|(field, _)| *field != i);
@@ -352,17 +391,17 @@ impl<'de> Visitor<'de> for EventSeed<'_, '_> {
                 }
             }
         }
-        if row.get(schema.time).is_some_and(|t| matches!(t, Value::Null))
-            && !refused.iter().any(|(i, _)| *i == schema.time)
+        if row.get(schema.time()).is_some_and(|t| matches!(t, Value::Null))
+            && !refused.iter().any(|(i, _)| *i == schema.time())
         {
-            refused.push((schema.time, "missing time value".into()));
+            refused.push((schema.time(), "missing time value".into()));
         }
         if refused.is_empty() && unknown.is_empty() {
             return Ok(Some(Ok(row)));
         }
         refused.sort_by_key(|(i, _)| *i);
         unknown.sort();
-        let field = |i: usize| Some(schema.fields[i].0);
+        let field = |i: usize| Some(schema.fields()[i].0.as_str());
         let errors = refused
             .into_iter()
             .map(|(i, message)| EventError::new(self.index, field(i), message))

@@ -11,6 +11,7 @@ use parking_lot::RwLock;
 use tandem_batch::catalog::{DatasetRecord, ViewRecord};
 use tandem_batch::store::load_version;
 use tandem_batch::{BatchEnv, Catalog};
+use tandem_model::event::Decoder;
 use tandem_model::value::format_timestamp;
 use tandem_model::{DatasetSpec, ViewSpec};
 use tandem_speed::writer::WriterConfig;
@@ -23,6 +24,8 @@ use crate::config::ServeConfig;
 /// copying its schema.
 pub struct Dataset {
     pub record: DatasetRecord,
+    /// Its events' decoder, which keeps what it learns of the clients' key order.
+    pub decoder: Decoder,
     pub writer: DatasetWriter,
 }
 
@@ -103,7 +106,7 @@ impl AppState {
         if let Some((path, bytes, reason)) = recovery.truncated {
             tracing::warn!(path = %path.display(), dropped_bytes = bytes, reason, "cut a torn tail off the log; no acknowledged request is lost");
         }
-        let dataset = Arc::new(Dataset { record, writer });
+        let dataset = Arc::new(Dataset { decoder: Decoder::new(&record.spec), record, writer });
         self.datasets.write().insert(dataset.record.spec.name.clone(), Arc::clone(&dataset));
         Ok(dataset)
     }
