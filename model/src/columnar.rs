@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
-use arrow_array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::agg::{GroupKey, Groups, MeasureState, merge_states};
@@ -65,9 +65,8 @@ enum ColumnBuilder {
     Float(Float64Builder),
     Bool(BooleanBuilder),
     Timestamp(TimestampMicrosecondBuilder),
-    /// A column the batch's reader never looks at: only its length is kept, and it is
-    /// finished as nulls of its type.
-    Unread(DataType, usize),
+    /// A column the batch's reader never looks at: left out of the batch.
+    Unread,
 }
 
 impl ColumnBuilder {
@@ -84,7 +83,7 @@ impl ColumnBuilder {
             (ColumnBuilder::Bool(b), _) => b.append_null(),
             (ColumnBuilder::Timestamp(b), ValueRef::Timestamp(t)) => b.append_value(t),
             (ColumnBuilder::Timestamp(b), _) => b.append_null(),
-            (ColumnBuilder::Unread(_, rows), _) => *rows += 1,
+            (ColumnBuilder::Unread, _) => {}
         }
     }
 }
@@ -97,11 +96,12 @@ impl EventColumns {
         events
     }
 
-    /// Columns for `spec`'s fields, no `_seq`, in `schema` (`dataset_schema(spec, false)`,
-    /// built once by the caller), for about `rows` events. Only the fields `read`
-    /// picks (by position) and the time field (never null) hold the events' values; the
-    /// others are nulls, for a reader that looks at a few fields only: a view filter that
-    /// reads one flag need not copy every string of a request.
+    /// Columns for the fields of `spec` that `read` picks (by position) and its time field,
+    /// no `_seq`, in `schema` (those fields of `dataset_schema(spec, false)`, in field order,
+    /// built once by the caller), for about `rows` events: for a reader that looks at a few
+    /// fields only, as a view filter that reads one flag need not copy every string of a
+    /// request. The other fields are left out, not filled with nulls: making a null column
+    /// of each for every group commit was half of a one-event commit's filter (session 46).
     pub fn reading(spec: &DatasetSpec, schema: SchemaRef, read: impl Fn(usize) -> bool, rows: usize) -> EventColumns {
         let columns = spec
             .fields
@@ -109,7 +109,7 @@ impl EventColumns {
             .enumerate()
             .map(|(i, (name, ty))| {
                 if !read(i) && *name != spec.time_field {
-                    return ColumnBuilder::Unread(arrow_type(*ty), 0);
+                    return ColumnBuilder::Unread;
                 }
                 match ty {
                     FieldType::String => ColumnBuilder::String(StringBuilder::with_capacity(rows, rows * 16)),
@@ -137,15 +137,14 @@ impl EventColumns {
     }
 
     /// [`push`](Self::push) for an event's row, in columns built without `_seq`; a column
-    /// nobody reads counts the event without looking at its value. A view filter's batch
+    /// nobody reads is skipped without looking at its value. A view filter's batch
     /// reads one or two fields of each event: converting every value of each row to push it
     /// was a tenth of the writer's time at the ingest limit (`bench/HISTORY.md`, session 42).
     pub fn push_row(&mut self, row: &[Value]) {
         debug_assert!(self.seqs.is_none(), "push_row gives no sequence number");
         for (column, value) in self.columns.iter_mut().zip(row) {
-            match column {
-                ColumnBuilder::Unread(_, rows) => *rows += 1,
-                column => column.append(value.as_ref()),
+            if !matches!(column, ColumnBuilder::Unread) {
+                column.append(value.as_ref());
             }
         }
     }
@@ -162,7 +161,7 @@ impl EventColumns {
                 ColumnBuilder::Float(mut b) => Arc::new(b.finish()),
                 ColumnBuilder::Bool(mut b) => Arc::new(b.finish()),
                 ColumnBuilder::Timestamp(mut b) => Arc::new(b.finish()),
-                ColumnBuilder::Unread(ty, rows) => new_null_array(&ty, rows),
+                ColumnBuilder::Unread => continue,
             });
         }
         RecordBatch::try_new(self.schema, columns)

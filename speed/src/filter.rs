@@ -14,7 +14,7 @@ use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{Expr, ExprSchemable, Operator};
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::utils::collect_columns;
+use datafusion::physical_expr::utils::{collect_columns, reassign_expr_columns};
 use datafusion::prelude::SessionContext;
 use tandem_model::columnar::{EventColumns, dataset_schema};
 use tandem_model::{DatasetSpec, Row, Value};
@@ -22,12 +22,15 @@ use tandem_model::{DatasetSpec, Row, Value};
 /// A compiled view filter.
 #[derive(Debug, Clone)]
 pub struct ViewFilter {
+    /// Over the dataset's event schema.
     expr: Arc<dyn PhysicalExpr>,
     dataset: DatasetSpec,
-    /// The dataset's event schema, built once.
-    schema: SchemaRef,
-    /// The fields the expression reads, by position: [`mask`](Self::mask) fills only these.
+    /// The fields the expression reads and the time field, by position: the columns of the
+    /// batch [`mask`](Self::mask) makes.
     reads: Vec<bool>,
+    /// Those fields' schema, built once, and `expr` over it.
+    read_schema: SchemaRef,
+    read_expr: Arc<dyn PhysicalExpr>,
 }
 
 impl ViewFilter {
@@ -56,8 +59,16 @@ impl ViewFilter {
             return Err(format!("filter: expression is {ty}, not boolean"));
         }
         let columns = collect_columns(&physical);
-        let reads = (0..schema.fields().len()).map(|i| columns.iter().any(|c| c.index() == i)).collect();
-        let filter = ViewFilter { expr: physical, dataset: dataset.clone(), schema, reads };
+        let reads: Vec<bool> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| *f.name() == dataset.time_field || columns.iter().any(|c| c.index() == i))
+            .collect();
+        let read_fields: Vec<usize> = (0..reads.len()).filter(|&i| reads[i]).collect();
+        let read_schema = Arc::new(schema.project(&read_fields).map_err(|e| e.to_string())?);
+        let read_expr = reassign_expr_columns(physical.clone(), &read_schema).map_err(|e| e.to_string())?;
+        let filter = ViewFilter { expr: physical, dataset: dataset.clone(), reads, read_schema, read_expr };
         // constant parts (a literal that does not parse as a timestamp, a bad regex) fail on
         // any row: try one row of nulls (the time field cannot be null)
         let probe: Vec<Value> = dataset
@@ -71,27 +82,32 @@ impl ViewFilter {
 
     /// Which of `rows` (events of the dataset the filter was compiled for) pass, as
     /// [`evaluate`](Self::evaluate) says of a batch of them. The batch holds only the fields
-    /// the expression reads (and the time field); the others are nulls it never looks at.
-    /// The writer asks once per group commit, for the rows of all its requests.
+    /// the expression reads (and the time field), and the expression is the filter's over
+    /// those. The writer asks once per group commit, for the rows of all its requests.
     pub fn mask(&self, rows: &[&Row]) -> Result<Vec<bool>, String> {
-        let mut events = EventColumns::reading(&self.dataset, self.schema.clone(), |i| self.reads[i], rows.len());
+        let mut events = EventColumns::reading(&self.dataset, self.read_schema.clone(), |i| self.reads[i], rows.len());
         for row in rows {
             events.push_row(row);
         }
-        self.evaluate(&events.finish().map_err(|e| e.to_string())?)
+        evaluate(&self.read_expr, &events.finish().map_err(|e| e.to_string())?)
     }
 
-    /// Which rows pass: true only where the expression is true (null counts as false, as in
-    /// SQL's WHERE).
+    /// Which rows of a batch of the dataset's events (every field, in field order) pass: true
+    /// only where the expression is true (null counts as false, as in SQL's WHERE).
     pub fn evaluate(&self, batch: &RecordBatch) -> Result<Vec<bool>, String> {
-        // a panic inside an expression must not take the dataset's writer thread down
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.expr.evaluate(batch)))
-            .map_err(|_| "the filter panicked".to_string())?
-            .map_err(|e| e.to_string())?;
-        let array = result.into_array(batch.num_rows()).map_err(|e| e.to_string())?;
-        let mask = array.as_any().downcast_ref::<BooleanArray>().ok_or("filter did not give booleans")?;
-        Ok((0..mask.len()).map(|i| mask.is_valid(i) && mask.value(i)).collect())
+        evaluate(&self.expr, batch)
     }
+}
+
+/// `expr`'s answer for each row of `batch`, as [`ViewFilter::evaluate`] says.
+fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<Vec<bool>, String> {
+    // a panic inside an expression must not take the dataset's writer thread down
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| expr.evaluate(batch)))
+        .map_err(|_| "the filter panicked".to_string())?
+        .map_err(|e| e.to_string())?;
+    let array = result.into_array(batch.num_rows()).map_err(|e| e.to_string())?;
+    let mask = array.as_any().downcast_ref::<BooleanArray>().ok_or("filter did not give booleans")?;
+    Ok((0..mask.len()).map(|i| mask.is_valid(i) && mask.value(i)).collect())
 }
 
 /// Scalar functions a filter may call: none of them can fail on any input value.
