@@ -6,8 +6,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::BytesMut;
 use futures::StreamExt;
-use serde_json::{Value, json};
-use tandem_model::event::{Format, Limits, decode};
+use serde::Serialize;
+use tandem_model::event::{Format, Limits};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::{ApiError, ApiResult};
@@ -27,7 +27,7 @@ pub async fn ingest(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Stored>> {
     let dataset = state.dataset(&name).ok_or_else(|| ApiError::not_found(format!("dataset {name:?}")))?;
     let format = format_of(&headers)?;
     let key = idempotency_key(&headers)?;
@@ -54,14 +54,22 @@ pub async fn ingest(
     }
     let limits =
         Limits { max_events: state.config.max_events_per_request, max_string_bytes: state.config.max_string_bytes };
-    let rows = decode(&dataset.record.spec, format, &body, &limits).map_err(|errors| {
+    let rows = dataset.decoder.decode(format, &body, &limits).map_err(|errors| {
         let n = errors.len();
         ApiError::bad_request("invalid_events", format!("{n} problem(s) in the events; nothing was stored"))
             .with_details(errors.into_iter().map(|e| serde_json::to_value(e).expect("errors serialize")))
     })?;
     drop(body);
     let outcome = dataset.writer.append(rows, key).await?;
-    Ok(Json(json!({ "accepted": outcome.accepted, "duplicates": outcome.duplicates })))
+    Ok(Json(Stored { accepted: outcome.accepted, duplicates: outcome.duplicates }))
+}
+
+/// The answer to a stored request, serialized as it is (a `json!` map of it took allocations
+/// on every request).
+#[derive(Serialize)]
+pub struct Stored {
+    accepted: usize,
+    duplicates: usize,
 }
 
 /// Takes `bytes` of the in-flight budget, waiting up to [`BUDGET_WAIT`]; `None` if there is
@@ -118,10 +126,11 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 
 fn format_of(headers: &HeaderMap) -> ApiResult<Format> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    match essence.as_str() {
-        "application/json" => Ok(Format::Json),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(Format::Ndjson),
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let is = |name: &str| essence.eq_ignore_ascii_case(name);
+    match () {
+        _ if is("application/json") => Ok(Format::Json),
+        _ if is("application/x-ndjson") || is("application/ndjson") || is("application/jsonl") => Ok(Format::Ndjson),
         _ => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",

@@ -114,6 +114,17 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let a = server.query("v", json!({"granularity": "all", "group_by": []})).await;
     assert_eq!(a["rows"], json!([]), "nothing was stored by refused requests");
 
+    // a media type is matched as HTTP has it: in any case, with parameters
+    let types =
+        ["Application/JSON; charset=utf-8", "APPLICATION/X-NDJSON", "application/ndjson", "application/jsonl ;q=1"];
+    for (i, content_type) in types.into_iter().enumerate() {
+        let event = format!("{{\"ts\": {i}, \"country\": \"DE\"}}\n");
+        let (s, b) = server.raw("/v1/datasets/pageviews/events", content_type, event).await;
+        assert_eq!((s, b), (200, json!({"accepted": 1, "duplicates": 0})), "{content_type}");
+    }
+    let a = server.query("v", json!({"granularity": "all", "group_by": []})).await;
+    assert_eq!(a["rows"], json!([{"n": types.len()}]));
+
     // views
     for (bad, code) in [
         (
