@@ -96,19 +96,19 @@ impl EventColumns {
         events
     }
 
-    /// Columns for the fields of `spec` that `read` picks (by position) and its time field,
-    /// no `_seq`, in `schema` (those fields of `dataset_schema(spec, false)`, in field order,
-    /// built once by the caller), for about `rows` events: for a reader that looks at a few
-    /// fields only, as a view filter that reads one flag need not copy every string of a
-    /// request. The other fields are left out, not filled with nulls: making a null column
-    /// of each for every group commit was half of a one-event commit's filter (session 46).
+    /// Columns for the fields of `spec` that `read` picks (by position), no `_seq`, in
+    /// `schema` (those fields of `dataset_schema(spec, false)`, in field order, built once by
+    /// the caller), for about `rows` events: for a reader that looks at a few fields only, as
+    /// a view filter that reads one flag need not copy every string of a request. The other
+    /// fields are left out, not filled with nulls: making a null column of each for every
+    /// group commit was half of a one-event commit's filter (session 46).
     pub fn reading(spec: &DatasetSpec, schema: SchemaRef, read: impl Fn(usize) -> bool, rows: usize) -> EventColumns {
         let columns = spec
             .fields
             .iter()
             .enumerate()
-            .map(|(i, (name, ty))| {
-                if !read(i) && *name != spec.time_field {
+            .map(|(i, (_, ty))| {
+                if !read(i) {
                     return ColumnBuilder::Unread;
                 }
                 match ty {

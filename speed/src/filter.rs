@@ -25,8 +25,9 @@ pub struct ViewFilter {
     /// Over the dataset's event schema.
     expr: Arc<dyn PhysicalExpr>,
     dataset: DatasetSpec,
-    /// The fields the expression reads and the time field, by position: the columns of the
-    /// batch [`mask`](Self::mask) makes.
+    /// The fields the expression reads and the time field (so that the batch has a column,
+    /// and with it its row count, whatever the expression reads), by position: the columns of
+    /// the batch [`mask`](Self::mask) makes.
     reads: Vec<bool>,
     /// Those fields' schema, built once, and `expr` over it.
     read_schema: SchemaRef,
