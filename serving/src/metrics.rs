@@ -103,7 +103,7 @@ fn describe() {
     describe_gauge!("tandem_view_last_run_success", "1 if the view's newest ended run succeeded, else 0.");
     describe_gauge!("tandem_view_last_run_duration_seconds", Unit::Seconds, "How long the newest ended run ran.");
     describe_gauge!("tandem_catalog_up", "0 if the catalog did not answer during the scrape.");
-    describe_gauge!("process_resident_memory_bytes", metrics::Unit::Bytes, "Resident memory of the server (Linux).");
+    describe_gauge!("process_resident_memory_bytes", Unit::Bytes, "Resident memory of the server (Linux).");
 }
 
 /// The layer on every route that counts requests: `tandem_http_requests_total` by method,
