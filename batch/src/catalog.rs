@@ -548,8 +548,21 @@ impl Catalog {
         rows.iter().map(Self::run_from).collect()
     }
 
-    /// The newest finished run of a view.
+    /// The newest run of a view (it may still be queued or running).
     pub async fn last_run(&self, view: &str) -> Result<Option<RunRecord>> {
         Ok(self.runs_of(view, 1).await?.into_iter().next())
+    }
+
+    /// The newest run that ended (succeeded or failed) of every view that has one, in one
+    /// query. Each view's run is found by walking its end of the `runs_by_view` index, so the
+    /// cost grows with the number of views, not with the runs they have kept.
+    pub async fn last_finished_runs(&self) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN (SELECT (SELECT r.id FROM runs r \
+             WHERE r.view_name = views.name AND r.finished_at IS NOT NULL ORDER BY r.id DESC LIMIT 1) FROM views)"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::run_from).collect()
     }
 }

@@ -12,6 +12,7 @@
 //! The exporter is `metrics-exporter-prometheus` without its own listener: the answer is
 //! rendered from a route of the API, on the API's port.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 use parking_lot::RwLock;
 use pin_project_lite::pin_project;
+use tandem_batch::catalog::RunRecord;
 use tandem_model::value::parse_timestamp;
 use tower::{Layer, Service};
 
@@ -233,7 +235,11 @@ impl HttpHandles {
 
 /// The answer of `GET /metrics`: every view's state now, then everything recorded.
 pub async fn render(state: &AppState, metrics: &Metrics) -> String {
-    let mut catalog_up = state.env.catalog.ping().await.is_ok();
+    // the newest run of each view that ended (a newer one may be queued or running)
+    let last_runs = state.env.catalog.last_finished_runs().await;
+    let catalog_up = last_runs.is_ok();
+    let last_runs: HashMap<String, RunRecord> =
+        last_runs.unwrap_or_default().into_iter().map(|run| (run.view.clone(), run)).collect();
     for name in state.view_names() {
         let Some(live) = state.view(&name) else { continue };
         let moment = live.read(|s| s.moment());
@@ -248,19 +254,10 @@ pub async fn render(state: &AppState, metrics: &Metrics) -> String {
         if let Some(published) = batch.and_then(|b| b.finished_at.as_deref()).and_then(parse_timestamp) {
             gauge!("tandem_view_batch_published_timestamp_seconds", &label).set(seconds(published));
         }
-        if !catalog_up {
-            continue;
-        }
-        // the newest run that ended (a newer one may be queued or running)
-        match state.env.catalog.runs_of(&name, 10).await {
-            Ok(runs) => {
-                if let Some(run) = runs.iter().find(|r| r.finished_at.is_some()) {
-                    gauge!("tandem_view_last_run_success", &label).set(flag(run.status == "succeeded"));
-                    let took = run.finished_at.zip(run.started_at).map_or(0, |(end, start)| end - start);
-                    gauge!("tandem_view_last_run_duration_seconds", &label).set(seconds(took));
-                }
-            }
-            Err(_) => catalog_up = false,
+        if let Some(run) = last_runs.get(&name) {
+            gauge!("tandem_view_last_run_success", &label).set(flag(run.status == "succeeded"));
+            let took = run.finished_at.zip(run.started_at).map_or(0, |(end, start)| end - start);
+            gauge!("tandem_view_last_run_duration_seconds", &label).set(seconds(took));
         }
     }
     gauge!("tandem_catalog_up").set(flag(catalog_up));

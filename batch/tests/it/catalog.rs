@@ -195,3 +195,65 @@ async fn a_run_whose_process_died_is_failed_and_replaced() {
         assert_eq!(catalog.fail_all_abandoned().await.unwrap(), 0);
     }
 }
+
+#[tokio::test]
+async fn the_newest_finished_run_of_every_view_in_one_query() {
+    for (catalog, _dir) in catalogs().await {
+        let backend = catalog.backend();
+        catalog.create_dataset(&dataset("d")).await.unwrap();
+        for name in ["failed_last", "running_now", "queued_only", "never_run", "v"] {
+            catalog.create_view(&view(name, "d"), 0).await.unwrap();
+        }
+        let started = |view: &'static str| {
+            let catalog = catalog.clone();
+            async move {
+                let (run, _) = catalog.queue_run(view, Trigger::Manual).await.unwrap();
+                assert!(catalog.start_run(run.id).await.unwrap());
+                run.id
+            }
+        };
+        // failed_last: a success, then a failure; running_now: a success, then one still running
+        let ok = started("failed_last").await;
+        catalog.publish(&Publication { view: "failed_last".into(), ..publication(ok, 1, 5) }).await.unwrap();
+        let failed = started("failed_last").await;
+        catalog.fail_run(failed, "boom", None).await.unwrap();
+        let ok_then_running = started("running_now").await;
+        catalog
+            .publish(&Publication { view: "running_now".into(), ..publication(ok_then_running, 1, 5) })
+            .await
+            .unwrap();
+        started("running_now").await;
+        catalog.queue_run("queued_only", Trigger::Schedule).await.unwrap();
+        // v: many finished runs, the newest a success
+        for i in 0..5 {
+            let id = started("v").await;
+            catalog.fail_run(id, &format!("failure {i}"), None).await.unwrap();
+        }
+        let newest_v = started("v").await;
+        catalog.publish(&publication(newest_v, 1, 9)).await.unwrap();
+
+        let mut found: Vec<_> =
+            catalog.last_finished_runs().await.unwrap().into_iter().map(|r| (r.view, r.id, r.status)).collect();
+        found.sort();
+        let mut expected = Vec::new();
+        for view in catalog.views().await.unwrap() {
+            let name = view.spec.name;
+            let runs = catalog.runs_of(&name, 100).await.unwrap();
+            if let Some(run) = runs.into_iter().find(|r| r.finished_at.is_some()) {
+                expected.push((name, run.id, run.status));
+            }
+        }
+        expected.sort();
+        assert_eq!(found, expected, "{backend:?}");
+        let ids: Vec<_> = found.iter().map(|(view, id, status)| (view.as_str(), *id, status.as_str())).collect();
+        assert_eq!(
+            ids,
+            [
+                ("failed_last", failed, "failed"),
+                ("running_now", ok_then_running, "succeeded"),
+                ("v", newest_v, "succeeded")
+            ],
+            "{backend:?}"
+        );
+    }
+}
