@@ -3,9 +3,10 @@
 # `bench/scrape.sh target/release/tandem VIEWS [SCRAPES] [PORT] [DATABASE_URL]` starts a server,
 # creates one dataset and VIEWS views (each view's creation makes a run, so each has one that
 # ended), waits for those runs, then prints the time of each of SCRAPES scrapes (`curl`'s
-# `time_total`, in ms). Without DATABASE_URL the catalog is the embedded SQLite one.
+# `time_total`, in ms). Without DATABASE_URL the catalog is the embedded SQLite one. ROUTE=PATH
+# in the environment times that route instead of `/metrics` (`ROUTE=/v1/views`: the list of views).
 set -euo pipefail
-BIN=$1; VIEWS=$2; SCRAPES=${3:-5}; PORT=${4:-18081}; URL=${5:-}
+BIN=$1; VIEWS=$2; SCRAPES=${3:-5}; PORT=${4:-18081}; URL=${5:-}; ROUTE=${ROUTE:-/metrics}
 D=$(mktemp -d); B="http://127.0.0.1:$PORT"
 "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$D/data" ${URL:+--database-url "$URL"} \
   > "$D/server.log" 2>&1 &
@@ -23,5 +24,5 @@ for _ in $(seq 1 600); do
   [ "$n" -ge "$VIEWS" ] && break; sleep 0.2
 done
 for _ in $(seq 1 "$SCRAPES"); do
-  curl -s -o /dev/null -w '%{time_total}\n' "$B/metrics" | awk '{ printf "%.1f ms\n", $1 * 1000 }'
+  curl -s -o /dev/null -w '%{time_total}\n' "$B$ROUTE" | awk '{ printf "%.1f ms\n", $1 * 1000 }'
 done

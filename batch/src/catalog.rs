@@ -348,6 +348,19 @@ impl Catalog {
         }))
     }
 
+    /// The watermark of the version each view of `dataset` serves, in one query: one entry a
+    /// view, `None` for a view without a version.
+    pub async fn served_watermarks(&self, dataset: &str) -> Result<Vec<Option<u64>>> {
+        let rows = sqlx::query(
+            "SELECT versions.watermark FROM views LEFT JOIN versions \
+             ON versions.view_name = views.name AND versions.version = views.current_version WHERE views.dataset = $1",
+        )
+        .bind(dataset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok(row.try_get::<Option<i64>, _>("watermark")?.map(|w| w as u64))).collect()
+    }
+
     /// The published version of every view that has one: (view, version).
     pub async fn current_versions(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query("SELECT name, current_version FROM views WHERE current_version IS NOT NULL")
@@ -553,13 +566,15 @@ impl Catalog {
         Ok(self.runs_of(view, 1).await?.into_iter().next())
     }
 
-    /// The newest run that ended (succeeded or failed) of every view that has one, in one
-    /// query. Each view's run is found by walking its end of the `runs_by_view` index, so the
-    /// cost grows with the number of views, not with the runs they have kept.
-    pub async fn last_finished_runs(&self) -> Result<Vec<RunRecord>> {
+    /// The newest run of every view that has one, in one query; with `ended`, the newest that
+    /// ended (succeeded or failed). Each view's run is found by walking its end of the
+    /// `runs_by_view` index, so the cost grows with the number of views, not with the runs
+    /// they have kept.
+    pub async fn newest_runs(&self, ended: bool) -> Result<Vec<RunRecord>> {
+        let only_ended = if ended { "AND r.finished_at IS NOT NULL" } else { "" };
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE id IN (SELECT (SELECT r.id FROM runs r \
-             WHERE r.view_name = views.name AND r.finished_at IS NOT NULL ORDER BY r.id DESC LIMIT 1) FROM views)"
+             WHERE r.view_name = views.name {only_ended} ORDER BY r.id DESC LIMIT 1) FROM views)"
         )))
         .fetch_all(&self.pool)
         .await?;

@@ -96,13 +96,11 @@ pub async fn prune_log(env: &BatchEnv, dataset: &str, min_age: Duration) -> Resu
 /// The lowest watermark of the dataset's views, or `None` if it has no view or one has no
 /// version yet.
 async fn covered_by_every_view(env: &BatchEnv, dataset: &str) -> Result<Option<u64>> {
-    let mut covered: Option<u64> = None;
-    for view in env.catalog.views().await?.into_iter().filter(|v| v.spec.dataset == dataset) {
-        let Some(version) = view.current_version else { return Ok(None) };
-        let Some(version) = env.catalog.version(&view.spec.name, version).await? else { return Ok(None) };
-        covered = Some(covered.map_or(version.watermark, |c| c.min(version.watermark)));
+    let watermarks = env.catalog.served_watermarks(dataset).await?;
+    if watermarks.is_empty() {
+        return Ok(None);
     }
-    Ok(covered)
+    Ok(watermarks.into_iter().try_fold(u64::MAX, |low, w| w.map(|w| low.min(w))))
 }
 
 fn sync(path: &std::path::Path) -> Result<()> {

@@ -197,7 +197,7 @@ async fn a_run_whose_process_died_is_failed_and_replaced() {
 }
 
 #[tokio::test]
-async fn the_newest_finished_run_of_every_view_in_one_query() {
+async fn the_newest_run_and_newest_ended_run_of_every_view_in_one_query() {
     for (catalog, _dir) in catalogs().await {
         let backend = catalog.backend();
         catalog.create_dataset(&dataset("d")).await.unwrap();
@@ -222,8 +222,8 @@ async fn the_newest_finished_run_of_every_view_in_one_query() {
             .publish(&Publication { view: "running_now".into(), ..publication(ok_then_running, 1, 5) })
             .await
             .unwrap();
-        started("running_now").await;
-        catalog.queue_run("queued_only", Trigger::Schedule).await.unwrap();
+        let running = started("running_now").await;
+        let queued = catalog.queue_run("queued_only", Trigger::Schedule).await.unwrap().0.id;
         // v: many finished runs, the newest a success
         for i in 0..5 {
             let id = started("v").await;
@@ -232,28 +232,79 @@ async fn the_newest_finished_run_of_every_view_in_one_query() {
         let newest_v = started("v").await;
         catalog.publish(&publication(newest_v, 1, 9)).await.unwrap();
 
-        let mut found: Vec<_> =
-            catalog.last_finished_runs().await.unwrap().into_iter().map(|r| (r.view, r.id, r.status)).collect();
-        found.sort();
-        let mut expected = Vec::new();
-        for view in catalog.views().await.unwrap() {
-            let name = view.spec.name;
-            let runs = catalog.runs_of(&name, 100).await.unwrap();
-            if let Some(run) = runs.into_iter().find(|r| r.finished_at.is_some()) {
-                expected.push((name, run.id, run.status));
+        let newest = |ended: bool| {
+            let catalog = catalog.clone();
+            async move {
+                let mut runs: Vec<_> =
+                    catalog.newest_runs(ended).await.unwrap().into_iter().map(|r| (r.view, r.id, r.status)).collect();
+                runs.sort();
+                runs
             }
+        };
+        // against each view's runs, newest first, read one view at a time
+        for ended in [true, false] {
+            let mut expected = Vec::new();
+            for view in catalog.views().await.unwrap() {
+                let name = view.spec.name;
+                let runs = catalog.runs_of(&name, 100).await.unwrap();
+                if let Some(run) = runs.into_iter().find(|r| !ended || r.finished_at.is_some()) {
+                    expected.push((name, run.id, run.status));
+                }
+            }
+            expected.sort();
+            assert_eq!(newest(ended).await, expected, "{backend:?}, ended: {ended}");
         }
-        expected.sort();
-        assert_eq!(found, expected, "{backend:?}");
-        let ids: Vec<_> = found.iter().map(|(view, id, status)| (view.as_str(), *id, status.as_str())).collect();
+        let named = |runs: &[(&str, i64, &str)]| -> Vec<(String, i64, String)> {
+            runs.iter().map(|(v, id, s)| (v.to_string(), *id, s.to_string())).collect()
+        };
         assert_eq!(
-            ids,
-            [
+            newest(true).await,
+            named(&[
                 ("failed_last", failed, "failed"),
                 ("running_now", ok_then_running, "succeeded"),
                 ("v", newest_v, "succeeded")
-            ],
+            ]),
             "{backend:?}"
         );
+        assert_eq!(
+            newest(false).await,
+            named(&[
+                ("failed_last", failed, "failed"),
+                ("queued_only", queued, "queued"),
+                ("running_now", running, "running"),
+                ("v", newest_v, "succeeded")
+            ]),
+            "{backend:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn served_watermarks_are_those_of_each_views_current_version() {
+    for (catalog, _dir) in catalogs().await {
+        let backend = catalog.backend();
+        catalog.create_dataset(&dataset("d")).await.unwrap();
+        catalog.create_dataset(&dataset("other")).await.unwrap();
+        catalog.create_view(&view("v", "d"), 0).await.unwrap();
+        catalog.create_view(&view("w", "d"), 0).await.unwrap();
+        catalog.create_view(&view("elsewhere", "other"), 0).await.unwrap();
+        let sorted = |mut w: Vec<Option<u64>>| {
+            w.sort();
+            w
+        };
+        assert_eq!(catalog.served_watermarks("d").await.unwrap(), [None, None], "{backend:?}");
+        assert!(catalog.served_watermarks("no_such_dataset").await.unwrap().is_empty());
+        // v's versions 1 and 2: the current one counts
+        for (version, watermark) in [(1, 5), (2, 9)] {
+            let (run, _) = catalog.queue_run("v", Trigger::Manual).await.unwrap();
+            catalog.start_run(run.id).await.unwrap();
+            catalog.publish(&publication(run.id, version, watermark)).await.unwrap();
+        }
+        assert_eq!(sorted(catalog.served_watermarks("d").await.unwrap()), [None, Some(9)], "{backend:?}");
+        let (run, _) = catalog.queue_run("w", Trigger::Manual).await.unwrap();
+        catalog.start_run(run.id).await.unwrap();
+        catalog.publish(&Publication { view: "w".into(), ..publication(run.id, 1, 7) }).await.unwrap();
+        assert_eq!(sorted(catalog.served_watermarks("d").await.unwrap()), [Some(7), Some(9)], "{backend:?}");
+        assert_eq!(catalog.served_watermarks("other").await.unwrap(), [None], "{backend:?}");
     }
 }

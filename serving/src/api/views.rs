@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -44,7 +45,9 @@ pub fn run_json(run: &RunRecord) -> Value {
     })
 }
 
-async fn view_json(state: &AppState, record: &ViewRecord) -> ApiResult<Value> {
+/// A view as the API shows it, with its newest run (`last_run`, which the caller reads from the
+/// catalog: one query for a whole list).
+fn view_json(state: &AppState, record: &ViewRecord, last_run: Option<&RunRecord>) -> Value {
     let mut v = serde_json::to_value(&record.spec).expect("specs serialize");
     v["schedule"] = json!(record.spec.schedule());
     v["created_at"] = json!(format_timestamp(record.created_at));
@@ -61,9 +64,14 @@ async fn view_json(state: &AppState, record: &ViewRecord) -> ApiResult<Value> {
     v["status"] = json!(status);
     v["batch_version"] = json!(version);
     v["watermark"] = json!(watermark);
+    v["last_run"] = last_run.map(run_json).unwrap_or(Value::Null);
+    v
+}
+
+/// [`view_json`] of one view, its newest run read on the way.
+async fn one_view_json(state: &AppState, record: &ViewRecord) -> ApiResult<Value> {
     let last_run = state.env.catalog.last_run(&record.spec.name).await?;
-    v["last_run"] = last_run.as_ref().map(run_json).unwrap_or(Value::Null);
-    Ok(v)
+    Ok(view_json(state, record, last_run.as_ref()))
 }
 
 async fn record(state: &AppState, name: &str) -> ApiResult<ViewRecord> {
@@ -78,20 +86,21 @@ pub async fn create(
     if !live.read(|s| s.is_ready()) {
         runner::trigger(&state, &record.spec.name, Trigger::Create, true).await?;
     }
-    Ok((StatusCode::CREATED, Json(view_json(&state, &record).await?)))
+    Ok((StatusCode::CREATED, Json(one_view_json(&state, &record).await?)))
 }
 
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let mut views = Vec::new();
-    for record in state.env.catalog.views().await? {
-        views.push(view_json(&state, &record).await?);
-    }
+    let records = state.env.catalog.views().await?;
+    let mut last_runs: HashMap<String, RunRecord> =
+        state.env.catalog.newest_runs(false).await?.into_iter().map(|run| (run.view.clone(), run)).collect();
+    let views: Vec<Value> =
+        records.iter().map(|record| view_json(&state, record, last_runs.remove(&record.spec.name).as_ref())).collect();
     Ok(Json(json!({ "views": views })))
 }
 
 pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     let record = record(&state, &name).await?;
-    Ok(Json(view_json(&state, &record).await?))
+    Ok(Json(one_view_json(&state, &record).await?))
 }
 
 pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {

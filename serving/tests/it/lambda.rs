@@ -106,7 +106,18 @@ async fn lambda_path_end_to_end() {
         server.restart();
         check_answers(&server, &acc.events, &["by_country", "by_bot"], &format!("{label} after kill -9")).await;
         ingest_json(&server, &mut acc, &rng.events(150, T0, 96, 8000)).await;
-        assert_eq!(server.run_batch("by_bot").await["status"], "succeeded");
+        let bot_run = server.run_batch("by_bot").await;
+        assert_eq!(bot_run["status"], "succeeded");
+        // the list shows each view as it is shown alone (its newest run read one view at a time)
+        let list = server.ok("GET", "/v1/views", None).await;
+        let listed = list["views"].as_array().unwrap();
+        let names: Vec<_> = listed.iter().map(|v| v["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["by_bot", "by_country"]);
+        for v in listed {
+            let alone = server.ok("GET", &format!("/v1/views/{}", v["name"].as_str().unwrap()), None).await;
+            assert_eq!(v, &alone, "{label}");
+        }
+        assert_eq!(listed[0]["last_run"]["id"], bot_run["id"]);
         ingest_ndjson(&server, &mut acc, &rng.events(50, T0, 96, 8000)).await;
         check_answers(&server, &acc.events, &["by_country", "by_bot"], &format!("{label} after restart and run")).await;
 
