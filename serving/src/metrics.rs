@@ -236,7 +236,7 @@ impl HttpHandles {
 /// The answer of `GET /metrics`: every view's state now, then everything recorded.
 pub async fn render(state: &AppState, metrics: &Metrics) -> String {
     // the newest run of each view that ended (a newer one may be queued or running)
-    let last_runs = state.env.catalog.last_finished_runs().await;
+    let last_runs = state.env.catalog.newest_runs(true).await;
     let catalog_up = last_runs.is_ok();
     let last_runs: HashMap<String, RunRecord> =
         last_runs.unwrap_or_default().into_iter().map(|run| (run.view.clone(), run)).collect();
