@@ -5,6 +5,8 @@
 //!
 //! `cargo run --release -p tandem-model --example fold_rate` prints µs per event for each stretch
 //! of the first 2 M events, in three rounds, each into a new map (`bench/HISTORY.md`, session 47).
+//! With `KEEP=1` in the environment each round's map is kept, as the server keeps a sealed
+//! segment's map until it is merged, so that the next map's memory comes fresh from the kernel.
 
 use std::time::Instant;
 
@@ -40,6 +42,7 @@ fn main() {
             ]
         })
         .collect();
+    let mut kept = Vec::new();
     for round in 0..3 {
         let mut groups = Groups::default();
         let mut report = Vec::new();
@@ -58,5 +61,8 @@ fn main() {
             done += chunk;
         }
         println!("round {round} ({} groups) µs/event: {}", groups.len(), report.join(", "));
+        if std::env::var_os("KEEP").is_some() {
+            kept.push(groups);
+        }
     }
 }
