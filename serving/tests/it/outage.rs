@@ -1,6 +1,7 @@
 //! The metadata database goes away: ingest keeps acknowledging (the log is local), queries
-//! keep answering exactly, `/readyz` reports the catalog, and everything recovers on its own
-//! when Postgres is reachable again. The test cuts a TCP proxy between tandem and Postgres.
+//! keep answering exactly, `/readyz` and `/metrics` report the catalog, and everything
+//! recovers on its own when Postgres is reachable again. The test cuts a TCP proxy between
+//! tandem and Postgres.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::metrics::Scrape;
 use crate::server::{TestServer, count_view};
 
 /// A TCP proxy to Postgres that can be cut (every connection dropped, new ones refused).
@@ -80,6 +82,9 @@ async fn a_catalog_outage_degrades_readiness_but_not_ingest_or_answers() {
     };
     server.ok("POST", "/v1/datasets/pageviews/events", Some(events(10, 0))).await;
     assert_eq!(server.run_batch("v").await["status"], "succeeded");
+    let view = [("view", "v")];
+    let s = Scrape::take(&server).await;
+    assert_eq!((s.value("tandem_catalog_up", &[]), s.value("tandem_view_last_run_success", &view)), (1.0, 1.0));
 
     proxy.cut();
     let out = server.ok("POST", "/v1/datasets/pageviews/events", Some(events(5, 10))).await;
@@ -91,6 +96,11 @@ async fn a_catalog_outage_degrades_readiness_but_not_ingest_or_answers() {
     let (status, err) = server.call("POST", "/v1/views/v/runs", None).await;
     assert_eq!((status, err["error"]["code"].as_str()), (503, Some("catalog_unavailable")));
     assert_eq!(server.call("GET", "/healthz", None).await.0, 200);
+    // the scrape still answers: the catalog reported down, its gauges at their last values
+    let s = Scrape::take(&server).await;
+    assert_eq!(s.value("tandem_catalog_up", &[]), 0.0);
+    assert_eq!(s.value("tandem_view_last_run_success", &view), 1.0);
+    assert_eq!(s.value("tandem_view_speed_events", &view), 5.0);
 
     proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -98,6 +108,7 @@ async fn a_catalog_outage_degrades_readiness_but_not_ingest_or_answers() {
         assert!(Instant::now() < deadline, "tandem did not recover when Postgres came back");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert_eq!(Scrape::take(&server).await.value("tandem_catalog_up", &[]), 1.0);
     let run = server.run_batch("v").await;
     assert_eq!(run["status"], "succeeded", "{run}");
     let a = server.query("v", json!({"granularity": "all"})).await;
