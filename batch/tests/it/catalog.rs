@@ -196,6 +196,13 @@ async fn a_run_whose_process_died_is_failed_and_replaced() {
     }
 }
 
+/// A run of `view`, queued and started; its id.
+async fn started(catalog: &Catalog, view: &str) -> i64 {
+    let (run, _) = catalog.queue_run(view, Trigger::Manual).await.unwrap();
+    assert!(catalog.start_run(run.id).await.unwrap());
+    run.id
+}
+
 #[tokio::test]
 async fn the_newest_run_and_newest_ended_run_of_every_view_in_one_query() {
     for (catalog, _dir) in catalogs().await {
@@ -204,32 +211,24 @@ async fn the_newest_run_and_newest_ended_run_of_every_view_in_one_query() {
         for name in ["failed_last", "running_now", "queued_only", "never_run", "v"] {
             catalog.create_view(&view(name, "d"), 0).await.unwrap();
         }
-        let started = |view: &'static str| {
-            let catalog = catalog.clone();
-            async move {
-                let (run, _) = catalog.queue_run(view, Trigger::Manual).await.unwrap();
-                assert!(catalog.start_run(run.id).await.unwrap());
-                run.id
-            }
-        };
         // failed_last: a success, then a failure; running_now: a success, then one still running
-        let ok = started("failed_last").await;
+        let ok = started(&catalog, "failed_last").await;
         catalog.publish(&Publication { view: "failed_last".into(), ..publication(ok, 1, 5) }).await.unwrap();
-        let failed = started("failed_last").await;
+        let failed = started(&catalog, "failed_last").await;
         catalog.fail_run(failed, "boom", None).await.unwrap();
-        let ok_then_running = started("running_now").await;
+        let ok_then_running = started(&catalog, "running_now").await;
         catalog
             .publish(&Publication { view: "running_now".into(), ..publication(ok_then_running, 1, 5) })
             .await
             .unwrap();
-        let running = started("running_now").await;
+        let running = started(&catalog, "running_now").await;
         let queued = catalog.queue_run("queued_only", Trigger::Schedule).await.unwrap().0.id;
         // v: many finished runs, the newest a success
         for i in 0..5 {
-            let id = started("v").await;
+            let id = started(&catalog, "v").await;
             catalog.fail_run(id, &format!("failure {i}"), None).await.unwrap();
         }
-        let newest_v = started("v").await;
+        let newest_v = started(&catalog, "v").await;
         catalog.publish(&publication(newest_v, 1, 9)).await.unwrap();
 
         let newest = |ended: bool| {
@@ -296,14 +295,12 @@ async fn served_watermarks_are_those_of_each_views_current_version() {
         assert!(catalog.served_watermarks("no_such_dataset").await.unwrap().is_empty());
         // v's versions 1 and 2: the current one counts
         for (version, watermark) in [(1, 5), (2, 9)] {
-            let (run, _) = catalog.queue_run("v", Trigger::Manual).await.unwrap();
-            catalog.start_run(run.id).await.unwrap();
-            catalog.publish(&publication(run.id, version, watermark)).await.unwrap();
+            let run = started(&catalog, "v").await;
+            catalog.publish(&publication(run, version, watermark)).await.unwrap();
         }
         assert_eq!(sorted(catalog.served_watermarks("d").await.unwrap()), [None, Some(9)], "{backend:?}");
-        let (run, _) = catalog.queue_run("w", Trigger::Manual).await.unwrap();
-        catalog.start_run(run.id).await.unwrap();
-        catalog.publish(&Publication { view: "w".into(), ..publication(run.id, 1, 7) }).await.unwrap();
+        let run = started(&catalog, "w").await;
+        catalog.publish(&Publication { view: "w".into(), ..publication(run, 1, 7) }).await.unwrap();
         assert_eq!(sorted(catalog.served_watermarks("d").await.unwrap()), [Some(7), Some(9)], "{backend:?}");
         assert_eq!(catalog.served_watermarks("other").await.unwrap(), [None], "{backend:?}");
     }
