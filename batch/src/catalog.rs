@@ -9,6 +9,7 @@
 //! across every process (a partial unique index), and a version, its watermark, its file
 //! list and the run's success are committed in one transaction ([`Catalog::publish`]).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -566,11 +567,11 @@ impl Catalog {
         Ok(self.runs_of(view, 1).await?.into_iter().next())
     }
 
-    /// The newest run of every view that has one, in one query; with `ended`, the newest that
-    /// ended (succeeded or failed). Each view's run is found by walking its end of the
-    /// `runs_by_view` index, so the cost grows with the number of views, not with the runs
-    /// they have kept.
-    pub async fn newest_runs(&self, ended: bool) -> Result<Vec<RunRecord>> {
+    /// The newest run of every view that has one, by view name, in one query; with `ended`,
+    /// the newest that ended (succeeded or failed). Each view's run is found by walking its
+    /// end of the `runs_by_view` index, so the cost grows with the number of views, not with
+    /// the runs they have kept.
+    pub async fn newest_runs(&self, ended: bool) -> Result<HashMap<String, RunRecord>> {
         let only_ended = if ended { "AND r.finished_at IS NOT NULL" } else { "" };
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE id IN (SELECT (SELECT r.id FROM runs r \
@@ -578,6 +579,6 @@ impl Catalog {
         )))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(Self::run_from).collect()
+        rows.iter().map(|row| Self::run_from(row).map(|run| (run.view.clone(), run))).collect()
     }
 }

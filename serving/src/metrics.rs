@@ -12,7 +12,6 @@
 //! The exporter is `metrics-exporter-prometheus` without its own listener: the answer is
 //! rendered from a route of the API, on the API's port.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,7 +27,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 use parking_lot::RwLock;
 use pin_project_lite::pin_project;
-use tandem_batch::catalog::RunRecord;
 use tandem_model::value::parse_timestamp;
 use tower::{Layer, Service};
 
@@ -238,8 +236,7 @@ pub async fn render(state: &AppState, metrics: &Metrics) -> String {
     // the newest run of each view that ended (a newer one may be queued or running)
     let last_runs = state.env.catalog.newest_runs(true).await;
     let catalog_up = last_runs.is_ok();
-    let last_runs: HashMap<String, RunRecord> =
-        last_runs.unwrap_or_default().into_iter().map(|run| (run.view.clone(), run)).collect();
+    let last_runs = last_runs.unwrap_or_default();
     for name in state.view_names() {
         let Some(live) = state.view(&name) else { continue };
         let moment = live.read(|s| s.moment());

@@ -235,7 +235,7 @@ async fn the_newest_run_and_newest_ended_run_of_every_view_in_one_query() {
             let catalog = catalog.clone();
             async move {
                 let mut runs: Vec<_> =
-                    catalog.newest_runs(ended).await.unwrap().into_iter().map(|r| (r.view, r.id, r.status)).collect();
+                    catalog.newest_runs(ended).await.unwrap().into_values().map(|r| (r.view, r.id, r.status)).collect();
                 runs.sort();
                 runs
             }

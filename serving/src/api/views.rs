@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -91,8 +90,7 @@ pub async fn create(
 
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let records = state.env.catalog.views().await?;
-    let mut last_runs: HashMap<String, RunRecord> =
-        state.env.catalog.newest_runs(false).await?.into_iter().map(|run| (run.view.clone(), run)).collect();
+    let mut last_runs = state.env.catalog.newest_runs(false).await?;
     let views: Vec<Value> =
         records.iter().map(|record| view_json(&state, record, last_runs.remove(&record.spec.name).as_ref())).collect();
     Ok(Json(json!({ "views": views })))
