@@ -70,6 +70,30 @@ enum ColumnBuilder {
 }
 
 impl ColumnBuilder {
+    /// A column of `ty` for about `rows` values.
+    fn new(ty: FieldType, rows: usize) -> ColumnBuilder {
+        match ty {
+            FieldType::String => ColumnBuilder::String(StringBuilder::with_capacity(rows, rows * 16)),
+            FieldType::Int64 => ColumnBuilder::Int(Int64Builder::with_capacity(rows)),
+            FieldType::Float64 => ColumnBuilder::Float(Float64Builder::with_capacity(rows)),
+            FieldType::Bool => ColumnBuilder::Bool(BooleanBuilder::with_capacity(rows)),
+            FieldType::Timestamp => {
+                ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"))
+            }
+        }
+    }
+
+    fn finish(self) -> Option<ArrayRef> {
+        Some(match self {
+            ColumnBuilder::String(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Int(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Float(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Bool(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Timestamp(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Unread => return None,
+        })
+    }
+
     #[inline]
     fn append(&mut self, value: ValueRef<'_>) {
         match (self, value) {
@@ -111,15 +135,7 @@ impl EventColumns {
                 if !read(i) {
                     return ColumnBuilder::Unread;
                 }
-                match ty {
-                    FieldType::String => ColumnBuilder::String(StringBuilder::with_capacity(rows, rows * 16)),
-                    FieldType::Int64 => ColumnBuilder::Int(Int64Builder::with_capacity(rows)),
-                    FieldType::Float64 => ColumnBuilder::Float(Float64Builder::with_capacity(rows)),
-                    FieldType::Bool => ColumnBuilder::Bool(BooleanBuilder::with_capacity(rows)),
-                    FieldType::Timestamp => {
-                        ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"))
-                    }
-                }
+                ColumnBuilder::new(*ty, rows)
             })
             .collect();
         EventColumns { schema, seqs: None, columns }
@@ -154,17 +170,59 @@ impl EventColumns {
         if let Some(mut seqs) = self.seqs {
             columns.push(Arc::new(seqs.finish()));
         }
-        for column in self.columns {
-            columns.push(match column {
-                ColumnBuilder::String(mut b) => Arc::new(b.finish()),
-                ColumnBuilder::Int(mut b) => Arc::new(b.finish()),
-                ColumnBuilder::Float(mut b) => Arc::new(b.finish()),
-                ColumnBuilder::Bool(mut b) => Arc::new(b.finish()),
-                ColumnBuilder::Timestamp(mut b) => Arc::new(b.finish()),
-                ColumnBuilder::Unread => continue,
-            });
-        }
+        columns.extend(self.columns.into_iter().filter_map(ColumnBuilder::finish));
         RecordBatch::try_new(self.schema, columns)
+    }
+}
+
+/// An answer's rows as one record batch, each column typed as the JSON answer's values are:
+/// `bucket` (a UTC microsecond timestamp; only when the rows have one, as in JSON), the
+/// grouped dimensions in their fields' types, then the measures (see
+/// [`Measure::value_type`]). What a query answers to `Accept: application/vnd.apache.arrow.stream`.
+pub struct AnswerColumns {
+    fields: Vec<Field>,
+    bucket: Option<TimestampMicrosecondBuilder>,
+    dims: Vec<ColumnBuilder>,
+    measures: Vec<ColumnBuilder>,
+}
+
+impl AnswerColumns {
+    /// Columns for about `rows` rows, with a bucket when `bucket`, of the named dimensions
+    /// and measures in answer order, each with its type.
+    pub fn new(bucket: bool, dims: &[(&str, FieldType)], measures: &[(&str, FieldType)], rows: usize) -> AnswerColumns {
+        let mut fields = Vec::with_capacity(dims.len() + measures.len() + 1);
+        if bucket {
+            fields.push(Field::new(BUCKET_COLUMN, arrow_type(FieldType::Timestamp), false));
+        }
+        fields.extend(dims.iter().chain(measures).map(|(name, ty)| Field::new(*name, arrow_type(*ty), true)));
+        AnswerColumns {
+            fields,
+            bucket: bucket.then(|| TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")),
+            dims: dims.iter().map(|(_, ty)| ColumnBuilder::new(*ty, rows)).collect(),
+            measures: measures.iter().map(|(_, ty)| ColumnBuilder::new(*ty, rows)).collect(),
+        }
+    }
+
+    /// Appends a row: its group key (bucket and the grouped dimensions' values) and its
+    /// measure values. A value of another type than its column's is stored as null.
+    pub fn push(&mut self, key: &GroupKey, values: &[Value]) {
+        if let Some(bucket) = &mut self.bucket {
+            bucket.append_value(key.bucket);
+        }
+        for (column, value) in self.dims.iter_mut().zip(&key.dims).chain(self.measures.iter_mut().zip(values)) {
+            column.append(value.as_ref());
+        }
+    }
+
+    /// The batch, its schema carrying `metadata` (an answer's freshness).
+    pub fn finish(self, metadata: std::collections::HashMap<String, String>) -> Result<RecordBatch, ArrowError> {
+        let schema = Arc::new(Schema::new(self.fields).with_metadata(metadata));
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        if let Some(mut bucket) = self.bucket {
+            columns.push(Arc::new(bucket.finish()));
+        }
+        columns.extend(self.dims.into_iter().chain(self.measures).filter_map(ColumnBuilder::finish));
+        RecordBatch::try_new(schema, columns)
     }
 }
 
@@ -172,13 +230,9 @@ impl EventColumns {
 pub fn state_columns(measure: &Measure) -> Vec<(String, DataType)> {
     let name = &measure.name;
     match measure.kind {
-        MeasureKind::Count | MeasureKind::CountField => vec![(name.clone(), DataType::Int64)],
-        MeasureKind::Sum => match measure.field.as_ref().map(|f| f.1) {
-            Some(FieldType::Int64) => vec![(name.clone(), DataType::Int64)],
-            _ => vec![(name.clone(), DataType::Float64)],
-        },
-        MeasureKind::Min | MeasureKind::Max => {
-            vec![(name.clone(), arrow_type(measure.field.as_ref().expect("min/max have a field").1))]
+        // stored as their value is answered
+        MeasureKind::Count | MeasureKind::CountField | MeasureKind::Sum | MeasureKind::Min | MeasureKind::Max => {
+            vec![(name.clone(), arrow_type(measure.value_type()))]
         }
         MeasureKind::Avg => {
             vec![(format!("{name}__sum"), DataType::Float64), (format!("{name}__count"), DataType::Int64)]
@@ -288,6 +342,47 @@ mod tests {
         for (r, row) in rows.iter().enumerate() {
             for (i, ty) in spec.fields.values().enumerate() {
                 assert_eq!(&value_at(batch.column(i + 1), r, *ty), &row[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn answer_rows_keep_their_types_values_and_nulls() {
+        let dims = [("country", FieldType::String), ("mobile", FieldType::Bool)];
+        let measures = [("views", FieldType::Int64), ("mean", FieldType::Float64), ("last", FieldType::Timestamp)];
+        let rows = [
+            (
+                GroupKey {
+                    bucket: 3_600_000_000,
+                    dims: [Value::String("DE".into()), Value::Bool(true)].into_iter().collect(),
+                },
+                vec![Value::Int(3), Value::Float(0.25), Value::Timestamp(5)],
+            ),
+            (
+                GroupKey { bucket: 7_200_000_000, dims: [Value::Null, Value::Bool(false)].into_iter().collect() },
+                vec![Value::Int(0), Value::Null, Value::Null],
+            ),
+        ];
+        for bucket in [true, false] {
+            let mut columns = AnswerColumns::new(bucket, &dims, &measures, 1);
+            rows.iter().for_each(|(key, values)| columns.push(key, values));
+            let metadata = [("freshness".to_string(), "{}".to_string())].into();
+            let batch = columns.finish(metadata).unwrap();
+            assert_eq!(batch.schema().metadata()["freshness"], "{}");
+            let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+            let expected = ["country", "mobile", "views", "mean", "last"];
+            assert_eq!(names[bucket as usize..], expected);
+            let types = dims.iter().chain(&measures).map(|(_, ty)| *ty);
+            for (r, (key, values)) in rows.iter().enumerate() {
+                if bucket {
+                    assert_eq!(value_at(batch.column(0), r, FieldType::Timestamp), Value::Timestamp(key.bucket));
+                }
+                let read: Vec<Value> = types
+                    .clone()
+                    .enumerate()
+                    .map(|(i, ty)| value_at(batch.column(i + bucket as usize), r, ty))
+                    .collect();
+                assert_eq!(read, key.dims.iter().chain(values).cloned().collect::<Vec<_>>());
             }
         }
     }

@@ -132,6 +132,19 @@ impl Measure {
         }
         Ok(Measure { name: name.to_string(), kind, field: Some((field.to_string(), ty)), percentile })
     }
+
+    /// The type of the measure's value in an answer: count, count(f) and approx_distinct
+    /// are integers, sum keeps its field's type (int64 or float64), min and max their
+    /// field's, avg and approx_percentile are floats (see `MeasureState::value`).
+    pub fn value_type(&self) -> FieldType {
+        let field = self.field.as_ref().map(|(_, ty)| *ty);
+        match self.kind {
+            MeasureKind::Count | MeasureKind::CountField | MeasureKind::ApproxDistinct => FieldType::Int64,
+            MeasureKind::Sum if field == Some(FieldType::Int64) => FieldType::Int64,
+            MeasureKind::Sum | MeasureKind::Avg | MeasureKind::ApproxPercentile => FieldType::Float64,
+            MeasureKind::Min | MeasureKind::Max => field.expect("min and max read a field"),
+        }
+    }
 }
 
 /// A view as its creator described it.

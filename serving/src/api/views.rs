@@ -7,8 +7,8 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -18,7 +18,7 @@ use tandem_model::value::format_timestamp;
 
 use super::error::{ApiError, ApiJson, ApiResult};
 use crate::app::AppState;
-use crate::query::{Answer, QueryRequest, prepare};
+use crate::query::{ARROW_STREAM, Answer, Format, QueryRequest, prepare};
 use crate::runner;
 
 fn time(t: Option<i64>) -> Value {
@@ -109,34 +109,74 @@ pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> 
 pub async fn query_post(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<QueryRequest>,
 ) -> ApiResult<Response> {
-    ask(&state, &name, request).await
+    ask(&state, &name, request, answer_format(&headers)?).await
 }
 
 pub async fn query_get(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(pairs) = pairs?;
-    ask(&state, &name, QueryRequest::from_pairs(pairs)?).await
+    ask(&state, &name, QueryRequest::from_pairs(pairs)?, answer_format(&headers)?).await
 }
 
-/// Answers, and writes the answer's JSON: a light query (see
+/// The answer's format from the request's `Accept`: Arrow when it names [`ARROW_STREAM`], JSON
+/// when it is absent or accepts JSON (`application/json`, `application/*`, `*/*`), else 406.
+/// A media range with `q=0` is one the client refuses; other weights are not compared.
+fn answer_format(headers: &HeaderMap) -> ApiResult<Format> {
+    if headers.get(ACCEPT).is_none() {
+        return Ok(Format::Json);
+    }
+    let refused = |params: &str| {
+        params.split(';').any(|p| p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f64>().ok()) == Some(0.0))
+    };
+    let accepted: Vec<String> = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|range| {
+            let (essence, params) = range.split_once(';').unwrap_or((range, ""));
+            (!refused(params)).then(|| essence.trim().to_ascii_lowercase())
+        })
+        .collect();
+    let accepts = |names: &[&str]| accepted.iter().any(|range| names.contains(&range.as_str()));
+    if accepts(&[ARROW_STREAM]) {
+        Ok(Format::Arrow)
+    } else if accepts(&["application/json", "application/*", "*/*"]) {
+        Ok(Format::Json)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "not_acceptable",
+            format!("an answer is application/json or {ARROW_STREAM}; the request's Accept allows neither"),
+        ))
+    }
+}
+
+/// Answers, and writes the answer's bytes: a light query (see
 /// [`crate::query::Prepared::is_light`]) right here, any other on a blocking thread, as a
 /// query over many rows takes milliseconds of CPU, which on an async worker would hold up
 /// the ingest requests queued behind it.
-async fn ask(state: &AppState, name: &str, request: QueryRequest) -> ApiResult<Response> {
+async fn ask(state: &AppState, name: &str, request: QueryRequest, format: Format) -> ApiResult<Response> {
     let live = state.view(name).ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
     let prepared = prepare(&live, request)?;
     let answer = if prepared.is_light(&live) {
-        prepared.answer(&live)?
+        prepared.answer(&live, format)?
     } else {
-        let answered = tokio::task::spawn_blocking(move || prepared.answer(&live)).await;
+        let answered = tokio::task::spawn_blocking(move || prepared.answer(&live, format)).await;
         answered.map_err(|e| ApiError::internal("query task", e))??
     };
-    Ok(([(CONTENT_TYPE, "application/json")], Body::new(Pieces::new(answer, name))).into_response())
+    let content_type = match format {
+        Format::Json => "application/json",
+        Format::Arrow => ARROW_STREAM,
+    };
+    Ok(([(CONTENT_TYPE, content_type)], Body::new(Pieces::new(answer, name))).into_response())
 }
 
 /// An answer whose sending took longer than this logs how long (`TANDEM_LOG=tandem_serving=debug`),

@@ -193,6 +193,32 @@ async fn bad_requests_are_refused_and_change_nothing() {
     }
     let (s, b) = server.call("GET", "/v1/views/v/query?color=red", None).await;
     assert_error(s, &b, 400, "invalid_query");
+    // the answer's format, from Accept: 406 when it allows neither JSON nor Arrow
+    let arrow = "application/vnd.apache.arrow.stream";
+    for (accept, want) in [
+        ("text/csv", None),
+        (&format!("{arrow};q=0, text/csv"), None),
+        (&format!("{arrow}; q=0, application/json"), Some("application/json")),
+        ("text/csv, */*;q=0.1", Some("application/json")),
+        ("application/*", Some("application/json")),
+        (&format!("application/json, {arrow}"), Some(arrow)),
+        (&format!("text/csv;q=0.9, {arrow};q=0.5"), Some(arrow)),
+    ] {
+        let resp = server
+            .http
+            .get(format!("{}/v1/views/v/query?granularity=all", server.base))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+        let body = resp.bytes().await.unwrap();
+        match want {
+            None => assert_error(status, &serde_json::from_slice(&body).unwrap(), 406, "not_acceptable"),
+            Some(want) => assert_eq!((status, content_type.as_str()), (200, want), "Accept: {accept}"),
+        }
+    }
     let (s, b) = server.call("GET", "/v1/runs/999", None).await;
     assert_error(s, &b, 404, "not_found");
 

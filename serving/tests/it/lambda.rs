@@ -40,8 +40,34 @@ async fn check_answers(server: &TestServer, events: &[Event], views: &[&str], co
             let answer = server.query(view, q.clone()).await;
             let want = reference(events, view, &shape);
             assert_rows_match(&answer["rows"], &want, &format!("{context}: {view} {q}"));
+            // the Arrow answer holds the same rows, values and freshness
+            let arrow = server.query_arrow(view, q.clone()).await;
+            assert_eq!(arrow["rows"], answer["rows"], "{context}: {view} {q}: the Arrow answer's rows");
+            // (a scheduled run may publish a version between the two answers: same events)
+            let (a, j) = (&arrow["freshness"], &answer["freshness"]);
+            let covered = |f: &Value| f["batch_watermark"].as_u64().unwrap_or(0) + f["speed_events"].as_u64().unwrap();
+            assert_eq!(covered(a), covered(j), "{context}: {view} {q}: the Arrow answer's freshness {a}, JSON's {j}");
+            assert_eq!(
+                a.as_object().unwrap().keys().collect::<Vec<_>>(),
+                j.as_object().unwrap().keys().collect::<Vec<_>>()
+            );
         }
     }
+    let arrow = server.query_arrow("by_country", json!({"granularity": "day"})).await;
+    let utc_micros = "Timestamp(µs, \"UTC\")";
+    let types = json!([
+        ["bucket", utc_micros],
+        ["country", "Utf8"],
+        ["hi", "Float64"],
+        ["lo", "Float64"],
+        ["mean", "Float64"],
+        ["n_ms", "Int64"],
+        ["p90", "Float64"],
+        ["total", "Int64"],
+        ["uniq", "Int64"],
+        ["views", "Int64"]
+    ]);
+    assert_eq!(arrow["types"], types, "{context}: the Arrow answer's columns");
     // the GET form answers the same as the POST form
     let get = server
         .ok("GET", "/v1/views/by_country/query?granularity=day&group_by=country&filter=country:US,DE", None)

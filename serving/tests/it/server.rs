@@ -152,6 +152,64 @@ impl TestServer {
     pub async fn query(&self, view: &str, q: Value) -> Value {
         self.ok("POST", &format!("/v1/views/{view}/query"), Some(q)).await
     }
+
+    /// Asks `q` for an Arrow answer (`Accept: application/vnd.apache.arrow.stream`) and reads
+    /// it back: `{"rows", "freshness"}` with each row as a JSON answer writes it (a timestamp
+    /// in RFC 3339, an int64 as an integer, a float64 as a float), the freshness from the
+    /// schema's metadata, and `"types"`: each column's name and Arrow type.
+    pub async fn query_arrow(&self, view: &str, q: Value) -> Value {
+        let resp = self
+            .http
+            .post(format!("{}/v1/views/{view}/query", self.base))
+            .header("accept", "application/vnd.apache.arrow.stream")
+            .json(&q)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "{view} {q}");
+        assert_eq!(resp.headers()["content-type"], "application/vnd.apache.arrow.stream");
+        arrow_answer(&resp.bytes().await.unwrap())
+    }
+}
+
+/// An Arrow answer as [`TestServer::query_arrow`] returns it.
+pub fn arrow_answer(bytes: &[u8]) -> Value {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType};
+    use datafusion::arrow::ipc::reader::StreamReader;
+
+    let reader = StreamReader::try_new(bytes, None).expect("an Arrow IPC stream");
+    let schema = reader.schema();
+    let freshness: Value = serde_json::from_str(&schema.metadata()["freshness"]).expect("freshness is JSON");
+    let types: Vec<Value> = schema.fields().iter().map(|f| json!([f.name(), f.data_type().to_string()])).collect();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.expect("a record batch");
+        for r in 0..batch.num_rows() {
+            let mut row = serde_json::Map::new();
+            for (field, column) in schema.fields().iter().zip(batch.columns()) {
+                let value = if column.is_null(r) {
+                    Value::Null
+                } else {
+                    match field.data_type() {
+                        DataType::Utf8 => json!(column.as_string::<i32>().value(r)),
+                        DataType::Int64 => json!(column.as_primitive::<Int64Type>().value(r)),
+                        DataType::Float64 => json!(column.as_primitive::<Float64Type>().value(r)),
+                        DataType::Boolean => json!(column.as_boolean().value(r)),
+                        DataType::Timestamp(_, _) => {
+                            let micros = column.as_primitive::<TimestampMicrosecondType>().value(r);
+                            let t = chrono::DateTime::from_timestamp_micros(micros).unwrap();
+                            json!(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+                        }
+                        other => panic!("column {} has unexpected type {other}", field.name()),
+                    }
+                };
+                row.insert(field.name().clone(), value);
+            }
+            rows.push(Value::Object(row));
+        }
+    }
+    json!({"rows": rows, "freshness": freshness, "types": types})
 }
 
 impl Drop for TestServer {

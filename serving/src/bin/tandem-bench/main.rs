@@ -409,16 +409,29 @@ struct Rows {
 /// server shares with the client while the latencies under ingest were timed. (With
 /// `reqwest`, collecting a 3.9 MB answer's pieces into one buffer took about 1.5 ms more than
 /// reading it into a buffer kept between requests: session 24 in `bench/HISTORY.md`.)
-async fn query_latencies(base: &str, q: &Value, n: usize) -> anyhow::Result<(Timed, usize, Bytes)> {
+async fn query_latencies(base: &str, q: &Value, n: usize, format: Answered) -> anyhow::Result<(Timed, usize, Bytes)> {
     let host = base.strip_prefix("http://").context("base is not http://")?;
+    let accept: &[(&str, &str)] = match format {
+        Answered::Json => &[],
+        Answered::Arrow => &[("accept", ARROW_STREAM)],
+    };
+    let body = serde_json::to_vec(q)?;
     let request =
-        raw_http::request(host, "POST", "/v1/views/traffic/query", Some(("application/json", &serde_json::to_vec(q)?)));
+        raw_http::request_with(host, "POST", "/v1/views/traffic/query", accept, Some(("application/json", &body)));
     let (mut rows, mut last) = (0, Bytes::new());
     let timed = timed_requests(host, &request, n, |i, status, answer| {
         if status != 200 {
             bail!("query {q}: {status} {}", String::from_utf8_lossy(answer));
         }
-        rows = serde_json::from_slice::<Rows>(answer).with_context(|| format!("query {q}: the answer"))?.rows.len();
+        rows = match format {
+            Answered::Json => {
+                serde_json::from_slice::<Rows>(answer).with_context(|| format!("query {q}: the answer"))?.rows.len()
+            }
+            Answered::Arrow => {
+                let batches = datafusion::arrow::ipc::reader::StreamReader::try_new(answer, None)?;
+                batches.map(|b| b.map(|b| b.num_rows())).sum::<Result<usize, _>>()?
+            }
+        };
         if i + 1 == n {
             last = Bytes::copy_from_slice(answer);
         }
@@ -427,6 +440,15 @@ async fn query_latencies(base: &str, q: &Value, n: usize) -> anyhow::Result<(Tim
     .await?;
     Ok((timed, rows, last))
 }
+
+/// How a query's answer is asked for: JSON (no `Accept`), or an Arrow IPC stream.
+#[derive(Clone, Copy)]
+enum Answered {
+    Json,
+    Arrow,
+}
+
+const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
 /// A dashboard left open: its `queries` (prepared requests) asked one after the other over one
 /// keep-alive connection, a round starting every `every`, until `until`; each query's
@@ -837,7 +859,7 @@ async fn main() -> anyhow::Result<()> {
     let mut largest = Bytes::new();
     for _ in 0..args.runs * args.runs("queries") as usize {
         for (name, q) in &dashboards {
-            let (timed, rows, answer) = query_latencies(&base, q, args.queries).await?;
+            let (timed, rows, answer) = query_latencies(&base, q, args.queries, Answered::Json).await?;
             report.add_latencies("query", "idle", name, timed)?;
             report.add(&format!("rows answered: {name}"), "rows", rows as f64);
             report.add(&format!("answer size: {name}"), "MB", answer.len() as f64 / 1e6);
@@ -845,6 +867,12 @@ async fn main() -> anyhow::Result<()> {
                 largest = answer;
             }
         }
+        // the largest answer again, as an Arrow IPC stream
+        let (name, q) = &dashboards[1];
+        let (timed, rows, answer) = query_latencies(&base, q, args.queries, Answered::Arrow).await?;
+        report.add_latencies("query", "idle", &format!("{name}, as Arrow IPC"), timed)?;
+        report.add(&format!("rows answered: {name}, as Arrow IPC"), "rows", rows as f64);
+        report.add(&format!("answer size: {name}, as Arrow IPC"), "MB", answer.len() as f64 / 1e6);
         let timed = transfer_reference(&largest, args.queries).await?;
         report.add_latencies("transfer reference", "idle", LARGEST_FROM_RESPONDER, timed)?;
         let timed = round_trips(&base, args.queries).await?;
@@ -869,9 +897,12 @@ async fn main() -> anyhow::Result<()> {
         let load = tokio::spawn(async move { ack_latencies(&h, &b, &bodies, 1000, 200_000.0, go_on).await });
         tokio::time::sleep(Duration::from_millis(500)).await;
         for (name, q) in &dashboards {
-            let (timed, ..) = query_latencies(&base, q, n).await?;
+            let (timed, ..) = query_latencies(&base, q, n, Answered::Json).await?;
             report.add_latencies("query", "under ingest", name, timed)?;
         }
+        let (name, q) = &dashboards[1];
+        let (timed, ..) = query_latencies(&base, q, n, Answered::Arrow).await?;
+        report.add_latencies("query", "under ingest", &format!("{name}, as Arrow IPC"), timed)?;
         let timed = round_trips(&base, n).await?;
         report.add_latencies("round trip", "under ingest", "GET /healthz", timed)?;
         let timed = transfer_reference(&largest, n).await?;

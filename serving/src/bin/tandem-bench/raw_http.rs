@@ -21,7 +21,21 @@ pub fn post_request(host: &str, path: &str, body: &[u8]) -> Bytes {
 
 /// A request of `path`, with a body of a content type or none, as the bytes to send.
 pub fn request(host: &str, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Bytes {
+    request_with(host, method, path, &[], body)
+}
+
+/// [`request`] with more headers (name and value each).
+pub fn request_with(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+) -> Bytes {
     let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n").into_bytes();
+    for (name, value) in headers {
+        request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
     if let Some((content_type, body)) = body {
         request.extend_from_slice(
             format!("content-type: {content_type}\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(),
