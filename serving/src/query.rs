@@ -268,8 +268,8 @@ fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {
 /// rows come in answer order and are referred to, never copied; each is written as its kept
 /// text, made again only once an event reached the row (see
 /// [`tandem_speed::shapes::Merged::fresh`]), and without `order_by` or `limit` each whole
-/// bucket's rows as their kept blocks of text, which the answer shares (see [`Answer`]).
-/// Answers `request` in JSON.
+/// bucket's rows as their kept blocks of text, which the answer shares (see [`Answer`]). An
+/// Arrow answer ([`Format::Arrow`]) holds the same rows, read from the same kept rows.
 pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Answer, ApiError> {
     prepare(live, request)?.answer(live, Format::Json)
 }
