@@ -18,10 +18,12 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::ipc::writer::{
+    DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions, write_message,
+};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states};
+use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states, prefetch};
 use tandem_model::columnar::AnswerColumns;
 use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
@@ -390,7 +392,7 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
         let edges = edges(moment.batch.as_deref(), speed_edges);
         let rows = in_order(&plan, Vec::new(), edge_rows(&edges));
         if format == Format::Arrow {
-            return arrow_answer(view, &plan, &rows, &freshness);
+            return ArrowWriter::new(view, &plan).answer(&freshness, [rows.as_slice()], []);
         }
         let mut body = body(rows.len());
         rows.into_iter().for_each(|row| body.row(row));
@@ -404,23 +406,37 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
                 let mut render = writer();
                 Box::new(move |key, values, out| render.write(out, key, values))
             });
-            if format == Format::Arrow || !plan.order.is_empty() || plan.limit.is_some() {
+            if !plan.order.is_empty() || plan.limit.is_some() {
                 let fresh = merged.fresh(whole);
                 let kept = fresh.rows().map(|(k, v, t)| (k, v, Some(t))).collect();
                 let rows = in_order(&plan, kept, edge_rows(&edges));
                 if format == Format::Arrow {
-                    return arrow_answer(view, &plan, &rows, &freshness);
+                    return ArrowWriter::new(view, &plan).answer(&freshness, [rows.as_slice()], []);
                 }
                 let mut body = body(rows.len());
                 rows.into_iter().for_each(|row| body.row(row));
                 return body.finish(&freshness);
             }
-            // in bucket order: each whole bucket as its kept blocks of text, the edge rows
-            // (in buckets of their own) between them
-            let mut body = body(edges.len());
-            let fresh = merged.fresh(whole);
+            // in bucket order: each whole bucket as its kept blocks of text (or kept Arrow
+            // batches), the edge rows (in buckets of their own) between them
             let mut edges = edge_rows(&edges);
             edges.sort_unstable_by(|a, b| a.0.total_cmp(b.0));
+            if format == Format::Arrow {
+                let arrow = ArrowWriter::new(view, &plan);
+                merged.fresh(whole);
+                let blocks = merged.encoded(whole, |rows| arrow.batch(rows))?;
+                let mut edges = edges.as_slice();
+                let mut before = Vec::with_capacity(blocks.len() + 1);
+                for (start, _) in &blocks {
+                    let (these, rest) = edges.split_at(edges.partition_point(|edge| edge.0.bucket < *start));
+                    before.push(these);
+                    edges = rest;
+                }
+                before.push(edges);
+                return arrow.answer(&freshness, before, blocks.into_iter().map(|(_, block)| block));
+            }
+            let mut body = body(edges.len());
+            let fresh = merged.fresh(whole);
             let mut edges = edges.into_iter().peekable();
             for bucket in fresh.buckets() {
                 while let Some(edge) = edges.next_if(|edge| edge.0.bucket < bucket.start) {
@@ -514,26 +530,87 @@ impl Body {
     }
 }
 
-/// An answer's rows as an Arrow IPC stream (see [`Format::Arrow`]).
-fn arrow_answer(view: &CompiledView, plan: &Plan, rows: &[OutRow<'_>], freshness: &Json) -> Result<Answer, ApiError> {
-    let failed = |e| ApiError::internal("writing an Arrow answer", e);
-    let dims: Vec<(&str, FieldType)> =
-        plan.shape.group.iter().map(|&g| (view.spec.dimensions[g].as_str(), view.dimension_types[g])).collect();
-    let measures: Vec<(&str, FieldType)> = plan
-        .shape
-        .measures
-        .iter()
-        .map(|&m| (view.measures[m].0.name.as_str(), view.measures[m].0.value_type()))
-        .collect();
-    let mut columns = AnswerColumns::new(plan.shape.granularity != Granularity::All, &dims, &measures, rows.len());
-    rows.iter().for_each(|(key, values, _)| columns.push(key, values));
-    let batch = columns.finish([("freshness".to_string(), freshness.to_string())].into()).map_err(failed)?;
-    let mut out = Vec::with_capacity(batch.get_array_memory_size() + 1024);
-    let mut stream = StreamWriter::try_new(&mut out, &batch.schema()).map_err(failed)?;
-    stream.write(&batch).map_err(failed)?;
-    stream.finish().map_err(failed)?;
-    drop(stream);
-    Ok(Answer { pieces: vec![Bytes::from(out)] })
+/// How many rows ahead of the one being written [`ArrowWriter::batch`] starts loading a row.
+const ROWS_AHEAD: usize = 8;
+
+/// The end of an Arrow IPC stream: a continuation marker and a message of length 0.
+const ARROW_END: [u8; 8] = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+
+/// Writes an answer as an Arrow IPC stream (see [`Format::Arrow`]): the schema, then record
+/// batches of rows (each run of up to 128 rows of a kept shape's whole buckets its own, kept
+/// with the shape: see `tandem_speed::shapes::Merged::encoded`; the rows folded for this
+/// answer one between those), then the end of the stream.
+struct ArrowWriter<'v> {
+    bucket: bool,
+    dims: Vec<(&'v str, FieldType)>,
+    measures: Vec<(&'v str, FieldType)>,
+    options: IpcWriteOptions,
+}
+
+impl<'v> ArrowWriter<'v> {
+    fn new(view: &'v CompiledView, plan: &Plan) -> ArrowWriter<'v> {
+        let shape = &plan.shape;
+        let measure = |m: usize| &view.measures[m].0;
+        ArrowWriter {
+            bucket: shape.granularity != Granularity::All,
+            dims: shape.group.iter().map(|&g| (view.spec.dimensions[g].as_str(), view.dimension_types[g])).collect(),
+            measures: shape.measures.iter().map(|&m| (measure(m).name.as_str(), measure(m).value_type())).collect(),
+            options: IpcWriteOptions::default(),
+        }
+    }
+
+    /// The stream: the schema (with the freshness in its metadata), then in order the rows of
+    /// each of `rows` (a batch each, none for no rows) with each of `batches` after the
+    /// rows of the same place (one fewer), then the end.
+    fn answer<'r>(
+        &self,
+        freshness: &Json,
+        rows: impl IntoIterator<Item = &'r [OutRow<'r>]>,
+        batches: impl IntoIterator<Item = Bytes>,
+    ) -> Result<Answer, ApiError> {
+        let failed = |e| ApiError::internal("writing an Arrow answer", e);
+        let metadata = [("freshness".to_string(), freshness.to_string())].into();
+        let schema = AnswerColumns::new(self.bucket, &self.dims, &self.measures, 0).finish(metadata).map_err(failed)?;
+        let encoded = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
+            &schema.schema(),
+            &mut DictionaryTracker::new(false),
+            &self.options,
+        );
+        let mut message = Vec::new();
+        write_message(&mut message, encoded, &self.options).map_err(failed)?;
+        let mut pieces = vec![Bytes::from(message)];
+        let mut batches = batches.into_iter();
+        for rows in rows {
+            if !rows.is_empty() {
+                let rows: Vec<(&GroupKey, &[Value])> = rows.iter().map(|(key, values, _)| (*key, *values)).collect();
+                pieces.push(self.batch(&rows)?);
+            }
+            pieces.extend(batches.next());
+        }
+        pieces.push(Bytes::from_static(&ARROW_END));
+        Ok(Answer { pieces })
+    }
+
+    /// One record batch of `rows` as an IPC message.
+    fn batch(&self, rows: &[(&GroupKey, &[Value])]) -> Result<Bytes, ApiError> {
+        let failed = |e| ApiError::internal("writing an Arrow answer", e);
+        let mut columns = AnswerColumns::new(self.bucket, &self.dims, &self.measures, rows.len());
+        for (i, (key, values)) in rows.iter().enumerate() {
+            // each row's key and values lie where its shape keeps it: load those ahead
+            if let Some((key, values)) = rows.get(i + ROWS_AHEAD) {
+                prefetch((*key as *const GroupKey).cast(), size_of::<GroupKey>());
+                prefetch(values.as_ptr().cast(), size_of_val(*values));
+            }
+            columns.push(key, values);
+        }
+        let batch = columns.finish(Default::default()).map_err(failed)?;
+        let (_, encoded) = IpcDataGenerator::default()
+            .encode(&batch, &mut DictionaryTracker::new(false), &self.options, &mut IpcWriteContext::default())
+            .map_err(failed)?;
+        let mut message = Vec::with_capacity(encoded.arrow_data.len() + encoded.ipc_message.len() + 16);
+        write_message(&mut message, encoded, &self.options).map_err(failed)?;
+        Ok(Bytes::from(message))
+    }
 }
 
 /// Edge rows (folded for this answer) as rows of an answer.
