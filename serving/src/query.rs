@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::writer::{
     DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions, write_message,
 };
@@ -559,25 +560,25 @@ impl<'v> ArrowWriter<'v> {
         }
     }
 
-    /// The stream: the schema (with the freshness in its metadata), then in order the rows of
-    /// each of `rows` (a batch each, none for no rows) with each of `batches` after the
-    /// rows of the same place (one fewer), then the end.
+    /// The stream: the schema (with the freshness in its metadata); then for each slice of
+    /// `rows` in turn, a batch of its rows (none when it is empty) followed by the next of
+    /// `batches` (kept batches, one fewer than the slices); then the end.
     fn answer<'r>(
         &self,
         freshness: &Json,
         rows: impl IntoIterator<Item = &'r [OutRow<'r>]>,
         batches: impl IntoIterator<Item = Bytes>,
     ) -> Result<Answer, ApiError> {
-        let failed = |e| ApiError::internal("writing an Arrow answer", e);
         let metadata = [("freshness".to_string(), freshness.to_string())].into();
-        let schema = AnswerColumns::new(self.bucket, &self.dims, &self.measures, 0).finish(metadata).map_err(failed)?;
+        let schema =
+            AnswerColumns::new(self.bucket, &self.dims, &self.measures, 0).finish(metadata).map_err(arrow_failed)?;
         let encoded = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
             &schema.schema(),
             &mut DictionaryTracker::new(false),
             &self.options,
         );
         let mut message = Vec::new();
-        write_message(&mut message, encoded, &self.options).map_err(failed)?;
+        write_message(&mut message, encoded, &self.options).map_err(arrow_failed)?;
         let mut pieces = vec![Bytes::from(message)];
         let mut batches = batches.into_iter();
         for rows in rows {
@@ -593,7 +594,6 @@ impl<'v> ArrowWriter<'v> {
 
     /// One record batch of `rows` as an IPC message.
     fn batch(&self, rows: &[(&GroupKey, &[Value])]) -> Result<Bytes, ApiError> {
-        let failed = |e| ApiError::internal("writing an Arrow answer", e);
         let mut columns = AnswerColumns::new(self.bucket, &self.dims, &self.measures, rows.len());
         for (i, (key, values)) in rows.iter().enumerate() {
             // each row's key and values lie where its shape keeps it: load those ahead
@@ -603,14 +603,18 @@ impl<'v> ArrowWriter<'v> {
             }
             columns.push(key, values);
         }
-        let batch = columns.finish(Default::default()).map_err(failed)?;
+        let batch = columns.finish(Default::default()).map_err(arrow_failed)?;
         let (_, encoded) = IpcDataGenerator::default()
             .encode(&batch, &mut DictionaryTracker::new(false), &self.options, &mut IpcWriteContext::default())
-            .map_err(failed)?;
+            .map_err(arrow_failed)?;
         let mut message = Vec::with_capacity(encoded.arrow_data.len() + encoded.ipc_message.len() + 16);
-        write_message(&mut message, encoded, &self.options).map_err(failed)?;
+        write_message(&mut message, encoded, &self.options).map_err(arrow_failed)?;
         Ok(Bytes::from(message))
     }
+}
+
+fn arrow_failed(e: ArrowError) -> ApiError {
+    ApiError::internal("writing an Arrow answer", e)
 }
 
 /// Edge rows (folded for this answer) as rows of an answer.
