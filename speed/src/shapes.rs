@@ -23,9 +23,10 @@
 //! asked for in [`SHAPES_IDLE`] is dropped, and when the rounds use more than half of a
 //! core's time a shape is dropped, one whose base is kept first (a dropped shape is built
 //! again when asked: see [`Shapes::spent`]). A row's measure values, and its text in an
-//! answer, are cached until an event reaches it; a round makes the reached rows' values and
-//! text again (at most every [`MAKE_BEHIND_EVERY`], within its share of a core), and a query
-//! those of the rows reached since. States fold and merge exactly, so a kept shape equals one
+//! answer (and, once an Arrow answer asked, its run's record batch), are cached until an
+//! event reaches it; a round makes the reached rows' values and text again (at most every
+//! [`MAKE_BEHIND_EVERY`], within its share of a core), and a query those of the rows reached
+//! since (and encodes their runs again). States fold and merge exactly, so a kept shape equals one
 //! fold of all events at the moment the newest chunk it folded was queued.
 
 use std::collections::BTreeMap;
@@ -578,9 +579,7 @@ impl Merged {
         self.made = made;
         Fresh { merged: self, keep }
     }
-}
 
-impl Merged {
     /// Each run of rows (see [`Run`]) of the output buckets `keep` accepts, in order, with
     /// its bucket's start, as `encode` writes the run's rows (in order, with their values). A
     /// run's encoding is kept as its text is, until an event reaches one of its rows or rows
