@@ -35,13 +35,18 @@ async fn ingest_ndjson(server: &TestServer, acc: &mut Accepted, events: &[Event]
 /// Checks every query shape of the given views against the reference.
 async fn check_answers(server: &TestServer, events: &[Event], views: &[&str], context: &str) {
     for view in views {
-        for shape in shapes(view) {
+        for (i, shape) in shapes(view).into_iter().enumerate() {
             let q = &shape.query;
+            // the Arrow answer holds the same rows, values and freshness; asked first for every
+            // other shape (it makes the values of rows events reached but not their JSON text)
+            let arrow_first = if i % 2 == 1 { Some(server.query_arrow(view, q.clone()).await) } else { None };
             let answer = server.query(view, q.clone()).await;
             let want = reference(events, view, &shape);
             assert_rows_match(&answer["rows"], &want, &format!("{context}: {view} {q}"));
-            // the Arrow answer holds the same rows, values and freshness
-            let arrow = server.query_arrow(view, q.clone()).await;
+            let arrow = match arrow_first {
+                Some(arrow) => arrow,
+                None => server.query_arrow(view, q.clone()).await,
+            };
             assert_eq!(arrow["rows"], answer["rows"], "{context}: {view} {q}: the Arrow answer's rows");
             // (a scheduled run may publish a version between the two answers: same events)
             let (a, j) = (&arrow["freshness"], &answer["freshness"]);
