@@ -282,10 +282,10 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Answer, ApiError
 pub enum Format {
     /// `{"rows": [{"bucket", dimensions.., measures..}, ..], "freshness": {..}}`.
     Json,
-    /// An Arrow IPC stream ([`ARROW_STREAM`]): the schema, then one record batch of the rows
+    /// An Arrow IPC stream ([`ARROW_STREAM`]): the schema, then the rows in record batches
     /// (see [`AnswerColumns`]: a `bucket` timestamp column when rows have one, then the
-    /// dimensions and measures, typed), with the freshness object as JSON text in the
-    /// schema's metadata under `freshness`. Fewer bytes than JSON, and read by pyarrow,
+    /// dimensions and measures, typed; how they are cut: `ArrowWriter`), with the
+    /// freshness object as JSON text in the schema's metadata under `freshness`. Fewer bytes than JSON, and read by pyarrow,
     /// polars or DuckDB without parsing text.
     Arrow,
 }
@@ -454,7 +454,8 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
 /// An answer's bytes, in pieces. In JSON, each kept block of rows as the shape keeps it
 /// (shared, not copied), the rest in pieces written for this answer (a 30-day answer of 24 k
 /// rows is 4 MB, which the server used to copy into one buffer, twice, with the blocks, and
-/// take fresh pages for); in Arrow, one piece.
+/// take fresh pages for); in Arrow, the schema, each kept record batch (shared, not copied) and
+/// the batches encoded for this answer.
 pub struct Answer {
     pieces: Vec<Bytes>,
 }
