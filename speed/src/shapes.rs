@@ -357,9 +357,32 @@ struct Run {
     /// Whether `text` holds the run's rows: not before it is first made, nor after rows joined
     /// the bucket before or in the run (which moves rows between runs).
     made: bool,
-    /// The rows as an answer in another format last encoded them (see [`Merged::encoded`]);
-    /// a run made again starts without.
-    encoded: Option<Bytes>,
+    /// The rows as an answer in another format last encoded them (see [`Merged::encoded`]):
+    /// none until first asked, nor after rows joined the bucket before or in the run.
+    encoded: Option<Encoded>,
+}
+
+/// A run's rows as [`RunEncoder::encode`] wrote them, and since.
+#[derive(Debug, Clone)]
+struct Encoded {
+    bytes: Bytes,
+    /// The rows (bit `i`: the run's `i`th) an event reached since they were written: their
+    /// measure values in `bytes` are stale.
+    stale: u128,
+}
+
+/// How answers in another format than JSON (Arrow) write a run of rows (see
+/// [`Merged::encoded`]).
+pub trait RunEncoder {
+    type Error;
+
+    /// The rows, in order, each with its measure values.
+    fn encode(&self, rows: &[(&GroupKey, &[Value])]) -> Result<Bytes, Self::Error>;
+
+    /// `encoded` (as [`encode`](Self::encode) wrote some rows) with the measure values of the
+    /// rows at `changed` (their index among those rows) replaced by these; `None` when they
+    /// cannot be written in place, and the rows are then encoded again.
+    fn patch(&self, encoded: &[u8], changed: &[(usize, &[Value])]) -> Option<Bytes>;
 }
 
 /// How many events ahead of the one whose row [`Shape::fold_chunk`] finds it starts loading
@@ -573,7 +596,8 @@ impl Merged {
                     }
                     Bytes::copy_from_slice(&scratch)
                 };
-                *run = Run { text, ends, stale: 0, made: true, encoded: None };
+                // (an encoding is kept: it knows which rows it has stale, see `reached`)
+                (run.text, run.ends, run.stale, run.made) = (text, ends, 0, true);
             }
         }
         self.made = made;
@@ -581,40 +605,63 @@ impl Merged {
     }
 
     /// Each run of rows (see [`Run`]) of the output buckets `keep` accepts, in order, with
-    /// its bucket's start, as `encode` writes the run's rows (in order, with their values). A
-    /// run's encoding is kept as its text is, until an event reaches one of its rows or rows
-    /// join the bucket before it, so that an answer in another format than JSON (Arrow)
-    /// encodes only the rows that changed since it was last asked, as a JSON answer writes
-    /// them: encoding the bench's 30-day answer row by row took 6-19 ms, against 3 ms to send
-    /// its JSON from the kept text, and encoding it a bucket at a time re-encoded most buckets
-    /// under ingest, whose late events reach every day (session 48 in `bench/HISTORY.md`). Call
-    /// right after [`fresh`](Self::fresh) with the same `keep` (which makes every such run),
-    /// and with the same `encode` for all answers of a shape.
-    pub fn encoded<E>(
+    /// its bucket's start, as `encoder` writes the run's rows. A run's encoding is kept with
+    /// it until rows join the bucket before or in it, so that an answer in another format
+    /// than JSON (Arrow) writes only what changed since it was last asked, as a JSON answer
+    /// does: encoding the bench's 30-day answer row by row took 6-19 ms, against 3 ms to send
+    /// its JSON from the kept text (session 48 in `bench/HISTORY.md`). The rows an event
+    /// reached since are written into the kept encoding in place when the encoder can
+    /// ([`RunEncoder::patch`]): under ingest, whose late events reach most runs between two
+    /// answers, encoding every run reached again took longer than the JSON answer (session
+    /// 49). Call right after [`fresh`](Self::fresh) with the same `keep` (which makes every
+    /// such run and its rows' values), and with the same encoder for all answers of a shape.
+    pub fn encoded<R: RunEncoder>(
         &mut self,
         keep: impl Fn(i64) -> bool,
-        mut encode: impl FnMut(&[(&GroupKey, &[Value])]) -> Result<Bytes, E>,
-    ) -> Result<Vec<(i64, Bytes)>, E> {
+        encoder: &R,
+    ) -> Result<Vec<(i64, Bytes)>, R::Error> {
         let Merged { rows, buckets, .. } = self;
+        let values = |place: usize| {
+            let row = rows.get_index(place).expect("kept").1;
+            debug_assert!(!row.stale, "runs are made before they are encoded");
+            row.values.as_slice()
+        };
         let mut blocks = Vec::new();
         for (&start, bucket) in buckets.iter_mut().filter(|(start, _)| keep(**start)) {
             for (run, places) in bucket.runs.iter_mut().zip(bucket.places.chunks(BLOCK_ROWS)) {
                 debug_assert!(run.made && run.stale == 0, "runs are made before they are encoded");
-                if run.encoded.is_none() {
-                    let run_rows: Vec<(&GroupKey, &[Value])> = places
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &place)| {
-                            if let Some(&ahead) = places.get(i + MAKE_AHEAD) {
-                                prefetch_row(rows, ahead);
-                            }
-                            let (key, row) = rows.get_index(place).expect("kept");
-                            (key, row.values.as_slice())
-                        })
-                        .collect();
-                    run.encoded = Some(encode(&run_rows)?);
-                }
-                blocks.push((start, run.encoded.clone().expect("encoded above")));
+                let patched = match &run.encoded {
+                    Some(Encoded { bytes, stale: 0 }) => Some(bytes.clone()),
+                    Some(Encoded { bytes, stale }) => {
+                        let mut changed = Vec::with_capacity(stale.count_ones() as usize);
+                        let mut stale = *stale;
+                        while stale != 0 {
+                            let i = stale.trailing_zeros() as usize;
+                            changed.push((i, values(places[i])));
+                            stale &= stale - 1;
+                        }
+                        encoder.patch(bytes, &changed)
+                    }
+                    None => None,
+                };
+                let bytes = match patched {
+                    Some(bytes) => bytes,
+                    None => {
+                        let run_rows: Vec<(&GroupKey, &[Value])> = places
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &place)| {
+                                if let Some(&ahead) = places.get(i + MAKE_AHEAD) {
+                                    prefetch_row(rows, ahead);
+                                }
+                                (rows.get_index(place).expect("kept").0, values(place))
+                            })
+                            .collect();
+                        encoder.encode(&run_rows)?
+                    }
+                };
+                run.encoded = Some(Encoded { bytes: bytes.clone(), stale: 0 });
+                blocks.push((start, bytes));
             }
         }
         Ok(blocks)
@@ -672,7 +719,12 @@ impl Bucket {
 
     /// After an event reached the row at `slot`, whose values were fresh.
     fn reached(&mut self, slot: usize) {
-        self.runs[slot / BLOCK_ROWS].stale |= 1 << (slot % BLOCK_ROWS);
+        let run = &mut self.runs[slot / BLOCK_ROWS];
+        let bit = 1 << (slot % BLOCK_ROWS);
+        run.stale |= bit;
+        if let Some(encoded) = &mut run.encoded {
+            encoded.stale |= bit;
+        }
     }
 }
 
@@ -1382,6 +1434,102 @@ mod tests {
         let rows: Vec<String> = answer(&merged).iter().map(|(_, d, v)| format!(",{d:?}={v:?}")).collect();
         assert_eq!(rows.len(), n + 1);
         assert_eq!(String::from_utf8(text).unwrap(), rows.concat(), "the blocks hold every row in order");
+    }
+
+    /// A test encoder: a run's rows as text (see `write`), prefixed by `patches:` and the
+    /// places of the rows patched in so far. It records what it was asked.
+    #[derive(Default)]
+    struct Encoder {
+        /// For each call: the places of the rows encoded (the first's key) or patched.
+        calls: Mutex<Vec<(&'static str, Vec<String>)>>,
+        refuse: bool,
+    }
+
+    impl RunEncoder for Encoder {
+        type Error = ();
+
+        fn encode(&self, rows: &[(&GroupKey, &[Value])]) -> Result<Bytes, ()> {
+            let mut out = Vec::new();
+            rows.iter().for_each(|(key, values)| write(key, values, &mut out));
+            self.calls.lock().push(("encode", vec![format!("{:?}", rows[0].0.dims)]));
+            Ok(out.into())
+        }
+
+        fn patch(&self, encoded: &[u8], changed: &[(usize, &[Value])]) -> Option<Bytes> {
+            let places: Vec<String> = changed.iter().map(|(i, values)| format!("{i}:{values:?}")).collect();
+            self.calls.lock().push(("patch", places.clone()));
+            (!self.refuse).then(|| [format!("{places:?}").as_bytes(), encoded].concat().into())
+        }
+    }
+
+    /// A run's kept encoding is patched with exactly the rows events reached since it was
+    /// written, however often the runs' text was made in between (as a background round
+    /// does), and written afresh when the encoder refuses or rows join before it.
+    #[test]
+    fn a_kept_encoding_is_patched_with_the_rows_reached_since() {
+        let view = view();
+        let shape = Shape::new(Granularity::Hour, vec![0], vec![], vec![0, 1]);
+        let mut merged = Merged::default();
+        let key = |i: usize| format!("k{i:05}");
+        let n = 2 * BLOCK_ROWS + 10;
+        let events: Vec<(String, i64, i64)> = (0..n).map(|i| (key(2 * i), i as i64, 0)).collect();
+        let events: Vec<(&str, i64, i64)> = events.iter().map(|(k, n, m)| (k.as_str(), *n, *m)).collect();
+        merged.fold_chunks(&view, &shape, [&chunk(&events, 0)]);
+        merged.keep_render(|| Box::new(write));
+        let encoder = Encoder::default();
+        let ask = |merged: &mut Merged, encoder: &Encoder| {
+            merged.fresh(|_| true);
+            let blocks = merged.encoded(|_| true, encoder).unwrap();
+            let calls = std::mem::take(&mut *encoder.calls.lock());
+            (blocks.into_iter().map(|(_, b)| b).collect::<Vec<_>>(), calls)
+        };
+        let (first, calls) = ask(&mut merged, &encoder);
+        assert_eq!(calls.iter().filter(|(what, _)| *what == "encode").count(), 3);
+        let (again, calls) = ask(&mut merged, &encoder);
+        assert_eq!((again.clone(), calls), (first.clone(), vec![]), "kept while no event arrives");
+        // events reach row 3 of the second run, then (after the text is made between) row 5
+        // twice and row 3 again
+        let fold = |merged: &mut Merged, i: usize, n: i64| {
+            merged.fold_chunks(&view, &shape, [&chunk(&[(key(2 * (BLOCK_ROWS + i)).as_str(), n, 1)], 0)]);
+        };
+        fold(&mut merged, 3, 1000);
+        merged.fresh(|_| true);
+        fold(&mut merged, 5, 1);
+        fold(&mut merged, 5, 2);
+        merged.fresh(|_| true);
+        fold(&mut merged, 3, 1);
+        let (patched, calls) = ask(&mut merged, &encoder);
+        let row = |i: usize, count: i64, sum: i64| format!("{i}:[Int({count}), Int({sum})]");
+        let (three, five) = (BLOCK_ROWS as i64 + 3, BLOCK_ROWS as i64 + 5);
+        assert_eq!(calls, vec![("patch", vec![row(3, 3, three + 1001), row(5, 3, five + 3)])]);
+        assert_eq!((&patched[0], &patched[2]), (&first[0], &first[2]));
+        assert!(patched[1].starts_with(b"[\"3:") && patched[1].ends_with(&first[1]));
+        // once patched, the run is as kept until an event reaches it again
+        assert_eq!(ask(&mut merged, &encoder), (patched.clone(), vec![]));
+        // a refused patch encodes the run again
+        fold(&mut merged, 0, 7);
+        let refusing = Encoder { refuse: true, ..Encoder::default() };
+        let (afresh, calls) = ask(&mut merged, &refusing);
+        let first_key = format!("[String(\"{}\")]", key(2 * BLOCK_ROWS));
+        assert_eq!(calls, vec![("patch", vec![row(0, 2, BLOCK_ROWS as i64 + 7)]), ("encode", vec![first_key])]);
+        let text = |merged: &Merged, run: usize| {
+            let places = &merged.buckets[&0].places[run * BLOCK_ROWS..];
+            let mut out = Vec::new();
+            for &place in places.iter().take(BLOCK_ROWS) {
+                let (key, row) = merged.rows.get_index(place).unwrap();
+                write(key, &row.values, &mut out);
+            }
+            out
+        };
+        assert_eq!(afresh[1], text(&merged, 1));
+        // a row joining in the first run encodes every run from there again, unpatched
+        merged.fold_chunks(&view, &shape, [&chunk(&[(key(1).as_str(), 1, 1)], 0)]);
+        let (joined, calls) = ask(&mut merged, &encoder);
+        assert_eq!(calls.len(), 3);
+        assert!(calls.iter().all(|(what, _)| *what == "encode"));
+        for (run, block) in joined.iter().enumerate() {
+            assert_eq!(block, &text(&merged, run));
+        }
     }
 
     /// A kept shape's rows after it folds what was queued for it.

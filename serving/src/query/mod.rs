@@ -18,21 +18,20 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use datafusion::arrow::error::ArrowError;
-use datafusion::arrow::ipc::writer::{
-    DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions, write_message,
-};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states, prefetch};
-use tandem_model::columnar::AnswerColumns;
+use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states};
 use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
 use tandem_model::{FieldType, Granularity, Value};
 use tandem_speed::shapes::{Range, Shape};
 use tandem_speed::{BatchSnapshot, LiveState, Moment, ViewLive};
 
+pub use self::arrow::ARROW_STREAM;
+use self::arrow::ArrowWriter;
 use crate::api::error::ApiError;
+
+mod arrow;
 
 /// A query as the client sent it (JSON body, or query parameters turned into this).
 #[derive(Debug, Default, Deserialize)]
@@ -283,15 +282,12 @@ pub enum Format {
     /// `{"rows": [{"bucket", dimensions.., measures..}, ..], "freshness": {..}}`.
     Json,
     /// An Arrow IPC stream ([`ARROW_STREAM`]): the schema, then the rows in record batches
-    /// (see [`AnswerColumns`]: a `bucket` timestamp column when rows have one, then the
-    /// dimensions and measures, typed; how they are cut: `ArrowWriter`), with the
-    /// freshness object as JSON text in the schema's metadata under `freshness`. Fewer bytes than JSON, and read by pyarrow,
-    /// polars or DuckDB without parsing text.
+    /// (see `tandem_model::columnar::AnswerColumns`: a `bucket` timestamp column when rows
+    /// have one, then the dimensions and measures, typed; how they are cut: `arrow`), with
+    /// the freshness object as JSON text in the schema's metadata under `freshness`. Fewer
+    /// bytes than JSON, and read by pyarrow, polars or DuckDB without parsing text.
     Arrow,
 }
-
-/// The media type of an Arrow IPC stream.
-pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
 /// A query checked against its view, to be answered.
 pub struct Prepared(Plan);
@@ -425,7 +421,7 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
             if format == Format::Arrow {
                 let arrow = ArrowWriter::new(view, &plan);
                 merged.fresh(whole);
-                let blocks = merged.encoded(whole, |rows| arrow.batch(rows))?;
+                let blocks = merged.encoded(whole, &arrow)?;
                 let mut edges = edges.as_slice();
                 let mut before = Vec::with_capacity(blocks.len() + 1);
                 for (start, _) in &blocks {
@@ -530,92 +526,6 @@ impl Body {
         self.pieces.push(Bytes::from(self.out));
         Ok(Answer { pieces: self.pieces })
     }
-}
-
-/// How many rows ahead of the one being written [`ArrowWriter::batch`] starts loading a row.
-const ROWS_AHEAD: usize = 8;
-
-/// The end of an Arrow IPC stream: a continuation marker and a message of length 0.
-const ARROW_END: [u8; 8] = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
-
-/// Writes an answer as an Arrow IPC stream (see [`Format::Arrow`]): the schema, then record
-/// batches of rows (each run of up to 128 rows of a kept shape's whole buckets its own, kept
-/// with the shape: see `tandem_speed::shapes::Merged::encoded`; the rows folded for this
-/// answer one between those), then the end of the stream.
-struct ArrowWriter<'v> {
-    bucket: bool,
-    dims: Vec<(&'v str, FieldType)>,
-    measures: Vec<(&'v str, FieldType)>,
-    options: IpcWriteOptions,
-}
-
-impl<'v> ArrowWriter<'v> {
-    fn new(view: &'v CompiledView, plan: &Plan) -> ArrowWriter<'v> {
-        let shape = &plan.shape;
-        let measure = |m: usize| &view.measures[m].0;
-        ArrowWriter {
-            bucket: shape.granularity != Granularity::All,
-            dims: shape.group.iter().map(|&g| (view.spec.dimensions[g].as_str(), view.dimension_types[g])).collect(),
-            measures: shape.measures.iter().map(|&m| (measure(m).name.as_str(), measure(m).value_type())).collect(),
-            options: IpcWriteOptions::default(),
-        }
-    }
-
-    /// The stream: the schema (with the freshness in its metadata); then for each slice of
-    /// `rows` in turn, a batch of its rows (none when it is empty) followed by the next of
-    /// `batches` (kept batches, one fewer than the slices); then the end.
-    fn answer<'r>(
-        &self,
-        freshness: &Json,
-        rows: impl IntoIterator<Item = &'r [OutRow<'r>]>,
-        batches: impl IntoIterator<Item = Bytes>,
-    ) -> Result<Answer, ApiError> {
-        let metadata = [("freshness".to_string(), freshness.to_string())].into();
-        let schema =
-            AnswerColumns::new(self.bucket, &self.dims, &self.measures, 0).finish(metadata).map_err(arrow_failed)?;
-        let encoded = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
-            &schema.schema(),
-            &mut DictionaryTracker::new(false),
-            &self.options,
-        );
-        let mut message = Vec::new();
-        write_message(&mut message, encoded, &self.options).map_err(arrow_failed)?;
-        let mut pieces = vec![Bytes::from(message)];
-        let mut batches = batches.into_iter();
-        for rows in rows {
-            if !rows.is_empty() {
-                let rows: Vec<(&GroupKey, &[Value])> = rows.iter().map(|(key, values, _)| (*key, *values)).collect();
-                pieces.push(self.batch(&rows)?);
-            }
-            pieces.extend(batches.next());
-        }
-        pieces.push(Bytes::from_static(&ARROW_END));
-        Ok(Answer { pieces })
-    }
-
-    /// One record batch of `rows` as an IPC message.
-    fn batch(&self, rows: &[(&GroupKey, &[Value])]) -> Result<Bytes, ApiError> {
-        let mut columns = AnswerColumns::new(self.bucket, &self.dims, &self.measures, rows.len());
-        for (i, (key, values)) in rows.iter().enumerate() {
-            // each row's key and values lie where its shape keeps it: load those ahead
-            if let Some((key, values)) = rows.get(i + ROWS_AHEAD) {
-                prefetch((*key as *const GroupKey).cast(), size_of::<GroupKey>());
-                prefetch(values.as_ptr().cast(), size_of_val(*values));
-            }
-            columns.push(key, values);
-        }
-        let batch = columns.finish(Default::default()).map_err(arrow_failed)?;
-        let (_, encoded) = IpcDataGenerator::default()
-            .encode(&batch, &mut DictionaryTracker::new(false), &self.options, &mut IpcWriteContext::default())
-            .map_err(arrow_failed)?;
-        let mut message = Vec::with_capacity(encoded.arrow_data.len() + encoded.ipc_message.len() + 16);
-        write_message(&mut message, encoded, &self.options).map_err(arrow_failed)?;
-        Ok(Bytes::from(message))
-    }
-}
-
-fn arrow_failed(e: ArrowError) -> ApiError {
-    ApiError::internal("writing an Arrow answer", e)
 }
 
 /// Edge rows (folded for this answer) as rows of an answer.
