@@ -257,7 +257,8 @@ pub struct Merged {
     rows: RowMap,
     /// Each bucket's rows, in order of their dimension values, and their text in blocks.
     buckets: BTreeMap<i64, Bucket>,
-    /// How many rows the last [`fresh`](Self::fresh) made again (for the slow-query log).
+    /// How many rows' values the last [`fresh`](Self::fresh) or [`encoded`](Self::encoded)
+    /// made again (for the slow-query log).
     pub(crate) made: usize,
     /// When a background round last made the rows events reached (see
     /// [`make_behind`](Self::make_behind)).
@@ -534,25 +535,10 @@ impl Merged {
     /// its text, the text of each such row written with the kept render (see
     /// [`keep_render`](Self::keep_render), which must have been called).
     pub fn fresh<K: Fn(i64) -> bool>(&mut self, keep: K) -> Fresh<'_, K> {
+        // first the values of the rows whose text is made again below, all in one pass
+        self.made = self.make_stale_values(&keep);
         let Merged { rows, buckets, render, .. } = &mut *self;
         let render = &mut render.as_mut().expect("an answer keeps its render before reading rows").0;
-        // first the values of the rows whose text is made again below, all in one pass (see
-        // `make_values`)
-        let mut again = Vec::new();
-        for bucket in buckets.iter().filter(|(start, _)| keep(**start)).map(|(_, b)| b) {
-            for (run, places) in bucket.runs.iter().zip(bucket.places.chunks(BLOCK_ROWS)) {
-                if !run.made {
-                    again.extend_from_slice(places);
-                    continue;
-                }
-                let mut stale = run.stale;
-                while stale != 0 {
-                    again.push(places[stale.trailing_zeros() as usize]);
-                    stale &= stale - 1;
-                }
-            }
-        }
-        let made = make_values(rows, &again);
         // where a run with no text yet is written, to be kept at its size (grown row by row,
         // a run's text moved several times and took fresh pages for each size: session 25 in
         // `bench/HISTORY.md`)
@@ -600,8 +586,28 @@ impl Merged {
                 (run.text, run.ends, run.stale, run.made) = (text, ends, 0, true);
             }
         }
-        self.made = made;
         Fresh { merged: self, keep }
+    }
+
+    /// Makes the values of the rows of the output buckets `keep` accepts whose text is to be
+    /// made again (see [`Run`]), all in one pass (see `make_values`); returns how many were
+    /// stale.
+    fn make_stale_values(&mut self, keep: impl Fn(i64) -> bool) -> usize {
+        let mut again = Vec::new();
+        for bucket in self.buckets.iter().filter(|(start, _)| keep(**start)).map(|(_, b)| b) {
+            for (run, places) in bucket.runs.iter().zip(bucket.places.chunks(BLOCK_ROWS)) {
+                if !run.made {
+                    again.extend_from_slice(places);
+                    continue;
+                }
+                let mut stale = run.stale;
+                while stale != 0 {
+                    again.push(places[stale.trailing_zeros() as usize]);
+                    stale &= stale - 1;
+                }
+            }
+        }
+        make_values(&mut self.rows, &again)
     }
 
     /// Each run of rows (see [`Run`]) of the output buckets `keep` accepts, in order, with
@@ -613,23 +619,24 @@ impl Merged {
     /// reached since are written into the kept encoding in place when the encoder can
     /// ([`RunEncoder::patch`]): under ingest, whose late events reach most runs between two
     /// answers, encoding every run reached again took longer than the JSON answer (session
-    /// 49). Call right after [`fresh`](Self::fresh) with the same `keep` (which makes every
-    /// such run and its rows' values), and with the same encoder for all answers of a shape.
+    /// 49). Makes the values of the rows events reached, not their text (which a JSON answer,
+    /// or a background round, makes when it needs it). Use the same encoder for all answers
+    /// of a shape.
     pub fn encoded<R: RunEncoder>(
         &mut self,
         keep: impl Fn(i64) -> bool,
         encoder: &R,
     ) -> Result<Vec<(i64, Bytes)>, R::Error> {
+        self.made = self.make_stale_values(&keep);
         let Merged { rows, buckets, .. } = self;
         let values = |place: usize| {
             let row = rows.get_index(place).expect("kept").1;
-            debug_assert!(!row.stale, "runs are made before they are encoded");
+            debug_assert!(!row.stale, "made above");
             row.values.as_slice()
         };
         let mut blocks = Vec::new();
         for (&start, bucket) in buckets.iter_mut().filter(|(start, _)| keep(**start)) {
             for (run, places) in bucket.runs.iter_mut().zip(bucket.places.chunks(BLOCK_ROWS)) {
-                debug_assert!(run.made && run.stale == 0, "runs are made before they are encoded");
                 let patched = match &run.encoded {
                     Some(Encoded { bytes, stale: 0 }) => Some(bytes.clone()),
                     Some(Encoded { bytes, stale }) => {
@@ -1478,7 +1485,6 @@ mod tests {
         merged.keep_render(|| Box::new(write));
         let encoder = Encoder::default();
         let ask = |merged: &mut Merged, encoder: &Encoder| {
-            merged.fresh(|_| true);
             let blocks = merged.encoded(|_| true, encoder).unwrap();
             let calls = std::mem::take(&mut *encoder.calls.lock());
             (blocks.into_iter().map(|(_, b)| b).collect::<Vec<_>>(), calls)

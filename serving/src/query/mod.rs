@@ -420,7 +420,6 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
             edges.sort_unstable_by(|a, b| a.0.total_cmp(b.0));
             if format == Format::Arrow {
                 let arrow = ArrowWriter::new(view, &plan);
-                merged.fresh(whole);
                 let blocks = merged.encoded(whole, &arrow)?;
                 let mut edges = edges.as_slice();
                 let mut before = Vec::with_capacity(blocks.len() + 1);
