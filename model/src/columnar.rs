@@ -190,13 +190,8 @@ impl AnswerColumns {
     /// Columns for about `rows` rows, with a bucket when `bucket`, of the named dimensions
     /// and measures in answer order, each with its type.
     pub fn new(bucket: bool, dims: &[(&str, FieldType)], measures: &[(&str, FieldType)], rows: usize) -> AnswerColumns {
-        let mut fields = Vec::with_capacity(dims.len() + measures.len() + 1);
-        if bucket {
-            fields.push(Field::new(BUCKET_COLUMN, arrow_type(FieldType::Timestamp), false));
-        }
-        fields.extend(dims.iter().chain(measures).map(|(name, ty)| Field::new(*name, arrow_type(*ty), true)));
         AnswerColumns {
-            fields,
+            fields: answer_fields(bucket, dims, measures),
             bucket: bucket.then(|| TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")),
             dims: dims.iter().map(|(_, ty)| ColumnBuilder::new(*ty, rows)).collect(),
             measures: measures.iter().map(|(_, ty)| ColumnBuilder::new(*ty, rows)).collect(),
@@ -224,6 +219,17 @@ impl AnswerColumns {
         columns.extend(self.dims.into_iter().chain(self.measures).filter_map(ColumnBuilder::finish));
         RecordBatch::try_new(schema, columns)
     }
+}
+
+/// The fields of an answer's columns (see [`AnswerColumns`]): `bucket` when `bucket`, then the
+/// named dimensions and measures in answer order, each with its type.
+pub fn answer_fields(bucket: bool, dims: &[(&str, FieldType)], measures: &[(&str, FieldType)]) -> Vec<Field> {
+    let mut fields = Vec::with_capacity(dims.len() + measures.len() + 1);
+    if bucket {
+        fields.push(Field::new(BUCKET_COLUMN, arrow_type(FieldType::Timestamp), false));
+    }
+    fields.extend(dims.iter().chain(measures).map(|(name, ty)| Field::new(*name, arrow_type(*ty), true)));
+    fields
 }
 
 /// The columns a measure's state takes in a batch version: name and type.

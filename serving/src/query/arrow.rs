@@ -9,6 +9,7 @@
 //! own, between those.
 
 use bytes::Bytes;
+use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::root_as_message;
 use datafusion::arrow::ipc::writer::{
@@ -16,12 +17,11 @@ use datafusion::arrow::ipc::writer::{
 };
 use serde_json::Value as Json;
 use tandem_model::agg::{GroupKey, prefetch};
-use tandem_model::columnar::AnswerColumns;
-use tandem_model::view::CompiledView;
-use tandem_model::{FieldType, Granularity, Value};
+use tandem_model::columnar::{AnswerColumns, answer_fields};
+use tandem_model::{FieldType, Value};
 use tandem_speed::shapes::RunEncoder;
 
-use super::{Answer, OutRow, Plan};
+use super::{Answer, Columns, OutRow};
 use crate::api::error::ApiError;
 
 /// The media type of an Arrow IPC stream.
@@ -35,22 +35,13 @@ const ARROW_END: [u8; 8] = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
 
 /// Writes one query shape's answers as Arrow IPC streams.
 pub(super) struct ArrowWriter<'v> {
-    bucket: bool,
-    dims: Vec<(&'v str, FieldType)>,
-    measures: Vec<(&'v str, FieldType)>,
+    columns: Columns<'v>,
     options: IpcWriteOptions,
 }
 
 impl<'v> ArrowWriter<'v> {
-    pub(super) fn new(view: &'v CompiledView, plan: &Plan) -> ArrowWriter<'v> {
-        let shape = &plan.shape;
-        let measure = |m: usize| &view.measures[m].0;
-        ArrowWriter {
-            bucket: shape.granularity != Granularity::All,
-            dims: shape.group.iter().map(|&g| (view.spec.dimensions[g].as_str(), view.dimension_types[g])).collect(),
-            measures: shape.measures.iter().map(|&m| (measure(m).name.as_str(), measure(m).value_type())).collect(),
-            options: IpcWriteOptions::default(),
-        }
+    pub(super) fn new(columns: Columns<'v>) -> ArrowWriter<'v> {
+        ArrowWriter { columns, options: IpcWriteOptions::default() }
     }
 
     /// The stream: the schema (with the freshness in its metadata); then for each slice of
@@ -63,10 +54,10 @@ impl<'v> ArrowWriter<'v> {
         batches: impl IntoIterator<Item = Bytes>,
     ) -> Result<Answer, ApiError> {
         let metadata = [("freshness".to_string(), freshness.to_string())].into();
-        let schema =
-            AnswerColumns::new(self.bucket, &self.dims, &self.measures, 0).finish(metadata).map_err(arrow_failed)?;
+        let schema = Schema::new(answer_fields(self.columns.bucket, &self.columns.dims, &self.columns.measures))
+            .with_metadata(metadata);
         let encoded = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
-            &schema.schema(),
+            &schema,
             &mut DictionaryTracker::new(false),
             &self.options,
         );
@@ -87,7 +78,8 @@ impl<'v> ArrowWriter<'v> {
 
     /// One record batch of `rows` as an IPC message.
     fn batch(&self, rows: &[(&GroupKey, &[Value])]) -> Result<Bytes, ApiError> {
-        let mut columns = AnswerColumns::new(self.bucket, &self.dims, &self.measures, rows.len());
+        let Columns { bucket, dims, measures } = &self.columns;
+        let mut columns = AnswerColumns::new(*bucket, dims, measures, rows.len());
         for (i, (key, values)) in rows.iter().enumerate() {
             // each row's key and values lie where its shape keeps it: load those ahead
             if let Some((key, values)) = rows.get(i + ROWS_AHEAD) {
@@ -129,10 +121,11 @@ impl RunEncoder for ArrowWriter<'_> {
         }
         let (buffers, body) = (batch.buffers()?, 8 + length);
         // each column's buffers: validity, then values (and a string's offsets before them)
+        let Columns { bucket, dims, measures } = &self.columns;
         let buffers_of = |ty: FieldType| if ty == FieldType::String { 3 } else { 2 };
-        let mut at = 2 * usize::from(self.bucket) + self.dims.iter().map(|&(_, ty)| buffers_of(ty)).sum::<usize>();
+        let mut at = 2 * usize::from(*bucket) + dims.iter().map(|&(_, ty)| buffers_of(ty)).sum::<usize>();
         let mut patched = encoded.to_vec();
-        for (m, &(_, ty)) in self.measures.iter().enumerate() {
+        for (m, &(_, ty)) in measures.iter().enumerate() {
             if at + 1 >= buffers.len() {
                 return None;
             }
@@ -180,7 +173,7 @@ mod tests {
     fn writer() -> ArrowWriter<'static> {
         let measures =
             vec![("views", FieldType::Int64), ("revenue", FieldType::Float64), ("fastest", FieldType::Int64)];
-        ArrowWriter { bucket: true, dims: vec![("country", FieldType::String)], measures, options: Default::default() }
+        ArrowWriter::new(Columns { bucket: true, dims: vec![("country", FieldType::String)], measures })
     }
 
     fn rows(n: usize) -> Vec<(GroupKey, Vec<Value>)> {
@@ -250,7 +243,7 @@ mod tests {
         assert!(with(6, 1, Value::Int(1)).is_none(), "a value of another type than its column's");
         assert!(writer.patch(&encoded, &[(12, &rows[0].1)]).is_none(), "a row past the run's");
         // a string measure's values may change length
-        let writer = ArrowWriter { measures: vec![("last_path", FieldType::String)], ..writer };
+        let writer = ArrowWriter::new(Columns { measures: vec![("last_path", FieldType::String)], ..writer.columns });
         let rows: Vec<_> = rows.into_iter().map(|(key, _)| (key, vec![Value::String("/a".into())])).collect();
         let encoded = encode(&writer, &rows);
         assert!(writer.patch(&encoded, &[(1, &[Value::String("/b".into())])]).is_none());

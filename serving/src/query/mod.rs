@@ -118,6 +118,26 @@ struct Plan {
     limit: Option<usize>,
 }
 
+/// An answer's columns, in order, each with its name and its type in an answer: a bucket when
+/// rows have one (every granularity but `all`), the grouped dimensions, the measures.
+struct Columns<'v> {
+    bucket: bool,
+    dims: Vec<(&'v str, FieldType)>,
+    measures: Vec<(&'v str, FieldType)>,
+}
+
+impl Plan {
+    fn columns<'v>(&self, view: &'v CompiledView) -> Columns<'v> {
+        let shape = &self.shape;
+        let measure = |m: usize| &view.measures[m].0;
+        Columns {
+            bucket: shape.granularity != Granularity::All,
+            dims: shape.group.iter().map(|&g| (view.spec.dimensions[g].as_str(), view.dimension_types[g])).collect(),
+            measures: shape.measures.iter().map(|&m| (measure(m).name.as_str(), measure(m).value_type())).collect(),
+        }
+    }
+}
+
 /// Where an output bucket lies relative to `[from, to)`, judged by the view's buckets in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Span {
@@ -375,11 +395,7 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
         );
         rows
     };
-    let writer = || {
-        let dims: Vec<&str> = plan.shape.group.iter().map(|&g| view.spec.dimensions[g].as_str()).collect();
-        let measures: Vec<&str> = plan.shape.measures.iter().map(|&m| view.measures[m].0.name.as_str()).collect();
-        RowWriter::new(plan.shape.granularity != Granularity::All, &dims, &measures)
-    };
+    let writer = || RowWriter::new(&plan.columns(view));
     let body = |rows: usize| Body::new(writer(), rows);
     // one bucket for all time, and a range: every row is an edge, so a kept shape would
     // never be read (and would still have every delta merged into it)
@@ -389,7 +405,7 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
         let edges = edges(moment.batch.as_deref(), speed_edges);
         let rows = in_order(&plan, Vec::new(), edge_rows(&edges));
         if format == Format::Arrow {
-            return ArrowWriter::new(view, &plan).answer(&freshness, [rows.as_slice()], []);
+            return ArrowWriter::new(plan.columns(view)).answer(&freshness, [rows.as_slice()], []);
         }
         let mut body = body(rows.len());
         rows.into_iter().for_each(|row| body.row(row));
@@ -408,7 +424,7 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
                 let kept = fresh.rows().map(|(k, v, t)| (k, v, Some(t))).collect();
                 let rows = in_order(&plan, kept, edge_rows(&edges));
                 if format == Format::Arrow {
-                    return ArrowWriter::new(view, &plan).answer(&freshness, [rows.as_slice()], []);
+                    return ArrowWriter::new(plan.columns(view)).answer(&freshness, [rows.as_slice()], []);
                 }
                 let mut body = body(rows.len());
                 rows.into_iter().for_each(|row| body.row(row));
@@ -419,7 +435,7 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
             let mut edges = edge_rows(&edges);
             edges.sort_unstable_by(|a, b| a.0.total_cmp(b.0));
             if format == Format::Arrow {
-                let arrow = ArrowWriter::new(view, &plan);
+                let arrow = ArrowWriter::new(plan.columns(view));
                 let blocks = merged.encoded(whole, &arrow)?;
                 let mut edges = edges.as_slice();
                 let mut before = Vec::with_capacity(blocks.len() + 1);
@@ -606,7 +622,7 @@ struct RowWriter {
 }
 
 impl RowWriter {
-    fn new(bucket: bool, dims: &[&str], measures: &[&str]) -> RowWriter {
+    fn new(columns: &Columns) -> RowWriter {
         let mut first = true;
         let mut key = |name: &str| {
             let mut text = vec![if std::mem::take(&mut first) { b'{' } else { b',' }];
@@ -615,9 +631,9 @@ impl RowWriter {
             text
         };
         RowWriter {
-            bucket: bucket.then(|| key("bucket")),
-            dims: dims.iter().map(|name| key(name)).collect(),
-            measures: measures.iter().map(|name| key(name)).collect(),
+            bucket: columns.bucket.then(|| key("bucket")),
+            dims: columns.dims.iter().map(|(name, _)| key(name)).collect(),
+            measures: columns.measures.iter().map(|(name, _)| key(name)).collect(),
             last_bucket: (i64::MIN, Vec::new()),
         }
     }
@@ -659,10 +675,15 @@ mod tests {
 
     /// Rows are written as JSON objects with their columns in order, values escaped as JSON
     /// requires.
+    fn columns<'a>(bucket: bool, dims: &[&'a str], measures: &[&'a str]) -> Columns<'a> {
+        let typed = |names: &[&'a str], ty| names.iter().map(|&name| (name, ty)).collect();
+        Columns { bucket, dims: typed(dims, FieldType::String), measures: typed(measures, FieldType::Int64) }
+    }
+
     #[test]
     fn rows_are_written_as_json_objects_in_column_order() {
         let hour = 3_600_000_000;
-        let mut render = RowWriter::new(true, &["country", "path"], &["views", "p95_ms", "users"]);
+        let mut render = RowWriter::new(&columns(true, &["country", "path"], &["views", "p95_ms", "users"]));
         let mut out = Vec::new();
         render.write(&mut out, &key(hour, &["U\"S", "/p/\u{e9}\n"]), &[Value::Int(3), Value::Float(1.5), Value::Null]);
         out.push(b',');
@@ -674,11 +695,11 @@ mod tests {
                 r#"{"bucket":"1970-01-01T02:00:00Z","country":"DE","path":"/","views":-1,"p95_ms":0.25,"users":7}"#
             )
         );
-        let mut all = RowWriter::new(false, &[], &["views"]);
+        let mut all = RowWriter::new(&columns(false, &[], &["views"]));
         let mut out = Vec::new();
         all.write(&mut out, &key(0, &[]), &[Value::Int(9)]);
         assert_eq!(out, br#"{"views":9}"#);
-        let mut none = RowWriter::new(false, &[], &[]);
+        let mut none = RowWriter::new(&columns(false, &[], &[]));
         let mut out = Vec::new();
         none.write(&mut out, &key(0, &[]), &[]);
         assert_eq!(out, b"{}");
