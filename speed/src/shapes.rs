@@ -382,8 +382,9 @@ pub trait RunEncoder {
 
     /// `encoded` (as [`encode`](Self::encode) wrote some rows) with the measure values of the
     /// rows at `changed` (their index among those rows) replaced by these; `None` when they
-    /// cannot be written in place, and the rows are then encoded again.
-    fn patch(&self, encoded: &[u8], changed: &[(usize, &[Value])]) -> Option<Bytes>;
+    /// cannot be written in place, and the rows are then encoded again. Answers sent earlier
+    /// may still hold `encoded`, which must then be left as it is.
+    fn patch(&self, encoded: Bytes, changed: &[(usize, &[Value])]) -> Option<Bytes>;
 }
 
 /// How many events ahead of the one whose row [`Shape::fold_chunk`] finds it starts loading
@@ -637,11 +638,10 @@ impl Merged {
         let mut blocks = Vec::new();
         for (&start, bucket) in buckets.iter_mut().filter(|(start, _)| keep(**start)) {
             for (run, places) in bucket.runs.iter_mut().zip(bucket.places.chunks(BLOCK_ROWS)) {
-                let patched = match &run.encoded {
-                    Some(Encoded { bytes, stale: 0 }) => Some(bytes.clone()),
-                    Some(Encoded { bytes, stale }) => {
+                let patched = match run.encoded.take() {
+                    Some(Encoded { bytes, stale: 0 }) => Some(bytes),
+                    Some(Encoded { bytes, mut stale }) => {
                         let mut changed = Vec::with_capacity(stale.count_ones() as usize);
-                        let mut stale = *stale;
                         while stale != 0 {
                             let i = stale.trailing_zeros() as usize;
                             changed.push((i, values(places[i])));
@@ -1462,10 +1462,10 @@ mod tests {
             Ok(out.into())
         }
 
-        fn patch(&self, encoded: &[u8], changed: &[(usize, &[Value])]) -> Option<Bytes> {
+        fn patch(&self, encoded: Bytes, changed: &[(usize, &[Value])]) -> Option<Bytes> {
             let places: Vec<String> = changed.iter().map(|(i, values)| format!("{i}:{values:?}")).collect();
             self.calls.lock().push(("patch", places.clone()));
-            (!self.refuse).then(|| [format!("{places:?}").as_bytes(), encoded].concat().into())
+            (!self.refuse).then(|| [format!("{places:?}").as_bytes(), &encoded].concat().into())
         }
     }
 

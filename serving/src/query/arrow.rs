@@ -8,7 +8,7 @@
 //! its range cuts through, or all rows when the answer is sorted) come in batches of their
 //! own, between those.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::root_as_message;
@@ -106,11 +106,24 @@ impl RunEncoder for ArrowWriter<'_> {
     }
 
     /// Writes each changed value over the old one in the measure's values buffer, where the
-    /// batch message's metadata says that buffer lies. Only 8-byte values (int64, float64
-    /// and timestamp measures) that were and stay non-null (or stay null): anything else (a
-    /// bool or string measure, a null appearing or going) changes more than the value's
-    /// bytes, and the run is encoded again.
-    fn patch(&self, encoded: &[u8], changed: &[(usize, &[Value])]) -> Option<Bytes> {
+    /// batch message's metadata says that buffer lies: in `encoded` itself when no answer
+    /// holds it any more, else in a copy. Only 8-byte values (int64, float64 and timestamp
+    /// measures) that were and stay non-null (or stay null): anything else (a bool or string
+    /// measure, a null appearing or going) changes more than the value's bytes, and the run
+    /// is encoded again.
+    fn patch(&self, encoded: Bytes, changed: &[(usize, &[Value])]) -> Option<Bytes> {
+        let writes = self.writes(&encoded, changed)?;
+        let mut patched = encoded.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        for (start, bytes) in writes {
+            patched[start..start + 8].copy_from_slice(&bytes);
+        }
+        Some(patched.freeze())
+    }
+}
+
+impl ArrowWriter<'_> {
+    /// Where [`RunEncoder::patch`] writes which bytes, each place checked to lie in the message.
+    fn writes(&self, encoded: &[u8], changed: &[(usize, &[Value])]) -> Option<Vec<(usize, [u8; 8])>> {
         // an encapsulated message: continuation marker, metadata length, metadata (padded),
         // then the body, where the metadata's buffers lie (uncompressed, as written above)
         let length = u32::from_le_bytes(encoded.get(4..8)?.try_into().ok()?) as usize;
@@ -124,7 +137,7 @@ impl RunEncoder for ArrowWriter<'_> {
         let Columns { bucket, dims, measures } = &self.columns;
         let buffers_of = |ty: FieldType| if ty == FieldType::String { 3 } else { 2 };
         let mut at = 2 * usize::from(*bucket) + dims.iter().map(|&(_, ty)| buffers_of(ty)).sum::<usize>();
-        let mut patched = encoded.to_vec();
+        let mut writes = Vec::with_capacity(changed.len() * measures.len());
         for (m, &(_, ty)) in measures.iter().enumerate() {
             if at + 1 >= buffers.len() {
                 return None;
@@ -142,15 +155,15 @@ impl RunEncoder for ArrowWriter<'_> {
                     (FieldType::Float64, Value::Float(v)) if valid => v.to_le_bytes(),
                     _ => return None,
                 };
-                if (row as u64 + 1) * 8 > values.length() as u64 {
+                let start = body + values.offset() as usize + row * 8;
+                if (row as u64 + 1) * 8 > values.length() as u64 || start + 8 > encoded.len() {
                     return None;
                 }
-                let start = body + values.offset() as usize + row * 8;
-                patched.get_mut(start..start + 8)?.copy_from_slice(&bytes);
+                writes.push((start, bytes));
             }
             at += buffers_of(ty);
         }
-        Some(Bytes::from(patched))
+        Some(writes)
     }
 }
 
@@ -218,7 +231,16 @@ mod tests {
             }
         }
         let patches: Vec<(usize, &[Value])> = changed.iter().map(|&i| (i, rows[i].1.as_slice())).collect();
-        let patched = read(&writer, writer.patch(&encoded, &patches).expect("numbers are written in place"));
+        // held by an answer still (`kept`): patched in a copy, and the answer's left as it was
+        let (kept, before) = (encoded.clone(), encoded.to_vec());
+        let copy = writer.patch(encoded, &patches).expect("numbers are written in place");
+        assert_eq!(kept, before);
+        assert_ne!(copy.as_ptr(), kept.as_ptr());
+        // held by nothing else: patched where it lies
+        let at = kept.as_ptr();
+        let in_place = writer.patch(kept, &patches).unwrap();
+        assert_eq!((in_place.as_ptr(), &in_place), (at, &copy));
+        let patched = read(&writer, copy);
         assert_eq!(patched, read(&writer, encode(&writer, &rows)));
         let views = patched.column(2).as_primitive::<Int64Type>();
         assert_eq!((views.value(16), views.value(17)), (16, 1017));
@@ -233,7 +255,7 @@ mod tests {
         let with = |i: usize, m: usize, value: Value| {
             let mut values = rows[i].1.clone();
             values[m] = value;
-            writer.patch(&encoded, &[(i, &values)])
+            writer.patch(encoded.clone(), &[(i, &values)])
         };
         assert!(with(6, 2, Value::Int(1)).is_some());
         // row 5's minimum is null; a validity bit is not written in place
@@ -241,11 +263,11 @@ mod tests {
         assert!(with(5, 2, Value::Null).is_some(), "a null staying null");
         assert!(with(6, 2, Value::Null).is_none());
         assert!(with(6, 1, Value::Int(1)).is_none(), "a value of another type than its column's");
-        assert!(writer.patch(&encoded, &[(12, &rows[0].1)]).is_none(), "a row past the run's");
+        assert!(writer.patch(encoded.clone(), &[(12, &rows[0].1)]).is_none(), "a row past the run's");
         // a string measure's values may change length
         let writer = ArrowWriter::new(Columns { measures: vec![("last_path", FieldType::String)], ..writer.columns });
         let rows: Vec<_> = rows.into_iter().map(|(key, _)| (key, vec![Value::String("/a".into())])).collect();
         let encoded = encode(&writer, &rows);
-        assert!(writer.patch(&encoded, &[(1, &[Value::String("/b".into())])]).is_none());
+        assert!(writer.patch(encoded, &[(1, &[Value::String("/b".into())])]).is_none());
     }
 }
