@@ -209,9 +209,9 @@ impl AnswerColumns {
         }
     }
 
-    /// The batch, its schema carrying `metadata` (an answer's freshness).
-    pub fn finish(self, metadata: std::collections::HashMap<String, String>) -> Result<RecordBatch, ArrowError> {
-        let schema = Arc::new(Schema::new(self.fields).with_metadata(metadata));
+    /// The batch.
+    pub fn finish(self) -> Result<RecordBatch, ArrowError> {
+        let schema = Arc::new(Schema::new(self.fields));
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
         if let Some(mut bucket) = self.bucket {
             columns.push(Arc::new(bucket.finish()));
@@ -372,9 +372,7 @@ mod tests {
         for bucket in [true, false] {
             let mut columns = AnswerColumns::new(bucket, &dims, &measures, 1);
             rows.iter().for_each(|(key, values)| columns.push(key, values));
-            let metadata = [("freshness".to_string(), "{}".to_string())].into();
-            let batch = columns.finish(metadata).unwrap();
-            assert_eq!(batch.schema().metadata()["freshness"], "{}");
+            let batch = columns.finish().unwrap();
             let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
             let expected = ["country", "mobile", "views", "mean", "last"];
             assert_eq!(names[bucket as usize..], expected);

@@ -26,8 +26,9 @@
 //! answer (and, once an Arrow answer asked, its run's record batch), are cached until an
 //! event reaches it; a round makes the reached rows' values and text again (at most every
 //! [`MAKE_BEHIND_EVERY`], within its share of a core), and a query those of the rows reached
-//! since (and encodes their runs again). States fold and merge exactly, so a kept shape equals one
-//! fold of all events at the moment the newest chunk it folded was queued.
+//! since (an Arrow answer writes their new values into their runs' batches). States fold and
+//! merge exactly, so a kept shape equals one fold of all events at the moment the newest chunk
+//! it folded was queued.
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -363,6 +364,15 @@ struct Run {
     encoded: Option<Encoded>,
 }
 
+/// The rows of a run in a mask of them (bit `i`: the run's `i`th), in order.
+fn rows_in(mut mask: u128) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        let i = (mask != 0).then(|| mask.trailing_zeros() as usize)?;
+        mask &= mask - 1;
+        Some(i)
+    })
+}
+
 /// A run's rows as [`RunEncoder::encode`] wrote them, and since.
 #[derive(Debug, Clone)]
 struct Encoded {
@@ -601,11 +611,7 @@ impl Merged {
                     again.extend_from_slice(places);
                     continue;
                 }
-                let mut stale = run.stale;
-                while stale != 0 {
-                    again.push(places[stale.trailing_zeros() as usize]);
-                    stale &= stale - 1;
-                }
+                again.extend(rows_in(run.stale).map(|i| places[i]));
             }
         }
         make_values(&mut self.rows, &again)
@@ -620,9 +626,9 @@ impl Merged {
     /// reached since are written into the kept encoding in place when the encoder can
     /// ([`RunEncoder::patch`]): under ingest, whose late events reach most runs between two
     /// answers, encoding every run reached again took the 30-day answer 5.9 ms at the
-    /// median, and patching 2.9 (session 49 in `bench/HISTORY.md`). Makes the values of the rows events reached, not their text (which a JSON answer,
-    /// or a background round, makes when it needs it). Use the same encoder for all answers
-    /// of a shape.
+    /// median, and patching 2.9 (session 49 in `bench/HISTORY.md`). Makes the values of the
+    /// rows events reached, not their text (which a JSON answer, or a background round, makes
+    /// when it needs it). Use the same encoder for all answers of a shape.
     pub fn encoded<R: RunEncoder>(
         &mut self,
         keep: impl Fn(i64) -> bool,
@@ -640,13 +646,8 @@ impl Merged {
             for (run, places) in bucket.runs.iter_mut().zip(bucket.places.chunks(BLOCK_ROWS)) {
                 let patched = match run.encoded.take() {
                     Some(Encoded { bytes, stale: 0 }) => Some(bytes),
-                    Some(Encoded { bytes, mut stale }) => {
-                        let mut changed = Vec::with_capacity(stale.count_ones() as usize);
-                        while stale != 0 {
-                            let i = stale.trailing_zeros() as usize;
-                            changed.push((i, values(places[i])));
-                            stale &= stale - 1;
-                        }
+                    Some(Encoded { bytes, stale }) => {
+                        let changed: Vec<_> = rows_in(stale).map(|i| (i, values(places[i]))).collect();
                         encoder.patch(bytes, &changed)
                     }
                     None => None,
@@ -1443,11 +1444,11 @@ mod tests {
         assert_eq!(String::from_utf8(text).unwrap(), rows.concat(), "the blocks hold every row in order");
     }
 
-    /// A test encoder: a run's rows as text (see `write`), prefixed by `patches:` and the
-    /// places of the rows patched in so far. It records what it was asked.
+    /// A test encoder: a run's rows as text (see `write`), each patch prefixing it with the
+    /// list of the rows it was given. It records what it was asked.
     #[derive(Default)]
     struct Encoder {
-        /// For each call: the places of the rows encoded (the first's key) or patched.
+        /// For each call: the first row's key (encode) or each row's place and values (patch).
         calls: Mutex<Vec<(&'static str, Vec<String>)>>,
         refuse: bool,
     }

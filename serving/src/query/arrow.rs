@@ -88,7 +88,7 @@ impl<'v> ArrowWriter<'v> {
             }
             columns.push(key, values);
         }
-        let batch = columns.finish(Default::default()).map_err(arrow_failed)?;
+        let batch = columns.finish().map_err(arrow_failed)?;
         let (_, encoded) = IpcDataGenerator::default()
             .encode(&batch, &mut DictionaryTracker::new(false), &self.options, &mut IpcWriteContext::default())
             .map_err(arrow_failed)?;

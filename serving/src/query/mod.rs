@@ -396,7 +396,6 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
         rows
     };
     let writer = || RowWriter::new(&plan.columns(view));
-    let body = |rows: usize| Body::new(writer(), rows);
     // one bucket for all time, and a range: every row is an edge, so a kept shape would
     // never be read (and would still have every delta merged into it)
     if plan.shape.granularity == Granularity::All && cuts {
@@ -404,12 +403,7 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
         let freshness = freshness(&moment)?;
         let edges = edges(moment.batch.as_deref(), speed_edges);
         let rows = in_order(&plan, Vec::new(), edge_rows(&edges));
-        if format == Format::Arrow {
-            return ArrowWriter::new(plan.columns(view)).answer(&freshness, [rows.as_slice()], []);
-        }
-        let mut body = body(rows.len());
-        rows.into_iter().for_each(|row| body.row(row));
-        body.finish(&freshness)
+        rows_answer(plan.columns(view), format, rows, &freshness)
     } else {
         live.query(&plan.shape, cuts.then_some(speed_edges), |moment, speed_edges, merged| {
             let freshness = freshness(moment)?;
@@ -423,12 +417,7 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
                 let fresh = merged.fresh(whole);
                 let kept = fresh.rows().map(|(k, v, t)| (k, v, Some(t))).collect();
                 let rows = in_order(&plan, kept, edge_rows(&edges));
-                if format == Format::Arrow {
-                    return ArrowWriter::new(plan.columns(view)).answer(&freshness, [rows.as_slice()], []);
-                }
-                let mut body = body(rows.len());
-                rows.into_iter().for_each(|row| body.row(row));
-                return body.finish(&freshness);
+                return rows_answer(plan.columns(view), format, rows, &freshness);
             }
             // in bucket order: each whole bucket as its kept blocks of text (or kept Arrow
             // batches), the edge rows (in buckets of their own) between them
@@ -447,7 +436,7 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
                 before.push(edges);
                 return arrow.answer(&freshness, before, blocks.into_iter().map(|(_, block)| block));
             }
-            let mut body = body(edges.len());
+            let mut body = Body::new(writer(), edges.len());
             let fresh = merged.fresh(whole);
             let mut edges = edges.into_iter().peekable();
             for bucket in fresh.buckets() {
@@ -460,6 +449,16 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
             body.finish(&freshness)
         })
     }
+}
+
+/// An answer of `rows` (each kept row's JSON text reused), in `format`.
+fn rows_answer(columns: Columns, format: Format, rows: Vec<OutRow<'_>>, freshness: &Json) -> Result<Answer, ApiError> {
+    if format == Format::Arrow {
+        return ArrowWriter::new(columns).answer(freshness, [rows.as_slice()], []);
+    }
+    let mut body = Body::new(RowWriter::new(&columns), rows.len());
+    rows.into_iter().for_each(|row| body.row(row));
+    body.finish(freshness)
 }
 
 /// An answer's bytes, in pieces. In JSON, each kept block of rows as the shape keeps it
@@ -477,7 +476,7 @@ impl Answer {
         self.pieces.iter().map(Bytes::len).sum()
     }
 
-    /// The text in one piece.
+    /// The bytes in one piece.
     pub fn to_vec(&self) -> Vec<u8> {
         self.pieces.concat()
     }
@@ -673,13 +672,13 @@ mod tests {
         GroupKey { bucket, dims: dims.iter().map(|d| Value::String((*d).into())).collect() }
     }
 
-    /// Rows are written as JSON objects with their columns in order, values escaped as JSON
-    /// requires.
     fn columns<'a>(bucket: bool, dims: &[&'a str], measures: &[&'a str]) -> Columns<'a> {
         let typed = |names: &[&'a str], ty| names.iter().map(|&name| (name, ty)).collect();
         Columns { bucket, dims: typed(dims, FieldType::String), measures: typed(measures, FieldType::Int64) }
     }
 
+    /// Rows are written as JSON objects with their columns in order, values escaped as JSON
+    /// requires.
     #[test]
     fn rows_are_written_as_json_objects_in_column_order() {
         let hour = 3_600_000_000;
