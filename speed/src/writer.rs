@@ -35,6 +35,7 @@ use tandem_model::{DatasetSpec, Row, Value};
 use tokio::sync::oneshot;
 
 use crate::live::{FOLD_SLICE_ROWS, ViewLive};
+use crate::shapes::thread_cpu_time;
 
 /// A request of at least this many events frees them itself (see [`DatasetWriter::append`]).
 const FREED_BY_REQUEST_ROWS: usize = 64;
@@ -389,8 +390,13 @@ const SLOW_ACK: Duration = Duration::from_millis(10);
 struct CommitSteps {
     sync: Duration,
     fold: Duration,
+    /// Of `fold`, how long the writer thread ran (the rest it waited: for the views' locks,
+    /// or for a core).
+    fold_cpu: Duration,
     /// Of `fold`, how long the views' locks were waited for.
     lock: Duration,
+    /// Events folded.
+    events: usize,
 }
 
 struct Pending {
@@ -510,6 +516,8 @@ impl WriterThread {
                     stage_ms = staged.as_secs_f64() * 1e3,
                     sync_ms = steps.sync.as_secs_f64() * 1e3,
                     fold_ms = steps.fold.as_secs_f64() * 1e3,
+                    fold_cpu_ms = steps.fold_cpu.as_secs_f64() * 1e3,
+                    events = steps.events,
                     lock_ms = steps.lock.as_secs_f64() * 1e3,
                     "slow group commit"
                 );
@@ -632,6 +640,8 @@ impl WriterThread {
         // answered as soon as every view holds their events, so that the first requests of a
         // large group do not wait for the whole group's fold
         let started = Instant::now();
+        let cpu = thread_cpu_time();
+        steps.events = stored;
         let mut pending = pending.into_iter().peekable();
         while pending.peek().is_some() {
             let mut events = 0;
@@ -652,6 +662,7 @@ impl WriterThread {
             }
         }
         steps.fold = started.elapsed();
+        steps.fold_cpu = thread_cpu_time().saturating_sub(cpu);
         self.metrics.fold.record(steps.fold);
         steps
     }
