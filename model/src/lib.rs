@@ -1,7 +1,7 @@
 //! The shared model of tandem: what the speed layer and the batch layer both need to agree on.
 //!
 //! An event enters as JSON, is checked against its dataset's [`schema`] by [`event`], is
-//! written to the dataset's [`log`] as a typed [`Row`](value::Row), and is then folded into
+//! written to the dataset's [`log`] as a typed [`Row`], and is then folded into
 //! the [`agg`] states of every [`view`] of the dataset. The batch layer reads the same log
 //! (through the master dataset, see [`columnar`]) and writes the same states as Parquet, so
 //! that the serving layer can merge the two with [`agg::MeasureState::merge`].
