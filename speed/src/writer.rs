@@ -640,7 +640,8 @@ impl WriterThread {
         // answered as soon as every view holds their events, so that the first requests of a
         // large group do not wait for the whole group's fold
         let started = Instant::now();
-        let cpu = thread_cpu_time();
+        // the thread's CPU clock is a system call: read only for the debug line that shows it
+        let cpu = tracing::enabled!(tracing::Level::DEBUG).then(thread_cpu_time);
         steps.events = stored;
         let mut pending = pending.into_iter().peekable();
         while pending.peek().is_some() {
@@ -662,7 +663,7 @@ impl WriterThread {
             }
         }
         steps.fold = started.elapsed();
-        steps.fold_cpu = thread_cpu_time().saturating_sub(cpu);
+        steps.fold_cpu = cpu.map_or(Duration::ZERO, |cpu| thread_cpu_time().saturating_sub(cpu));
         self.metrics.fold.record(steps.fold);
         steps
     }
