@@ -150,6 +150,15 @@ impl Server {
     }
 }
 
+/// The whole machine's idle and total CPU time so far, in ticks (the first line of
+/// `/proc/stat`: idle and iowait count as idle).
+fn machine_idle() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> =
+        stat.lines().next()?.split_whitespace().skip(1).map(|t| t.parse().ok()).collect::<Option<_>>()?;
+    Some((ticks.get(3)? + ticks.get(4)?, ticks.iter().sum()))
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -718,11 +727,16 @@ async fn main() -> anyhow::Result<()> {
         }
         for (name, bodies, connections, unit) in sections {
             let name = name.as_str();
-            let cpu = server.cpu_seconds();
+            let (cpu, idle) = (server.cpu_seconds(), machine_idle());
             let (rate, events) = ingest_throughput(&base, bodies, connections, args.seconds).await?;
             report.add(name, unit, rate);
             if let (Some(before), Some(after)) = (cpu, server.cpu_seconds()) {
                 report.add(&format!("{name}: server CPU per event"), "µs", (after - before) / events as f64 * 1e6);
+            }
+            if let (Some(before), Some(after)) = (idle, machine_idle()) {
+                // a throughput that leaves cores idle is bound by something else than the CPU
+                let share = (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64;
+                report.add(&format!("{name}: machine idle"), "%", share * 100.0);
             }
         }
     }
