@@ -1,3 +1,4 @@
+use std::io::Read;
 use std::time::Duration;
 
 use axum::Json;
@@ -16,12 +17,18 @@ use crate::app::AppState;
 /// How long an ingest request waits for room in the in-flight budget before it is refused.
 const BUDGET_WAIT: Duration = Duration::from_millis(500);
 
+/// Output a compressed body is inflated by at a time, each step reserved in the in-flight
+/// budget before it is made.
+const INFLATE_STEP: usize = 1 << 20;
+
 /// `POST /v1/datasets/{name}/events`: validate all, store all durably, answer. A retry with
 /// the same `Idempotency-Key` within 24 h gets the first answer and stores nothing.
 ///
 /// The request holds its share of the in-flight budget (`--max-inflight-bytes`) from before
 /// its body is read until it is answered, so the memory held by ingest is bounded whatever
-/// the number of clients.
+/// the number of clients. A body sent with `Content-Encoding: gzip` or `zstd` is inflated
+/// here; the body limit (`--max-body-bytes`) holds for the bytes sent and for the inflated
+/// ones, and the inflated bytes take their share of the budget as they are made.
 pub async fn ingest(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -30,6 +37,7 @@ pub async fn ingest(
 ) -> ApiResult<Json<Stored>> {
     let dataset = state.dataset(&name).ok_or_else(|| ApiError::not_found(format!("dataset {name:?}")))?;
     let format = format_of(&headers)?;
+    let encoding = encoding_of(&headers)?;
     let key = idempotency_key(&headers)?;
     let limit = state.config.max_body_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
@@ -37,18 +45,18 @@ pub async fn ingest(
         discard(body, limit.saturating_mul(4)).await;
         return Err(ApiError::payload_too_large());
     }
-    let _permit = match reserve(&state, declared.unwrap_or(limit)).await {
+    let mut permit = match reserve(&state, declared.unwrap_or(limit)).await {
         Some(permit) => permit,
         None => {
             discard(body, limit).await;
-            return Err(ApiError::unavailable(
-                "overloaded",
-                "too many ingest bytes are in flight; nothing was stored, retry shortly",
-                1,
-            ));
+            return Err(overloaded());
         }
     };
     let body = read_body(body, limit).await?;
+    let body = match encoding {
+        Encoding::Identity => body,
+        coded => inflate(&state, coded, &body, limit, &mut permit).await?,
+    };
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("invalid_events", "request body is empty"));
     }
@@ -82,6 +90,83 @@ async fn reserve(state: &AppState, bytes: usize) -> Option<OwnedSemaphorePermit>
         return Some(permit);
     }
     tokio::time::timeout(BUDGET_WAIT, budget.acquire_many_owned(wanted)).await.ok()?.ok()
+}
+
+fn overloaded() -> ApiError {
+    ApiError::unavailable("overloaded", "too many ingest bytes are in flight; nothing was stored, retry shortly", 1)
+}
+
+/// How an ingest request's body is encoded (`Content-Encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+/// The body's `Content-Encoding`: none (or `identity`), `gzip` (`x-gzip`) or `zstd`; any
+/// other, or more than one coding, is 415.
+fn encoding_of(headers: &HeaderMap) -> ApiResult<Encoding> {
+    let mut codings = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != "identity");
+    let encoding = match codings.next().as_deref() {
+        None => Encoding::Identity,
+        Some("gzip" | "x-gzip") => Encoding::Gzip,
+        Some("zstd") => Encoding::Zstd,
+        Some(other) => return Err(unsupported_encoding(format!("content-encoding {other:?} is not gzip or zstd"))),
+    };
+    match codings.next() {
+        None => Ok(encoding),
+        Some(_) => Err(unsupported_encoding("a body is taken in one content-encoding, gzip or zstd, not several")),
+    }
+}
+
+fn unsupported_encoding(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", message)
+}
+
+/// The body `raw` inflated, refusing more than `limit` inflated bytes with 413. Before each
+/// [`INFLATE_STEP`] of output is made, `permit` is grown from the in-flight budget to cover
+/// it and `raw` (503 when there is no room), so an inflated body is bounded by the budget as
+/// a plain one is.
+async fn inflate(
+    state: &AppState,
+    encoding: Encoding,
+    raw: &[u8],
+    limit: usize,
+    permit: &mut OwnedSemaphorePermit,
+) -> ApiResult<Bytes> {
+    let name = if encoding == Encoding::Gzip { "gzip" } else { "zstd" };
+    let invalid =
+        |e: std::io::Error| ApiError::bad_request("invalid_request", format!("the body is not valid {name}: {e}"));
+    let mut reader: Box<dyn Read + Send + '_> = match encoding {
+        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
+        Encoding::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(raw).map_err(invalid)?),
+        Encoding::Identity => Box::new(raw),
+    };
+    let mut out = Vec::new();
+    loop {
+        // one byte past the limit is enough to know the body is too large
+        let step = INFLATE_STEP.min(limit + 1 - out.len());
+        // as a plain body's reservation, at most the whole budget
+        let needed = (raw.len() + out.len() + step).min(state.config.max_inflight_bytes);
+        let held = permit.num_permits();
+        if needed > held {
+            let more = reserve(state, needed - held).await.ok_or_else(overloaded)?;
+            permit.merge(more);
+        }
+        let read = (&mut reader).take(step as u64).read_to_end(&mut out).map_err(invalid)?;
+        if out.len() > limit {
+            return Err(ApiError::payload_too_large());
+        }
+        if read < step {
+            return Ok(Bytes::from(out));
+        }
+    }
 }
 
 /// Reads and drops up to `cap` bytes of a refused request's body, in constant memory, so

@@ -11,10 +11,17 @@ mod views;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::{CompressionLayer, CompressionLevel};
 
 use crate::app::AppState;
 use crate::metrics::{Metrics, TrackLayer};
 use error::ApiError;
+
+/// An answer of at least this many bytes is compressed (gzip or zstd, at their fastest
+/// levels) when the request's `Accept-Encoding` allows it; smaller ones, such as an ingest
+/// request's answer, are not worth the CPU.
+const COMPRESS_FROM: u16 = 1024;
 
 pub fn router(state: AppState, metrics: Metrics) -> Router {
     let exporter = metrics.clone();
@@ -34,5 +41,10 @@ pub fn router(state: AppState, metrics: Metrics) -> Router {
         .route_layer(TrackLayer::new(&metrics))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(
+            CompressionLayer::new()
+                .quality(CompressionLevel::Fastest)
+                .compress_when(SizeAbove::new(COMPRESS_FROM).and(NotForContentType::GRPC)),
+        )
         .with_state(state)
 }

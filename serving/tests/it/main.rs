@@ -6,6 +6,7 @@ mod reference;
 mod server;
 
 mod bad_input;
+mod compression;
 mod crash;
 mod disk_full;
 mod lambda;

@@ -453,6 +453,57 @@ async fn query_latencies(base: &str, q: &Value, n: usize, format: Answered) -> a
     Ok((timed, rows, last))
 }
 
+/// `n` queries asking for a compressed answer (`Accept-Encoding: encoding`, as a client
+/// across a network asks), timed from sending the request to holding the answer
+/// decompressed, over one keep-alive connection of `http` (`reqwest`: the lean client reads
+/// only answers with a `Content-Length`, and a compressed answer is streamed without one).
+/// Returns the latencies, the rows and the compressed answer's size. Over loopback the
+/// compression costs more time than the bytes it saves; the size is what a network would
+/// carry.
+async fn compressed_latencies(
+    http: &reqwest::Client,
+    base: &str,
+    q: &Value,
+    n: usize,
+    format: Answered,
+    encoding: &str,
+) -> anyhow::Result<(Timed, usize, usize)> {
+    let mut timed = Timed { sent: Vec::with_capacity(n), ms: Vec::with_capacity(n) };
+    let (mut rows, mut size) = (0, 0);
+    for _ in 0..n {
+        let sent = Instant::now();
+        let mut request =
+            http.post(format!("{base}/v1/views/traffic/query")).json(q).header("accept-encoding", encoding);
+        if let Answered::Arrow = format {
+            request = request.header("accept", ARROW_STREAM);
+        }
+        let response = request.send().await?;
+        let (status, coded) = (response.status(), response.headers().get("content-encoding").cloned());
+        let compressed = response.bytes().await?;
+        if !status.is_success() || coded.as_ref().and_then(|v| v.to_str().ok()) != Some(encoding) {
+            bail!("query {q} with accept-encoding {encoding}: {status}, content-encoding {coded:?}");
+        }
+        let answer = match encoding {
+            "zstd" => zstd::stream::decode_all(&compressed[..])?,
+            _ => {
+                let mut plain = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut plain)?;
+                plain
+            }
+        };
+        timed.ms.push(sent.elapsed().as_secs_f64() * 1e3);
+        timed.sent.push(sent);
+        size = compressed.len();
+        rows = match format {
+            Answered::Json => serde_json::from_slice::<Rows>(&answer)?.rows.len(),
+            Answered::Arrow => datafusion::arrow::ipc::reader::StreamReader::try_new(&answer[..], None)?
+                .map(|b| b.map(|b| b.num_rows()))
+                .sum::<Result<usize, _>>()?,
+        };
+    }
+    Ok((timed, rows, size))
+}
+
 /// How a query's answer is asked for: JSON (no `Accept`), or an Arrow IPC stream.
 #[derive(Clone, Copy)]
 enum Answered {
@@ -894,6 +945,17 @@ async fn main() -> anyhow::Result<()> {
         report.add_latencies("query", "idle", &format!("{name}, as Arrow IPC"), timed)?;
         report.add(&format!("rows answered: {name}, as Arrow IPC"), "rows", rows as f64);
         report.add(&format!("answer size: {name}, as Arrow IPC"), "MB", answer.len() as f64 / 1e6);
+        // and compressed, as a client across a network would ask for it
+        for (format, as_what) in [(Answered::Json, "as JSON"), (Answered::Arrow, "as Arrow IPC")] {
+            for encoding in ["zstd", "gzip"] {
+                let n = (args.queries / 3).max(1);
+                let (timed, rows, size) = compressed_latencies(&http, &base, q, n, format, encoding).await?;
+                let of = format!("{name}, {as_what}, {encoding} (decompressed by the client)");
+                report.add_latencies("query", "idle", &of, timed)?;
+                report.add(&format!("rows answered: {of}"), "rows", rows as f64);
+                report.add(&format!("answer size: {name}, {as_what}, {encoding}"), "MB", size as f64 / 1e6);
+            }
+        }
         let timed = transfer_reference(&largest, args.queries).await?;
         report.add_latencies("transfer reference", "idle", LARGEST_FROM_RESPONDER, timed)?;
         let timed = round_trips(&base, args.queries).await?;
