@@ -19,9 +19,17 @@ use crate::metrics::{Metrics, TrackLayer};
 use error::ApiError;
 
 /// An answer of at least this many bytes is compressed (gzip or zstd, at their fastest
-/// levels) when the request's `Accept-Encoding` allows it; smaller ones, such as an ingest
-/// request's answer, are not worth the CPU.
+/// levels) when the request's `Accept-Encoding` allows it.
 const COMPRESS_FROM: u16 = 1024;
+
+/// Compression for the routes whose answers can be large (a query's rows, the metrics, the
+/// lists); not for ingest, whose answers are a few bytes and whose path stays as lean as it
+/// can be.
+fn compression() -> CompressionLayer<impl Predicate> {
+    CompressionLayer::new()
+        .quality(CompressionLevel::Fastest)
+        .compress_when(SizeAbove::new(COMPRESS_FROM).and(NotForContentType::GRPC))
+}
 
 pub fn router(state: AppState, metrics: Metrics) -> Router {
     let exporter = metrics.clone();
@@ -29,22 +37,17 @@ pub fn router(state: AppState, metrics: Metrics) -> Router {
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
-        .route("/metrics", get(move |state| system::metrics(state, exporter.clone())))
-        .route("/v1/datasets", post(datasets::create).get(datasets::list))
+        .route("/metrics", get(move |state| system::metrics(state, exporter.clone())).layer(compression()))
+        .route("/v1/datasets", post(datasets::create).get(datasets::list).layer(compression()))
         .route("/v1/datasets/{name}", get(datasets::get))
         .route("/v1/datasets/{name}/events", post(events::ingest))
-        .route("/v1/views", post(views::create).get(views::list))
+        .route("/v1/views", post(views::create).get(views::list).layer(compression()))
         .route("/v1/views/{name}", get(views::get).delete(views::delete))
-        .route("/v1/views/{name}/query", post(views::query_post).get(views::query_get))
-        .route("/v1/views/{name}/runs", post(views::start_run).get(views::list_runs))
+        .route("/v1/views/{name}/query", post(views::query_post).get(views::query_get).layer(compression()))
+        .route("/v1/views/{name}/runs", post(views::start_run).get(views::list_runs).layer(compression()))
         .route("/v1/runs/{id}", get(views::get_run))
         .route_layer(TrackLayer::new(&metrics))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(
-            CompressionLayer::new()
-                .quality(CompressionLevel::Fastest)
-                .compress_when(SizeAbove::new(COMPRESS_FROM).and(NotForContentType::GRPC)),
-        )
         .with_state(state)
 }
