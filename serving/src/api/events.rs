@@ -17,8 +17,9 @@ use crate::app::AppState;
 /// How long an ingest request waits for room in the in-flight budget before it is refused.
 const BUDGET_WAIT: Duration = Duration::from_millis(500);
 
-/// Output a compressed body is inflated by at a time, each step reserved in the in-flight
-/// budget before it is made.
+/// Most output a compressed body is inflated by at a time, each step reserved in the
+/// in-flight budget before it is made. Steps start at four times the compressed size (at
+/// least 64 KiB) and grow with the output, so that a small body reserves little.
 const INFLATE_STEP: usize = 1 << 20;
 
 /// `POST /v1/datasets/{name}/events`: validate all, store all durably, answer. A retry with
@@ -130,7 +131,7 @@ fn unsupported_encoding(message: impl Into<String>) -> ApiError {
 }
 
 /// The body `raw` inflated, refusing more than `limit` inflated bytes with 413. Before each
-/// [`INFLATE_STEP`] of output is made, `permit` is grown from the in-flight budget to cover
+/// step of output is made (see [`INFLATE_STEP`]), `permit` is grown from the in-flight budget to cover
 /// it and `raw` (503 when there is no room), so an inflated body is bounded by the budget as
 /// a plain one is.
 async fn inflate(
@@ -151,7 +152,7 @@ async fn inflate(
     let mut out = Vec::new();
     loop {
         // one byte past the limit is enough to know the body is too large
-        let step = INFLATE_STEP.min(limit + 1 - out.len());
+        let step = out.len().max(4 * raw.len()).clamp(64 << 10, INFLATE_STEP).min(limit + 1 - out.len());
         // as a plain body's reservation, at most the whole budget
         let needed = (raw.len() + out.len() + step).min(state.config.max_inflight_bytes);
         let held = permit.num_permits();

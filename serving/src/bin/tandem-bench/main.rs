@@ -311,10 +311,25 @@ async fn ingest_throughput(
     bodies: &[Bytes],
     connections: usize,
     seconds: u64,
+    encoding: Option<&str>,
 ) -> anyhow::Result<(f64, u64)> {
     let host = base.strip_prefix("http://").context("base is not http://")?.to_string();
-    let requests: Arc<Vec<Bytes>> =
-        Arc::new(bodies.iter().map(|b| raw_http::post_request(&host, "/v1/datasets/pageviews/events", b)).collect());
+    let path = "/v1/datasets/pageviews/events";
+    let requests: Arc<Vec<Bytes>> = Arc::new(
+        bodies
+            .iter()
+            .map(|b| match encoding {
+                None => raw_http::post_request(&host, path, b),
+                Some(e) => raw_http::request_with(
+                    &host,
+                    "POST",
+                    path,
+                    &[("content-encoding", e)],
+                    Some(("application/x-ndjson", b)),
+                ),
+            })
+            .collect(),
+    );
     let sent = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
@@ -764,22 +779,38 @@ async fn main() -> anyhow::Result<()> {
     let bodies_1k: Vec<Bytes> = (0..64).map(|_| events.ndjson(1000)).collect();
     let bodies_10k: Vec<Bytes> = (0..8).map(|_| events.ndjson(10_000)).collect();
     let bodies_1: Vec<Bytes> = (0..1024).map(|_| events.ndjson(1)).collect();
+    // the 1,000-event batches as a shipper sends them compressed (gzip's default level)
+    let bodies_1k_gzip: Vec<Bytes> = bodies_1k
+        .iter()
+        .map(|b| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            std::io::Write::write_all(&mut gz, b)?;
+            Ok(Bytes::from(gz.finish()?))
+        })
+        .collect::<std::io::Result<_>>()?;
     let mut report = Report::default();
 
     println!("ingest throughput");
     for _ in 0..args.runs * args.runs("ingest") as usize {
         let mut sections = vec![
-            ("ingest, NDJSON 1,000-event batches".to_string(), &bodies_1k, args.connections, "events/s"),
-            ("ingest, NDJSON 10,000-event batches".to_string(), &bodies_10k, args.connections, "events/s"),
+            ("ingest, NDJSON 1,000-event batches".to_string(), &bodies_1k, args.connections, "events/s", None),
+            ("ingest, NDJSON 10,000-event batches".to_string(), &bodies_10k, args.connections, "events/s", None),
+            (
+                "ingest, NDJSON 1,000-event batches, gzip".to_string(),
+                &bodies_1k_gzip,
+                args.connections,
+                "events/s",
+                Some("gzip"),
+            ),
         ];
         for &connections in &args.single_connections {
             let name = format!("ingest, single-event requests ({connections} connections)");
-            sections.push((name, &bodies_1, connections, "requests/s"));
+            sections.push((name, &bodies_1, connections, "requests/s", None));
         }
-        for (name, bodies, connections, unit) in sections {
+        for (name, bodies, connections, unit, encoding) in sections {
             let name = name.as_str();
             let (cpu, idle) = (server.cpu_seconds(), machine_idle());
-            let (rate, events) = ingest_throughput(&base, bodies, connections, args.seconds).await?;
+            let (rate, events) = ingest_throughput(&base, bodies, connections, args.seconds, encoding).await?;
             report.add(name, unit, rate);
             if let (Some(before), Some(after)) = (cpu, server.cpu_seconds()) {
                 report.add(&format!("{name}: server CPU per event"), "µs", (after - before) / events as f64 * 1e6);
@@ -861,7 +892,7 @@ async fn main() -> anyhow::Result<()> {
         if v["freshness"]["speed_events"].as_u64().unwrap_or(0) as usize >= args.batch_events {
             break;
         }
-        ingest_throughput(&base, &load_bodies, args.connections, 2).await?;
+        ingest_throughput(&base, &load_bodies, args.connections, 2, None).await?;
     }
     // the first run compacts the whole log into the master dataset; the measured runs
     // then recompute from Parquet, as DuckDB reads it
@@ -1026,7 +1057,7 @@ async fn main() -> anyhow::Result<()> {
         let until = Instant::now() + Duration::from_secs(args.seconds);
         let open = tokio::spawn(dashboard(host.clone(), requests.clone(), every, until));
         let cpu = server.cpu_seconds();
-        let (rate, events) = ingest_throughput(&base, &bodies_1k, args.connections, args.seconds).await?;
+        let (rate, events) = ingest_throughput(&base, &bodies_1k, args.connections, args.seconds, None).await?;
         let name = "ingest with a dashboard open, NDJSON 1,000-event batches";
         report.add(name, "events/s", rate);
         if let (Some(before), Some(after)) = (cpu, server.cpu_seconds()) {
