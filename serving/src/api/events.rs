@@ -38,7 +38,7 @@ pub async fn ingest(
 ) -> ApiResult<Json<Stored>> {
     let dataset = state.dataset(&name).ok_or_else(|| ApiError::not_found(format!("dataset {name:?}")))?;
     let format = format_of(&headers)?;
-    let encoding = encoding_of(&headers)?;
+    let coding = coding_of(&headers)?;
     let key = idempotency_key(&headers)?;
     let limit = state.config.max_body_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
@@ -54,9 +54,9 @@ pub async fn ingest(
         }
     };
     let body = read_body(body, limit).await?;
-    let body = match encoding {
-        Encoding::Identity => body,
-        coded => inflate(&state, coded, &body, limit, &mut permit).await?,
+    let body = match coding {
+        None => body,
+        Some(coding) => inflate(&state, coding, &body, limit, &mut permit).await?,
     };
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("invalid_events", "request body is empty"));
@@ -97,31 +97,39 @@ fn overloaded() -> ApiError {
     ApiError::unavailable("overloaded", "too many ingest bytes are in flight; nothing was stored, retry shortly", 1)
 }
 
-/// How an ingest request's body is encoded (`Content-Encoding`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
-    Identity,
+/// The compression an ingest request's body is sent in (`Content-Encoding`).
+#[derive(Debug, Clone, Copy)]
+enum Coding {
     Gzip,
     Zstd,
 }
 
-/// The body's `Content-Encoding`: none (or `identity`), `gzip` (`x-gzip`) or `zstd`; any
-/// other, or more than one coding, is 415.
-fn encoding_of(headers: &HeaderMap) -> ApiResult<Encoding> {
+impl Coding {
+    fn name(self) -> &'static str {
+        match self {
+            Coding::Gzip => "gzip",
+            Coding::Zstd => "zstd",
+        }
+    }
+}
+
+/// The body's `Content-Encoding`: `None` for none (or `identity`), else `gzip` (`x-gzip`) or
+/// `zstd`; any other, or more than one coding, is 415.
+fn coding_of(headers: &HeaderMap) -> ApiResult<Option<Coding>> {
     let mut codings = headers
         .get_all(header::CONTENT_ENCODING)
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("?").split(','))
         .map(|c| c.trim().to_ascii_lowercase())
         .filter(|c| !c.is_empty() && c != "identity");
-    let encoding = match codings.next().as_deref() {
-        None => Encoding::Identity,
-        Some("gzip" | "x-gzip") => Encoding::Gzip,
-        Some("zstd") => Encoding::Zstd,
+    let coding = match codings.next().as_deref() {
+        None => None,
+        Some("gzip" | "x-gzip") => Some(Coding::Gzip),
+        Some("zstd") => Some(Coding::Zstd),
         Some(other) => return Err(unsupported_encoding(format!("content-encoding {other:?} is not gzip or zstd"))),
     };
     match codings.next() {
-        None => Ok(encoding),
+        None => Ok(coding),
         Some(_) => Err(unsupported_encoding("a body is taken in one content-encoding, gzip or zstd, not several")),
     }
 }
@@ -136,18 +144,17 @@ fn unsupported_encoding(message: impl Into<String>) -> ApiError {
 /// a plain one is.
 async fn inflate(
     state: &AppState,
-    encoding: Encoding,
+    coding: Coding,
     raw: &[u8],
     limit: usize,
     permit: &mut OwnedSemaphorePermit,
 ) -> ApiResult<Bytes> {
-    let name = if encoding == Encoding::Gzip { "gzip" } else { "zstd" };
-    let invalid =
-        |e: std::io::Error| ApiError::bad_request("invalid_request", format!("the body is not valid {name}: {e}"));
-    let mut reader: Box<dyn Read + Send + '_> = match encoding {
-        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
-        Encoding::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(raw).map_err(invalid)?),
-        Encoding::Identity => Box::new(raw),
+    let invalid = |e: std::io::Error| {
+        ApiError::bad_request("invalid_request", format!("the body is not valid {}: {e}", coding.name()))
+    };
+    let mut reader: Box<dyn Read + Send + '_> = match coding {
+        Coding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
+        Coding::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(raw).map_err(invalid)?),
     };
     let mut out = Vec::new();
     loop {

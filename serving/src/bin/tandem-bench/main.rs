@@ -315,19 +315,11 @@ async fn ingest_throughput(
 ) -> anyhow::Result<(f64, u64)> {
     let host = base.strip_prefix("http://").context("base is not http://")?.to_string();
     let path = "/v1/datasets/pageviews/events";
+    let headers: Vec<(&str, &str)> = encoding.map(|e| ("content-encoding", e)).into_iter().collect();
     let requests: Arc<Vec<Bytes>> = Arc::new(
         bodies
             .iter()
-            .map(|b| match encoding {
-                None => raw_http::post_request(&host, path, b),
-                Some(e) => raw_http::request_with(
-                    &host,
-                    "POST",
-                    path,
-                    &[("content-encoding", e)],
-                    Some(("application/x-ndjson", b)),
-                ),
-            })
+            .map(|b| raw_http::request_with(&host, "POST", path, &headers, Some(("application/x-ndjson", b))))
             .collect(),
     );
     let sent = Arc::new(AtomicU64::new(0));
@@ -450,15 +442,7 @@ async fn query_latencies(base: &str, q: &Value, n: usize, format: Answered) -> a
         if status != 200 {
             bail!("query {q}: {status} {}", String::from_utf8_lossy(answer));
         }
-        rows = match format {
-            Answered::Json => {
-                serde_json::from_slice::<Rows>(answer).with_context(|| format!("query {q}: the answer"))?.rows.len()
-            }
-            Answered::Arrow => {
-                let batches = datafusion::arrow::ipc::reader::StreamReader::try_new(answer, None)?;
-                batches.map(|b| b.map(|b| b.num_rows())).sum::<Result<usize, _>>()?
-            }
-        };
+        rows = rows_in(answer, format).with_context(|| format!("query {q}: the answer"))?;
         if i + 1 == n {
             last = Bytes::copy_from_slice(answer);
         }
@@ -466,6 +450,16 @@ async fn query_latencies(base: &str, q: &Value, n: usize, format: Answered) -> a
     })
     .await?;
     Ok((timed, rows, last))
+}
+
+/// The rows of an answer, read whole (JSON as [`Rows`], Arrow batch by batch) but not built.
+fn rows_in(answer: &[u8], format: Answered) -> anyhow::Result<usize> {
+    Ok(match format {
+        Answered::Json => serde_json::from_slice::<Rows>(answer)?.rows.len(),
+        Answered::Arrow => datafusion::arrow::ipc::reader::StreamReader::try_new(answer, None)?
+            .map(|b| b.map(|b| b.num_rows()))
+            .sum::<Result<usize, _>>()?,
+    })
 }
 
 /// `n` queries asking for a compressed answer (`Accept-Encoding: encoding`, as a client
@@ -509,12 +503,7 @@ async fn compressed_latencies(
         timed.ms.push(sent.elapsed().as_secs_f64() * 1e3);
         timed.sent.push(sent);
         size = compressed.len();
-        rows = match format {
-            Answered::Json => serde_json::from_slice::<Rows>(&answer)?.rows.len(),
-            Answered::Arrow => datafusion::arrow::ipc::reader::StreamReader::try_new(&answer[..], None)?
-                .map(|b| b.map(|b| b.num_rows()))
-                .sum::<Result<usize, _>>()?,
-        };
+        rows = rows_in(&answer, format).with_context(|| format!("query {q}: the answer"))?;
     }
     Ok((timed, rows, size))
 }

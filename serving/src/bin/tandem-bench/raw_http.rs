@@ -14,11 +14,6 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A `POST` of `body` to `path` with an NDJSON content type, as the bytes to send.
-pub fn post_request(host: &str, path: &str, body: &[u8]) -> Bytes {
-    request(host, "POST", path, Some(("application/x-ndjson", body)))
-}
-
 /// A request of `path`, with a body of a content type or none, as the bytes to send.
 pub fn request(host: &str, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Bytes {
     request_with(host, method, path, &[], body)
