@@ -241,6 +241,13 @@ impl Report {
         }
         Ok(())
     }
+
+    /// The p50, p99 and p99.9 of the load's acknowledgements in [`under_ingest`], `when`.
+    fn add_acks(&mut self, when: &str, sorted: &[f64]) {
+        for (name, p) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
+            self.add(&format!("ack latency {name} at 200,000 events/s, {when}"), "ms", percentile(sorted, p));
+        }
+    }
 }
 
 /// The server's peak resident memory in each section of the suite and over the whole suite.
@@ -397,6 +404,34 @@ async fn ack_latencies(
     Ok(lat)
 }
 
+/// Runs `queries` while 1,000-event batches arrive at 200,000 events/s, from half a second
+/// before until the last query has its answer (with a fixed duration, the 30-day queries,
+/// each followed by parsing its answer, outlasted the load: session 27 in
+/// `bench/HISTORY.md`); returns the load's acknowledgement latencies, sorted (ms).
+async fn under_ingest(
+    http: &reqwest::Client,
+    base: &str,
+    bodies: &[Bytes],
+    queries: impl AsyncFnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<f64>> {
+    let (http, base, bodies) = (http.clone(), base.to_string(), bodies.to_vec());
+    let querying = Arc::new(AtomicBool::new(true));
+    let go_on = {
+        let querying = querying.clone();
+        move || querying.load(Ordering::Relaxed)
+    };
+    let load = tokio::spawn(async move { ack_latencies(&http, &base, &bodies, 1000, 200_000.0, go_on).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    queries().await?;
+    let loading = !load.is_finished();
+    querying.store(false, Ordering::Relaxed);
+    let acks = load.await??;
+    if !loading {
+        bail!("the ingest load stopped (10,000 requests in flight) before the queries timed under it ended");
+    }
+    Ok(acks)
+}
+
 /// One query of the benchmark view, parsed.
 async fn query(http: &reqwest::Client, base: &str, q: &Value) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&query_bytes(http, base, q).await?)?)
@@ -481,17 +516,7 @@ async fn compressed_latencies(
     let (mut rows, mut size) = (0, 0);
     for _ in 0..n {
         let sent = Instant::now();
-        let mut request =
-            http.post(format!("{base}/v1/views/traffic/query")).json(q).header("accept-encoding", encoding);
-        if let Answered::Arrow = format {
-            request = request.header("accept", ARROW_STREAM);
-        }
-        let response = request.send().await?;
-        let (status, coded) = (response.status(), response.headers().get("content-encoding").cloned());
-        let compressed = response.bytes().await?;
-        if !status.is_success() || coded.as_ref().and_then(|v| v.to_str().ok()) != Some(encoding) {
-            bail!("query {q} with accept-encoding {encoding}: {status}, content-encoding {coded:?}");
-        }
+        let compressed = fetch(http, base, q, format, Some(encoding)).await?;
         let answer = match encoding {
             "zstd" => zstd::stream::decode_all(&compressed[..])?,
             _ => {
@@ -506,6 +531,31 @@ async fn compressed_latencies(
         rows = rows_in(&answer, format).with_context(|| format!("query {q}: the answer"))?;
     }
     Ok((timed, rows, size))
+}
+
+/// One query over `http`, its answer asked for in `format` and compressed with `encoding`
+/// (which the answer must name) or not compressed (`identity`); the answer's bytes as sent.
+async fn fetch(
+    http: &reqwest::Client,
+    base: &str,
+    q: &Value,
+    format: Answered,
+    encoding: Option<&str>,
+) -> anyhow::Result<Bytes> {
+    let mut request = http
+        .post(format!("{base}/v1/views/traffic/query"))
+        .json(q)
+        .header("accept-encoding", encoding.unwrap_or("identity"));
+    if let Answered::Arrow = format {
+        request = request.header("accept", ARROW_STREAM);
+    }
+    let response = request.send().await?;
+    let (status, coded) = (response.status(), response.headers().get("content-encoding").cloned());
+    let answer = response.bytes().await?;
+    if !status.is_success() || coded.as_ref().and_then(|v| v.to_str().ok()) != encoding {
+        bail!("query {q} with accept-encoding {encoding:?}: {status}, content-encoding {coded:?}");
+    }
+    Ok(answer)
 }
 
 /// How a query's answer is asked for: JSON (no `Accept`), or an Arrow IPC stream.
@@ -987,34 +1037,44 @@ async fn main() -> anyhow::Result<()> {
 
     println!("merged query latency while ingesting 200,000 events/s");
     let n = args.ingest_queries.unwrap_or(args.queries / 4);
-    for _ in 0..args.runs * args.runs("queries") as usize {
-        // the load runs until the last query below has its answer, so that every query timed
-        // here is one answered under ingest (with a fixed duration, the 30-day queries, each
-        // followed by parsing its answer, outlasted the load: session 27 in `bench/HISTORY.md`)
-        let (h, b, bodies) = (http.clone(), base.clone(), bodies_1k.clone());
-        let querying = Arc::new(AtomicBool::new(true));
-        let go_on = {
-            let querying = querying.clone();
-            move || querying.load(Ordering::Relaxed)
-        };
-        let load = tokio::spawn(async move { ack_latencies(&h, &b, &bodies, 1000, 200_000.0, go_on).await });
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        for (name, q) in &dashboards {
-            let (timed, ..) = query_latencies(&base, q, n, Answered::Json).await?;
-            report.add_latencies("query", "under ingest", name, timed)?;
-        }
+    for run in 0..args.runs * args.runs("queries") as usize {
+        let acks = under_ingest(&http, &base, &bodies_1k, async || {
+            for (name, q) in &dashboards {
+                let (timed, ..) = query_latencies(&base, q, n, Answered::Json).await?;
+                report.add_latencies("query", "under ingest", name, timed)?;
+            }
+            let (name, q) = &dashboards[1];
+            let (timed, ..) = query_latencies(&base, q, n, Answered::Arrow).await?;
+            report.add_latencies("query", "under ingest", &format!("{name}, as Arrow IPC"), timed)?;
+            let timed = round_trips(&base, n).await?;
+            report.add_latencies("round trip", "under ingest", "GET /healthz", timed)?;
+            let timed = transfer_reference(&largest, n).await?;
+            report.add_latencies("transfer reference", "under ingest", LARGEST_FROM_RESPONDER, timed)
+        })
+        .await?;
+        report.add_acks("while the dashboard's queries are answered", &acks);
+        // What compressing answers costs the ingest: the 30-day query asked again and again
+        // (`--seconds`, and at least as many times as above), compressed and not, its bytes
+        // read but not decompressed (a remote dashboard decompresses on its own machine), and
+        // the acknowledgements of the load meanwhile (in turns, the first not the same in
+        // every run, as the server's state grows from one to the next).
         let (name, q) = &dashboards[1];
-        let (timed, ..) = query_latencies(&base, q, n, Answered::Arrow).await?;
-        report.add_latencies("query", "under ingest", &format!("{name}, as Arrow IPC"), timed)?;
-        let timed = round_trips(&base, n).await?;
-        report.add_latencies("round trip", "under ingest", "GET /healthz", timed)?;
-        let timed = transfer_reference(&largest, n).await?;
-        report.add_latencies("transfer reference", "under ingest", LARGEST_FROM_RESPONDER, timed)?;
-        let loading = !load.is_finished();
-        querying.store(false, Ordering::Relaxed);
-        load.await??;
-        if !loading {
-            bail!("the ingest load stopped (10,000 requests in flight) before the queries timed under it ended");
+        let turns = if run % 2 == 0 { [None, Some("zstd")] } else { [Some("zstd"), None] };
+        for encoding in turns {
+            let of = format!("{name}, as JSON, {}", encoding.unwrap_or("not compressed"));
+            let acks = under_ingest(&http, &base, &bodies_1k, async || {
+                let mut timed = Timed { sent: Vec::with_capacity(n), ms: Vec::with_capacity(n) };
+                let go_on = for_seconds(args.seconds);
+                while go_on() || timed.ms.len() < n {
+                    let sent = Instant::now();
+                    fetch(&http, &base, q, Answered::Json, encoding).await?;
+                    timed.ms.push(sent.elapsed().as_secs_f64() * 1e3);
+                    timed.sent.push(sent);
+                }
+                report.add_latencies("query", "under ingest", &format!("{of} (bytes read, not decoded)"), timed)
+            })
+            .await?;
+            report.add_acks(&format!("while the {of} is answered"), &acks);
         }
     }
 
