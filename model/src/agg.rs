@@ -199,8 +199,8 @@ impl MeasureState {
             {
                 s.capacity()
             }
-            MeasureState::Distinct(d) => d.heap_size(),
-            MeasureState::Percentile { sketch, .. } => sketch.heap_size(),
+            MeasureState::Distinct(d) => size_of::<Distinct>() + d.heap_size(),
+            MeasureState::Percentile { sketch, .. } => size_of::<Quantiles>() + sketch.heap_size(),
             _ => 0,
         }
     }
@@ -344,6 +344,30 @@ pub fn update_group(
 /// Aggregated groups of a view, each with one state per measure (in the view's measure order).
 /// Hashed with foldhash (seeded per process): SipHash was a tenth of the ingest profile.
 pub type Groups = HashMap<GroupKey, Vec<MeasureState>, foldhash::fast::RandomState>;
+
+/// About how many bytes `groups` holds: its table, the dimension values that do not fit in
+/// their keys, and each group's states with what they hold on the heap. It reads sizes kept
+/// by the structures (never a sketch's estimate), so it costs a pass over the groups.
+pub fn groups_bytes(groups: &Groups) -> usize {
+    let table = groups.capacity() * (size_of::<(GroupKey, Vec<MeasureState>)>() + 1);
+    let held: usize = groups
+        .iter()
+        .map(|(key, states)| {
+            let dims = if key.dims.spilled() { key.dims.capacity() * size_of::<Value>() } else { 0 };
+            let strings: usize = key
+                .dims
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) if s.is_heap_allocated() => s.capacity(),
+                    _ => 0,
+                })
+                .sum();
+            let states_held: usize = states.iter().map(MeasureState::heap_size).sum();
+            dims + strings + states.capacity() * size_of::<MeasureState>() + states_held
+        })
+        .sum();
+    table + held
+}
 
 /// The states of a view's measures for no events.
 pub fn empty_states(view: &CompiledView) -> Vec<MeasureState> {

@@ -79,11 +79,11 @@ impl Distinct {
         self.0.to_sketch(HllType::Hll8).serialize()
     }
 
-    /// About how many bytes it holds: a few bytes a coupon while it keeps a list or set of
-    /// them, then one register byte each of its 2^14 registers.
+    /// About how many bytes it holds: four bytes a coupon slot while it keeps a list or set
+    /// of them, then one register byte each of its 2^14 registers (the crate's own count,
+    /// read without computing an estimate, which for registers visits every one of them).
     pub fn heap_size(&self) -> usize {
-        let coupons = self.0.estimate().max(0.0) as usize;
-        coupons.saturating_mul(8).min(1 << HLL_LG_K) + 64
+        self.0.estimated_size() + 64
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Distinct, String> {

@@ -96,6 +96,11 @@ fn describe() {
     describe_gauge!("tandem_view_speed_events", "Events past the batch watermark, held by the speed layer.");
     describe_gauge!("tandem_view_late_events", "Speed-layer events of days the batch version already holds.");
     describe_gauge!(
+        "tandem_view_speed_bytes",
+        Unit::Bytes,
+        "About how many bytes the speed layer's groups hold (table, keys, states and sketches)."
+    );
+    describe_gauge!(
         "tandem_view_batch_published_timestamp_seconds",
         Unit::Seconds,
         "When the served batch version was published (Unix time)."
@@ -239,7 +244,7 @@ pub async fn render(state: &AppState, metrics: &Metrics) -> String {
     let last_runs = last_runs.unwrap_or_default();
     for name in state.view_names() {
         let Some(live) = state.view(&name) else { continue };
-        let moment = live.read(|s| s.moment());
+        let (moment, speed_bytes) = live.read(|s| (s.moment(), s.speed_bytes()));
         let label = [("view", name.clone())];
         let batch = moment.batch.as_ref();
         gauge!("tandem_view_ready", &label).set(flag(moment.is_ready()));
@@ -247,6 +252,7 @@ pub async fn render(state: &AppState, metrics: &Metrics) -> String {
         gauge!("tandem_view_batch_watermark", &label).set(batch.map_or(0.0, |b| b.watermark as f64));
         gauge!("tandem_view_speed_events", &label).set(moment.speed_events as f64);
         gauge!("tandem_view_late_events", &label).set(moment.late_events as f64);
+        gauge!("tandem_view_speed_bytes", &label).set(speed_bytes as f64);
         // the version's publish time, which the view loaded with it
         if let Some(published) = batch.and_then(|b| b.finished_at.as_deref()).and_then(parse_timestamp) {
             gauge!("tandem_view_batch_published_timestamp_seconds", &label).set(seconds(published));

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
-use tandem_model::agg::{GroupKey, Groups, MeasureState, fold_rows, merge_groups, merge_states};
+use tandem_model::agg::{GroupKey, Groups, MeasureState, fold_rows, groups_bytes, merge_groups, merge_states};
 use tandem_model::log;
 use tandem_model::view::{CompiledView, DAY};
 use tandem_model::{Row, Value};
@@ -218,6 +218,13 @@ impl LiveState {
 
     pub fn speed_events(&self) -> u64 {
         self.segments.values().map(|s| s.events).sum()
+    }
+
+    /// About how many bytes the speed layer's groups hold (see [`groups_bytes`]): a pass over
+    /// every group, taken under the view's read lock (sealed maps are not sized apart from it,
+    /// as a merge holding the only reference changes them in place instead of copying them).
+    pub fn speed_bytes(&self) -> usize {
+        self.segments.values().map(|s| groups_bytes(&s.groups)).sum()
     }
 
     /// When the newest event in the speed layer was acknowledged (UTC micros).

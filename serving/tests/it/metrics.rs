@@ -149,3 +149,50 @@ async fn metrics_count_what_was_acknowledged_and_show_how_far_each_view_is_behin
         assert_eq!(s.value("tandem_view_batch_watermark", &view), stored);
     }
 }
+
+/// `tandem_view_speed_bytes` grows with the speed layer's groups, not with its events: more
+/// events into groups it holds leave it exactly as it was (the view's states, count, sum and
+/// min of a float, hold nothing on the heap), events of new groups raise it, and a batch run
+/// that takes every event into its version empties it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speed_layer_bytes_follow_groups_not_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, &[]);
+    server.create_pageviews(by_bot_view()).await;
+    let view = [("view", "by_bot")];
+    let group = |e: &crate::reference::Event| (date_of(e.ts), e.bot, e.country);
+    let mut acc = Accepted::default();
+    let mut events_of = Gen(0x5eed_0b17);
+
+    assert_eq!(Scrape::take(&server).await.value("tandem_view_speed_bytes", &view), 0.0);
+    let first = events_of.events(400, T0, 24, 1 << 40);
+    ingest_json(&server, &mut acc, &first).await;
+    let groups: std::collections::HashSet<_> = first.iter().map(group).collect();
+    let held = Scrape::take(&server).await.value("tandem_view_speed_bytes", &view);
+    // each group holds at least its three states
+    let states = 3 * std::mem::size_of::<tandem_model::agg::MeasureState>();
+    assert!(held >= (groups.len() * states) as f64, "{held} B for {} groups", groups.len());
+
+    // ten times as many events, all of groups the speed layer holds
+    let more: Vec<_> =
+        events_of.events(8000, T0, 24, 1 << 40).into_iter().filter(|e| groups.contains(&group(e))).collect();
+    assert!(more.len() > 4000, "the test needs many events of the same groups");
+    for chunk in more.chunks(1000) {
+        ingest_json(&server, &mut acc, chunk).await;
+    }
+    let s = Scrape::take(&server).await;
+    assert_eq!(s.value("tandem_view_speed_events", &view), acc.events.len() as f64);
+    assert_eq!(s.value("tandem_view_speed_bytes", &view), held, "more events of the same groups");
+
+    // events of days the speed layer has no groups for
+    let later = events_of.events(400, T0 + 10 * 86_400_000_000, 48, 1 << 40);
+    ingest_json(&server, &mut acc, &later).await;
+    let grown = Scrape::take(&server).await.value("tandem_view_speed_bytes", &view);
+    assert!(grown > held, "new groups: {grown} B against {held} B");
+
+    let run = server.run_batch("by_bot").await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let s = Scrape::take(&server).await;
+    assert_eq!(s.value("tandem_view_speed_events", &view), 0.0);
+    assert_eq!(s.value("tandem_view_speed_bytes", &view), 0.0);
+}

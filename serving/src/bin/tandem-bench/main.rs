@@ -1212,12 +1212,13 @@ async fn memory(http: &reqwest::Client, args: &Args, report: &mut Report) -> any
             anyhow::Ok(())
         });
     }
-    let mut peak_sampled = 0;
+    let (mut peak_sampled, mut speed_peak) = (0, 0.0f64);
     while !tasks.is_empty() {
         tokio::select! {
             done = tasks.join_next() => { if let Some(r) = done { r??; } }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
                 peak_sampled = peak_sampled.max(server.rss_bytes().unwrap_or(0));
+                speed_peak = speed_peak.max(speed_bytes(http, &base, "grid").await?);
             }
         }
     }
@@ -1228,7 +1229,23 @@ async fn memory(http: &reqwest::Client, args: &Args, report: &mut Report) -> any
     report.add("memory: server RSS idle, before", "MiB", mib(idle));
     report.add("memory: server RSS after", "MiB", mib(server.rss_bytes().unwrap_or(0)));
     report.add("memory: server peak RSS", "MiB", mib(server.peak_rss_bytes().unwrap_or(peak_sampled)));
+    let held = speed_bytes(http, &base, "grid").await?;
+    report.add(
+        "memory: speed-layer bytes after (the server's count, tandem_view_speed_bytes)",
+        "MiB",
+        held / 1048576.0,
+    );
+    report.add("memory: speed-layer bytes, largest sampled each second", "MiB", speed_peak.max(held) / 1048576.0);
     Ok(())
+}
+
+/// `view`'s `tandem_view_speed_bytes` in a scrape of `GET /metrics`: about how many bytes its
+/// speed layer's groups hold, by the server's own count.
+async fn speed_bytes(http: &reqwest::Client, base: &str, view: &str) -> anyhow::Result<f64> {
+    let text = http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await?;
+    let series = format!("tandem_view_speed_bytes{{view=\"{view}\"}} ");
+    let line = text.lines().find_map(|l| l.strip_prefix(&series)).context("no tandem_view_speed_bytes for the view")?;
+    Ok(line.trim().parse()?)
 }
 
 fn write_report(args: &Args, report: &Report) -> anyhow::Result<()> {
