@@ -169,6 +169,7 @@ impl DatasetWriter {
             group_keys: HashMap::new(),
             roll_failed: None,
             metrics: WriterMetrics::new(&spec.name),
+            after_seal: None,
         };
         thread.replay()?;
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -313,7 +314,15 @@ struct WriterThread {
     /// When sealing last failed (a full disk): the next timed attempt waits a second.
     roll_failed: Option<Instant>,
     metrics: WriterMetrics,
+    /// While `TANDEM_LOG` shows debug lines: the events folded since the last seal and the
+    /// writer's CPU time folding them, until [`AFTER_SEAL_EVENTS`], for the line that says what
+    /// a seal's new maps cost.
+    after_seal: Option<(usize, Duration)>,
 }
+
+/// How many events after a seal the writer's debug line `folds after a seal` covers: about
+/// the first 150 ms at the bench's ack rate, when a new segment's maps make their groups.
+const AFTER_SEAL_EVENTS: usize = 100_000;
 
 /// What the writer reports to `GET /metrics`, through the `metrics` facade (a no-op without
 /// an installed recorder). The handles are taken once, so a group commit pays an atomic add
@@ -522,6 +531,16 @@ impl WriterThread {
                     "slow group commit"
                 );
             }
+            if let Some((events, cpu)) = &mut self.after_seal {
+                *events += steps.events;
+                *cpu += steps.fold_cpu;
+                if *events >= AFTER_SEAL_EVENTS {
+                    let (events, cpu) = (*events, cpu.as_secs_f64());
+                    let us_per_event = cpu * 1e6 / events as f64;
+                    tracing::debug!(dataset = %self.spec.name, events, fold_cpu_ms = cpu * 1e3, us_per_event, "folds after a seal");
+                    self.after_seal = None;
+                }
+            }
             if let Some(reply) = stop {
                 let _ = reply.send(());
                 return;
@@ -529,6 +548,7 @@ impl WriterThread {
             let rolling = Instant::now();
             if self.maybe_roll() {
                 tracing::debug!(dataset = %self.spec.name, ms = rolling.elapsed().as_secs_f64() * 1e3, "sealed the active segment");
+                self.after_seal = tracing::enabled!(tracing::Level::DEBUG).then_some((0, Duration::ZERO));
             }
             if last_evict.elapsed() > Duration::from_secs(60) {
                 let (now, window) = (now_micros(), self.window());
