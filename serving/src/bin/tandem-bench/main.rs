@@ -1212,13 +1212,15 @@ async fn memory(http: &reqwest::Client, args: &Args, report: &mut Report) -> any
             anyhow::Ok(())
         });
     }
-    let (mut peak_sampled, mut speed_peak) = (0, 0.0f64);
+    let (mut peak_sampled, mut speed_peak, mut scrapes) = (0, 0.0f64, Vec::new());
     while !tasks.is_empty() {
         tokio::select! {
             done = tasks.join_next() => { if let Some(r) = done { r??; } }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
                 peak_sampled = peak_sampled.max(server.rss_bytes().unwrap_or(0));
+                let asked = Instant::now();
                 speed_peak = speed_peak.max(speed_bytes(http, &base, "grid").await?);
+                scrapes.push(asked.elapsed().as_secs_f64() * 1e3);
             }
         }
     }
@@ -1229,6 +1231,15 @@ async fn memory(http: &reqwest::Client, args: &Args, report: &mut Report) -> any
     report.add("memory: server RSS idle, before", "MiB", mib(idle));
     report.add("memory: server RSS after", "MiB", mib(server.rss_bytes().unwrap_or(0)));
     report.add("memory: server peak RSS", "MiB", mib(server.peak_rss_bytes().unwrap_or(peak_sampled)));
+    // the same scrape with the server idle: mostly the pass over the groups
+    let mut idle_scrapes = Vec::new();
+    for _ in 0..20 {
+        let asked = Instant::now();
+        speed_bytes(http, &base, "grid").await?;
+        idle_scrapes.push(asked.elapsed().as_secs_f64() * 1e3);
+    }
+    idle_scrapes.sort_by(f64::total_cmp);
+    report.add("memory: GET /metrics after, idle, p50", "ms", percentile(&idle_scrapes, 0.5));
     let held = speed_bytes(http, &base, "grid").await?;
     report.add(
         "memory: speed-layer bytes after (the server's count, tandem_view_speed_bytes)",
@@ -1236,6 +1247,12 @@ async fn memory(http: &reqwest::Client, args: &Args, report: &mut Report) -> any
         held / 1048576.0,
     );
     report.add("memory: speed-layer bytes, largest sampled each second", "MiB", speed_peak.max(held) / 1048576.0);
+    // what those scrapes took while the events arrived (each sizes every group of the view)
+    scrapes.sort_by(f64::total_cmp);
+    if !scrapes.is_empty() {
+        report.add("memory: GET /metrics while filling, p50", "ms", percentile(&scrapes, 0.5));
+        report.add("memory: GET /metrics while filling, slowest", "ms", scrapes[scrapes.len() - 1]);
+    }
     Ok(())
 }
 
