@@ -512,7 +512,7 @@ async fn compressed_latencies(
     format: Answered,
     encoding: &str,
 ) -> anyhow::Result<(Timed, usize, usize)> {
-    let mut timed = Timed { sent: Vec::with_capacity(n), ms: Vec::with_capacity(n) };
+    let mut timed = Timed::with_capacity(n);
     let (mut rows, mut size) = (0, 0);
     for _ in 0..n {
         let sent = Instant::now();
@@ -525,8 +525,7 @@ async fn compressed_latencies(
                 plain
             }
         };
-        timed.ms.push(sent.elapsed().as_secs_f64() * 1e3);
-        timed.sent.push(sent);
+        timed.record(sent);
         size = compressed.len();
         rows = rows_in(&answer, format).with_context(|| format!("query {q}: the answer"))?;
     }
@@ -572,7 +571,7 @@ const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 /// requests answered by then, timed as [`timed_requests`] times them.
 async fn dashboard(host: String, queries: Vec<Bytes>, every: Duration, until: Instant) -> anyhow::Result<Vec<Timed>> {
     let mut conn = raw_http::Connection::open(&host).await?;
-    let mut timed: Vec<Timed> = queries.iter().map(|_| Timed { sent: Vec::new(), ms: Vec::new() }).collect();
+    let mut timed: Vec<Timed> = queries.iter().map(|_| Timed::with_capacity(0)).collect();
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -586,8 +585,7 @@ async fn dashboard(host: String, queries: Vec<Bytes>, every: Duration, until: In
             if Instant::now() > until {
                 return Ok(timed);
             }
-            query.ms.push(t.elapsed().as_secs_f64() * 1000.0);
-            query.sent.push(t);
+            query.record(t);
         }
     }
 }
@@ -596,6 +594,18 @@ async fn dashboard(host: String, queries: Vec<Bytes>, every: Duration, until: In
 struct Timed {
     sent: Vec<Instant>,
     ms: Vec<f64>,
+}
+
+impl Timed {
+    fn with_capacity(n: usize) -> Timed {
+        Timed { sent: Vec::with_capacity(n), ms: Vec::with_capacity(n) }
+    }
+
+    /// A request sent at `sent` and answered now.
+    fn record(&mut self, sent: Instant) {
+        self.ms.push(sent.elapsed().as_secs_f64() * 1e3);
+        self.sent.push(sent);
+    }
 }
 
 /// `n` sends of a prepared `request` over one keep-alive connection to `host`, each timed
@@ -608,12 +618,11 @@ async fn timed_requests(
     mut check: impl FnMut(usize, u16, &[u8]) -> anyhow::Result<()>,
 ) -> anyhow::Result<Timed> {
     let mut conn = raw_http::Connection::open(host).await?;
-    let mut timed = Timed { sent: Vec::with_capacity(n), ms: Vec::with_capacity(n) };
+    let mut timed = Timed::with_capacity(n);
     for i in 0..n {
         let t = Instant::now();
         let (status, answer) = conn.send(request).await?;
-        timed.ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        timed.sent.push(t);
+        timed.record(t);
         check(i, status, answer)?;
     }
     Ok(timed)
@@ -1063,13 +1072,12 @@ async fn main() -> anyhow::Result<()> {
         for encoding in turns {
             let of = format!("{name}, as JSON, {}", encoding.unwrap_or("not compressed"));
             let acks = under_ingest(&http, &base, &bodies_1k, async || {
-                let mut timed = Timed { sent: Vec::with_capacity(n), ms: Vec::with_capacity(n) };
+                let mut timed = Timed::with_capacity(n);
                 let go_on = for_seconds(args.seconds);
                 while go_on() || timed.ms.len() < n {
                     let sent = Instant::now();
                     fetch(&http, &base, q, Answered::Json, encoding).await?;
-                    timed.ms.push(sent.elapsed().as_secs_f64() * 1e3);
-                    timed.sent.push(sent);
+                    timed.record(sent);
                 }
                 report.add_latencies("query", "under ingest", &format!("{of} (bytes read, not decoded)"), timed)
             })
