@@ -5,13 +5,14 @@
 //!
 //! `cargo run --release -p tandem-model --example fold_rate` prints µs per event for each stretch
 //! of the first 2 M events, in three rounds, each into a new map (`bench/HISTORY.md`, session 47),
-//! and how long sizing each round's map takes (`groups_bytes`, what `/metrics` reports).
+//! and how long sizing each round's map takes (`groups_bytes`, what `/metrics` reports, against
+//! sizing every group).
 //! With `KEEP=1` in the environment each round's map is kept, as the server keeps a sealed
 //! segment's map until it is merged, so that the next map's memory comes fresh from the kernel.
 
 use std::time::Instant;
 
-use tandem_model::agg::{Groups, fold_rows, groups_bytes};
+use tandem_model::agg::{Groups, fold_rows, groups_bytes, groups_bytes_from};
 use tandem_model::schema::DatasetSpec;
 use tandem_model::view::ViewSpec;
 use tandem_model::{Row, Value};
@@ -62,10 +63,20 @@ fn main() {
             done += chunk;
         }
         println!("round {round} ({} groups) µs/event: {}", groups.len(), report.join(", "));
-        // what a `/metrics` scrape spends sizing such a map under the view's lock
+        // what a `/metrics` scrape spends sizing such a map under the view's lock, and what
+        // sizing every group one by one would
         let t = Instant::now();
         let bytes = groups_bytes(&groups);
-        println!("  sized in {:.1} µs: {:.1} MiB", t.elapsed().as_secs_f64() * 1e6, bytes as f64 / 1048576.0);
+        let sampled = t.elapsed();
+        let t = Instant::now();
+        let whole = groups_bytes_from(&groups, usize::MAX);
+        println!(
+            "  sized in {:.1} µs: {:.2} MiB (every group sized: {:.1} µs, {:.2} MiB)",
+            sampled.as_secs_f64() * 1e6,
+            bytes as f64 / 1048576.0,
+            t.elapsed().as_secs_f64() * 1e6,
+            whole as f64 / 1048576.0
+        );
         if std::env::var_os("KEEP").is_some() {
             kept.push(groups);
         }

@@ -220,9 +220,10 @@ impl LiveState {
         self.segments.values().map(|s| s.events).sum()
     }
 
-    /// About how many bytes the speed layer's groups hold (see [`groups_bytes`]): a pass over
-    /// every group, taken under the view's read lock (sealed maps are not sized apart from it,
-    /// as a merge holding the only reference changes them in place instead of copying them).
+    /// About how many bytes the speed layer's groups hold (see [`groups_bytes`]: a map of many
+    /// groups is sized from a sample of them), taken under the view's read lock (sealed maps
+    /// are not sized apart from it, as a merge holding the only reference changes them in place
+    /// instead of copying them).
     pub fn speed_bytes(&self) -> usize {
         self.segments.values().map(|s| groups_bytes(&s.groups)).sum()
     }
