@@ -80,6 +80,10 @@ pub async fn prune_log(env: &BatchEnv, dataset: &str, min_age: Duration) -> Resu
                 sync(file.parent().expect("a master file lies in a day's directory"))?;
             }
             let bytes = std::fs::metadata(&seg_path).map(|m| m.len()).unwrap_or(0);
+            // the active segment's entry is synced with its first records (`tandem_model::log`):
+            // made durable before a removal, so that a crash can never leave a log whose
+            // segments are all gone, which would number events from 1 again
+            sync(&log_dir)?;
             std::fs::remove_file(&seg_path).map_err(|e| Error::Io(seg_path.display().to_string(), e))?;
             sync(&log_dir)?;
             Ok(bytes)

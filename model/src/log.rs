@@ -40,7 +40,8 @@
 //! durable before any of them is acknowledged (a failed one leaves the file empty again, and
 //! the next sync writes the header anew), so a seal adds no fsync to the writer's path. A crash
 //! before that sync can leave the new segment gone, empty or headerless, which loses nothing
-//! acknowledged.
+//! acknowledged (log retention syncs the directory before it deletes a sealed segment, so the
+//! log is never left with no segment, which would number events from 1 again).
 //! On open, the active segment is read back: a torn or corrupt tail (a crash mid-write, a
 //! lost header) is cut off at the last whole record and reported in [`Recovery`]; a sealed
 //! segment that does not read back whole is an error, never skipped.
