@@ -833,5 +833,21 @@ mod tests {
         let (mut log, _) = LogWriter::open(dir.path()).unwrap();
         log.append(1, &[row(1), row(2)], 0, None);
         assert_eq!(count_events(log.buffered_records()), 2);
+        // the new segment's first sync fails (its file opened read-only: the write is refused)
+        let writable = std::mem::replace(&mut log.file, File::open(&log.path).unwrap());
+        assert!(log.sync().is_err());
+        assert_eq!(log.next_seq(), 1, "the sequence numbers are given back");
+        // the next sync writes the segment's header again, with its own records
+        log.file = writable;
+        assert_eq!(log.append(2, &[row(3)], 0, None), 1);
+        log.sync().unwrap();
+        drop(log);
+        let (log, recovery) = LogWriter::open(dir.path()).unwrap();
+        assert!(recovery.truncated.is_none(), "{:?}", recovery.truncated);
+        assert_eq!(log.next_seq(), 2);
+        let (sealed, _) = sealed_segments(dir.path()).unwrap().remove(0);
+        let records = read_sealed(&sealed.path).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!((records[0].first_seq, &records[0].rows), (1, &vec![row(3)]));
     }
 }
