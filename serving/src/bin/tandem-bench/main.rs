@@ -1239,7 +1239,7 @@ async fn memory(http: &reqwest::Client, args: &Args, report: &mut Report) -> any
     report.add("memory: server RSS idle, before", "MiB", mib(idle));
     report.add("memory: server RSS after", "MiB", mib(server.rss_bytes().unwrap_or(0)));
     report.add("memory: server peak RSS", "MiB", mib(server.peak_rss_bytes().unwrap_or(peak_sampled)));
-    // the same scrape with the server idle: mostly the pass over the groups
+    // the same scrape with the server idle: mostly the sizing of the view's speed maps
     let mut idle_scrapes = Vec::new();
     for _ in 0..20 {
         let asked = Instant::now();
@@ -1255,7 +1255,8 @@ async fn memory(http: &reqwest::Client, args: &Args, report: &mut Report) -> any
         held / 1048576.0,
     );
     report.add("memory: speed-layer bytes, largest sampled each second", "MiB", speed_peak.max(held) / 1048576.0);
-    // what those scrapes took while the events arrived (each sizes every group of the view)
+    // what those scrapes took while the events arrived (each sizes the view's speed maps under
+    // its lock: since session 53 from a sample of each map's groups, `groups_bytes`)
     scrapes.sort_by(f64::total_cmp);
     if !scrapes.is_empty() {
         report.add("memory: GET /metrics while filling, p50", "ms", percentile(&scrapes, 0.5));
