@@ -11,6 +11,7 @@ use serde::Serialize;
 use tandem_model::event::{Format, Limits};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::coding::Coding;
 use super::error::{ApiError, ApiResult};
 use crate::app::AppState;
 
@@ -38,7 +39,7 @@ pub async fn ingest(
 ) -> ApiResult<Json<Stored>> {
     let dataset = state.dataset(&name).ok_or_else(|| ApiError::not_found(format!("dataset {name:?}")))?;
     let format = format_of(&headers)?;
-    let coding = coding_of(&headers)?;
+    let coding = Coding::of_body(&headers)?;
     let key = idempotency_key(&headers)?;
     let limit = state.config.max_body_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
@@ -97,47 +98,6 @@ fn overloaded() -> ApiError {
     ApiError::unavailable("overloaded", "too many ingest bytes are in flight; nothing was stored, retry shortly", 1)
 }
 
-/// The compression an ingest request's body is sent in (`Content-Encoding`).
-#[derive(Debug, Clone, Copy)]
-enum Coding {
-    Gzip,
-    Zstd,
-}
-
-impl Coding {
-    fn name(self) -> &'static str {
-        match self {
-            Coding::Gzip => "gzip",
-            Coding::Zstd => "zstd",
-        }
-    }
-}
-
-/// The body's `Content-Encoding`: `None` for none (or `identity`), else `gzip` (`x-gzip`) or
-/// `zstd`; any other, or more than one coding, is 415.
-fn coding_of(headers: &HeaderMap) -> ApiResult<Option<Coding>> {
-    let mut codings = headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(|c| c.trim().to_ascii_lowercase())
-        .filter(|c| !c.is_empty() && c != "identity");
-    let coding = match codings.next().as_deref() {
-        None => None,
-        Some("gzip" | "x-gzip") => Some(Coding::Gzip),
-        Some("zstd") => Some(Coding::Zstd),
-        Some(other) => return Err(unsupported_encoding(format!("content-encoding {other:?} is not gzip or zstd"))),
-    };
-    match codings.next() {
-        None => Ok(coding),
-        Some(_) => Err(unsupported_encoding("a body is taken in one content-encoding, gzip or zstd, not several")),
-    }
-}
-
-fn unsupported_encoding(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", message)
-}
-
 /// The body `raw` inflated, refusing more than `limit` inflated bytes with 413. Before each
 /// step of output is made (see [`INFLATE_STEP`]), `permit` is grown from the in-flight budget to cover
 /// it and `raw` (503 when there is no room), so an inflated body is bounded by the budget as
@@ -152,10 +112,7 @@ async fn inflate(
     let invalid = |e: std::io::Error| {
         ApiError::bad_request("invalid_request", format!("the body is not valid {}: {e}", coding.name()))
     };
-    let mut reader: Box<dyn Read + Send + '_> = match coding {
-        Coding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
-        Coding::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(raw).map_err(invalid)?),
-    };
+    let mut reader = coding.decoder(raw).map_err(invalid)?;
     let mut out = Vec::new();
     loop {
         // one byte past the limit is enough to know the body is too large

@@ -3,6 +3,7 @@
 
 pub mod error;
 
+mod coding;
 mod datasets;
 mod events;
 mod system;
@@ -18,17 +19,14 @@ use crate::app::AppState;
 use crate::metrics::{Metrics, TrackLayer};
 use error::ApiError;
 
-/// An answer of at least this many bytes is compressed (gzip or zstd, at their fastest
-/// levels) when the request's `Accept-Encoding` allows it.
-const COMPRESS_FROM: u16 = 1024;
-
-/// Compression for the routes whose answers can be large (a query's rows, the metrics, the
-/// lists); not for ingest, whose answers are a few bytes and whose path stays as lean as it
-/// can be.
+/// Compression for the routes whose answers can be large (the metrics, the lists), at the
+/// same sizes and levels as a query's answer, which is compressed by its handler
+/// ([`coding`]); not for ingest, whose answers are a few bytes and whose path stays as lean
+/// as it can be.
 fn compression() -> CompressionLayer<impl Predicate> {
     CompressionLayer::new()
         .quality(CompressionLevel::Fastest)
-        .compress_when(SizeAbove::new(COMPRESS_FROM).and(NotForContentType::GRPC))
+        .compress_when(SizeAbove::new(coding::COMPRESS_FROM as u16).and(NotForContentType::GRPC))
 }
 
 pub fn router(state: AppState, metrics: Metrics) -> Router {
@@ -43,7 +41,7 @@ pub fn router(state: AppState, metrics: Metrics) -> Router {
         .route("/v1/datasets/{name}/events", post(events::ingest))
         .route("/v1/views", post(views::create).get(views::list).layer(compression()))
         .route("/v1/views/{name}", get(views::get).delete(views::delete))
-        .route("/v1/views/{name}/query", post(views::query_post).get(views::query_get).layer(compression()))
+        .route("/v1/views/{name}/query", post(views::query_post).get(views::query_get))
         .route("/v1/views/{name}/runs", post(views::start_run).get(views::list_runs).layer(compression()))
         .route("/v1/runs/{id}", get(views::get_run))
         .route_layer(TrackLayer::new(&metrics))

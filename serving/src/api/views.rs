@@ -7,8 +7,8 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::header::{ACCEPT, CONTENT_TYPE};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::{ACCEPT, CONTENT_ENCODING, CONTENT_TYPE, VARY};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -16,6 +16,7 @@ use tandem_batch::catalog::{RunRecord, Trigger, ViewRecord};
 use tandem_model::ViewSpec;
 use tandem_model::value::format_timestamp;
 
+use super::coding::{COMPRESS_FROM, Coding, weighted};
 use super::error::{ApiError, ApiJson, ApiResult};
 use crate::app::AppState;
 use crate::query::{ARROW_STREAM, Answer, Format, QueryRequest, prepare};
@@ -112,7 +113,7 @@ pub async fn query_post(
     headers: HeaderMap,
     ApiJson(request): ApiJson<QueryRequest>,
 ) -> ApiResult<Response> {
-    ask(&state, &name, request, answer_format(&headers)?).await
+    ask(&state, &name, request, answer_format(&headers)?, Coding::accepted(&headers)).await
 }
 
 pub async fn query_get(
@@ -122,7 +123,7 @@ pub async fn query_get(
     pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(pairs) = pairs?;
-    ask(&state, &name, QueryRequest::from_pairs(pairs)?, answer_format(&headers)?).await
+    ask(&state, &name, QueryRequest::from_pairs(pairs)?, answer_format(&headers)?, Coding::accepted(&headers)).await
 }
 
 /// The answer's format from the request's `Accept`: Arrow when it names [`ARROW_STREAM`], JSON
@@ -132,19 +133,8 @@ fn answer_format(headers: &HeaderMap) -> ApiResult<Format> {
     if headers.get(ACCEPT).is_none() {
         return Ok(Format::Json);
     }
-    let refused = |params: &str| {
-        params.split(';').any(|p| p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f64>().ok()) == Some(0.0))
-    };
-    let accepted: Vec<String> = headers
-        .get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|range| {
-            let (essence, params) = range.split_once(';').unwrap_or((range, ""));
-            (!refused(params)).then(|| essence.trim().to_ascii_lowercase())
-        })
-        .collect();
+    let accepted: Vec<String> =
+        weighted(headers, ACCEPT.as_str()).filter(|(_, q)| *q != 0.0).map(|(range, _)| range).collect();
     let accepts = |names: &[&str]| accepted.iter().any(|range| names.contains(&range.as_str()));
     if accepts(&[ARROW_STREAM]) {
         Ok(Format::Arrow)
@@ -162,21 +152,55 @@ fn answer_format(headers: &HeaderMap) -> ApiResult<Format> {
 /// Answers, and writes the answer's bytes: a light query (see
 /// [`crate::query::Prepared::is_light`]) right here, any other on a blocking thread, as a
 /// query over many rows takes milliseconds of CPU, which on an async worker would hold up
-/// the ingest requests queued behind it.
-async fn ask(state: &AppState, name: &str, request: QueryRequest, format: Format) -> ApiResult<Response> {
+/// the ingest requests queued behind it. An answer is compressed (`coding`, when the request
+/// accepts one) on a blocking thread too, for the same reason.
+async fn ask(
+    state: &AppState,
+    name: &str,
+    request: QueryRequest,
+    format: Format,
+    coding: Option<Coding>,
+) -> ApiResult<Response> {
     let live = state.view(name).ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
     let prepared = prepare(&live, request)?;
-    let answer = if prepared.is_light(&live) {
-        prepared.answer(&live, format)?
+    let (pieces, coding) = if prepared.is_light(&live) {
+        let answer = prepared.answer(&live, format)?;
+        if coding.is_some() && answer.len() >= COMPRESS_FROM {
+            blocking(move || encoded(answer, coding)).await?
+        } else {
+            (answer.into_pieces(), None)
+        }
     } else {
-        let answered = tokio::task::spawn_blocking(move || prepared.answer(&live, format)).await;
-        answered.map_err(|e| ApiError::internal("query task", e))??
+        blocking(move || encoded(prepared.answer(&live, format)?, coding)).await?
     };
     let content_type = match format {
         Format::Json => "application/json",
         Format::Arrow => ARROW_STREAM,
     };
-    Ok(([(CONTENT_TYPE, content_type)], Body::new(Pieces::new(answer, name))).into_response())
+    let mut response = ([(CONTENT_TYPE, content_type)], Body::new(Pieces::new(pieces, name))).into_response();
+    let headers = response.headers_mut();
+    headers.insert(VARY, HeaderValue::from_static("accept-encoding"));
+    if let Some(coding) = coding {
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static(coding.name()));
+    }
+    Ok(response)
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::internal("query task", e))?
+}
+
+/// An answer's pieces as they are sent, and the coding they are in: compressed when `coding`
+/// is given and the answer has at least [`COMPRESS_FROM`] bytes.
+fn encoded(answer: Answer, coding: Option<Coding>) -> ApiResult<(Vec<Bytes>, Option<Coding>)> {
+    match coding.filter(|_| answer.len() >= COMPRESS_FROM) {
+        None => Ok((answer.into_pieces(), None)),
+        Some(coding) => {
+            let packed =
+                coding.compress(&answer.into_pieces()).map_err(|e| ApiError::internal("compressing an answer", e))?;
+            Ok((vec![packed], Some(coding)))
+        }
+    }
 }
 
 /// An answer whose sending took longer than this logs how long (`TANDEM_LOG=tandem_serving=debug`),
@@ -194,10 +218,10 @@ struct Pieces {
 }
 
 impl Pieces {
-    fn new(answer: Answer, view: &str) -> Pieces {
-        let left = answer.len() as u64;
+    fn new(pieces: Vec<Bytes>, view: &str) -> Pieces {
+        let left = pieces.iter().map(Bytes::len).sum::<usize>() as u64;
         let watched = tracing::enabled!(tracing::Level::DEBUG).then(|| (view.to_string(), left, Instant::now()));
-        Pieces { pieces: answer.into_pieces().into_iter(), left, watched }
+        Pieces { pieces: pieces.into_iter(), left, watched }
     }
 }
 

@@ -47,6 +47,8 @@ async fn ask(server: &TestServer, q: &Value, accept: &str, accept_encoding: Opti
     }
     let resp = req.send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    let vary = resp.headers().get("vary").map(|v| v.to_str().unwrap().to_ascii_lowercase());
+    assert!(vary.is_some_and(|v| v.contains("accept-encoding")), "an answer says it varies with Accept-Encoding");
     let encoding = resp.headers().get("content-encoding").map(|v| v.to_str().unwrap().to_string());
     let body = resp.bytes().await.unwrap().to_vec();
     let plain = match encoding.as_deref() {
@@ -132,7 +134,14 @@ async fn compressed_bodies_are_stored_and_answers_compressed_when_asked() {
     let by_hour = json!({"granularity": "hour", "group_by": ["country"]});
     let (_, plain) = ask(&server, &by_hour, "application/json", None).await;
     assert!(plain.len() >= 1024, "the answer must be large enough to be compressed: {} bytes", plain.len());
-    for (accept_encoding, chosen) in [("zstd", "zstd"), ("gzip", "gzip"), ("br;q=1, gzip;q=0.5", "gzip")] {
+    for (accept_encoding, chosen) in [
+        ("zstd", "zstd"),
+        ("gzip", "gzip"),
+        ("br;q=1, gzip;q=0.5", "gzip"),
+        ("gzip, zstd", "zstd"),
+        ("zstd;q=0, gzip", "gzip"),
+        ("zstd;q=0.2, x-gzip;q=0.9", "gzip"),
+    ] {
         let (encoding, compressed) = ask(&server, &by_hour, "application/json", Some(accept_encoding)).await;
         assert_eq!(encoding.as_deref(), Some(chosen), "{accept_encoding}");
         assert_eq!(compressed, plain, "{accept_encoding}: the same answer, compressed");
