@@ -2,10 +2,10 @@
 //! the compressed answers queries give (`Accept-Encoding`), gzip or zstd either way.
 //!
 //! The other routes that answer rows or lists have their answers compressed by tower-http's
-//! layer (`super::compression`); a query's answer is compressed here instead, on a blocking
-//! thread, because the layer compresses on the connection's task: about 10 ms of CPU for the
-//! bench's 30-day answer, during which the ingest requests queued on that async worker wait
-//! (`bench/HISTORY.md`, session 54).
+//! layer (`super::compression`); a query's answer is compressed whole by
+//! [`Coding::compress`], on a blocking thread (`super::views`), because the layer compresses
+//! on the connection's task: about 10 ms of CPU for the bench's 30-day answer, during which
+//! the ingest requests queued on that async worker wait (`bench/HISTORY.md`, session 54).
 
 use std::io::{Read, Write};
 
