@@ -69,21 +69,22 @@ impl Coding {
             .map(|(_, coding)| coding)
     }
 
-    /// `pieces` compressed as one body, at the coding's fastest level.
-    pub fn compress(self, pieces: &[Bytes]) -> std::io::Result<Bytes> {
+    /// `pieces` compressed as one body, at the coding's fastest level; each piece is let go
+    /// once compressed, so that a large answer is not held twice over.
+    pub fn compress(self, pieces: Vec<Bytes>) -> std::io::Result<Bytes> {
         let len: usize = pieces.iter().map(Bytes::len).sum();
         let out = Vec::with_capacity(len / 4);
         let out = match self {
             Coding::Gzip => {
                 let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
-                pieces.iter().try_for_each(|piece| encoder.write_all(piece))?;
+                pieces.into_iter().try_for_each(|piece| encoder.write_all(&piece))?;
                 encoder.finish()?
             }
             Coding::Zstd => {
                 let mut encoder = zstd::stream::write::Encoder::new(out, 1)?;
                 encoder.include_contentsize(true)?;
                 encoder.set_pledged_src_size(Some(len as u64))?;
-                pieces.iter().try_for_each(|piece| encoder.write_all(piece))?;
+                pieces.into_iter().try_for_each(|piece| encoder.write_all(&piece))?;
                 encoder.finish()?
             }
         };
@@ -146,7 +147,7 @@ mod tests {
         let pieces: Vec<Bytes> = (0..50).map(|i| Bytes::from(format!("{{\"row\":{i}}},").repeat(40))).collect();
         let whole = pieces.concat();
         for coding in [Coding::Gzip, Coding::Zstd] {
-            let packed = coding.compress(&pieces).unwrap();
+            let packed = coding.compress(pieces.clone()).unwrap();
             assert!(packed.len() < whole.len() / 4, "{coding:?}: {} of {}", packed.len(), whole.len());
             let mut back = Vec::new();
             coding.decoder(&packed).unwrap().read_to_end(&mut back).unwrap();

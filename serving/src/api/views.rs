@@ -197,7 +197,7 @@ fn encoded(answer: Answer, coding: Option<Coding>) -> ApiResult<(Vec<Bytes>, Opt
         None => Ok((answer.into_pieces(), None)),
         Some(coding) => {
             let packed =
-                coding.compress(&answer.into_pieces()).map_err(|e| ApiError::internal("compressing an answer", e))?;
+                coding.compress(answer.into_pieces()).map_err(|e| ApiError::internal("compressing an answer", e))?;
             Ok((vec![packed], Some(coding)))
         }
     }
