@@ -19,7 +19,8 @@ use super::error::{ApiError, ApiResult};
 /// levels) when the request's `Accept-Encoding` allows it.
 pub const COMPRESS_FROM: usize = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// In the order of preference when a request weighs them alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Coding {
     Gzip,
     Zstd,
@@ -65,7 +66,7 @@ impl Coding {
                 "gzip" | "x-gzip" => Some((q, Coding::Gzip)),
                 _ => None,
             })
-            .max_by(|(qa, a), (qb, b)| qa.total_cmp(qb).then((*a == Coding::Zstd).cmp(&(*b == Coding::Zstd))))
+            .max_by(|(qa, a), (qb, b)| qa.total_cmp(qb).then(a.cmp(b)))
             .map(|(_, coding)| coding)
     }
 

@@ -165,7 +165,7 @@ async fn ask(
     let prepared = prepare(&live, request)?;
     let (pieces, coding) = if prepared.is_light(&live) {
         let answer = prepared.answer(&live, format)?;
-        if coding.is_some() && answer.len() >= COMPRESS_FROM {
+        if compressed_in(coding, &answer).is_some() {
             blocking(move || encoded(answer, coding)).await?
         } else {
             (answer.into_pieces(), None)
@@ -190,10 +190,15 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> ApiResult<T> + Send 
     tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::internal("query task", e))?
 }
 
-/// An answer's pieces as they are sent, and the coding they are in: compressed when `coding`
-/// is given and the answer has at least [`COMPRESS_FROM`] bytes.
+/// The coding `answer` is sent in: the one the request accepts, if any, when the answer has
+/// at least [`COMPRESS_FROM`] bytes.
+fn compressed_in(accepted: Option<Coding>, answer: &Answer) -> Option<Coding> {
+    accepted.filter(|_| answer.len() >= COMPRESS_FROM)
+}
+
+/// An answer's pieces as they are sent, and the coding they are in (see [`compressed_in`]).
 fn encoded(answer: Answer, coding: Option<Coding>) -> ApiResult<(Vec<Bytes>, Option<Coding>)> {
-    match coding.filter(|_| answer.len() >= COMPRESS_FROM) {
+    match compressed_in(coding, &answer) {
         None => Ok((answer.into_pieces(), None)),
         Some(coding) => {
             let packed =
