@@ -74,6 +74,7 @@ pub async fn prune_log(env: &BatchEnv, dataset: &str, min_age: Duration) -> Resu
         }
         let local: Vec<PathBuf> = mine.iter().map(|p| env.data_dir.join(p.as_ref())).collect();
         let (seg_path, log_dir) = (segment.path.clone(), dir.clone());
+        let first_of_pass = pruned.segments == 0;
         let bytes = tokio::task::spawn_blocking(move || -> Result<u64> {
             for file in &local {
                 sync(file)?;
@@ -82,8 +83,11 @@ pub async fn prune_log(env: &BatchEnv, dataset: &str, min_age: Duration) -> Resu
             let bytes = std::fs::metadata(&seg_path).map(|m| m.len()).unwrap_or(0);
             // the active segment's entry is synced with its first records (`tandem_model::log`):
             // made durable before a removal, so that a crash can never leave a log whose
-            // segments are all gone, which would number events from 1 again
-            sync(&log_dir)?;
+            // segments are all gone, which would number events from 1 again (after the first
+            // removal of a pass, the sync that followed it did that)
+            if first_of_pass {
+                sync(&log_dir)?;
+            }
             std::fs::remove_file(&seg_path).map_err(|e| Error::Io(seg_path.display().to_string(), e))?;
             sync(&log_dir)?;
             Ok(bytes)
