@@ -530,6 +530,11 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
 
     fn visit_f64<E: de::Error>(self, f: f64) -> Result<Self::Value, E> {
         Ok(match self.ty {
+            // serde_json reads an integer beyond `u64`, or below `i64::MIN`, as a float (one
+            // just below rounds to -2^63, which an integer in range comes as `visit_i64`)
+            FieldType::Int64 if f.fract() == 0.0 && f.abs() >= 2f64.powi(63) => {
+                Err("integer out of int64 range".into())
+            }
             FieldType::Int64 => Err("expected an integer, got a float".into()),
             FieldType::Float64 if f.is_finite() => Ok(Value::Float(f)),
             FieldType::Float64 => Err("number out of float64 range".into()),
@@ -671,6 +676,28 @@ mod tests {
             r#"{"ts":1"#,
         ] {
             assert!(decode(&s, Format::Json, bad.as_bytes(), &Limits::default()).is_err(), "{bad} accepted");
+        }
+    }
+
+    /// An int64 field takes exactly int64's range, and says why it refuses a number.
+    #[test]
+    fn int64_edges_are_kept_or_refused_with_the_reason() {
+        let s = spec();
+        let message = |text: &str| {
+            let body = format!(r#"{{"ts":1,"n":{text}}}"#);
+            match decode(&s, Format::Json, body.as_bytes(), &Limits::default()) {
+                Ok(rows) => Ok(rows[0][3].clone()),
+                Err(errs) => Err(errs[0].message.clone()),
+            }
+        };
+        assert_eq!(message("9223372036854775807"), Ok(Value::Int(i64::MAX)));
+        assert_eq!(message("-9223372036854775808"), Ok(Value::Int(i64::MIN)));
+        let out_of_range = Err("integer out of int64 range".to_string());
+        for text in ["9223372036854775808", "18446744073709551616", "-9223372036854775809", "1e19", "-1e30"] {
+            assert_eq!(message(text), out_of_range, "{text}");
+        }
+        for text in ["1.5", "1.0", "-0.25", "1e3"] {
+            assert_eq!(message(text), Err("expected an integer, got a float".to_string()), "{text}");
         }
     }
 

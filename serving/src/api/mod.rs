@@ -11,6 +11,7 @@ mod views;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, StatusCode};
 use axum::routing::{get, post};
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
@@ -44,6 +45,14 @@ pub fn router(state: AppState, metrics: Metrics) -> Router {
         .route("/v1/views/{name}/query", post(views::query_post).get(views::query_get))
         .route("/v1/views/{name}/runs", post(views::start_run).get(views::list_runs).layer(compression()))
         .route("/v1/runs/{id}", get(views::get_run))
+        // in the API's error shape too; axum adds the route's `Allow` header
+        .method_not_allowed_fallback(|method: Method| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed here; the Allow header lists what is"),
+            )
+        })
         .route_layer(TrackLayer::new(&metrics))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(body_limit))

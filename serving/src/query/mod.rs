@@ -260,13 +260,13 @@ fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
         };
         order.push((column, o.desc));
     }
-    Ok(Plan {
-        from: time(&q.from, "from")?,
-        to: time(&q.to, "to")?,
-        shape: Shape::new(granularity, group, filters, measures),
-        order,
-        limit: q.limit,
-    })
+    let (from, to) = (time(&q.from, "from")?, time(&q.to, "to")?);
+    if let (Some(f), Some(t)) = (from, to)
+        && f > t
+    {
+        return Err(invalid("from is after to: the range is [from, to)"));
+    }
+    Ok(Plan { from, to, shape: Shape::new(granularity, group, filters, measures), order, limit: q.limit })
 }
 
 fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {

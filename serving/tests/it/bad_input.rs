@@ -178,6 +178,22 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let (s, b) = server.call("GET", "/v1/views/w", None).await;
     assert_error(s, &b, 404, "not_found");
 
+    // a route asked with a method it does not take, and no route at all: the same error shape
+    for (method, path, allow) in
+        [("DELETE", "/v1/datasets/pageviews", "GET,HEAD"), ("PUT", "/v1/views/v/query", "POST,GET,HEAD")]
+    {
+        let resp = reqwest::Client::new()
+            .request(method.parse().unwrap(), format!("{}{path}", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
+        let s = resp.status().as_u16();
+        assert_error(s, &resp.json().await.unwrap(), 405, "method_not_allowed");
+    }
+    let (s, b) = server.call("GET", "/v2/datasets", None).await;
+    assert_error(s, &b, 404, "not_found");
+
     // queries that do not fit the view
     for q in [
         json!({"granularity": "minute"}),
@@ -186,6 +202,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         json!({"filter": {"bot": [true]}}),
         json!({"order_by": [{"field": "total"}]}),
         json!({"from": "yesterday"}),
+        json!({"from": "2026-11-02T00:00:00Z", "to": "2026-11-01T00:00:00Z"}),
         json!({"unknown": 1}),
     ] {
         let (s, b) = server.call("POST", "/v1/views/v/query", Some(q.clone())).await;
