@@ -151,9 +151,13 @@ impl Quantiles {
         self.0.merge(&other.0).expect("all tandem DDSketches share one configuration");
     }
 
-    /// The estimate of percentile `p`, or `None` with no values.
+    /// The estimate of percentile `p`, or `None` with no values: the value at rank
+    /// `floor(p * (n - 1))` of the values in order, within 1 %, and never outside the smallest
+    /// and largest value (a bin's value may lie up to 1 % beyond them, the percentile never
+    /// does: one value's percentiles are that value, and no p99 exceeds the max).
     pub fn quantile(&self, p: f64) -> Option<f64> {
-        self.0.quantile(p).ok().flatten()
+        let estimate = self.0.quantile(p).ok().flatten()?;
+        Some(estimate.clamp(self.0.min()?, self.0.max()?))
     }
 
     pub fn count(&self) -> usize {
@@ -303,5 +307,35 @@ mod tests {
             assert!((got - exact).abs() / exact <= 0.0101, "p{p}: {got} vs {exact}");
         }
         assert_eq!(Quantiles::new().quantile(0.5), None);
+    }
+
+    /// Percentiles stay between the smallest and the largest value, and within 1 % of the
+    /// value at rank `floor(p * (n - 1))`, for small groups too.
+    #[test]
+    fn percentiles_stay_within_the_values_seen() {
+        let sets: [&[f64]; 6] = [
+            &[3.0],
+            &[3.0, 10.5],
+            &[-2.5],
+            &[-7.0, -1.0, 0.0, 4.0],
+            &[0.001, 1e9],
+            &[250.0, 251.0, 252.0, 253.0, 254.0, 255.0, 256.0],
+        ];
+        for values in sets {
+            let mut q = Quantiles::new();
+            values.iter().for_each(|v| q.insert(&Value::Float(*v)));
+            let mut sorted = values.to_vec();
+            sorted.sort_by(f64::total_cmp);
+            let (lo, hi) = (sorted[0], sorted[sorted.len() - 1]);
+            for p in [0.01, 0.25, 0.5, 0.9, 0.95, 0.99] {
+                let got = q.quantile(p).unwrap();
+                let exact = sorted[(p * (sorted.len() as f64 - 1.0)) as usize];
+                assert!((lo..=hi).contains(&got), "{values:?} p{p}: {got} outside [{lo}, {hi}]");
+                assert!((got - exact).abs() <= 0.01 * exact.abs() + 1e-12, "{values:?} p{p}: {got} vs {exact}");
+            }
+        }
+        let mut one = Quantiles::new();
+        one.insert(&Value::Int(42));
+        assert_eq!(one.quantile(0.95), Some(42.0));
     }
 }
