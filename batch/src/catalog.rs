@@ -550,12 +550,14 @@ impl Catalog {
         row.as_ref().map(Self::run_from).transpose()
     }
 
-    /// Runs of a view, newest first.
-    pub async fn runs_of(&self, view: &str, limit: i64) -> Result<Vec<RunRecord>> {
+    /// Runs of a view, newest first, at most `limit`; with `before`, only runs older than
+    /// that run id (the next page after a page ending with it).
+    pub async fn runs_of(&self, view: &str, limit: i64, before: Option<i64>) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE view_name = $1 ORDER BY id DESC LIMIT $2"
+            "SELECT {RUN_COLUMNS} FROM runs WHERE view_name = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
         )))
         .bind(view)
+        .bind(before.unwrap_or(i64::MAX))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -564,7 +566,7 @@ impl Catalog {
 
     /// The newest run of a view (it may still be queued or running).
     pub async fn last_run(&self, view: &str) -> Result<Option<RunRecord>> {
-        Ok(self.runs_of(view, 1).await?.into_iter().next())
+        Ok(self.runs_of(view, 1, None).await?.into_iter().next())
     }
 
     /// The newest run of every view that has one, by view name, in one query; with `ended`,

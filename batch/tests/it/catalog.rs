@@ -141,7 +141,7 @@ async fn publishing_is_one_transaction() {
         let failed = catalog.run(run2.id).await.unwrap().unwrap();
         assert_eq!((failed.status.as_str(), failed.error.as_deref()), ("failed", Some("boom")));
 
-        let runs = catalog.runs_of("v", 10).await.unwrap();
+        let runs = catalog.runs_of("v", 10, None).await.unwrap();
         assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), vec![run2.id, run.id], "newest first");
 
         let files = catalog.delete_view("v").await.unwrap().unwrap();
@@ -245,7 +245,7 @@ async fn the_newest_run_and_newest_ended_run_of_every_view_in_one_query() {
             let mut expected = Vec::new();
             for view in catalog.views().await.unwrap() {
                 let name = view.spec.name;
-                let runs = catalog.runs_of(&name, 100).await.unwrap();
+                let runs = catalog.runs_of(&name, 100, None).await.unwrap();
                 if let Some(run) = runs.into_iter().find(|r| !ended || r.finished_at.is_some()) {
                     expected.push((name, run.id, run.status));
                 }

@@ -286,9 +286,34 @@ pub async fn start_run(
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": run.id, "status": run.status }))))
 }
 
-pub async fn list_runs(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+/// The keys of `GET /v1/views/{name}/runs`: how many runs at most, and for the next page, the
+/// run id the page before ended with.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsPage {
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+/// The most runs one page holds, and how many when `limit` is not given.
+const RUNS_PAGE_MAX: i64 = 1000;
+const RUNS_PAGE_DEFAULT: i64 = 100;
+
+pub async fn list_runs(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    page: Result<Query<RunsPage>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(page) = page?;
+    let limit = page.limit.unwrap_or(RUNS_PAGE_DEFAULT);
+    if !(1..=RUNS_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit {limit} is not between 1 and {RUNS_PAGE_MAX}"),
+        ));
+    }
     record(&state, &name).await?;
-    let runs = state.env.catalog.runs_of(&name, 100).await?;
+    let runs = state.env.catalog.runs_of(&name, limit, page.before).await?;
     Ok(Json(json!({ "runs": runs.iter().map(run_json).collect::<Vec<_>>() })))
 }
 

@@ -263,6 +263,46 @@ async fn segments_sealed_by_size_keep_answers_exact() {
     check_answers(&server, &acc.events, &["by_country"], "batch and speed over many segments").await;
 }
 
+/// `GET /v1/views/{name}/runs` answers newest first, `limit` runs at a time, and `before`
+/// pages back through the rest: the pages together are the whole list, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_listed_newest_first_a_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, &[]);
+    let mut rng = Gen(11);
+    let mut acc = Accepted::default();
+    server.create_pageviews(by_country_view()).await;
+    let mut started = Vec::new();
+    for _ in 0..5 {
+        ingest_json(&server, &mut acc, &rng.events(20, T0, 24, 100_000)).await;
+        started.push(server.run_batch("by_country").await["id"].as_i64().unwrap());
+    }
+    let ids = |page: &Value| -> Vec<i64> {
+        page["runs"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect()
+    };
+    let all = ids(&server.ok("GET", "/v1/views/by_country/runs", None).await);
+    let mut newest_first = all.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(all, newest_first, "newest first");
+    assert!(started.iter().all(|id| all.contains(id)), "{started:?} in {all:?}");
+
+    let mut paged = Vec::new();
+    let mut path = "/v1/views/by_country/runs?limit=2".to_string();
+    for _ in 0..=all.len() {
+        let page = ids(&server.ok("GET", &path, None).await);
+        assert!(page.len() <= 2, "{page:?}");
+        let Some(last) = page.last() else { break };
+        path = format!("/v1/views/by_country/runs?limit=2&before={last}");
+        paged.extend(page);
+    }
+    assert_eq!(paged, all, "the pages, one after another");
+
+    for bad in ["limit=0", "limit=1001", "limit=two", "before=newest", "lmit=2"] {
+        let (status, body) = server.call("GET", &format!("/v1/views/by_country/runs?{bad}"), None).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_query")), "{bad}: {body}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_keeps_the_previous_version_serving_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
