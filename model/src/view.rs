@@ -179,6 +179,9 @@ pub struct CompiledView {
 /// Cron schedule used when a view names none: hourly, on the hour.
 pub const DEFAULT_SCHEDULE: &str = "0 * * * *";
 
+/// The schedule of a view that runs only when asked (the API, `tandem batch`), never by itself.
+pub const MANUAL_SCHEDULE: &str = "manual";
+
 impl ViewSpec {
     /// Resolves the view against its dataset. The filter is checked by the caller, which
     /// has an SQL engine; this checks everything else.

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use tandem_batch::catalog::{RunRecord, Trigger};
 use tandem_batch::retention::prune_log;
 use tandem_batch::run::execute;
+use tandem_model::view::MANUAL_SCHEDULE;
 use tokio::task::JoinHandle;
 
 use crate::api::error::ApiResult;
@@ -113,12 +114,17 @@ async fn prune_logs(state: &AppState, age: Duration) {
     }
 }
 
-/// Parses a view's cron schedule: five fields, or six with leading seconds; UTC.
-pub fn parse_schedule(text: &str) -> Result<croner::Cron, String> {
+/// Parses a view's schedule: a cron expression of five fields, or six with leading seconds,
+/// in UTC; or `manual` ([`MANUAL_SCHEDULE`]), no scheduled runs (`None`).
+pub fn parse_schedule(text: &str) -> Result<Option<croner::Cron>, String> {
+    if text == MANUAL_SCHEDULE {
+        return Ok(None);
+    }
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Optional)
         .build()
         .parse(text)
+        .map(Some)
         .map_err(|e| format!("schedule {text:?}: {e}"))
 }
 
@@ -126,7 +132,8 @@ pub fn parse_schedule(text: &str) -> Result<croner::Cron, String> {
 /// unreachable) is retried with exponential backoff, 1 s doubling to 60 s, until it starts.
 async fn schedule(state: AppState) {
     const MAX_BACKOFF: Duration = Duration::from_secs(60);
-    let mut next: HashMap<String, DateTime<Utc>> = HashMap::new();
+    // when each view runs next; `None` for a view that never runs by itself
+    let mut next: HashMap<String, Option<DateTime<Utc>>> = HashMap::new();
     let mut backoff: HashMap<String, Duration> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -141,12 +148,12 @@ async fn schedule(state: AppState) {
             // tick was nearly all an idle server did (20 ms of CPU a second with 500 views,
             // 2 ms without; bench/HISTORY.md, session 46)
             let upcoming = || {
-                parse_schedule(live.view.spec.schedule())
-                    .ok()
-                    .and_then(|cron| cron.find_next_occurrence(&now, false).ok())
-                    .unwrap_or(now + chrono::Duration::days(365))
+                let cron = parse_schedule(live.view.spec.schedule()).ok().flatten()?;
+                cron.find_next_occurrence(&now, false).ok()
             };
-            let due = *next.entry(name.clone()).or_insert_with(upcoming);
+            let Some(due) = *next.entry(name.clone()).or_insert_with(upcoming) else {
+                continue;
+            };
             if due > now {
                 continue;
             }
@@ -158,7 +165,7 @@ async fn schedule(state: AppState) {
                 Err(e) => {
                     let wait = backoff.get(&name).map_or(Duration::from_secs(1), |b| (*b * 2).min(MAX_BACKOFF));
                     tracing::warn!(view = name, error = e.message, retry_in = ?wait, "scheduled run could not start");
-                    next.insert(name.clone(), now + chrono::Duration::from_std(wait).expect("small duration"));
+                    next.insert(name.clone(), Some(now + chrono::Duration::from_std(wait).expect("small duration")));
                     backoff.insert(name, wait);
                 }
             }

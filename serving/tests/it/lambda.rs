@@ -439,7 +439,12 @@ async fn a_view_schedule_runs_batches_by_itself() {
     server.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
     let mut view = by_country_view();
     view["schedule"] = json!("*/2 * * * * *"); // every two seconds (six fields: with seconds)
-    server.ok("POST", "/v1/views", Some(view)).await;
+    server.ok("POST", "/v1/views", Some(view.clone())).await;
+    // beside it, one that runs only when asked
+    view["name"] = json!("by_country_manual");
+    view["schedule"] = json!("manual");
+    let manual = server.ok("POST", "/v1/views", Some(view)).await;
+    assert_eq!(manual["schedule"], "manual");
     ingest_json(&server, &mut acc, &rng.events(100, T0, 24, 100_000)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -458,6 +463,14 @@ async fn a_view_schedule_runs_batches_by_itself() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     check_answers(&server, &acc.events, &["by_country"], "after a scheduled run").await;
+    let runs = server.ok("GET", "/v1/views/by_country_manual/runs", None).await;
+    assert_eq!(runs["runs"], json!([]), "a manual view never runs by itself");
+    let run = server.run_batch("by_country_manual").await;
+    assert_eq!((run["status"].as_str(), run["trigger"].as_str()), (Some("succeeded"), Some("manual")), "{run}");
+    let (scheduled, manual) =
+        (server.query("by_country", json!({})).await, server.query("by_country_manual", json!({})).await);
+    assert_eq!(manual["rows"], scheduled["rows"], "the same view under two schedules answers alike");
+    assert_eq!(manual["freshness"]["batch_version"], json!(1));
 }
 
 /// The log segments in `dir` (a dataset's log), oldest first, as (first sequence number, path).
