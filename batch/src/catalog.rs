@@ -155,6 +155,10 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
 impl Catalog {
     /// Connects to `url` (a `postgres://` URL), or with none to `catalog.db` in `data_dir`,
     /// and applies the migrations of that dialect.
@@ -252,6 +256,36 @@ impl Catalog {
         row.as_ref().map(Self::dataset_from).transpose()
     }
 
+    /// Deletes a dataset that no view reads: `Ok(true)`, or `Ok(false)` if there was no such
+    /// dataset; [`Error::Conflict`] naming its views if it has any (they go first). Its log
+    /// and master files are the caller's to remove.
+    pub async fn delete_dataset(&self, name: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let views = sqlx::query("SELECT name FROM views WHERE dataset = $1 ORDER BY name")
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>("name"))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        if !views.is_empty() {
+            return Err(Error::Conflict(format!(
+                "dataset {name:?} is read by views {}; delete them first",
+                views.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let deleted = match sqlx::query("DELETE FROM datasets WHERE name = $1").bind(name).execute(&mut *tx).await {
+            Ok(deleted) => deleted,
+            // a view made since the check above
+            Err(e) if is_foreign_key_violation(&e) => {
+                return Err(Error::Conflict(format!("dataset {name:?} is read by a view; delete it first")));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tx.commit().await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
     /// Records that the master dataset holds every event up to `seq` (never moves back).
     pub async fn set_compacted(&self, dataset: &str, seq: u64) -> Result<()> {
         sqlx::query("UPDATE datasets SET compacted_seq = $1 WHERE name = $2 AND compacted_seq < $1")
@@ -278,6 +312,8 @@ impl Catalog {
         {
             Ok(_) => Ok(ViewRecord { spec: spec.clone(), created_at: now, start_seq, current_version: None }),
             Err(e) if is_unique_violation(&e) => Err(Error::Conflict(format!("view {:?} already exists", spec.name))),
+            // its dataset deleted since the caller found it
+            Err(e) if is_foreign_key_violation(&e) => Err(Error::NotFound(format!("dataset {:?}", spec.dataset))),
             Err(e) => Err(e.into()),
         }
     }

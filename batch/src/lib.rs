@@ -71,4 +71,21 @@ impl BatchEnv {
     pub fn log_dir(&self, dataset: &str) -> PathBuf {
         self.data_dir.join("log").join(dataset)
     }
+
+    /// Removes a dataset's log and master files; whether there were any. For a dataset gone
+    /// from the catalog (or never in it): its views' files are removed with each view.
+    pub async fn remove_dataset_files(&self, dataset: &str) -> Result<bool> {
+        let dir = self.log_dir(dataset);
+        let had_log = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::Io(dir.display().to_string(), e)),
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("removing the log of dataset {dataset:?}: {e}")))??;
+        let master = store::master_prefix(dataset);
+        let had_master = !store::list(&self.store, &master).await?.is_empty();
+        store::delete_prefix(&self.store, &master).await?;
+        Ok(had_log || had_master)
+    }
 }

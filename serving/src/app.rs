@@ -179,12 +179,43 @@ impl AppState {
         self.views.read().keys().cloned().collect()
     }
 
+    /// Creates a dataset. Files left under its name by a deletion cut short (see
+    /// [`AppState::delete_dataset`]) are removed first: they are not this dataset's events.
     pub async fn create_dataset(&self, spec: DatasetSpec) -> ApiResult<DatasetRecord> {
         spec.validate().map_err(|p| ApiError::invalid("invalid_dataset", "invalid dataset", p))?;
         let record = self.env.catalog.create_dataset(&spec).await?;
-        self.open_dataset(record.clone(), Vec::new())
-            .map_err(|e| ApiError::internal("could not open the dataset's log", format!("{e:#}")))?;
+        let opened = async {
+            if self.env.remove_dataset_files(&spec.name).await? {
+                tracing::warn!(
+                    dataset = spec.name,
+                    "removed the log and master files a deleted dataset of this name left"
+                );
+            }
+            self.open_dataset(record.clone(), Vec::new())
+        };
+        if let Err(e) = opened.await {
+            let _ = self.env.catalog.delete_dataset(&spec.name).await; // not made, then
+            return Err(ApiError::internal("could not open the dataset's log", format!("{e:#}")));
+        }
         Ok(record)
+    }
+
+    /// Deletes a dataset that no view reads (409 naming them otherwise): its catalog record,
+    /// then its writer, once it has answered the requests it holds, then its log and master
+    /// files. Requests that come after are 404s. Files a deletion cut short leaves behind are
+    /// removed when a dataset of that name is made again.
+    pub async fn delete_dataset(&self, name: &str) -> ApiResult<()> {
+        if !self.env.catalog.delete_dataset(name).await? {
+            return Err(ApiError::not_found(format!("dataset {name:?}")));
+        }
+        let removed = self.datasets.write().remove(name);
+        if let Some(dataset) = removed {
+            dataset.writer.shutdown().await;
+        }
+        if let Err(e) = self.env.remove_dataset_files(name).await {
+            tracing::warn!(dataset = name, error = %e, "could not remove the files of a deleted dataset");
+        }
+        Ok(())
     }
 
     /// Creates a view. Its speed layer starts with the next event; if the dataset already

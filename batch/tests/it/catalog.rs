@@ -78,6 +78,37 @@ async fn datasets_and_views_are_stored_once() {
 }
 
 #[tokio::test]
+async fn a_dataset_is_deleted_only_once_no_view_reads_it() {
+    for (catalog, _dir) in catalogs().await {
+        let backend = catalog.backend();
+        catalog.create_dataset(&dataset("d")).await.unwrap();
+        catalog.create_dataset(&dataset("other")).await.unwrap();
+        catalog.create_view(&view("v2", "d"), 0).await.unwrap();
+        catalog.create_view(&view("v1", "d"), 0).await.unwrap();
+        catalog.create_view(&view("w", "other"), 0).await.unwrap();
+        match catalog.delete_dataset("d").await {
+            Err(tandem_batch::Error::Conflict(m)) => assert!(m.contains("\"v1\", \"v2\""), "{backend:?}: {m}"),
+            other => panic!("{backend:?}: {other:?}"),
+        }
+        assert!(catalog.dataset("d").await.unwrap().is_some(), "{backend:?}: refused, so kept");
+        catalog.delete_view("v1").await.unwrap();
+        catalog.delete_view("v2").await.unwrap();
+        assert!(catalog.delete_dataset("d").await.unwrap(), "{backend:?}");
+        assert!(catalog.dataset("d").await.unwrap().is_none(), "{backend:?}");
+        assert!(!catalog.delete_dataset("d").await.unwrap(), "{backend:?}: already gone");
+        // a view of a dataset gone meanwhile is refused by the catalog itself
+        match catalog.create_view(&view("late", "d"), 0).await {
+            Err(tandem_batch::Error::NotFound(m)) => assert!(m.contains("\"d\""), "{backend:?}: {m}"),
+            other => panic!("{backend:?}: {other:?}"),
+        }
+        let names: Vec<_> = catalog.datasets().await.unwrap().into_iter().map(|d| d.spec.name).collect();
+        assert_eq!(names, ["other"], "{backend:?}");
+        // the name can be used again
+        catalog.create_dataset(&dataset("d")).await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn one_active_run_per_view_even_under_concurrent_requests() {
     for (catalog, _dir) in catalogs().await {
         catalog.create_dataset(&dataset("d")).await.unwrap();

@@ -32,3 +32,8 @@ pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Api
     let dataset = state.dataset(&name).ok_or_else(|| ApiError::not_found(format!("dataset {name:?}")))?;
     Ok(Json(to_json(&dataset.record)))
 }
+
+pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    state.delete_dataset(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

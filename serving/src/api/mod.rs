@@ -38,7 +38,7 @@ pub fn router(state: AppState, metrics: Metrics) -> Router {
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(move |state| system::metrics(state, exporter.clone())).layer(compression()))
         .route("/v1/datasets", post(datasets::create).get(datasets::list).layer(compression()))
-        .route("/v1/datasets/{name}", get(datasets::get))
+        .route("/v1/datasets/{name}", get(datasets::get).delete(datasets::delete))
         .route("/v1/datasets/{name}/events", post(events::ingest))
         .route("/v1/views", post(views::create).get(views::list).layer(compression()))
         .route("/v1/views/{name}", get(views::get).delete(views::delete))

@@ -263,6 +263,71 @@ async fn segments_sealed_by_size_keep_answers_exact() {
     check_answers(&server, &acc.events, &["by_country"], "batch and speed over many segments").await;
 }
 
+/// How many files with `extension` lie under `sub` of the data dir (none if it is not there).
+fn files_in(server: &TestServer, sub: &str, extension: &str) -> usize {
+    let dir = server.data_dir.join(sub);
+    if dir.exists() { files_under(&dir, extension).len() } else { 0 }
+}
+
+/// A dataset is deleted only once no view reads it, and then wholly: its catalog record,
+/// log and master files. A dataset made again under its name starts from nothing, also when
+/// the files of the old one were left behind (a deletion cut short, here a catalog lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_dataset_leaves_nothing_and_its_name_starts_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), None, &[]);
+    let mut rng = Gen(13);
+    let mut acc = Accepted::default();
+    server.create_pageviews(by_country_view()).await;
+    ingest_json(&server, &mut acc, &rng.events(300, T0, 48, 1_000)).await;
+    assert_eq!(server.run_batch("by_country").await["status"], "succeeded");
+    ingest_json(&server, &mut acc, &rng.events(100, T0, 48, 1_000)).await;
+    assert!(files_in(&server, "log/pageviews", "seg") > 0 && files_in(&server, "master/pageviews", "parquet") > 0);
+
+    let (status, body) = server.call("DELETE", "/v1/datasets/pageviews", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("\"by_country\""), "{body}");
+    check_answers(&server, &acc.events, &["by_country"], "after a refused deletion").await;
+
+    server.ok("DELETE", "/v1/views/by_country", None).await;
+    let (status, body) = server.call("DELETE", "/v1/datasets/pageviews", None).await;
+    assert_eq!(status, 204, "{body}");
+    for (method, path, body) in [
+        ("GET", "/v1/datasets/pageviews", None),
+        ("DELETE", "/v1/datasets/pageviews", None),
+        ("POST", "/v1/datasets/pageviews/events", Some(json!({"ts": T0 / 1000}))),
+    ] {
+        let (status, body) = server.call(method, path, body).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{method} {path}: {body}");
+    }
+    assert_eq!(server.ok("GET", "/v1/datasets", None).await, json!({"datasets": []}));
+    assert_eq!(files_in(&server, "log/pageviews", "seg"), 0, "log removed");
+    assert_eq!(files_in(&server, "master/pageviews", "parquet"), 0, "master dataset removed");
+
+    // made again: only the new events count, in the speed layer and after a run (the same
+    // event ids as before are not duplicates of deleted events)
+    let mut again = Accepted::default();
+    server.create_pageviews(by_country_view()).await;
+    ingest_json(&server, &mut again, &rng.events(200, T0, 48, 1_000)).await;
+    check_answers(&server, &again.events, &["by_country"], "made again, speed layer").await;
+    assert_eq!(server.run_batch("by_country").await["status"], "succeeded");
+    check_answers(&server, &again.events, &["by_country"], "made again, after a run").await;
+
+    // a catalog that lost the dataset while its files stayed: making it again removes them
+    server.stop();
+    for file in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(file));
+    }
+    server.restart();
+    assert!(files_in(&server, "log/pageviews", "seg") > 0 && files_in(&server, "master/pageviews", "parquet") > 0);
+    let mut third = Accepted::default();
+    server.create_pageviews(by_country_view()).await;
+    ingest_json(&server, &mut third, &rng.events(150, T0, 48, 1_000)).await;
+    check_answers(&server, &third.events, &["by_country"], "after leftovers, speed layer").await;
+    assert_eq!(server.run_batch("by_country").await["status"], "succeeded");
+    check_answers(&server, &third.events, &["by_country"], "after leftovers, after a run").await;
+}
+
 /// `GET /v1/views/{name}/runs` answers newest first, `limit` runs at a time, and `before`
 /// pages back through the rest: the pages together are the whole list, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
