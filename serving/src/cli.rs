@@ -21,6 +21,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // the end-to-end tests read this line to find an ephemeral port
     println!("tandem listening on http://{addr}");
     tracing::info!(%addr, "tandem listening");
+    if state.config.api_keys.is_empty() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "no --api-key set: anyone who reaches this address can write and read every dataset");
+    }
     // Nagle's algorithm would hold an answer's last small piece (see `query::Answer`) until
     // the client acknowledges the ones before it, which a client may delay by 40 ms
     let listener = listener.tap_io(|tcp| {

@@ -77,6 +77,32 @@ pub struct ServeConfig {
     /// the writer); past it requests wait up to half a second, then get 503 with Retry-After.
     #[arg(long, env = "TANDEM_MAX_INFLIGHT_BYTES", default_value_t = 256 << 20)]
     pub max_inflight_bytes: usize,
+    /// A key that `/v1/*` and `/metrics` requests must send as `Authorization: Bearer KEY`
+    /// (repeat the flag, or separate keys by commas in the variable, to accept several); with
+    /// none, every request is served.
+    #[arg(long = "api-key", env = "TANDEM_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// An API key, which debug output does not show.
+#[derive(Clone)]
+pub struct ApiKey(pub String);
+
+impl std::str::FromStr for ApiKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ApiKey, String> {
+        let key = s.trim();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("an API key is one or more visible ASCII characters, without spaces".into());
+        }
+        Ok(ApiKey(key.to_string()))
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(..)")
+    }
 }
 
 #[derive(Debug, Clone, Args)]

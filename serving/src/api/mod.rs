@@ -3,6 +3,7 @@
 
 pub mod error;
 
+mod auth;
 mod coding;
 mod datasets;
 mod events;
@@ -33,9 +34,7 @@ fn compression() -> CompressionLayer<impl Predicate> {
 pub fn router(state: AppState, metrics: Metrics) -> Router {
     let exporter = metrics.clone();
     let body_limit = state.config.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(system::healthz))
-        .route("/readyz", get(system::readyz))
+    let mut guarded = Router::new()
         .route("/metrics", get(move |state| system::metrics(state, exporter.clone())).layer(compression()))
         .route("/v1/datasets", post(datasets::create).get(datasets::list).layer(compression()))
         .route("/v1/datasets/{name}", get(datasets::get).delete(datasets::delete))
@@ -45,16 +44,27 @@ pub fn router(state: AppState, metrics: Metrics) -> Router {
         .route("/v1/views/{name}/query", post(views::query_post).get(views::query_get))
         .route("/v1/views/{name}/runs", post(views::start_run).get(views::list_runs).layer(compression()))
         .route("/v1/runs/{id}", get(views::get_run))
-        // in the API's error shape too; axum adds the route's `Allow` header
-        .method_not_allowed_fallback(|method: Method| async move {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{method} is not allowed here; the Allow header lists what is"),
-            )
-        })
+        .method_not_allowed_fallback(method_not_allowed);
+    if let Some(keys) = auth::ApiKeys::new(&state.config.api_keys) {
+        guarded = guarded.route_layer(axum::middleware::from_fn_with_state(keys, auth::require));
+    }
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .method_not_allowed_fallback(method_not_allowed)
+        .merge(guarded)
         .route_layer(TrackLayer::new(&metrics))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// A method a route does not take, in the API's error shape too; axum adds the route's
+/// `Allow` header.
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed here; the Allow header lists what is"),
+    )
 }

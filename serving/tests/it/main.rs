@@ -5,6 +5,7 @@
 mod reference;
 mod server;
 
+mod auth;
 mod bad_input;
 mod compression;
 mod crash;

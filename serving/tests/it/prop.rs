@@ -70,6 +70,7 @@ fn config(dir: &std::path::Path) -> ServeConfig {
         max_string_bytes: 64 << 10,
         max_queued_requests: 4096,
         max_inflight_bytes: 256 << 20,
+        api_keys: Vec::new(),
     }
 }
 

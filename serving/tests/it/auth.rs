@@ -1,0 +1,83 @@
+//! With `--api-key`, the API and `/metrics` answer only requests that carry a key; health
+//! checks stay open. Without keys (every other suite) nothing is asked.
+
+use serde_json::{Value, json};
+
+use crate::server::{TestServer, pageviews_dataset};
+
+/// Sends `method path` with `authorization` (if any); returns the status, the
+/// `WWW-Authenticate` header and the body (JSON, or text for `/metrics`).
+async fn send(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Option<String>, Value) {
+    let mut req = server.http.request(method.parse().unwrap(), format!("{}{path}", server.base));
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let challenge = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+    let text = resp.text().await.unwrap();
+    (status, challenge, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_api_keys_only_requests_that_carry_one_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, &["--api-key", "first-key", "--api-key", "k2"]);
+    let event = json!({"ts": "2026-11-01T10:00:00Z", "event_id": "a", "country": "US"});
+    let view = json!({"name": "v", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}});
+
+    // refused, and nothing changes: no key, a wrong one, a key under another scheme
+    for authorization in
+        [None, Some("Bearer first"), Some("Bearer first-key2"), Some("Basic first-key"), Some("first-key")]
+    {
+        for (method, path, body) in [
+            ("POST", "/v1/datasets", Some(pageviews_dataset())),
+            ("GET", "/v1/datasets", None),
+            ("GET", "/metrics", None),
+            ("DELETE", "/v1/views/v", None),
+        ] {
+            let (status, challenge, body) = send(&server, method, path, authorization, body).await;
+            assert_eq!(
+                (status, challenge.as_deref()),
+                (401, Some("Bearer")),
+                "{authorization:?} {method} {path}: {body}"
+            );
+            assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+        }
+    }
+    // open to probes
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(send(&server, "GET", path, None, None).await.0, 200, "{path}");
+    }
+
+    // served with either key, the scheme in any case
+    for (authorization, (method, path, body), want) in [
+        ("Bearer first-key", ("POST", "/v1/datasets", Some(pageviews_dataset())), 201),
+        ("bearer k2", ("POST", "/v1/views", Some(view)), 201),
+        ("BEARER first-key", ("POST", "/v1/datasets/pageviews/events", Some(event)), 200),
+    ] {
+        let (status, _, body) = send(&server, method, path, Some(authorization), body).await;
+        assert_eq!(status, want, "{authorization} {method} {path}: {body}");
+    }
+    let (status, _, answer) = send(&server, "GET", "/v1/views/v/query?granularity=all", Some("Bearer k2"), None).await;
+    assert_eq!((status, &answer["rows"]), (200, &json!([{"n": 1}])), "{answer}");
+    let (status, _, metrics) = send(&server, "GET", "/metrics", Some("Bearer first-key"), None).await;
+    assert_eq!(status, 200);
+    assert!(metrics.as_str().unwrap().contains("tandem_events_stored_total{dataset=\"pageviews\"} 1"), "{metrics}");
+    // refusals are counted, under the route asked
+    assert!(
+        metrics.as_str().unwrap().lines().any(|l| l.starts_with("tandem_http_requests_total")
+            && l.contains("route=\"/v1/datasets\"")
+            && l.contains("status=\"401\"")),
+        "{metrics}"
+    );
+}
