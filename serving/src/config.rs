@@ -84,7 +84,8 @@ pub struct ServeConfig {
     pub api_keys: Vec<ApiKey>,
 }
 
-/// An API key, which debug output does not show.
+/// An API key, which debug output does not show. An empty one (`TANDEM_API_KEYS=`, as a
+/// compose file's `${VAR:-}` gives) stands for none and allows nothing.
 #[derive(Clone)]
 pub struct ApiKey(pub String);
 
@@ -92,8 +93,8 @@ impl std::str::FromStr for ApiKey {
     type Err = String;
     fn from_str(s: &str) -> Result<ApiKey, String> {
         let key = s.trim();
-        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("an API key is one or more visible ASCII characters, without spaces".into());
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("an API key is visible ASCII characters, without spaces".into());
         }
         Ok(ApiKey(key.to_string()))
     }

@@ -22,7 +22,8 @@ pub struct ApiKeys(Arc<[Box<[u8]>]>);
 
 impl ApiKeys {
     pub fn new(keys: &[ApiKey]) -> Option<ApiKeys> {
-        (!keys.is_empty()).then(|| ApiKeys(keys.iter().map(|k| k.0.as_bytes().into()).collect()))
+        let keys: Arc<[Box<[u8]>]> = keys.iter().filter(|k| !k.0.is_empty()).map(|k| k.0.as_bytes().into()).collect();
+        (!keys.is_empty()).then_some(ApiKeys(keys))
     }
 
     /// Whether `token` is one of the keys; every key is compared, each in constant time.
@@ -67,6 +68,7 @@ mod tests {
             assert_eq!(keys.allows(token.as_bytes()), allowed, "{token:?}");
         }
         assert!(ApiKeys::new(&[]).is_none());
-        assert!("has space".parse::<ApiKey>().is_err() && "".parse::<ApiKey>().is_err());
+        assert!(ApiKeys::new(&["".parse().unwrap(), " ".parse().unwrap()]).is_none(), "empty keys are none");
+        assert!("has space".parse::<ApiKey>().is_err() && "tab\tkey".parse::<ApiKey>().is_err());
     }
 }

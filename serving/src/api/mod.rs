@@ -3,7 +3,7 @@
 
 pub mod error;
 
-mod auth;
+pub(crate) mod auth;
 mod coding;
 mod datasets;
 mod events;
