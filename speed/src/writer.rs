@@ -228,11 +228,13 @@ impl DatasetWriter {
         self.call(|reply| Command::RemoveView { name: name.to_string(), reply }).await
     }
 
-    /// Stops the thread after it has answered everything sent before, and waits for it.
+    /// Stops the thread after it has answered everything sent before, and waits for it (on a
+    /// blocking thread: the writer drops its views' maps as it ends, which can take a while).
     pub async fn shutdown(&self) {
         let _ = self.call(|reply| Command::Shutdown { reply }).await;
-        if let Some(handle) = self.thread.lock().take() {
-            let _ = handle.join();
+        let handle = self.thread.lock().take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
 }
