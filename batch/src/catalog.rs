@@ -258,32 +258,43 @@ impl Catalog {
 
     /// Deletes a dataset that no view reads: `Ok(true)`, or `Ok(false)` if there was no such
     /// dataset; [`Error::Conflict`] naming its views if it has any (they go first). Its log
-    /// and master files are the caller's to remove.
+    /// and master files are the caller's to remove. One statement decides (a write from its
+    /// start, so SQLite waits for another writer instead of failing on a lock upgrade); the
+    /// views are read only to say why nothing was deleted.
     pub async fn delete_dataset(&self, name: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let views = sqlx::query("SELECT name FROM views WHERE dataset = $1 ORDER BY name")
+        for _ in 0..3 {
+            let deleted = sqlx::query(
+                "DELETE FROM datasets WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM views WHERE dataset = $1)",
+            )
             .bind(name)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|row| row.try_get::<String, _>("name"))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        if !views.is_empty() {
-            return Err(Error::Conflict(format!(
-                "dataset {name:?} is read by views {}; delete them first",
-                views.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ")
-            )));
-        }
-        let deleted = match sqlx::query("DELETE FROM datasets WHERE name = $1").bind(name).execute(&mut *tx).await {
-            Ok(deleted) => deleted,
-            // a view made since the check above
-            Err(e) if is_foreign_key_violation(&e) => {
-                return Err(Error::Conflict(format!("dataset {name:?} is read by a view; delete it first")));
+            .execute(&self.pool)
+            .await;
+            match deleted {
+                Ok(d) if d.rows_affected() > 0 => return Ok(true),
+                Ok(_) => {}
+                // a view made while the statement ran (Postgres checks the key at its end)
+                Err(e) if is_foreign_key_violation(&e) => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
-        };
-        tx.commit().await?;
-        Ok(deleted.rows_affected() > 0)
+            let views = sqlx::query("SELECT name FROM views WHERE dataset = $1 ORDER BY name")
+                .bind(name)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|row| row.try_get::<String, _>("name"))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            if !views.is_empty() {
+                return Err(Error::Conflict(format!(
+                    "dataset {name:?} is read by views {}; delete them first",
+                    views.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            if self.dataset(name).await?.is_none() {
+                return Ok(false);
+            }
+            // its last view went between the two statements: try again
+        }
+        Err(Error::Conflict(format!("dataset {name:?} is changing; try again")))
     }
 
     /// Records that the master dataset holds every event up to `seq` (never moves back).

@@ -36,6 +36,9 @@ pub struct Inner {
     views: RwLock<BTreeMap<String, Arc<ViewLive>>>,
     /// Request-body bytes that ingest requests may hold at once (`--max-inflight-bytes`).
     pub ingest_budget: Arc<tokio::sync::Semaphore>,
+    /// Held while a dataset is made or deleted, so that a deletion never removes the writer
+    /// or the files of a dataset made again under its name meanwhile.
+    dataset_changes: tokio::sync::Mutex<()>,
 }
 
 /// Shared state of the server, cheap to clone.
@@ -68,6 +71,7 @@ impl AppState {
             config,
             datasets: RwLock::new(BTreeMap::new()),
             views: RwLock::new(BTreeMap::new()),
+            dataset_changes: tokio::sync::Mutex::new(()),
         }));
         let views = catalog.views().await?;
         for dataset in catalog.datasets().await? {
@@ -183,6 +187,7 @@ impl AppState {
     /// [`AppState::delete_dataset`]) are removed first: they are not this dataset's events.
     pub async fn create_dataset(&self, spec: DatasetSpec) -> ApiResult<DatasetRecord> {
         spec.validate().map_err(|p| ApiError::invalid("invalid_dataset", "invalid dataset", p))?;
+        let _changing = self.dataset_changes.lock().await;
         let record = self.env.catalog.create_dataset(&spec).await?;
         let opened = async {
             if self.env.remove_dataset_files(&spec.name).await? {
@@ -205,6 +210,7 @@ impl AppState {
     /// files. Requests that come after are 404s. Files a deletion cut short leaves behind are
     /// removed when a dataset of that name is made again.
     pub async fn delete_dataset(&self, name: &str) -> ApiResult<()> {
+        let _changing = self.dataset_changes.lock().await;
         if !self.env.catalog.delete_dataset(name).await? {
             return Err(ApiError::not_found(format!("dataset {name:?}")));
         }

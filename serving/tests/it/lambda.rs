@@ -328,6 +328,36 @@ async fn a_deleted_dataset_leaves_nothing_and_its_name_starts_afresh() {
     check_answers(&server, &third.events, &["by_country"], "after leftovers, after a run").await;
 }
 
+/// Making and deleting a dataset of one name at the same moment, again and again, never
+/// leaves the server's datasets and the catalog apart, nor a dataset writing into a log that
+/// a deletion removed: what it acknowledges is there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataset_made_and_deleted_at_once_stays_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), None, &[]);
+    for _ in 0..25 {
+        let (made, deleted) = tokio::join!(
+            server.call("POST", "/v1/datasets", Some(pageviews_dataset())),
+            server.call("DELETE", "/v1/datasets/pageviews", None)
+        );
+        assert!([201, 409].contains(&made.0) && [204, 404].contains(&deleted.0), "{made:?} {deleted:?}");
+    }
+    if server.call("GET", "/v1/datasets/pageviews", None).await.0 == 404 {
+        server.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
+    }
+    let mut rng = Gen(17);
+    let mut acc = Accepted::default();
+    ingest_json(&server, &mut acc, &rng.events(50, T0, 24, 1_000_000)).await;
+    let listed = server.ok("GET", "/v1/datasets", None).await;
+    server.stop();
+    server.restart();
+    assert_eq!(server.ok("GET", "/v1/datasets", None).await, listed, "the catalog holds what the server held");
+    // a view over the existing events builds from the log: every acknowledged event is there
+    let view = server.ok("POST", "/v1/views", Some(by_country_view())).await;
+    assert_eq!(server.wait_run(view["last_run"]["id"].as_i64().unwrap()).await["status"], "succeeded");
+    check_answers(&server, &acc.events, &["by_country"], "after a restart").await;
+}
+
 /// `GET /v1/views/{name}/runs` answers newest first, `limit` runs at a time, and `before`
 /// pages back through the rest: the pages together are the whole list, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
