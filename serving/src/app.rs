@@ -185,7 +185,7 @@ impl AppState {
 
     /// Creates a dataset. Files left under its name by a deletion cut short (see
     /// [`AppState::delete_dataset`]) are removed first: they are not this dataset's events.
-    pub async fn create_dataset(&self, spec: DatasetSpec) -> ApiResult<DatasetRecord> {
+    pub async fn create_dataset(&self, spec: DatasetSpec) -> ApiResult<Arc<Dataset>> {
         spec.validate().map_err(|p| ApiError::invalid("invalid_dataset", "invalid dataset", p))?;
         let _changing = self.dataset_changes.lock().await;
         let record = self.env.catalog.create_dataset(&spec).await?;
@@ -198,11 +198,13 @@ impl AppState {
             }
             self.open_dataset(record.clone(), Vec::new())
         };
-        if let Err(e) = opened.await {
-            let _ = self.env.catalog.delete_dataset(&spec.name).await; // not made, then
-            return Err(ApiError::internal("could not open the dataset's log", format!("{e:#}")));
+        match opened.await {
+            Ok(dataset) => Ok(dataset),
+            Err(e) => {
+                let _ = self.env.catalog.delete_dataset(&spec.name).await; // not made, then
+                Err(ApiError::internal("could not open the dataset's log", format!("{e:#}")))
+            }
         }
-        Ok(record)
     }
 
     /// Deletes a dataset that no view reads (409 naming them otherwise): its catalog record,

@@ -25,7 +25,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -128,6 +128,8 @@ pub struct DatasetWriter {
     thread: Arc<parking_lot::Mutex<Option<JoinHandle<()>>>>,
     queued: Arc<AtomicUsize>,
     max_queued: usize,
+    /// The last sequence number made durable (see [`DatasetWriter::stored_events`]).
+    stored: Arc<AtomicU64>,
 }
 
 impl DatasetWriter {
@@ -154,7 +156,9 @@ impl DatasetWriter {
         };
         let coalesce = helper("coalesce", COALESCE_NICENESS, ViewLive::coalesce).map_err(spawn_error)?;
         let catch_up = helper("shapes", 0, ViewLive::catch_up).map_err(spawn_error)?;
+        let stored = Arc::new(AtomicU64::new(0));
         let mut thread = WriterThread {
+            stored: Arc::clone(&stored),
             coalesce,
             catch_up,
             spec: spec.clone(),
@@ -172,6 +176,7 @@ impl DatasetWriter {
             after_seal: None,
         };
         thread.replay()?;
+        stored.store(thread.log.next_seq() - 1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         let handle = std::thread::Builder::new()
             .name(format!("writer-{}", spec.name))
@@ -183,8 +188,15 @@ impl DatasetWriter {
             thread: Arc::new(parking_lot::Mutex::new(Some(handle))),
             queued: Arc::new(AtomicUsize::new(0)),
             max_queued,
+            stored,
         };
         Ok((writer, recovery))
+    }
+
+    /// How many events the dataset has stored since it was made (each event's sequence number
+    /// is the next, so this is the last one made durable; duplicates are not stored).
+    pub fn stored_events(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, WriteError> {
@@ -297,6 +309,8 @@ impl Dedup {
 struct WriterThread {
     spec: DatasetSpec,
     log: LogWriter,
+    /// The last sequence number made durable, for [`DatasetWriter::stored_events`].
+    stored: Arc<AtomicU64>,
     views: Vec<Arc<ViewLive>>,
     /// Views with sealed speed maps to merge, for the coalescing thread (which stops when
     /// this is dropped with the writer).
@@ -641,6 +655,7 @@ impl WriterThread {
             }
             return steps;
         }
+        self.stored.store(self.log.next_seq() - 1, Ordering::Relaxed);
         let segment = self.log.active_first_seq();
         let id = self.spec.id_index();
         let stored: usize = pending.iter().filter_map(|p| p.record.as_ref()).map(|(_, rows)| rows.len()).sum();

@@ -310,6 +310,8 @@ async fn a_deleted_dataset_leaves_nothing_and_its_name_starts_afresh() {
     server.create_pageviews(by_country_view()).await;
     ingest_json(&server, &mut again, &rng.events(200, T0, 48, 1_000)).await;
     check_answers(&server, &again.events, &["by_country"], "made again, speed layer").await;
+    let stored = server.ok("GET", "/v1/datasets/pageviews", None).await["events"].clone();
+    assert_eq!(stored, json!(again.events.len()), "events stored, duplicates not counted");
     assert_eq!(server.run_batch("by_country").await["status"], "succeeded");
     check_answers(&server, &again.events, &["by_country"], "made again, after a run").await;
 
@@ -349,9 +351,14 @@ async fn a_dataset_made_and_deleted_at_once_stays_whole() {
     let mut acc = Accepted::default();
     ingest_json(&server, &mut acc, &rng.events(50, T0, 24, 1_000_000)).await;
     let listed = server.ok("GET", "/v1/datasets", None).await;
+    assert_eq!(listed["datasets"][0]["events"], json!(acc.events.len()), "{listed}");
     server.stop();
     server.restart();
-    assert_eq!(server.ok("GET", "/v1/datasets", None).await, listed, "the catalog holds what the server held");
+    assert_eq!(
+        server.ok("GET", "/v1/datasets", None).await,
+        listed,
+        "the catalog and the log hold what the server held"
+    );
     // a view over the existing events builds from the log: every acknowledged event is there
     let view = server.ok("POST", "/v1/views", Some(by_country_view())).await;
     assert_eq!(server.wait_run(view["last_run"]["id"].as_i64().unwrap()).await["status"], "succeeded");
