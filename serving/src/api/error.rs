@@ -157,6 +157,14 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        // no body at all, as `curl -X POST` sends, is an empty object (a query of every key's
+        // default); a body without its content type is still refused
+        use http_body::Body as _;
+        if !req.headers().contains_key(header::CONTENT_TYPE) && req.body().size_hint().exact() == Some(0) {
+            return serde_json::from_slice(b"{}")
+                .map(ApiJson)
+                .map_err(|e| ApiError::bad_request("invalid_request", format!("an empty body: {e}")));
+        }
         let Json(value) = Json::<T>::from_request(req, state).await?;
         Ok(ApiJson(value))
     }

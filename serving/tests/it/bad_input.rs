@@ -208,6 +208,13 @@ async fn bad_requests_are_refused_and_change_nothing() {
         let (s, b) = server.call("POST", "/v1/views/v/query", Some(q.clone())).await;
         assert!(s == 400, "{q}: {s} {b}");
     }
+    // a POST with no body is an empty object: the whole query, or a definition missing its fields
+    let (s, b) = server.call("POST", "/v1/views/v/query", None).await;
+    assert_eq!((s, &b["rows"]), (200, &server.query("v", json!({})).await["rows"]), "{b}");
+    let (s, b) = server.call("POST", "/v1/views", None).await;
+    assert_error(s, &b, 400, "invalid_request");
+    let (s, b) = server.raw("/v1/views/v/query", "text/plain", "{}").await;
+    assert_error(s, &b, 415, "unsupported_media_type");
     let (s, b) = server.call("GET", "/v1/views/v/query?color=red", None).await;
     assert_error(s, &b, 400, "invalid_query");
     // the answer's format, from Accept: 406 when it allows neither JSON nor Arrow
