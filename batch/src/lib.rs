@@ -83,9 +83,7 @@ impl BatchEnv {
         })
         .await
         .map_err(|e| Error::Invalid(format!("removing the log of dataset {dataset:?}: {e}")))??;
-        let master = store::master_prefix(dataset);
-        let had_master = !store::list(&self.store, &master).await?.is_empty();
-        store::delete_prefix(&self.store, &master).await?;
-        Ok(had_log || had_master)
+        let master_files = store::delete_prefix(&self.store, &store::master_prefix(dataset)).await?;
+        Ok(had_log || master_files > 0)
     }
 }

@@ -114,12 +114,13 @@ pub async fn list(store: &Arc<dyn ObjectStore>, prefix: &Path) -> Result<Vec<Pat
     Ok(paths)
 }
 
-/// Deletes every object under `prefix`.
-pub async fn delete_prefix(store: &Arc<dyn ObjectStore>, prefix: &Path) -> Result<()> {
-    for path in list(store, prefix).await? {
-        store.delete(&path).await?;
+/// Deletes every object under `prefix`; how many there were.
+pub async fn delete_prefix(store: &Arc<dyn ObjectStore>, prefix: &Path) -> Result<usize> {
+    let paths = list(store, prefix).await?;
+    for path in &paths {
+        store.delete(path).await?;
     }
-    Ok(())
+    Ok(paths.len())
 }
 
 /// Encodes batches as one Parquet file and puts it at `{stem}.{crc32}.parquet`. Returns that
