@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::validate_name;
 
 /// The type of one field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(description = "A field's type. A timestamp is RFC 3339 text or epoch milliseconds in an event.")]
 pub enum FieldType {
     String,
     Int64,
@@ -27,13 +28,22 @@ impl FieldType {
 /// the values in that order.
 ///
 /// [`Row`]: crate::Row
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(description = "A dataset's definition: its typed fields, which of them is the event time, and \
+    optionally which is the event id that deduplicates retries.")]
 pub struct DatasetSpec {
+    #[schema(example = "pageviews")]
     pub name: String,
+    /// The timestamp field events are bucketed and partitioned by.
+    #[schema(example = "ts")]
     pub time_field: String,
+    /// A string or int64 field: an event whose id was accepted within the dedup window is a
+    /// duplicate and is not stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "event_id")]
     pub id_field: Option<String>,
+    /// Field name to type. An event may leave any field but the time field out (null).
     pub fields: BTreeMap<String, FieldType>,
 }
 

@@ -9,8 +9,10 @@ use crate::schema::{DatasetSpec, FieldType};
 use crate::validate_name;
 
 /// Bucket width, finest first. `All` is one bucket for all time and exists only in queries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(description = "Bucket width (UTC). A view has minute, hour or day; a query may ask its view's or a \
+    coarser one, `all` being one bucket for the whole range.")]
 pub enum Granularity {
     Minute,
     Hour,
@@ -148,18 +150,33 @@ impl Measure {
 }
 
 /// A view as its creator described it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(description = "A view's definition: which events of a dataset (filter), grouped how (buckets, \
+    dimensions), and which measures.")]
 pub struct ViewSpec {
+    #[schema(example = "by_country")]
     pub name: String,
+    /// The dataset it reads.
+    #[schema(example = "pageviews")]
     pub dataset: String,
+    /// minute, hour or day.
     pub granularity: Granularity,
+    /// String, int64 or bool fields to group by.
     #[serde(default)]
     pub dimensions: Vec<String>,
+    /// Measure name to expression: `count`, `count(f)`, `sum(f)`, `min(f)`, `max(f)`, `avg(f)`,
+    /// `approx_distinct(f)` or `approx_percentile(f, p)` with 0 < p < 1.
+    #[schema(example = json!({"views": "count", "p95": "approx_percentile(duration_ms, 0.95)"}))]
     pub measures: BTreeMap<String, String>,
+    /// An SQL condition on the dataset's fields; events it does not hold for are left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "bot = false")]
     pub filter: Option<String>,
+    /// When the batch layer recomputes the view: a cron expression (UTC; `0 * * * *`, hourly, by
+    /// default), or `manual` for never by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "0 * * * *")]
     pub schedule: Option<String>,
 }
 

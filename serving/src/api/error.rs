@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tandem_batch::Error as BatchError;
 use tandem_speed::writer::WriteError;
@@ -64,9 +65,27 @@ impl ApiError {
     }
 }
 
+/// Every error's body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ErrorDetail {
+    /// What went wrong, for programs: `invalid_events`, `not_found`, `overloaded`, ...
+    #[schema(example = "not_found")]
+    code: &'static str,
+    /// What went wrong, for people.
+    message: String,
+    /// The problems one by one where there are several: for events, `{index, field, message}`
+    /// (the first 100); for definitions, `{message}`.
+    details: Vec<Value>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message, "details": self.details } });
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, details: self.details } };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::io::Read;
 use std::time::Duration;
 
@@ -7,12 +8,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::BytesMut;
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tandem_model::event::{Format, Limits};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::coding::Coding;
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, ErrorBody};
 use crate::app::AppState;
 
 /// How long an ingest request waits for room in the in-flight budget before it is refused.
@@ -31,6 +32,32 @@ const INFLATE_STEP: usize = 1 << 20;
 /// the number of clients. A body sent with `Content-Encoding: gzip` or `zstd` is inflated
 /// here; the body limit (`--max-body-bytes`) holds for the bytes sent and for the inflated
 /// ones, and the inflated bytes take their share of the budget as they are made.
+#[utoipa::path(post, path = "/v1/datasets/{name}/events", operation_id = "send_events", tag = "events",
+    summary = "Send events",
+    description = "Validates every event against the dataset's fields, stores them durably (answered after \
+        fsync) and folds them into every view of the dataset before answering, so a query right after sees \
+        them. One invalid event rejects the request and nothing of it is stored.",
+    params(
+        ("name" = String, Path, description = "The dataset's name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key within 24 h gets the first answer and stores nothing (across restarts too)"),
+        ("Content-Encoding" = Option<String>, Header, description = "`gzip` (or `x-gzip`) or `zstd` for a compressed body"),
+    ),
+    request_body(
+        description = "Events: a JSON object, a JSON array of objects, or NDJSON (one object a line), each fitting the dataset's fields",
+        content(
+            (Events = "application/json", example = json!([{"ts": "2026-11-01T10:00:00Z", "event_id": "a", "country": "US"}])),
+            (String = "application/x-ndjson"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "Stored durably (after fsync)", body = Stored),
+        (status = 400, description = "`invalid_events` (details: `{index, field, message}`, the first 100) or `invalid_request`; nothing was stored", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such dataset", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body, sent or inflated, is over `--max-body-bytes`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type` or `unsupported_encoding`", body = ErrorBody),
+        (status = 503, description = "`overloaded` or `log_unavailable`, with `Retry-After`; nothing was stored", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the log's disk is full, with `Retry-After`; nothing was stored", body = ErrorBody),
+    ))]
 pub async fn ingest(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -74,11 +101,24 @@ pub async fn ingest(
     Ok(Json(Stored { accepted: outcome.accepted, duplicates: outcome.duplicates }))
 }
 
+/// The body of an ingest request as the API's document describes it (JSON; NDJSON is one
+/// object a line). The handler decodes bodies with the dataset's own decoder, not with this.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[schema(description = "One event, or an array of them; each an object of the dataset's fields.")]
+#[allow(dead_code)]
+pub enum Events {
+    One(HashMap<String, serde_json::Value>),
+    Many(Vec<HashMap<String, serde_json::Value>>),
+}
+
 /// The answer to a stored request, serialized as it is (a `json!` map of it took allocations
 /// on every request).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Stored {
+    /// Events stored.
     accepted: usize,
+    /// Events left out as duplicates of an id accepted within the dedup window.
     duplicates: usize,
 }
 

@@ -7,15 +7,21 @@ pub(crate) mod auth;
 mod coding;
 mod datasets;
 mod events;
+mod openapi;
 mod system;
 mod views;
 
-use axum::Router;
+use std::convert::Infallible;
+
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode};
-use axum::routing::{get, post};
+use axum::{Extension, Router};
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
+
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::metrics::{Metrics, TrackLayer};
@@ -31,27 +37,36 @@ fn compression() -> CompressionLayer<impl Predicate> {
         .compress_when(SizeAbove::new(coding::COMPRESS_FROM as u16).and(NotForContentType::GRPC))
 }
 
+/// Every route, each registered from its handler's OpenAPI entry (see [`openapi`]).
 pub fn router(state: AppState, metrics: Metrics) -> Router {
-    let exporter = metrics.clone();
     let body_limit = state.config.max_body_bytes;
-    let mut guarded = Router::new()
-        .route("/metrics", get(move |state| system::metrics(state, exporter.clone())).layer(compression()))
-        .route("/v1/datasets", post(datasets::create).get(datasets::list).layer(compression()))
-        .route("/v1/datasets/{name}", get(datasets::get).delete(datasets::delete))
-        .route("/v1/datasets/{name}/events", post(events::ingest))
-        .route("/v1/views", post(views::create).get(views::list).layer(compression()))
-        .route("/v1/views/{name}", get(views::get).delete(views::delete))
-        .route("/v1/views/{name}/query", post(views::query_post).get(views::query_get))
-        .route("/v1/views/{name}/runs", post(views::start_run).get(views::list_runs).layer(compression()))
-        .route("/v1/runs/{id}", get(views::get_run))
-        .method_not_allowed_fallback(method_not_allowed);
-    if let Some(keys) = auth::ApiKeys::new(&state.config.api_keys) {
+    let keys = auth::ApiKeys::new(&state.config.api_keys);
+    let document = openapi::Document::default();
+    let (guarded, guarded_doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(
+            routes!(system::metrics).map(|r| r.layer::<_, Infallible>(Extension(metrics.clone())).layer(compression())),
+        )
+        .routes(routes!(datasets::create, datasets::list).map(|r| r.layer(compression())))
+        .routes(routes!(datasets::get, datasets::delete))
+        .routes(routes!(events::ingest))
+        .routes(routes!(views::create, views::list).map(|r| r.layer(compression())))
+        .routes(routes!(views::get, views::delete))
+        .routes(routes!(views::query_post, views::query_get))
+        .routes(routes!(views::start_run, views::list_runs).map(|r| r.layer(compression())))
+        .routes(routes!(views::get_run))
+        .routes(
+            routes!(openapi::document)
+                .map(|r| r.layer::<_, Infallible>(Extension(document.clone())).layer(compression())),
+        )
+        .split_for_parts();
+    let mut guarded = guarded.method_not_allowed_fallback(method_not_allowed);
+    if let Some(keys) = keys.clone() {
         guarded = guarded.route_layer(axum::middleware::from_fn_with_state(keys, auth::require));
     }
-    Router::new()
-        .route("/healthz", get(system::healthz))
-        .route("/readyz", get(system::readyz))
-        .method_not_allowed_fallback(method_not_allowed)
+    let (open, open_doc) =
+        OpenApiRouter::new().routes(routes!(system::healthz)).routes(routes!(system::readyz)).split_for_parts();
+    document.set(guarded_doc.merge_from(open_doc), keys.is_some());
+    open.method_not_allowed_fallback(method_not_allowed)
         .merge(guarded)
         .route_layer(TrackLayer::new(&metrics))
         .fallback(|| async { ApiError::not_found("route") })

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,103 +11,240 @@ use axum::extract::{Path, Query, State};
 use axum::http::header::{ACCEPT, CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use tandem_batch::catalog::{RunRecord, Trigger, ViewRecord};
-use tandem_model::ViewSpec;
 use tandem_model::value::format_timestamp;
+use tandem_model::{Granularity, ViewSpec};
 
 use super::coding::{COMPRESS_FROM, Coding, weighted};
-use super::error::{ApiError, ApiJson, ApiResult};
+use super::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::app::AppState;
-use crate::query::{ARROW_STREAM, Answer, Format, QueryRequest, prepare};
+use crate::query::{ARROW_STREAM, Answer, Format, QueryAnswer, QueryRequest, prepare};
 use crate::runner;
 
-fn time(t: Option<i64>) -> Value {
-    t.map(|t| json!(format_timestamp(t))).unwrap_or(Value::Null)
+/// A batch run as the API shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RunInfo {
+    id: i64,
+    /// The view it recomputes.
+    view: String,
+    /// `queued`, `running`, `succeeded` or `failed`.
+    #[schema(example = "succeeded")]
+    status: String,
+    /// What started it: `schedule`, `manual` (the API), `cli` (`tandem batch`) or `create`.
+    #[schema(example = "manual")]
+    trigger: String,
+    /// RFC 3339, as the other times.
+    created_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    /// The last sequence number the run's version covers.
+    watermark: Option<i64>,
+    rows_in: Option<i64>,
+    rows_out: Option<i64>,
+    /// The version it published.
+    version: Option<i64>,
+    /// `full` or `incremental`, once known.
+    mode: Option<String>,
+    /// The event days (`YYYY-MM-DD`) it recomputed.
+    partitions: Option<Vec<String>>,
+    /// Why it failed.
+    error: Option<String>,
 }
 
-pub fn run_json(run: &RunRecord) -> Value {
-    json!({
-        "id": run.id,
-        "view": run.view,
-        "status": run.status,
-        "trigger": run.trigger,
-        "created_at": time(Some(run.created_at)),
-        "started_at": time(run.started_at),
-        "finished_at": time(run.finished_at),
-        "watermark": run.watermark,
-        "rows_in": run.rows_in,
-        "rows_out": run.rows_out,
-        "version": run.version,
-        "mode": run.mode,
-        "partitions": run.partitions,
-        "error": run.error,
-    })
+impl RunInfo {
+    pub fn of(run: &RunRecord) -> RunInfo {
+        RunInfo {
+            id: run.id,
+            view: run.view.clone(),
+            status: run.status.clone(),
+            trigger: run.trigger.clone(),
+            created_at: format_timestamp(run.created_at),
+            started_at: run.started_at.map(format_timestamp),
+            finished_at: run.finished_at.map(format_timestamp),
+            watermark: run.watermark,
+            rows_in: run.rows_in,
+            rows_out: run.rows_out,
+            version: run.version,
+            mode: run.mode.clone(),
+            partitions: run.partitions.clone(),
+            error: run.error.clone(),
+        }
+    }
 }
 
-/// A view as the API shows it, with its newest run (`last_run`, which the caller reads from the
-/// catalog: one query for a whole list).
-fn view_json(state: &AppState, record: &ViewRecord, last_run: Option<&RunRecord>) -> Value {
-    let mut v = serde_json::to_value(&record.spec).expect("specs serialize");
-    v["schedule"] = json!(record.spec.schedule());
-    v["created_at"] = json!(format_timestamp(record.created_at));
-    let (status, version, watermark) = match state.view(&record.spec.name) {
-        Some(live) => live.read(|s| {
-            (
-                if s.is_ready() { "ready" } else { "building" },
-                s.batch.as_ref().map(|b| b.version),
-                s.batch.as_ref().map(|b| b.watermark),
-            )
-        }),
-        None => ("building", None, None),
-    };
-    v["status"] = json!(status);
-    v["batch_version"] = json!(version);
-    v["watermark"] = json!(watermark);
-    v["last_run"] = last_run.map(run_json).unwrap_or(Value::Null);
-    v
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RunList {
+    /// Newest first.
+    runs: Vec<RunInfo>,
 }
 
-/// [`view_json`] of one view, its newest run read on the way.
-async fn one_view_json(state: &AppState, record: &ViewRecord) -> ApiResult<Value> {
-    let last_run = state.env.catalog.last_run(&record.spec.name).await?;
-    Ok(view_json(state, record, last_run.as_ref()))
+/// What `POST /v1/views/{name}/runs` answers: the run started, or the one already active.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RunStarted {
+    id: i64,
+    #[schema(example = "queued")]
+    status: String,
+}
+
+/// A view as the API shows it: its definition (with the schedule it runs on), its state and
+/// its newest run. (Its definition's fields are listed, not flattened from a [`ViewSpec`], so
+/// that the document's schema of an answer admits the extra keys while a definition sent
+/// admits no unknown key.)
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(description = "A view: its definition (with the schedule it runs on), its state and its newest run.")]
+pub struct ViewInfo {
+    #[schema(example = "by_country")]
+    name: String,
+    #[schema(example = "pageviews")]
+    dataset: String,
+    granularity: Granularity,
+    dimensions: Vec<String>,
+    measures: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter: Option<String>,
+    /// The cron expression it runs on (UTC), or `manual`.
+    #[schema(example = "0 * * * *")]
+    schedule: String,
+    /// When it was made (RFC 3339).
+    created_at: String,
+    /// `ready` once it answers queries; `building` until its first batch version when made
+    /// over existing events.
+    #[schema(example = "ready")]
+    status: &'static str,
+    /// The batch version served.
+    batch_version: Option<i64>,
+    /// The last sequence number that version covers.
+    watermark: Option<u64>,
+    last_run: Option<RunInfo>,
+}
+
+impl ViewInfo {
+    /// A view with its newest run (`last_run`, which the caller reads from the catalog: one
+    /// query for a whole list).
+    fn of(state: &AppState, record: &ViewRecord, last_run: Option<&RunRecord>) -> ViewInfo {
+        let (status, batch_version, watermark) = match state.view(&record.spec.name) {
+            Some(live) => live.read(|s| {
+                (
+                    if s.is_ready() { "ready" } else { "building" },
+                    s.batch.as_ref().map(|b| b.version),
+                    s.batch.as_ref().map(|b| b.watermark),
+                )
+            }),
+            None => ("building", None, None),
+        };
+        let schedule = record.spec.schedule().to_string();
+        let ViewSpec { name, dataset, granularity, dimensions, measures, filter, schedule: _ } = record.spec.clone();
+        ViewInfo {
+            name,
+            dataset,
+            granularity,
+            dimensions,
+            measures,
+            filter,
+            schedule,
+            created_at: format_timestamp(record.created_at),
+            status,
+            batch_version,
+            watermark,
+            last_run: last_run.map(RunInfo::of),
+        }
+    }
+
+    /// [`ViewInfo::of`] one view, its newest run read on the way.
+    async fn read(state: &AppState, record: &ViewRecord) -> ApiResult<ViewInfo> {
+        let last_run = state.env.catalog.last_run(&record.spec.name).await?;
+        Ok(ViewInfo::of(state, record, last_run.as_ref()))
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ViewList {
+    views: Vec<ViewInfo>,
 }
 
 async fn record(state: &AppState, name: &str) -> ApiResult<ViewRecord> {
     state.env.catalog.view(name).await?.ok_or_else(|| ApiError::not_found(format!("view {name:?}")))
 }
 
+/// Make a view
+///
+/// Over a dataset that already holds events, the view starts `building`: its first batch run
+/// starts at once, and queries answer 503 `view_building` until it has published.
+#[utoipa::path(post, path = "/v1/views", operation_id = "create_view", tag = "views",
+    request_body = ViewSpec,
+    responses(
+        (status = 201, description = "Made", body = ViewInfo),
+        (status = 400, description = "`invalid_view`: the definition is not valid (its dataset does not exist, say); `invalid_request`: not a definition", body = ErrorBody),
+        (status = 404, description = "`not_found`: its dataset was deleted while the view was being made", body = ErrorBody),
+        (status = 409, description = "`conflict`: a view of that name exists", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(spec): ApiJson<ViewSpec>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<ViewInfo>)> {
     let (record, live) = state.create_view(spec).await?;
     if !live.read(|s| s.is_ready()) {
         runner::trigger(&state, &record.spec.name, Trigger::Create, true).await?;
     }
-    Ok((StatusCode::CREATED, Json(one_view_json(&state, &record).await?)))
+    Ok((StatusCode::CREATED, Json(ViewInfo::read(&state, &record).await?)))
 }
 
-pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+/// List the views
+#[utoipa::path(get, path = "/v1/views", operation_id = "list_views", tag = "views",
+    responses((status = 200, description = "Every view", body = ViewList)))]
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<ViewList>> {
     let records = state.env.catalog.views().await?;
     let mut last_runs = state.env.catalog.newest_runs(false).await?;
-    let views: Vec<Value> =
-        records.iter().map(|record| view_json(&state, record, last_runs.remove(&record.spec.name).as_ref())).collect();
-    Ok(Json(json!({ "views": views })))
+    let views = records
+        .iter()
+        .map(|record| ViewInfo::of(&state, record, last_runs.remove(&record.spec.name).as_ref()))
+        .collect();
+    Ok(Json(ViewList { views }))
 }
 
-pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+/// Show a view
+#[utoipa::path(get, path = "/v1/views/{name}", operation_id = "get_view", tag = "views",
+    params(("name" = String, Path, description = "The view's name")),
+    responses(
+        (status = 200, description = "The view", body = ViewInfo),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<ViewInfo>> {
     let record = record(&state, &name).await?;
-    Ok(Json(one_view_json(&state, &record).await?))
+    Ok(Json(ViewInfo::read(&state, &record).await?))
 }
 
+/// Delete a view
+#[utoipa::path(delete, path = "/v1/views/{name}", operation_id = "delete_view", tag = "views",
+    params(("name" = String, Path, description = "The view's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
 pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     state.delete_view(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Query a view
+#[utoipa::path(post, path = "/v1/views/{name}/query", operation_id = "query_view", tag = "queries",
+    params(
+        ("name" = String, Path, description = "The view's name"),
+        ("Accept" = Option<String>, Header, description = "`application/vnd.apache.arrow.stream` for an Arrow IPC stream; JSON otherwise"),
+        ("Accept-Encoding" = Option<String>, Header, description = "`zstd` or `gzip`: an answer of 1 KiB or more comes compressed"),
+    ),
+    request_body(content = QueryRequest, description = "The query; no body at all is the whole view (`{}`)"),
+    responses(
+        (status = 200, description = "The rows, batch and speed layer merged: JSON, or with `Accept: application/vnd.apache.arrow.stream` the same rows as an Arrow IPC stream (the freshness as JSON text in the schema's metadata under `freshness`)",
+            content((QueryAnswer = "application/json"), ("application/vnd.apache.arrow.stream"))),
+        (status = 400, description = "`invalid_query` or `invalid_request`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such view", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body without `Content-Type: application/json`", body = ErrorBody),
+        (status = 406, description = "`not_acceptable`: `Accept` allows neither JSON nor Arrow", body = ErrorBody),
+        (status = 503, description = "`view_building`, with `Retry-After`: the view's first batch version is not published yet", body = ErrorBody),
+    )
+)]
 pub async fn query_post(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -116,6 +254,30 @@ pub async fn query_post(
     ask(&state, &name, request, answer_format(&headers)?, Coding::accepted(&headers)).await
 }
 
+/// Query a view (query-string form)
+#[utoipa::path(get, path = "/v1/views/{name}/query", operation_id = "query_view_get", tag = "queries",
+    params(
+        ("name" = String, Path, description = "The view's name"),
+        ("from" = Option<String>, Query, description = "Start of the range, inclusive (RFC 3339)"),
+        ("to" = Option<String>, Query, description = "End of the range, exclusive (RFC 3339)"),
+        ("granularity" = Option<Granularity>, Query, description = "The view's or a coarser one"),
+        ("group_by" = Option<String>, Query, description = "Dimensions, comma-separated"),
+        ("measures" = Option<String>, Query, description = "Measures, comma-separated"),
+        ("filter" = Option<Vec<String>>, Query, description = "`dim:v1,v2`, repeatable", explode = true),
+        ("order_by" = Option<String>, Query, description = "Columns, comma-separated; `-` before one for descending, e.g. `-views,country`"),
+        ("limit" = Option<usize>, Query, description = "At most this many rows"),
+        ("Accept" = Option<String>, Header, description = "`application/vnd.apache.arrow.stream` for an Arrow IPC stream; JSON otherwise"),
+        ("Accept-Encoding" = Option<String>, Header, description = "`zstd` or `gzip`: an answer of 1 KiB or more comes compressed"),
+    ),
+    responses(
+        (status = 200, description = "The rows, batch and speed layer merged: JSON, or with `Accept: application/vnd.apache.arrow.stream` the same rows as an Arrow IPC stream (the freshness as JSON text in the schema's metadata under `freshness`)",
+            content((QueryAnswer = "application/json"), ("application/vnd.apache.arrow.stream"))),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such view", body = ErrorBody),
+        (status = 406, description = "`not_acceptable`: `Accept` allows neither JSON nor Arrow", body = ErrorBody),
+        (status = 503, description = "`view_building`, with `Retry-After`: the view's first batch version is not published yet", body = ErrorBody),
+    )
+)]
 pub async fn query_get(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -262,18 +424,32 @@ impl http_body::Body for Pieces {
 }
 
 /// The optional body of `POST /v1/views/{name}/runs`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RunRequest {
+pub struct RunRequest {
+    /// Recompute every event day, not only those that changed since the version served.
     #[serde(default)]
     full: bool,
 }
 
+/// Start a batch run
+///
+/// Recomputes the view from the master dataset in the batch layer (sealed log segments are
+/// compacted first) and publishes a new version; incremental (the event days that changed)
+/// unless `{"full": true}`. Answers at once; `GET /v1/runs/{id}` tells how it went.
+#[utoipa::path(post, path = "/v1/views/{name}/runs", operation_id = "start_run", tag = "runs",
+    params(("name" = String, Path, description = "The view's name")),
+    request_body(content = Option<RunRequest>, description = "Optional; any content type"),
+    responses(
+        (status = 202, description = "Started, or the run already active", body = RunStarted),
+        (status = 400, description = "`invalid_request`: not a run request", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
 pub async fn start_run(
     State(state): State<AppState>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<RunStarted>)> {
     let body = body?;
     let request: RunRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RunRequest::default()
@@ -283,15 +459,18 @@ pub async fn start_run(
     };
     record(&state, &name).await?;
     let (run, _) = runner::trigger(&state, &name, Trigger::Manual, request.full).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "id": run.id, "status": run.status }))))
+    Ok((StatusCode::ACCEPTED, Json(RunStarted { id: run.id, status: run.status })))
 }
 
 /// The keys of `GET /v1/views/{name}/runs`: how many runs at most, and for the next page, the
 /// run id the page before ended with.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RunsPage {
+    /// How many runs at most, 1 to 1,000 (100 when absent).
     limit: Option<i64>,
+    /// Runs older than this run id: the last id of the page before, for the next page.
     before: Option<i64>,
 }
 
@@ -299,11 +478,19 @@ pub struct RunsPage {
 const RUNS_PAGE_MAX: i64 = 1000;
 const RUNS_PAGE_DEFAULT: i64 = 100;
 
+/// List a view's runs
+#[utoipa::path(get, path = "/v1/views/{name}/runs", operation_id = "list_runs", tag = "runs",
+    params(("name" = String, Path, description = "The view's name"), RunsPage),
+    responses(
+        (status = 200, description = "Runs, newest first", body = RunList),
+        (status = 400, description = "`invalid_query`: another key, or a value out of range", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
 pub async fn list_runs(
     State(state): State<AppState>,
     Path(name): Path<String>,
     page: Result<Query<RunsPage>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RunList>> {
     let Query(page) = page?;
     let limit = page.limit.unwrap_or(RUNS_PAGE_DEFAULT);
     if !(1..=RUNS_PAGE_MAX).contains(&limit) {
@@ -314,11 +501,18 @@ pub async fn list_runs(
     }
     record(&state, &name).await?;
     let runs = state.env.catalog.runs_of(&name, limit, page.before).await?;
-    Ok(Json(json!({ "runs": runs.iter().map(run_json).collect::<Vec<_>>() })))
+    Ok(Json(RunList { runs: runs.iter().map(RunInfo::of).collect() }))
 }
 
-pub async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+/// Show a run
+#[utoipa::path(get, path = "/v1/runs/{id}", operation_id = "get_run", tag = "runs",
+    params(("id" = i64, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run", body = RunInfo),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+pub async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RunInfo>> {
     let id: i64 = id.parse().map_err(|_| ApiError::not_found(format!("run {id:?}")))?;
     let run = state.env.catalog.run(id).await?.ok_or_else(|| ApiError::not_found(format!("run {id}")))?;
-    Ok(Json(run_json(&run)))
+    Ok(Json(RunInfo::of(&run)))
 }

@@ -15,13 +15,12 @@ use datafusion::arrow::ipc::root_as_message;
 use datafusion::arrow::ipc::writer::{
     DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions, write_message,
 };
-use serde_json::Value as Json;
 use tandem_model::agg::{GroupKey, prefetch};
 use tandem_model::columnar::{AnswerColumns, answer_fields};
 use tandem_model::{FieldType, Value};
 use tandem_speed::shapes::RunEncoder;
 
-use super::{Answer, Columns, OutRow};
+use super::{Answer, Columns, Freshness, OutRow};
 use crate::api::error::ApiError;
 
 /// The media type of an Arrow IPC stream.
@@ -49,11 +48,12 @@ impl<'v> ArrowWriter<'v> {
     /// `batches` (kept batches, one fewer than the slices); then the end.
     pub(super) fn answer<'r>(
         &self,
-        freshness: &Json,
+        freshness: &Freshness,
         rows: impl IntoIterator<Item = &'r [OutRow<'r>]>,
         batches: impl IntoIterator<Item = Bytes>,
     ) -> Result<Answer, ApiError> {
-        let metadata = [("freshness".to_string(), freshness.to_string())].into();
+        let freshness = serde_json::to_string(freshness).map_err(|e| ApiError::internal("writing an answer", e))?;
+        let metadata = [("freshness".to_string(), freshness)].into();
         let schema = Schema::new(answer_fields(self.columns.bucket, &self.columns.dims, &self.columns.measures))
             .with_metadata(metadata);
         let encoded = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
@@ -176,7 +176,6 @@ mod tests {
     use datafusion::arrow::array::{AsArray, RecordBatch};
     use datafusion::arrow::datatypes::Int64Type;
     use datafusion::arrow::ipc::reader::StreamReader;
-    use serde_json::json;
     use tandem_model::agg::Dims;
 
     use super::*;
@@ -208,7 +207,7 @@ mod tests {
 
     /// The one batch of a stream of the schema, `batch` and the end, as arrow-rs reads it.
     fn read(writer: &ArrowWriter, batch: Bytes) -> RecordBatch {
-        let answer = writer.answer(&json!({}), [&[][..], &[][..]], [batch]).unwrap();
+        let answer = writer.answer(&Freshness::default(), [&[][..], &[][..]], [batch]).unwrap();
         let bytes = answer.to_vec();
         let mut batches = StreamReader::try_new(bytes.as_slice(), None).unwrap().map(Result::unwrap);
         let batch = batches.next().unwrap();

@@ -18,8 +18,8 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{Value as Json, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
 use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states};
 use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
@@ -34,25 +34,76 @@ use crate::api::error::ApiError;
 mod arrow;
 
 /// A query as the client sent it (JSON body, or query parameters turned into this).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(description = "A view query; every key is optional. With none, every bucket of every group at the \
+    view's granularity.")]
 pub struct QueryRequest {
+    /// Start of the time range, inclusive (RFC 3339).
+    #[schema(example = "2026-11-01T00:00:00Z")]
     pub from: Option<String>,
+    /// End of the time range, exclusive (RFC 3339); not before `from`.
+    #[schema(example = "2026-11-02T00:00:00Z")]
     pub to: Option<String>,
+    /// The view's granularity (the default) or a coarser one.
     pub granularity: Option<Granularity>,
+    /// A subset of the view's dimensions (all of them by default).
     pub group_by: Option<Vec<String>>,
+    /// Dimension to the values it may take (IN-lists; null matches a missing value).
+    #[schema(example = json!({"country": ["US", "DE"]}))]
     pub filter: Option<HashMap<String, Vec<Json>>>,
+    /// A subset of the view's measures (all of them by default).
     pub measures: Option<Vec<String>>,
+    /// Sort keys, any returned column (`bucket`, a dimension, a measure); by bucket, then
+    /// dimension values, when absent.
     pub order_by: Option<Vec<OrderBy>>,
+    /// At most this many rows (after sorting).
     pub limit: Option<usize>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderBy {
     pub field: String,
+    /// Descending (ascending by default).
     #[serde(default)]
     pub desc: bool,
+}
+
+/// What an answer says about where its rows come from, in every answer (JSON: beside the
+/// rows; Arrow: as JSON text in the schema's metadata).
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+#[schema(description = "Where an answer's rows come from: the batch version merged in, and the speed \
+    layer's events past its watermark.")]
+pub struct Freshness {
+    /// The batch version merged in, if any.
+    batch_version: Option<i64>,
+    /// The last sequence number of the dataset that version covers.
+    batch_watermark: Option<u64>,
+    /// When that version's run finished (RFC 3339).
+    batch_finished_at: Option<String>,
+    /// Events past the watermark, merged from the speed layer.
+    speed_events: u64,
+    /// When the newest of them was acknowledged (RFC 3339).
+    speed_newest_ingest_at: Option<String>,
+    /// Speed-layer events whose day the batch version already holds (each makes that day dirty
+    /// for the next run).
+    late_events: u64,
+}
+
+/// A JSON answer, as [`Format::Json`] writes it (by hand, from the rows' kept text: this type
+/// only describes it, in the API's document; the end-to-end suite checks answers against it).
+#[derive(utoipa::ToSchema)]
+#[schema(description = "A query's answer: its rows, and where they come from.")]
+#[allow(dead_code)]
+pub struct QueryAnswer {
+    /// One object a group and bucket: `bucket` (RFC 3339; absent for granularity `all`), the
+    /// grouped dimensions, the measures asked for. count, count(f), approx_distinct and sum of
+    /// int64 are integers; avg, approx_percentile and sum of float64 floats; min and max keep
+    /// their field's type; a measure over no values is null (count: 0).
+    #[schema(example = json!([{"bucket": "2026-11-01T10:00:00Z", "country": "US", "views": 2}]))]
+    rows: Vec<HashMap<String, Json>>,
+    freshness: Freshness,
 }
 
 impl QueryRequest {
@@ -352,14 +403,14 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
                 5,
             ));
         }
-        Ok(json!({
-            "batch_version": moment.batch.as_ref().map(|b| b.version),
-            "batch_watermark": moment.batch.as_ref().map(|b| b.watermark),
-            "batch_finished_at": moment.batch.as_ref().and_then(|b| b.finished_at.clone()),
-            "speed_events": moment.speed_events,
-            "speed_newest_ingest_at": moment.newest_ingest.map(format_timestamp),
-            "late_events": moment.late_events,
-        }))
+        Ok(Freshness {
+            batch_version: moment.batch.as_ref().map(|b| b.version),
+            batch_watermark: moment.batch.as_ref().map(|b| b.watermark),
+            batch_finished_at: moment.batch.as_ref().and_then(|b| b.finished_at.clone()),
+            speed_events: moment.speed_events,
+            speed_newest_ingest_at: moment.newest_ingest.map(format_timestamp),
+            late_events: moment.late_events,
+        })
     };
     // the speed groups on the cut buckets (under the view's lock), if it may hold any
     let speed_edges = |state: &LiveState| {
@@ -452,7 +503,12 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
 }
 
 /// An answer of `rows` (each kept row's JSON text reused), in `format`.
-fn rows_answer(columns: Columns, format: Format, rows: Vec<OutRow<'_>>, freshness: &Json) -> Result<Answer, ApiError> {
+fn rows_answer(
+    columns: Columns,
+    format: Format,
+    rows: Vec<OutRow<'_>>,
+    freshness: &Freshness,
+) -> Result<Answer, ApiError> {
     if format == Format::Arrow {
         return ArrowWriter::new(columns).answer(freshness, [rows.as_slice()], []);
     }
@@ -533,7 +589,7 @@ impl Body {
         }
     }
 
-    fn finish(mut self, freshness: &Json) -> Result<Answer, ApiError> {
+    fn finish(mut self, freshness: &Freshness) -> Result<Answer, ApiError> {
         self.out.extend_from_slice(b"],\"freshness\":");
         serde_json::to_writer(&mut self.out, freshness).map_err(|e| ApiError::internal("writing an answer", e))?;
         self.out.push(b'}');

@@ -43,6 +43,7 @@ async fn with_api_keys_only_requests_that_carry_one_are_served() {
             ("POST", "/v1/datasets", Some(pageviews_dataset())),
             ("GET", "/v1/datasets", None),
             ("GET", "/metrics", None),
+            ("GET", "/v1/openapi.json", None),
             ("DELETE", "/v1/views/v", None),
         ] {
             let (status, challenge, body) = send(&server, method, path, authorization, body).await;
@@ -73,6 +74,14 @@ async fn with_api_keys_only_requests_that_carry_one_are_served() {
     let (status, _, metrics) = send(&server, "GET", "/metrics", Some("Bearer first-key"), None).await;
     assert_eq!(status, 200);
     assert!(metrics.as_str().unwrap().contains("tandem_events_stored_total{dataset=\"pageviews\"} 1"), "{metrics}");
+    // the API's document says so: a bearer scheme asked of every operation but the probes
+    let (status, _, doc) = send(&server, "GET", "/v1/openapi.json", Some("Bearer k2"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["components"]["securitySchemes"], json!({"api_key": {"type": "http", "scheme": "bearer"}}));
+    assert_eq!(doc["security"], json!([{"api_key": []}]));
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(doc["paths"][probe]["get"]["security"], json!([{}]), "{probe}");
+    }
     // refusals are counted, under the route asked
     assert!(
         metrics.as_str().unwrap().lines().any(|l| l.starts_with("tandem_http_requests_total")

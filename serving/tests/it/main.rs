@@ -12,6 +12,7 @@ mod crash;
 mod disk_full;
 mod lambda;
 mod metrics;
+mod openapi;
 mod outage;
 mod overload;
 mod prop;
