@@ -21,7 +21,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // the end-to-end tests read this line to find an ephemeral port
     println!("tandem listening on http://{addr}");
     tracing::info!(%addr, "tandem listening");
-    if api::auth::ApiKeys::new(&state.config.api_keys).is_none() && !addr.ip().is_loopback() {
+    if api::auth::ApiKeys::new(&state.config).is_none() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "no --api-key set: anyone who reaches this address can write and read every dataset");
     }
     // Nagle's algorithm would hold an answer's last small piece (see `query::Answer`) until

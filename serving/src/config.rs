@@ -77,11 +77,20 @@ pub struct ServeConfig {
     /// the writer); past it requests wait up to half a second, then get 503 with Retry-After.
     #[arg(long, env = "TANDEM_MAX_INFLIGHT_BYTES", default_value_t = 256 << 20)]
     pub max_inflight_bytes: usize,
-    /// A key that `/v1/*` and `/metrics` requests must send as `Authorization: Bearer KEY`
-    /// (repeat the flag, or separate keys by commas in the variable, to accept several); with
-    /// none, every request is served.
+    /// A key of full access. With any key set (of this flag or the two below), `/v1/*` and
+    /// `/metrics` requests must send one as `Authorization: Bearer KEY` (repeat the flag, or
+    /// separate keys by commas in the variable, to accept several); with none, every request
+    /// is served.
     #[arg(long = "api-key", env = "TANDEM_API_KEYS", value_delimiter = ',', hide_env_values = true)]
     pub api_keys: Vec<ApiKey>,
+    /// A key that may only read: `GET` on `/v1/*` and `/metrics`, and view queries by `POST`
+    /// (for dashboards); as `--api-key` otherwise.
+    #[arg(long = "read-api-key", env = "TANDEM_READ_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub read_api_keys: Vec<ApiKey>,
+    /// A key that may only send events, `POST /v1/datasets/{name}/events` (for shippers); as
+    /// `--api-key` otherwise.
+    #[arg(long = "ingest-api-key", env = "TANDEM_INGEST_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub ingest_api_keys: Vec<ApiKey>,
 }
 
 /// An API key, which debug output does not show. An empty one (`TANDEM_API_KEYS=`, as a

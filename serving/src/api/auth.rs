@@ -1,38 +1,101 @@
-//! Optional authentication by API keys (`--api-key`, `TANDEM_API_KEYS`): with keys set, a
-//! request to `/v1/*` or `/metrics` must carry `Authorization: Bearer KEY` with one of them,
-//! else it gets 401 `unauthorized`. `/healthz` and `/readyz` stay open for load balancers and
-//! orchestrators. Keys are compared in constant time (a mismatch's timing tells nothing of
-//! how much of a key matched).
+//! Optional authentication by API keys: with keys set, a request to `/v1/*` or `/metrics`
+//! must carry `Authorization: Bearer KEY` with one of them, else it gets 401 `unauthorized`;
+//! a key whose scope does not take the request gets 403 `forbidden`. `/healthz` and `/readyz`
+//! stay open for load balancers and orchestrators. Keys are compared in constant time (a
+//! mismatch's timing tells nothing of how much of a key matched).
+//!
+//! Three scopes, one flag each: `--api-key` takes everything; `--read-api-key` reads (`GET`,
+//! and view queries by `POST`), for dashboards, which hold their key where users can see it;
+//! `--ingest-api-key` only sends events, for shippers, which then cannot read what they sent.
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use crate::config::ApiKey;
+use crate::config::{ApiKey, ServeConfig};
 
-/// The keys a request may present; `None` from [`ApiKeys::new`] when none are set.
-#[derive(Clone)]
-pub struct ApiKeys(Arc<[Box<[u8]>]>);
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything (`--api-key`).
+    All,
+    /// `GET` (and `HEAD`) on every guarded route, and view queries by `POST` (`--read-api-key`).
+    Read,
+    /// `POST /v1/datasets/{name}/events` only (`--ingest-api-key`).
+    Ingest,
+}
 
-impl ApiKeys {
-    pub fn new(keys: &[ApiKey]) -> Option<ApiKeys> {
-        let keys: Arc<[Box<[u8]>]> = keys.iter().filter(|k| !k.0.is_empty()).map(|k| k.0.as_bytes().into()).collect();
-        (!keys.is_empty()).then_some(ApiKeys(keys))
+/// The route templates the narrower scopes take beside their methods (as the router names
+/// them: the handlers' OpenAPI paths).
+const QUERY_ROUTE: &str = "/v1/views/{name}/query";
+const EVENTS_ROUTE: &str = "/v1/datasets/{name}/events";
+
+impl Scope {
+    /// Whether a key of this scope may make `method` on the route `route`.
+    fn permits(self, method: &Method, route: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Read => {
+                method == Method::GET || method == Method::HEAD || (method == Method::POST && route == QUERY_ROUTE)
+            }
+            Scope::Ingest => method == Method::POST && route == EVENTS_ROUTE,
+        }
     }
 
-    /// Whether `token` is one of the keys; every key is compared, each in constant time.
-    fn allows(&self, token: &[u8]) -> bool {
-        self.0.iter().fold(subtle::Choice::from(0), |found, key| found | key.ct_eq(token)).into()
+    /// What a refused request is told.
+    fn refusal(self) -> &'static str {
+        match self {
+            Scope::All => unreachable!("a key of every scope is refused nothing"),
+            Scope::Read => "this API key may only read: GET, and view queries by POST",
+            Scope::Ingest => "this API key may only send events: POST /v1/datasets/{name}/events",
+        }
     }
 }
 
-/// Middleware: lets a request through only with a known bearer key.
+/// The keys a request may present, each with its scope; `None` from [`ApiKeys::new`] when
+/// none are set.
+#[derive(Clone)]
+pub struct ApiKeys(Arc<[(Box<[u8]>, Scope)]>);
+
+impl ApiKeys {
+    pub fn new(config: &ServeConfig) -> Option<ApiKeys> {
+        ApiKeys::of([
+            (&config.api_keys[..], Scope::All),
+            (&config.read_api_keys[..], Scope::Read),
+            (&config.ingest_api_keys[..], Scope::Ingest),
+        ])
+    }
+
+    fn of<'a>(scoped: impl IntoIterator<Item = (&'a [ApiKey], Scope)>) -> Option<ApiKeys> {
+        let keys: Arc<[(Box<[u8]>, Scope)]> = scoped
+            .into_iter()
+            .flat_map(|(keys, scope)| keys.iter().map(move |k| (k, scope)))
+            .filter(|(k, _)| !k.0.is_empty())
+            .map(|(k, scope)| (k.0.as_bytes().into(), scope))
+            .collect();
+        (!keys.is_empty()).then_some(ApiKeys(keys))
+    }
+
+    /// The scope of `token` if it is one of the keys; every key is compared, each in constant
+    /// time. (A key given under two scopes has the later one: read, then ingest.)
+    fn scope_of(&self, token: &[u8]) -> Option<Scope> {
+        let mut found = None;
+        for (key, scope) in self.0.iter() {
+            if bool::from(key.ct_eq(token)) {
+                found = Some(*scope);
+            }
+        }
+        found
+    }
+}
+
+/// Middleware: lets a request through only with a known bearer key whose scope takes it.
 pub async fn require(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
     let token = request
         .headers()
@@ -41,10 +104,13 @@ pub async fn require(State(keys): State<ApiKeys>, request: Request, next: Next) 
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
-    match token {
-        Some(token) if keys.allows(token.as_bytes()) => next.run(request).await,
-        presented => {
-            let message = match presented {
+    let scope = token.and_then(|token| keys.scope_of(token.as_bytes()));
+    let route = request.extensions().get::<MatchedPath>().map_or("", |p| p.as_str());
+    match scope {
+        Some(scope) if scope.permits(request.method(), route) => next.run(request).await,
+        Some(scope) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", scope.refusal()).into_response(),
+        None => {
+            let message = match token {
                 Some(_) => "the API key is not one this server accepts",
                 None => "this server requires an API key: send Authorization: Bearer KEY",
             };
@@ -59,16 +125,45 @@ pub async fn require(State(keys): State<ApiKeys>, request: Request, next: Next) 
 mod tests {
     use super::*;
 
+    fn keys(list: &[&str]) -> Vec<ApiKey> {
+        list.iter().map(|k| k.parse().unwrap()).collect()
+    }
+
     #[test]
     fn only_whole_keys_are_allowed() {
-        let keys = ApiKeys::new(&["k-one".parse().unwrap(), "second".parse().unwrap()]).unwrap();
+        let all = keys(&["k-one", "second"]);
+        let keys = ApiKeys::of([(&all[..], Scope::All)]).unwrap();
         for (token, allowed) in
             [("k-one", true), ("second", true), ("k-on", false), ("k-one1", false), ("", false), ("SECOND", false)]
         {
-            assert_eq!(keys.allows(token.as_bytes()), allowed, "{token:?}");
+            assert_eq!(keys.scope_of(token.as_bytes()).is_some(), allowed, "{token:?}");
         }
-        assert!(ApiKeys::new(&[]).is_none());
-        assert!(ApiKeys::new(&["".parse().unwrap(), " ".parse().unwrap()]).is_none(), "empty keys are none");
+        assert!(ApiKeys::of([]).is_none());
+        let empty = self::keys(&["", " "]);
+        assert!(ApiKeys::of([(&empty[..], Scope::Read)]).is_none(), "empty keys are none");
         assert!("has space".parse::<ApiKey>().is_err() && "tab\tkey".parse::<ApiKey>().is_err());
+    }
+
+    #[test]
+    fn each_key_has_its_scope_and_each_scope_its_requests() {
+        let (all, read, ingest) = (keys(&["a"]), keys(&["r1", "r2"]), keys(&["i"]));
+        let keys =
+            ApiKeys::of([(&all[..], Scope::All), (&read[..], Scope::Read), (&ingest[..], Scope::Ingest)]).unwrap();
+        let scopes: Vec<_> = ["a", "r1", "r2", "i", "x"].iter().map(|t| keys.scope_of(t.as_bytes())).collect();
+        assert_eq!(scopes, [Some(Scope::All), Some(Scope::Read), Some(Scope::Read), Some(Scope::Ingest), None]);
+
+        let requests = [
+            (Method::GET, "/v1/datasets"),
+            (Method::HEAD, "/metrics"),
+            (Method::POST, QUERY_ROUTE),
+            (Method::POST, EVENTS_ROUTE),
+            (Method::POST, "/v1/datasets"),
+            (Method::DELETE, "/v1/views/{name}"),
+            (Method::POST, "/v1/views/{name}/runs"),
+        ];
+        let permitted = |scope: Scope| -> Vec<bool> { requests.iter().map(|(m, r)| scope.permits(m, r)).collect() };
+        assert_eq!(permitted(Scope::All), [true; 7]);
+        assert_eq!(permitted(Scope::Read), [true, true, true, false, false, false, false]);
+        assert_eq!(permitted(Scope::Ingest), [false, false, false, true, false, false, false]);
     }
 }

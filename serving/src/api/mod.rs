@@ -40,7 +40,7 @@ fn compression() -> CompressionLayer<impl Predicate> {
 /// Every route, each registered from its handler's OpenAPI entry (see [`openapi`]).
 pub fn router(state: AppState, metrics: Metrics) -> Router {
     let body_limit = state.config.max_body_bytes;
-    let keys = auth::ApiKeys::new(&state.config.api_keys);
+    let keys = auth::ApiKeys::new(&state.config);
     let document = openapi::Document::default();
     let (guarded, guarded_doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(

@@ -71,7 +71,14 @@ impl Document {
         }
         if with_keys {
             let components = doc.components.get_or_insert_with(Default::default);
-            components.add_security_scheme(BEARER, SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+            let mut bearer = Http::new(HttpAuthScheme::Bearer);
+            bearer.description = Some(
+                "An API key, `Authorization: Bearer KEY`. A key given with `--read-api-key` may only read \
+                 (GET, and view queries by POST), one given with `--ingest-api-key` only send events; \
+                 another request with such a key gets 403 `forbidden`."
+                    .into(),
+            );
+            components.add_security_scheme(BEARER, SecurityScheme::Http(bearer));
             doc.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
         }
         let json = serde_json::to_vec(&doc).expect("the document serializes");

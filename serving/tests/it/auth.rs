@@ -77,7 +77,8 @@ async fn with_api_keys_only_requests_that_carry_one_are_served() {
     // the API's document says so: a bearer scheme asked of every operation but the probes
     let (status, _, doc) = send(&server, "GET", "/v1/openapi.json", Some("Bearer k2"), None).await;
     assert_eq!(status, 200);
-    assert_eq!(doc["components"]["securitySchemes"], json!({"api_key": {"type": "http", "scheme": "bearer"}}));
+    let scheme = &doc["components"]["securitySchemes"]["api_key"];
+    assert_eq!((&scheme["type"], &scheme["scheme"]), (&json!("http"), &json!("bearer")), "{scheme}");
     assert_eq!(doc["security"], json!([{"api_key": []}]));
     for probe in ["/healthz", "/readyz"] {
         assert_eq!(doc["paths"][probe]["get"]["security"], json!([{}]), "{probe}");
@@ -89,4 +90,69 @@ async fn with_api_keys_only_requests_that_carry_one_are_served() {
             && l.contains("status=\"401\"")),
         "{metrics}"
     );
+}
+
+/// A read key reads (and queries by POST), an ingest key only sends events, a full key does
+/// everything; what a scope does not take is 403 `forbidden` and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_key_does_what_its_scope_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        dir.path(),
+        None,
+        &["--api-key", "admin", "--read-api-key", "dash", "--ingest-api-key", "shipper"],
+    );
+    let (admin, dash, shipper) = (Some("Bearer admin"), Some("Bearer dash"), Some("Bearer shipper"));
+    let view = json!({"name": "v", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}});
+    let event = |id: &str| json!({"ts": "2026-11-01T10:00:00Z", "event_id": id, "country": "US"});
+    let count = || async {
+        let (status, _, answer) = send(&server, "GET", "/v1/views/v/query?granularity=all", admin, None).await;
+        assert_eq!(status, 200, "{answer}");
+        answer["rows"][0]["n"].as_i64().unwrap_or(0)
+    };
+
+    // the narrow keys cannot make or delete anything
+    for key in [dash, shipper] {
+        for (method, path, body) in
+            [("POST", "/v1/datasets", Some(pageviews_dataset())), ("DELETE", "/v1/datasets/pageviews", None)]
+        {
+            let (status, _, body) = send(&server, method, path, key, body).await;
+            assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{key:?} {method} {path}");
+        }
+    }
+    let (status, _, list) = send(&server, "GET", "/v1/datasets", admin, None).await;
+    assert_eq!((status, list), (200, json!({"datasets": []})));
+    for (method, path, body) in [("POST", "/v1/datasets", pageviews_dataset()), ("POST", "/v1/views", view)] {
+        assert_eq!(send(&server, method, path, admin, Some(body)).await.0, 201, "{path}");
+    }
+
+    // the shipper sends, and reads nothing; the dashboard reads, and sends nothing
+    let events = "/v1/datasets/pageviews/events";
+    assert_eq!(send(&server, "POST", events, shipper, Some(event("a"))).await.0, 200);
+    let (status, _, body) = send(&server, "POST", events, dash, Some(event("b"))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    assert_eq!(count().await, 1, "only the shipper's event is stored");
+    for (method, path, body) in [
+        ("GET", "/v1/datasets/pageviews", None),
+        ("GET", "/v1/views/v/query", None),
+        ("POST", "/v1/views/v/query", Some(json!({"granularity": "all"}))),
+        ("GET", "/metrics", None),
+        ("GET", "/v1/openapi.json", None),
+    ] {
+        let (dash_status, _, answer) = send(&server, method, path, dash, body.clone()).await;
+        assert_eq!(dash_status, 200, "dashboard {method} {path}: {answer}");
+        let (status, _, _) = send(&server, method, path, shipper, body).await;
+        assert_eq!(status, 403, "shipper {method} {path}");
+    }
+    let (status, _, answer) =
+        send(&server, "POST", "/v1/views/v/query", dash, Some(json!({"granularity": "all"}))).await;
+    assert_eq!((status, &answer["rows"]), (200, &json!([{"n": 1}])));
+    // nor may the dashboard run or delete a view
+    for (method, path) in [("POST", "/v1/views/v/runs"), ("DELETE", "/v1/views/v")] {
+        assert_eq!(send(&server, method, path, dash, None).await.0, 403, "{method} {path}");
+    }
+    let (status, _, view) = send(&server, "GET", "/v1/views/v", admin, None).await;
+    assert_eq!((status, &view["last_run"]), (200, &Value::Null), "no run was started: {view}");
+    // an unknown key is still 401, not 403
+    assert_eq!(send(&server, "GET", "/v1/datasets", Some("Bearer dash2"), None).await.0, 401);
 }

@@ -71,6 +71,8 @@ fn config(dir: &std::path::Path) -> ServeConfig {
         max_queued_requests: 4096,
         max_inflight_bytes: 256 << 20,
         api_keys: Vec::new(),
+        read_api_keys: Vec::new(),
+        ingest_api_keys: Vec::new(),
     }
 }
 
