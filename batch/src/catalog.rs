@@ -354,6 +354,18 @@ impl Catalog {
         row.as_ref().map(Self::view_from).transpose()
     }
 
+    /// Stores a view's definition anew, for what of it may change after it is made (its
+    /// schedule); `false` if there is no such view.
+    pub async fn set_view_spec(&self, spec: &ViewSpec) -> Result<bool> {
+        let text = serde_json::to_string(spec).expect("specs serialize");
+        let updated = sqlx::query("UPDATE views SET spec = $1 WHERE name = $2")
+            .bind(text)
+            .bind(&spec.name)
+            .execute(&self.pool)
+            .await?;
+        Ok(updated.rows_affected() > 0)
+    }
+
     /// Deletes a view with its runs and versions; returns the version file lists so the
     /// caller can remove the files. `None` if there was no such view.
     pub async fn delete_view(&self, name: &str) -> Result<Option<Vec<String>>> {

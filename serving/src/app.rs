@@ -34,6 +34,10 @@ pub struct Inner {
     pub config: ServeConfig,
     datasets: RwLock<BTreeMap<String, Arc<Dataset>>>,
     views: RwLock<BTreeMap<String, Arc<ViewLive>>>,
+    /// The schedule each view runs on, as the catalog holds it. A view's definition is fixed
+    /// when it is made, but its schedule may change (`PATCH /v1/views/{name}`), so the
+    /// scheduler reads it here, not from the view's compiled definition.
+    schedules: RwLock<BTreeMap<String, String>>,
     /// Request-body bytes that ingest requests may hold at once (`--max-inflight-bytes`).
     pub ingest_budget: Arc<tokio::sync::Semaphore>,
     /// Held while a dataset is made or deleted, so that a deletion never removes the writer
@@ -71,6 +75,7 @@ impl AppState {
             config,
             datasets: RwLock::new(BTreeMap::new()),
             views: RwLock::new(BTreeMap::new()),
+            schedules: RwLock::new(BTreeMap::new()),
             dataset_changes: tokio::sync::Mutex::new(()),
         }));
         let views = catalog.views().await?;
@@ -88,6 +93,9 @@ impl AppState {
             for live in lives {
                 map.insert(live.name().to_string(), live);
             }
+        }
+        for view in &views {
+            state.schedules.write().insert(view.spec.name.clone(), view.spec.schedule().to_string());
         }
         Ok(state)
     }
@@ -260,13 +268,40 @@ impl AppState {
             }
         };
         self.views.write().insert(spec.name.clone(), live.clone());
+        self.schedules.write().insert(spec.name.clone(), spec.schedule().to_string());
         Ok((record, live))
+    }
+
+    /// The schedule `view` runs on (a cron expression, or `manual`).
+    pub fn schedule_of(&self, view: &str) -> Option<String> {
+        self.schedules.read().get(view).cloned()
+    }
+
+    /// Changes the schedule of a view (`None`: the default), in the catalog and then for the
+    /// scheduler, which takes it at its next tick. Its definition and versions stay as they
+    /// are.
+    pub async fn set_schedule(&self, name: &str, schedule: Option<String>) -> ApiResult<ViewRecord> {
+        let mut record =
+            self.env.catalog.view(name).await?.ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
+        record.spec.schedule = schedule;
+        if let Err(e) = crate::runner::parse_schedule(record.spec.schedule()) {
+            return Err(ApiError::invalid("invalid_view", "invalid schedule", vec![e]));
+        }
+        if !self.env.catalog.set_view_spec(&record.spec).await? {
+            return Err(ApiError::not_found(format!("view {name:?}")));
+        }
+        // a view deleted meanwhile has left the map: it gets no entry again
+        if self.views.read().contains_key(name) {
+            self.schedules.write().insert(name.to_string(), record.spec.schedule().to_string());
+        }
+        Ok(record)
     }
 
     pub async fn delete_view(&self, name: &str) -> ApiResult<()> {
         let files =
             self.env.catalog.delete_view(name).await?.ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
         let removed = self.views.write().remove(name);
+        self.schedules.write().remove(name);
         if let Some(live) = removed
             && let Some(dataset) = self.dataset(&live.view.spec.dataset)
         {

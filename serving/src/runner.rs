@@ -132,8 +132,8 @@ pub fn parse_schedule(text: &str) -> Result<Option<croner::Cron>, String> {
 /// unreachable) is retried with exponential backoff, 1 s doubling to 60 s, until it starts.
 async fn schedule(state: AppState) {
     const MAX_BACKOFF: Duration = Duration::from_secs(60);
-    // when each view runs next; `None` for a view that never runs by itself
-    let mut next: HashMap<String, Option<DateTime<Utc>>> = HashMap::new();
+    // when each view runs next (`None`: never by itself), and by which schedule
+    let mut next: HashMap<String, (String, Option<DateTime<Utc>>)> = HashMap::new();
     let mut backoff: HashMap<String, Duration> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -143,29 +143,33 @@ async fn schedule(state: AppState) {
         next.retain(|name, _| names.contains(name));
         backoff.retain(|name, _| names.contains(name));
         for name in names {
-            let Some(live) = state.view(&name) else { continue };
-            // parsed only when the next run is to be set, not at every tick: parsing at every
-            // tick was nearly all an idle server did (20 ms of CPU a second with 500 views,
-            // 2 ms without; bench/HISTORY.md, session 46)
-            let upcoming = || {
-                let cron = parse_schedule(live.view.spec.schedule()).ok().flatten()?;
+            let Some(schedule) = state.schedule_of(&name) else { continue };
+            // parsed only when the next run is to be set (or the schedule changed), not at
+            // every tick: parsing at every tick was nearly all an idle server did (20 ms of CPU
+            // a second with 500 views, 2 ms without; bench/HISTORY.md, session 46)
+            let upcoming = |schedule: &str| {
+                let cron = parse_schedule(schedule).ok().flatten()?;
                 cron.find_next_occurrence(&now, false).ok()
             };
-            let Some(due) = *next.entry(name.clone()).or_insert_with(upcoming) else {
-                continue;
-            };
+            let entry = next.entry(name.clone()).or_insert_with(|| (schedule.clone(), upcoming(&schedule)));
+            if entry.0 != schedule {
+                *entry = (schedule.clone(), upcoming(&schedule));
+                backoff.remove(&name);
+            }
+            let Some(due) = entry.1 else { continue };
             if due > now {
                 continue;
             }
             match trigger(&state, &name, Trigger::Schedule, false).await {
                 Ok(_) => {
-                    next.insert(name.clone(), upcoming());
+                    next.insert(name.clone(), (schedule.clone(), upcoming(&schedule)));
                     backoff.remove(&name);
                 }
                 Err(e) => {
                     let wait = backoff.get(&name).map_or(Duration::from_secs(1), |b| (*b * 2).min(MAX_BACKOFF));
                     tracing::warn!(view = name, error = e.message, retry_in = ?wait, "scheduled run could not start");
-                    next.insert(name.clone(), Some(now + chrono::Duration::from_std(wait).expect("small duration")));
+                    let retry = now + chrono::Duration::from_std(wait).expect("small duration");
+                    next.insert(name.clone(), (schedule, Some(retry)));
                     backoff.insert(name, wait);
                 }
             }

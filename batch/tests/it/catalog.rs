@@ -68,11 +68,23 @@ async fn datasets_and_views_are_stored_once() {
         let stored = catalog.view("v").await.unwrap().unwrap();
         assert_eq!((stored.spec, stored.start_seq, stored.current_version), (view("v", "a"), 7, None));
 
+        // a view's definition stored anew (its schedule, the part that may change), only its own
+        catalog.create_view(&view("w", "a"), 0).await.unwrap();
+        let mut scheduled = view("v", "a");
+        scheduled.schedule = Some("*/5 * * * *".into());
+        assert!(catalog.set_view_spec(&scheduled).await.unwrap());
+        let stored = catalog.view("v").await.unwrap().unwrap();
+        assert_eq!((&stored.spec, stored.start_seq), (&scheduled, 7), "{backend:?}");
+        assert_eq!(catalog.view("w").await.unwrap().unwrap().spec, view("w", "a"), "{backend:?}: another view");
+        assert!(!catalog.set_view_spec(&view("zz", "a")).await.unwrap(), "{backend:?}: no such view");
+        assert!(catalog.view("zz").await.unwrap().is_none());
+
         // reopening the same catalog keeps everything (and migrations run again harmlessly)
         drop(catalog);
         if backend == Backend::Sqlite {
             let again = Catalog::connect(None, dir.path()).await.unwrap();
-            assert_eq!(again.views().await.unwrap().len(), 1);
+            assert_eq!(again.views().await.unwrap().len(), 2);
+            assert_eq!(again.view("v").await.unwrap().unwrap().spec.schedule.as_deref(), Some("*/5 * * * *"));
         }
     }
 }

@@ -50,7 +50,7 @@ pub fn router(state: AppState, metrics: Metrics) -> Router {
         .routes(routes!(datasets::get, datasets::delete))
         .routes(routes!(events::ingest))
         .routes(routes!(views::create, views::list).map(|r| r.layer(compression())))
-        .routes(routes!(views::get, views::delete))
+        .routes(routes!(views::get, views::update, views::delete))
         .routes(routes!(views::query_post, views::query_get))
         .routes(routes!(views::start_run, views::list_runs).map(|r| r.layer(compression())))
         .routes(routes!(views::get_run))

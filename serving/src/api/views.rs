@@ -215,6 +215,48 @@ pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Api
     Ok(Json(ViewInfo::read(&state, &record).await?))
 }
 
+/// What of a view may change once it is made (the body of `PATCH /v1/views/{name}`); a key
+/// left out stays as it is.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(description = "What of a view may change once it is made: its schedule. A key left out stays as it \
+    is; to change anything else, make a new view.")]
+pub struct ViewChange {
+    /// A cron expression (UTC), `manual`, or null for the default (`0 * * * *`, hourly).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, example = "*/15 * * * *")]
+    schedule: Option<Option<String>>,
+}
+
+/// A key that is present, null or not: `Some`; absent: `None` (by `#[serde(default)]`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// Change a view's schedule
+///
+/// Takes effect at once: the next scheduled run follows the new schedule. The view's
+/// definition, versions and runs stay as they are.
+#[utoipa::path(patch, path = "/v1/views/{name}", operation_id = "update_view", tag = "views",
+    params(("name" = String, Path, description = "The view's name")),
+    request_body = ViewChange,
+    responses(
+        (status = 200, description = "The view as it now is", body = ViewInfo),
+        (status = 400, description = "`invalid_view`: not a schedule; `invalid_request`: another key", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+pub async fn update(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(change): ApiJson<ViewChange>,
+) -> ApiResult<Json<ViewInfo>> {
+    let record = match change.schedule {
+        Some(schedule) => state.set_schedule(&name, schedule).await?,
+        None => record(&state, &name).await?,
+    };
+    Ok(Json(ViewInfo::read(&state, &record).await?))
+}
+
 /// Delete a view
 #[utoipa::path(delete, path = "/v1/views/{name}", operation_id = "delete_view", tag = "views",
     params(("name" = String, Path, description = "The view's name")),

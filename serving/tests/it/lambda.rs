@@ -575,6 +575,86 @@ async fn a_view_schedule_runs_batches_by_itself() {
     assert_eq!(manual["freshness"]["batch_version"], json!(1));
 }
 
+/// The runs of `view` that its schedule started.
+async fn scheduled_runs(server: &TestServer, view: &str) -> Vec<Value> {
+    let runs = server.ok("GET", &format!("/v1/views/{view}/runs"), None).await;
+    runs["runs"].as_array().unwrap().iter().filter(|r| r["trigger"] == "schedule").cloned().collect()
+}
+
+/// Waits until `done` (asking the server) holds, for at most 20 s.
+async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `PATCH /v1/views/{name}` changes when a view runs, at once and across restarts, and keeps
+/// its version: a manual view made to run every two seconds runs by itself, made manual
+/// again stops, and answers the same all along; bad changes are 400 and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_schedule_changes_without_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), None, &[]);
+    let mut rng = Gen(6);
+    let mut acc = Accepted::default();
+    server.ok("POST", "/v1/datasets", Some(pageviews_dataset())).await;
+    let mut view = by_country_view();
+    view["schedule"] = json!("manual");
+    server.ok("POST", "/v1/views", Some(view)).await;
+    ingest_json(&server, &mut acc, &rng.events(100, T0, 24, 100_000)).await;
+    let first = server.run_batch("by_country").await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+
+    // refused, and nothing changes
+    for (body, code) in [
+        (json!({"schedule": "every minute"}), "invalid_view"),
+        (json!({"schedule": "manual", "filter": "bot = true"}), "invalid_request"),
+        (json!({"schedule": 5}), "invalid_request"),
+    ] {
+        let (status, answer) = server.call("PATCH", "/v1/views/by_country", Some(body.clone())).await;
+        assert_eq!((status, answer["error"]["code"].as_str()), (400, Some(code)), "{body}: {answer}");
+    }
+    let (status, _) = server.call("PATCH", "/v1/views/nope", Some(json!({"schedule": "manual"}))).await;
+    assert_eq!(status, 404);
+    let unchanged = server.ok("PATCH", "/v1/views/by_country", Some(json!({}))).await;
+    assert_eq!((&unchanged["schedule"], &unchanged["batch_version"]), (&json!("manual"), &json!(1)), "{unchanged}");
+
+    // every two seconds: it runs by itself, its version kept meanwhile (after the scheduler,
+    // which ticks each second, has seen it manual)
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let changed = server.ok("PATCH", "/v1/views/by_country", Some(json!({"schedule": "*/2 * * * * *"}))).await;
+    assert_eq!((&changed["schedule"], &changed["status"]), (&json!("*/2 * * * * *"), &json!("ready")), "{changed}");
+    assert_eq!(changed["batch_version"], json!(1), "a changed schedule keeps the version served");
+    ingest_json(&server, &mut acc, &rng.events(100, T0, 24, 100_000)).await;
+    wait_for("a scheduled run", async || !scheduled_runs(&server, "by_country").await.is_empty()).await;
+    check_answers(&server, &acc.events, &["by_country"], "after the schedule changed").await;
+
+    // kept across a restart
+    server.stop();
+    server.restart();
+    let kept = server.ok("GET", "/v1/views/by_country", None).await;
+    assert_eq!(kept["schedule"], json!("*/2 * * * * *"), "{kept}");
+    let before = scheduled_runs(&server, "by_country").await.len();
+    wait_for("a scheduled run after the restart", async || scheduled_runs(&server, "by_country").await.len() > before)
+        .await;
+
+    // manual again: no more runs by itself (the one under way, if any, finishes)
+    server.ok("PATCH", "/v1/views/by_country", Some(json!({"schedule": "manual"}))).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let settled = scheduled_runs(&server, "by_country").await;
+    for run in &settled {
+        server.wait_run(run["id"].as_i64().unwrap()).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(scheduled_runs(&server, "by_country").await.len(), settled.len(), "a manual view runs no more");
+    check_answers(&server, &acc.events, &["by_country"], "after the schedule went back to manual").await;
+    // null: the default, hourly
+    let default = server.ok("PATCH", "/v1/views/by_country", Some(json!({"schedule": null}))).await;
+    assert_eq!(default["schedule"], json!("0 * * * *"), "{default}");
+}
+
 /// The log segments in `dir` (a dataset's log), oldest first, as (first sequence number, path).
 fn log_segments(dir: &std::path::Path) -> Vec<(u64, std::path::PathBuf)> {
     let first_seq = |p: &std::path::Path| p.file_stem()?.to_str()?.parse().ok();

@@ -236,15 +236,15 @@ async fn the_document_describes_every_route_and_every_answer() {
     assert_eq!(routes, listed);
 
     // each path takes exactly the methods the document names: a method it does not is 405,
-    // whose `Allow` lists the others (and HEAD beside GET, which axum adds)
+    // whose `Allow` lists the others (and HEAD beside GET, which axum adds); no route takes PUT
     for (path, item) in paths {
         let concrete = path.replace("{name}", "nope").replace("{id}", "1");
         let mut documented: BTreeSet<String> = item.as_object().unwrap().keys().map(|m| m.to_uppercase()).collect();
         if documented.contains("GET") {
             documented.insert("HEAD".into());
         }
-        let reply = send(&server, "PATCH", &concrete, &[], None).await;
-        assert_eq!(reply.status, 405, "PATCH {path}");
+        let reply = send(&server, "PUT", &concrete, &[], None).await;
+        assert_eq!(reply.status, 405, "PUT {path}");
         let allowed: BTreeSet<String> =
             reply.allow.as_deref().unwrap_or_default().split(',').map(|m| m.trim().to_string()).collect();
         assert_eq!(allowed, documented, "{path}: Allow against the document");
@@ -323,6 +323,22 @@ async fn the_document_describes_every_route_and_every_answer() {
         ("GET", "/v1/datasets/{name}", "/v1/datasets/pageviews".into(), vec![], None, 200),
         ("GET", "/v1/views", "/v1/views".into(), vec![], None, 200),
         ("GET", "/v1/views/{name}", "/v1/views/by_country".into(), vec![], None, 200),
+        (
+            "PATCH",
+            "/v1/views/{name}",
+            "/v1/views/by_country".into(),
+            json_type.to_vec(),
+            Some(r#"{"schedule": "manual"}"#.into()),
+            200,
+        ),
+        (
+            "PATCH",
+            "/v1/views/{name}",
+            "/v1/views/by_country".into(),
+            json_type.to_vec(),
+            Some(r#"{"schedule": "soon"}"#.into()),
+            400,
+        ),
         (
             "POST",
             "/v1/views/{name}/query",

@@ -86,6 +86,7 @@ impl TestServer {
             "GET" => self.http.get(url),
             "POST" => self.http.post(url),
             "DELETE" => self.http.delete(url),
+            "PATCH" => self.http.patch(url),
             _ => unreachable!(),
         };
         let req = match body {
