@@ -31,7 +31,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "could not set TCP_NODELAY on a connection");
         }
     });
-    axum::serve(listener, api::router(state.clone(), exporter)).with_graceful_shutdown(shutdown_signal()).await?;
+    let app = api::router(state.clone(), exporter);
+    // the peer's address names a client for the rate limit when no API keys are set; only
+    // then is it handed to every request
+    if state.config.rate_limit.is_some() && api::auth::ApiKeys::new(&state.config).is_none() {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    } else {
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    }
     tasks.iter().for_each(|t| t.abort());
     state.shutdown().await;
     tracing::info!("tandem stopped");

@@ -91,6 +91,10 @@ pub struct ServeConfig {
     /// `--api-key` otherwise.
     #[arg(long = "ingest-api-key", env = "TANDEM_INGEST_API_KEYS", value_delimiter = ',', hide_env_values = true)]
     pub ingest_api_keys: Vec<ApiKey>,
+    /// Requests a second each client may make to `/v1/*` and `/metrics`, in bursts of as many
+    /// (a client: its API key, or without keys its address); past it, 429 with Retry-After.
+    #[arg(long, env = "TANDEM_RATE_LIMIT")]
+    pub rate_limit: Option<std::num::NonZeroU32>,
 }
 
 /// An API key, which debug output does not show. An empty one (`TANDEM_API_KEYS=`, as a

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use super::limit::Client;
 use crate::config::{ApiKey, ServeConfig};
 
 /// What a key may do.
@@ -82,21 +83,27 @@ impl ApiKeys {
         (!keys.is_empty()).then_some(ApiKeys(keys))
     }
 
-    /// The scope of `token` if it is one of the keys; every key is compared, each in constant
-    /// time. (A key given under two scopes has the later one: read, then ingest.)
-    fn scope_of(&self, token: &[u8]) -> Option<Scope> {
+    /// Which of the keys `token` is (its position) and its scope; every key is compared, each
+    /// in constant time. (A key given under two scopes has the later one: read, then ingest.)
+    fn find(&self, token: &[u8]) -> Option<(usize, Scope)> {
         let mut found = None;
-        for (key, scope) in self.0.iter() {
+        for (i, (key, scope)) in self.0.iter().enumerate() {
             if bool::from(key.ct_eq(token)) {
-                found = Some(*scope);
+                found = Some((i, *scope));
             }
         }
         found
     }
+
+    #[cfg(test)]
+    fn scope_of(&self, token: &[u8]) -> Option<Scope> {
+        self.find(token).map(|(_, scope)| scope)
+    }
 }
 
-/// Middleware: lets a request through only with a known bearer key whose scope takes it.
-pub async fn require(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
+/// Middleware: lets a request through only with a known bearer key whose scope takes it, and
+/// names the key for the rate limit ([`Client::Key`]).
+pub async fn require(State(keys): State<ApiKeys>, mut request: Request, next: Next) -> Response {
     let token = request
         .headers()
         .get(AUTHORIZATION)
@@ -104,11 +111,14 @@ pub async fn require(State(keys): State<ApiKeys>, request: Request, next: Next) 
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
-    let scope = token.and_then(|token| keys.scope_of(token.as_bytes()));
+    let found = token.and_then(|token| keys.find(token.as_bytes()));
     let route = request.extensions().get::<MatchedPath>().map_or("", |p| p.as_str());
-    match scope {
-        Some(scope) if scope.permits(request.method(), route) => next.run(request).await,
-        Some(scope) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", scope.refusal()).into_response(),
+    match found {
+        Some((key, scope)) if scope.permits(request.method(), route) => {
+            request.extensions_mut().insert(Client::Key(key));
+            next.run(request).await
+        }
+        Some((_, scope)) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", scope.refusal()).into_response(),
         None => {
             let message = match token {
                 Some(_) => "the API key is not one this server accepts",

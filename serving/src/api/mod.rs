@@ -7,6 +7,7 @@ pub(crate) mod auth;
 mod coding;
 mod datasets;
 mod events;
+mod limit;
 mod openapi;
 mod system;
 mod views;
@@ -60,6 +61,11 @@ pub fn router(state: AppState, metrics: Metrics) -> Router {
         )
         .split_for_parts();
     let mut guarded = guarded.method_not_allowed_fallback(method_not_allowed);
+    // the later route layer runs first: keys are checked before budgets are counted
+    if let Some(per_second) = state.config.rate_limit {
+        guarded =
+            guarded.route_layer(axum::middleware::from_fn_with_state(limit::Limiter::new(per_second), limit::limit));
+    }
     if let Some(keys) = keys.clone() {
         guarded = guarded.route_layer(axum::middleware::from_fn_with_state(keys, auth::require));
     }

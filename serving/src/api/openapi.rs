@@ -54,8 +54,10 @@ impl Document {
         let any_error = ResponseBuilder::new()
             .description(
                 "An error, in the one shape every error has: also 401 `unauthorized` when the server \
-                 requires an API key, 405 `method_not_allowed` (with `Allow`), 413 `payload_too_large`, \
-                 503 `catalog_unavailable` (with `Retry-After`) and 500 `internal`",
+                 requires an API key, 403 `forbidden` when the key's scope does not take the request, \
+                 405 `method_not_allowed` (with `Allow`), 413 `payload_too_large`, 429 `rate_limited` \
+                 (with `Retry-After`) under `--rate-limit`, 503 `catalog_unavailable` (with \
+                 `Retry-After`) and 500 `internal`",
             )
             .content(
                 "application/json",

@@ -16,4 +16,5 @@ mod openapi;
 mod outage;
 mod overload;
 mod prop;
+mod rate_limit;
 mod retries;

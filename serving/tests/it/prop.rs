@@ -73,6 +73,7 @@ fn config(dir: &std::path::Path) -> ServeConfig {
         api_keys: Vec::new(),
         read_api_keys: Vec::new(),
         ingest_api_keys: Vec::new(),
+        rate_limit: None,
     }
 }
 
