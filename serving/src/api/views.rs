@@ -19,7 +19,7 @@ use tandem_model::{Granularity, ViewSpec};
 use super::coding::{COMPRESS_FROM, Coding, weighted};
 use super::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::app::AppState;
-use crate::query::{ARROW_STREAM, Answer, Format, QueryAnswer, QueryRequest, prepare};
+use crate::query::{ARROW_STREAM, Answer, CSV, Format, QueryAnswer, QueryRequest, prepare};
 use crate::runner;
 
 /// A batch run as the API shows it.
@@ -273,17 +273,17 @@ pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> 
 #[utoipa::path(post, path = "/v1/views/{name}/query", operation_id = "query_view", tag = "queries",
     params(
         ("name" = String, Path, description = "The view's name"),
-        ("Accept" = Option<String>, Header, description = "`application/vnd.apache.arrow.stream` for an Arrow IPC stream; JSON otherwise"),
+        ("Accept" = Option<String>, Header, description = "`application/vnd.apache.arrow.stream` for an Arrow IPC stream, `text/csv` for CSV; JSON otherwise"),
         ("Accept-Encoding" = Option<String>, Header, description = "`zstd` or `gzip`: an answer of 1 KiB or more comes compressed"),
     ),
     request_body(content = QueryRequest, description = "The query; no body at all is the whole view (`{}`)"),
     responses(
-        (status = 200, description = "The rows, batch and speed layer merged: JSON, or with `Accept: application/vnd.apache.arrow.stream` the same rows as an Arrow IPC stream (the freshness as JSON text in the schema's metadata under `freshness`)",
-            content((QueryAnswer = "application/json"), ("application/vnd.apache.arrow.stream"))),
+        (status = 200, description = "The rows, batch and speed layer merged: JSON; with `Accept: application/vnd.apache.arrow.stream` the same rows as an Arrow IPC stream (the freshness as JSON text in the schema's metadata under `freshness`); with `Accept: text/csv` as CSV with a header (no freshness)",
+            content((QueryAnswer = "application/json"), ("application/vnd.apache.arrow.stream"), ("text/csv"))),
         (status = 400, description = "`invalid_query` or `invalid_request`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such view", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body without `Content-Type: application/json`", body = ErrorBody),
-        (status = 406, description = "`not_acceptable`: `Accept` allows neither JSON nor Arrow", body = ErrorBody),
+        (status = 406, description = "`not_acceptable`: `Accept` allows none of JSON, Arrow and CSV", body = ErrorBody),
         (status = 503, description = "`view_building`, with `Retry-After`: the view's first batch version is not published yet", body = ErrorBody),
     )
 )]
@@ -308,15 +308,15 @@ pub async fn query_post(
         ("filter" = Option<Vec<String>>, Query, description = "`dim:v1,v2`, repeatable", explode = true),
         ("order_by" = Option<String>, Query, description = "Columns, comma-separated; `-` before one for descending, e.g. `-views,country`"),
         ("limit" = Option<usize>, Query, description = "At most this many rows"),
-        ("Accept" = Option<String>, Header, description = "`application/vnd.apache.arrow.stream` for an Arrow IPC stream; JSON otherwise"),
+        ("Accept" = Option<String>, Header, description = "`application/vnd.apache.arrow.stream` for an Arrow IPC stream, `text/csv` for CSV; JSON otherwise"),
         ("Accept-Encoding" = Option<String>, Header, description = "`zstd` or `gzip`: an answer of 1 KiB or more comes compressed"),
     ),
     responses(
-        (status = 200, description = "The rows, batch and speed layer merged: JSON, or with `Accept: application/vnd.apache.arrow.stream` the same rows as an Arrow IPC stream (the freshness as JSON text in the schema's metadata under `freshness`)",
-            content((QueryAnswer = "application/json"), ("application/vnd.apache.arrow.stream"))),
+        (status = 200, description = "The rows, batch and speed layer merged: JSON; with `Accept: application/vnd.apache.arrow.stream` the same rows as an Arrow IPC stream (the freshness as JSON text in the schema's metadata under `freshness`); with `Accept: text/csv` as CSV with a header (no freshness)",
+            content((QueryAnswer = "application/json"), ("application/vnd.apache.arrow.stream"), ("text/csv"))),
         (status = 400, description = "`invalid_query`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such view", body = ErrorBody),
-        (status = 406, description = "`not_acceptable`: `Accept` allows neither JSON nor Arrow", body = ErrorBody),
+        (status = 406, description = "`not_acceptable`: `Accept` allows none of JSON, Arrow and CSV", body = ErrorBody),
         (status = 503, description = "`view_building`, with `Retry-After`: the view's first batch version is not published yet", body = ErrorBody),
     )
 )]
@@ -330,8 +330,9 @@ pub async fn query_get(
     ask(&state, &name, QueryRequest::from_pairs(pairs)?, answer_format(&headers)?, Coding::accepted(&headers)).await
 }
 
-/// The answer's format from the request's `Accept`: Arrow when it names [`ARROW_STREAM`], JSON
-/// when it is absent or accepts JSON (`application/json`, `application/*`, `*/*`), else 406.
+/// The answer's format from the request's `Accept`: Arrow when it names [`ARROW_STREAM`], else
+/// CSV when it names [`CSV`], else JSON when it is absent or accepts JSON (`application/json`,
+/// `application/*`, `*/*`), else 406.
 /// A media range with `q=0` is one the client refuses; other weights are not compared.
 fn answer_format(headers: &HeaderMap) -> ApiResult<Format> {
     if headers.get(ACCEPT).is_none() {
@@ -342,13 +343,15 @@ fn answer_format(headers: &HeaderMap) -> ApiResult<Format> {
     let accepts = |names: &[&str]| accepted.iter().any(|range| names.contains(&range.as_str()));
     if accepts(&[ARROW_STREAM]) {
         Ok(Format::Arrow)
+    } else if accepts(&[CSV]) {
+        Ok(Format::Csv)
     } else if accepts(&["application/json", "application/*", "*/*"]) {
         Ok(Format::Json)
     } else {
         Err(ApiError::new(
             StatusCode::NOT_ACCEPTABLE,
             "not_acceptable",
-            format!("an answer is application/json or {ARROW_STREAM}; the request's Accept allows neither"),
+            format!("an answer is application/json, {ARROW_STREAM} or {CSV}; the request's Accept allows none"),
         ))
     }
 }
@@ -380,6 +383,7 @@ async fn ask(
     let content_type = match format {
         Format::Json => "application/json",
         Format::Arrow => ARROW_STREAM,
+        Format::Csv => "text/csv; charset=utf-8; header=present",
     };
     let mut response = ([(CONTENT_TYPE, content_type)], Body::new(Pieces::new(pieces, name))).into_response();
     let headers = response.headers_mut();

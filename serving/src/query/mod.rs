@@ -347,7 +347,7 @@ pub fn answer(live: &ViewLive, request: QueryRequest) -> Result<Answer, ApiError
     prepare(live, request)?.answer(live, Format::Json)
 }
 
-/// What an answer is written as. Both hold the same rows, in the same order.
+/// What an answer is written as. Each holds the same rows, in the same order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// `{"rows": [{"bucket", dimensions.., measures..}, ..], "freshness": {..}}`.
@@ -358,7 +358,14 @@ pub enum Format {
     /// the freshness object as JSON text in the schema's metadata under `freshness`. Fewer
     /// bytes than JSON, and read by pyarrow, polars or DuckDB without parsing text.
     Arrow,
+    /// CSV ([`CSV`], RFC 4180): a header of the column names (`bucket` when rows have one, the
+    /// dimensions, the measures), then a record a row, values as in JSON (a bucket or timestamp
+    /// in RFC 3339), an empty field for null. No freshness: for spreadsheets and `COPY`.
+    Csv,
 }
+
+/// The media type of a CSV answer.
+pub const CSV: &str = "text/csv";
 
 /// A query checked against its view, to be answered.
 pub struct Prepared(Plan);
@@ -464,7 +471,8 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
                 let mut render = writer();
                 Box::new(move |key, values, out| render.write(out, key, values))
             });
-            if !plan.order.is_empty() || plan.limit.is_some() {
+            // CSV is written from the rows, not from the kept JSON text or Arrow batches
+            if !plan.order.is_empty() || plan.limit.is_some() || format == Format::Csv {
                 let fresh = merged.fresh(whole);
                 let kept = fresh.rows().map(|(k, v, t)| (k, v, Some(t))).collect();
                 let rows = in_order(&plan, kept, edge_rows(&edges));
@@ -509,12 +517,32 @@ fn rows_answer(
     rows: Vec<OutRow<'_>>,
     freshness: &Freshness,
 ) -> Result<Answer, ApiError> {
-    if format == Format::Arrow {
-        return ArrowWriter::new(columns).answer(freshness, [rows.as_slice()], []);
+    match format {
+        Format::Arrow => return ArrowWriter::new(columns).answer(freshness, [rows.as_slice()], []),
+        Format::Csv => return csv_answer(&columns, &rows),
+        Format::Json => {}
     }
     let mut body = Body::new(RowWriter::new(&columns), rows.len());
     rows.into_iter().for_each(|row| body.row(row));
     body.finish(freshness)
+}
+
+/// An answer of `rows` as CSV (see [`Format::Csv`]).
+fn csv_answer(columns: &Columns, rows: &[OutRow<'_>]) -> Result<Answer, ApiError> {
+    let failed = |e: csv::Error| ApiError::internal("writing a CSV answer", e);
+    let mut out = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::with_capacity(64 * (rows.len() + 1)));
+    let names = columns.dims.iter().chain(&columns.measures).map(|(name, _)| *name);
+    out.write_record(columns.bucket.then_some("bucket").into_iter().chain(names)).map_err(failed)?;
+    for (key, values, _) in rows {
+        let bucket = Value::Timestamp(key.bucket);
+        let record: Vec<&Value> =
+            columns.bucket.then_some(&bucket).into_iter().chain(&key.dims).chain(values.iter()).collect();
+        out.serialize(&record).map_err(failed)?;
+    }
+    let bytes = out.into_inner().map_err(|e| ApiError::internal("writing a CSV answer", e.error()))?;
+    Ok(Answer { pieces: vec![Bytes::from(bytes)] })
 }
 
 /// An answer's bytes, in pieces. In JSON, each kept block of rows as the shape keeps it
@@ -731,6 +759,25 @@ mod tests {
     fn columns<'a>(bucket: bool, dims: &[&'a str], measures: &[&'a str]) -> Columns<'a> {
         let typed = |names: &[&'a str], ty| names.iter().map(|&name| (name, ty)).collect();
         Columns { bucket, dims: typed(dims, FieldType::String), measures: typed(measures, FieldType::Int64) }
+    }
+
+    /// Rows are written as CSV records under a header of the column names, fields quoted as
+    /// RFC 4180 requires, null as an empty field.
+    #[test]
+    fn rows_are_written_as_csv_under_a_header() {
+        let hour = 3_600_000_000;
+        let (k1, k2) = (key(hour, &["U\"S, x"]), key(2 * hour, &["DE\n"]));
+        let (v1, v2) = ([Value::Int(3), Value::Null], [Value::Bool(true), Value::Float(0.25)]);
+        let rows: Vec<OutRow> = vec![(&k1, &v1[..], None), (&k2, &v2[..], None)];
+        let answer = csv_answer(&columns(true, &["country"], &["views", "p95_ms"]), &rows).unwrap();
+        assert_eq!(
+            String::from_utf8(answer.to_vec()).unwrap(),
+            "bucket,country,views,p95_ms\r\n\
+             1970-01-01T01:00:00Z,\"U\"\"S, x\",3,\r\n\
+             1970-01-01T02:00:00Z,\"DE\n\",true,0.25\r\n"
+        );
+        let all = csv_answer(&columns(false, &[], &["views"]), &[(&key(0, &[]), &[Value::Int(9)][..], None)]).unwrap();
+        assert_eq!(all.to_vec(), b"views\r\n9\r\n");
     }
 
     /// Rows are written as JSON objects with their columns in order, values escaped as JSON

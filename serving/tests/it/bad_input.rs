@@ -217,13 +217,19 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert_error(s, &b, 415, "unsupported_media_type");
     let (s, b) = server.call("GET", "/v1/views/v/query?color=red", None).await;
     assert_error(s, &b, 400, "invalid_query");
-    // the answer's format, from Accept: 406 when it allows neither JSON nor Arrow
+    // the answer's format, from Accept: 406 when it allows none of JSON, Arrow and CSV
     let arrow = "application/vnd.apache.arrow.stream";
+    let csv = "text/csv; charset=utf-8; header=present";
     for (accept, want) in [
-        ("text/csv", None),
-        (&format!("{arrow};q=0, text/csv"), None),
+        ("text/html", None),
+        ("image/png, text/plain", None),
+        (&format!("{arrow};q=0, text/html"), None),
+        ("text/csv", Some(csv)),
+        (&format!("{arrow};q=0, text/csv"), Some(csv)),
+        ("text/csv;q=0, application/json", Some("application/json")),
         (&format!("{arrow}; q=0, application/json"), Some("application/json")),
-        ("text/csv, */*;q=0.1", Some("application/json")),
+        ("text/csv, */*;q=0.1", Some(csv)),
+        ("text/html, */*;q=0.1", Some("application/json")),
         ("application/*", Some("application/json")),
         (&format!("application/json, {arrow}"), Some(arrow)),
         (&format!("text/csv;q=0.9, {arrow};q=0.5"), Some(arrow)),

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::reference::{
     Accepted, Event, Gen, T0, assert_rows_match, by_bot_view, by_country_view, date_of, reference, shapes,
 };
-use crate::server::{BIN, TestServer, catalogs, files_under, pageviews_dataset};
+use crate::server::{BIN, TestServer, catalogs, csv_rows, files_under, pageviews_dataset};
 
 /// Posts `events` as one JSON request and checks the answer against the test's own dedup;
 /// returns the (accepted, duplicates) counts.
@@ -58,6 +58,15 @@ async fn check_answers(server: &TestServer, events: &[Event], views: &[&str], co
                 a.as_object().unwrap().keys().collect::<Vec<_>>(),
                 j.as_object().unwrap().keys().collect::<Vec<_>>()
             );
+            // the CSV answer: the same rows, its header the JSON rows' keys
+            let (header, records) = server.query_csv(view, q.clone()).await;
+            if let Some(first) = answer["rows"].get(0) {
+                let mut columns = header.clone();
+                columns.sort();
+                assert_eq!(columns, first.as_object().unwrap().keys().cloned().collect::<Vec<_>>(), "{view} {q}");
+            }
+            let csv = csv_rows(&header, &records, &answer["rows"]);
+            assert_rows_match(&csv, &want, &format!("{context}: {view} {q}: the CSV answer's rows"));
         }
     }
     let arrow = server.query_arrow("by_country", json!({"granularity": "day"})).await;

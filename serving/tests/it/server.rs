@@ -173,6 +173,51 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Asks `q` for a CSV answer (`Accept: text/csv`): its header and records, as text.
+    pub async fn query_csv(&self, view: &str, q: Value) -> (Vec<String>, Vec<Vec<String>>) {
+        let resp = self
+            .http
+            .post(format!("{}/v1/views/{view}/query", self.base))
+            .header("accept", "text/csv")
+            .json(&q)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "{view} {q}");
+        assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8; header=present");
+        let bytes = resp.bytes().await.unwrap();
+        let mut reader = csv::Reader::from_reader(bytes.as_ref());
+        let header = reader.headers().unwrap().iter().map(str::to_string).collect();
+        let records = reader.records().map(|r| r.unwrap().iter().map(str::to_string).collect()).collect();
+        (header, records)
+    }
+}
+
+/// A CSV answer's records as JSON rows, each field read as the type of the same cell of
+/// `like` (the JSON answer to the same query): empty for null, the text of a number or bool.
+/// A field that does not read as that type stays text, and so fails a comparison.
+pub fn csv_rows(header: &[String], records: &[Vec<String>], like: &Value) -> Value {
+    let like = like.as_array().unwrap();
+    assert_eq!(records.len(), like.len(), "as many CSV records as JSON rows");
+    let typed = |field: &str, like: &Value| -> Value {
+        let parsed = match like {
+            Value::Null => field.is_empty().then_some(Value::Null),
+            Value::Bool(_) => field.parse::<bool>().ok().map(Value::Bool),
+            Value::Number(n) if n.is_f64() => field.parse::<f64>().ok().map(|f| json!(f)),
+            Value::Number(_) => field.parse::<i64>().ok().map(|i| json!(i)),
+            _ => None,
+        };
+        parsed.unwrap_or_else(|| Value::String(field.to_string()))
+    };
+    let rows = records.iter().zip(like).map(|(record, row)| {
+        assert_eq!(record.len(), header.len(), "a CSV record has a field for each column");
+        let object = header.iter().zip(record).map(|(name, field)| (name.clone(), typed(field, &row[name])));
+        Value::Object(object.collect())
+    });
+    Value::Array(rows.collect())
+}
+
 /// An Arrow answer as [`TestServer::query_arrow`] returns it.
 pub fn arrow_answer(bytes: &[u8]) -> Value {
     use datafusion::arrow::array::{Array, AsArray};
