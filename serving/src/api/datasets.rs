@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use tandem_model::value::format_timestamp;
 use tandem_model::{DatasetSpec, FieldType};
 
+use super::DatasetName;
 use super::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::app::{AppState, Dataset};
 
@@ -75,25 +76,31 @@ pub async fn list(State(state): State<AppState>) -> Json<DatasetList> {
 
 /// Show a dataset
 #[utoipa::path(get, path = "/v1/datasets/{name}", operation_id = "get_dataset", tag = "datasets",
-    params(("name" = String, Path, description = "The dataset's name")),
+    params(DatasetName),
     responses(
         (status = 200, description = "The dataset", body = DatasetInfo),
         (status = 404, description = "`not_found`", body = ErrorBody),
     ))]
-pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<DatasetInfo>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(DatasetName { name }): Path<DatasetName>,
+) -> ApiResult<Json<DatasetInfo>> {
     let dataset = state.dataset(&name).ok_or_else(|| ApiError::not_found(format!("dataset {name:?}")))?;
     Ok(Json(DatasetInfo::of(&dataset)))
 }
 
 /// Delete a dataset, its log and its master files
 #[utoipa::path(delete, path = "/v1/datasets/{name}", operation_id = "delete_dataset", tag = "datasets",
-    params(("name" = String, Path, description = "The dataset's name")),
+    params(DatasetName),
     responses(
         (status = 204, description = "Deleted: its events, log and master files are gone"),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`conflict`: views read it (named in the message); delete them first", body = ErrorBody),
     ))]
-pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(DatasetName { name }): Path<DatasetName>,
+) -> ApiResult<StatusCode> {
     state.delete_dataset(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

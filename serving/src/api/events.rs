@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tandem_model::event::{Format, Limits};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::DatasetName;
 use super::coding::Coding;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use crate::app::AppState;
@@ -38,7 +39,7 @@ const INFLATE_STEP: usize = 1 << 20;
         fsync) and folds them into every view of the dataset before answering, so a query right after sees \
         them. One invalid event rejects the request and nothing of it is stored.",
     params(
-        ("name" = String, Path, description = "The dataset's name"),
+        DatasetName,
         ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key within 24 h gets the first answer and stores nothing (across restarts too)"),
         ("Content-Encoding" = Option<String>, Header, description = "`gzip` (or `x-gzip`) or `zstd` for a compressed body"),
     ),
@@ -60,7 +61,7 @@ const INFLATE_STEP: usize = 1 << 20;
     ))]
 pub async fn ingest(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(DatasetName { name }): Path<DatasetName>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Stored>> {

@@ -80,6 +80,22 @@ pub fn router(state: AppState, metrics: Metrics) -> Router {
         .with_state(state)
 }
 
+/// The path of a dataset's routes: `/v1/datasets/{name}...`; extracted and documented as one.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct DatasetName {
+    /// The dataset's name.
+    name: String,
+}
+
+/// The path of a view's routes: `/v1/views/{name}...`; extracted and documented as one.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ViewName {
+    /// The view's name.
+    name: String,
+}
+
 /// A method a route does not take, in the API's error shape too; axum adds the route's
 /// `Allow` header.
 async fn method_not_allowed(method: Method) -> ApiError {

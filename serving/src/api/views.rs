@@ -16,6 +16,7 @@ use tandem_batch::catalog::{RunRecord, Trigger, ViewRecord};
 use tandem_model::value::format_timestamp;
 use tandem_model::{Granularity, ViewSpec};
 
+use super::ViewName;
 use super::coding::{COMPRESS_FROM, Coding, weighted};
 use super::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::app::AppState;
@@ -205,12 +206,12 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<ViewList>> {
 
 /// Show a view
 #[utoipa::path(get, path = "/v1/views/{name}", operation_id = "get_view", tag = "views",
-    params(("name" = String, Path, description = "The view's name")),
+    params(ViewName),
     responses(
         (status = 200, description = "The view", body = ViewInfo),
         (status = 404, description = "`not_found`", body = ErrorBody),
     ))]
-pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<ViewInfo>> {
+pub async fn get(State(state): State<AppState>, Path(ViewName { name }): Path<ViewName>) -> ApiResult<Json<ViewInfo>> {
     let record = record(&state, &name).await?;
     Ok(Json(ViewInfo::read(&state, &record).await?))
 }
@@ -238,7 +239,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
 /// Takes effect at once: the next scheduled run follows the new schedule. The view's
 /// definition, versions and runs stay as they are.
 #[utoipa::path(patch, path = "/v1/views/{name}", operation_id = "update_view", tag = "views",
-    params(("name" = String, Path, description = "The view's name")),
+    params(ViewName),
     request_body = ViewChange,
     responses(
         (status = 200, description = "The view as it now is", body = ViewInfo),
@@ -247,7 +248,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     ))]
 pub async fn update(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(ViewName { name }): Path<ViewName>,
     ApiJson(change): ApiJson<ViewChange>,
 ) -> ApiResult<Json<ViewInfo>> {
     let record = match change.schedule {
@@ -259,12 +260,12 @@ pub async fn update(
 
 /// Delete a view
 #[utoipa::path(delete, path = "/v1/views/{name}", operation_id = "delete_view", tag = "views",
-    params(("name" = String, Path, description = "The view's name")),
+    params(ViewName),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "`not_found`", body = ErrorBody),
     ))]
-pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(State(state): State<AppState>, Path(ViewName { name }): Path<ViewName>) -> ApiResult<StatusCode> {
     state.delete_view(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -272,7 +273,7 @@ pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> 
 /// Query a view
 #[utoipa::path(post, path = "/v1/views/{name}/query", operation_id = "query_view", tag = "queries",
     params(
-        ("name" = String, Path, description = "The view's name"),
+        ViewName,
         ("Accept" = Option<String>, Header, description = "`application/vnd.apache.arrow.stream` for an Arrow IPC stream, `text/csv` for CSV; JSON otherwise"),
         ("Accept-Encoding" = Option<String>, Header, description = "`zstd` or `gzip`: an answer of 1 KiB or more comes compressed"),
     ),
@@ -289,7 +290,7 @@ pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> 
 )]
 pub async fn query_post(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(ViewName { name }): Path<ViewName>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<QueryRequest>,
 ) -> ApiResult<Response> {
@@ -299,7 +300,7 @@ pub async fn query_post(
 /// Query a view (query-string form)
 #[utoipa::path(get, path = "/v1/views/{name}/query", operation_id = "query_view_get", tag = "queries",
     params(
-        ("name" = String, Path, description = "The view's name"),
+        ViewName,
         ("from" = Option<String>, Query, description = "Start of the range, inclusive (RFC 3339)"),
         ("to" = Option<String>, Query, description = "End of the range, exclusive (RFC 3339)"),
         ("granularity" = Option<Granularity>, Query, description = "The view's or a coarser one"),
@@ -322,7 +323,7 @@ pub async fn query_post(
 )]
 pub async fn query_get(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(ViewName { name }): Path<ViewName>,
     headers: HeaderMap,
     pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Response> {
@@ -484,7 +485,7 @@ pub struct RunRequest {
 /// compacted first) and publishes a new version; incremental (the event days that changed)
 /// unless `{"full": true}`. Answers at once; `GET /v1/runs/{id}` tells how it went.
 #[utoipa::path(post, path = "/v1/views/{name}/runs", operation_id = "start_run", tag = "runs",
-    params(("name" = String, Path, description = "The view's name")),
+    params(ViewName),
     request_body(content = Option<RunRequest>, description = "Optional; any content type"),
     responses(
         (status = 202, description = "Started, or the run already active", body = RunStarted),
@@ -493,7 +494,7 @@ pub struct RunRequest {
     ))]
 pub async fn start_run(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(ViewName { name }): Path<ViewName>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<RunStarted>)> {
     let body = body?;
@@ -526,7 +527,7 @@ const RUNS_PAGE_DEFAULT: i64 = 100;
 
 /// List a view's runs
 #[utoipa::path(get, path = "/v1/views/{name}/runs", operation_id = "list_runs", tag = "runs",
-    params(("name" = String, Path, description = "The view's name"), RunsPage),
+    params(ViewName, RunsPage),
     responses(
         (status = 200, description = "Runs, newest first", body = RunList),
         (status = 400, description = "`invalid_query`: another key, or a value out of range", body = ErrorBody),
@@ -534,7 +535,7 @@ const RUNS_PAGE_DEFAULT: i64 = 100;
     ))]
 pub async fn list_runs(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(ViewName { name }): Path<ViewName>,
     page: Result<Query<RunsPage>, QueryRejection>,
 ) -> ApiResult<Json<RunList>> {
     let Query(page) = page?;
