@@ -309,6 +309,7 @@ pub async fn query_post(
         ("filter" = Option<Vec<String>>, Query, description = "`dim:v1,v2`, repeatable", explode = true),
         ("order_by" = Option<String>, Query, description = "Columns, comma-separated; `-` before one for descending, e.g. `-views,country`"),
         ("limit" = Option<usize>, Query, description = "At most this many rows"),
+        ("offset" = Option<usize>, Query, description = "Rows to skip first (after sorting); with `limit`, a page"),
         ("Accept" = Option<String>, Header, description = "`application/vnd.apache.arrow.stream` for an Arrow IPC stream, `text/csv` for CSV; JSON otherwise"),
         ("Accept-Encoding" = Option<String>, Header, description = "`zstd` or `gzip`: an answer of 1 KiB or more comes compressed"),
     ),

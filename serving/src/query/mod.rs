@@ -57,8 +57,10 @@ pub struct QueryRequest {
     /// Sort keys, any returned column (`bucket`, a dimension, a measure); by bucket, then
     /// dimension values, when absent.
     pub order_by: Option<Vec<OrderBy>>,
-    /// At most this many rows (after sorting).
+    /// At most this many rows (after sorting and `offset`).
     pub limit: Option<usize>,
+    /// Rows to skip first (after sorting): with `limit`, a page of a long answer.
+    pub offset: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -147,6 +149,9 @@ impl QueryRequest {
                 "limit" => {
                     q.limit = Some(value.parse().map_err(|_| invalid(format!("limit {value:?} is not a count")))?)
                 }
+                "offset" => {
+                    q.offset = Some(value.parse().map_err(|_| invalid(format!("offset {value:?} is not a count")))?)
+                }
                 other => return Err(invalid(format!("unknown query key {other:?}"))),
             }
         }
@@ -167,6 +172,15 @@ struct Plan {
     shape: Shape,
     order: Vec<(Column, bool)>,
     limit: Option<usize>,
+    /// Rows skipped before the first returned (0: none).
+    offset: usize,
+}
+
+impl Plan {
+    /// How many rows in order the answer needs: the ones `offset` skips and the `limit`.
+    fn end(&self) -> Option<usize> {
+        self.limit.map(|limit| limit.saturating_add(self.offset))
+    }
 }
 
 /// An answer's columns, in order, each with its name and its type in an answer: a bucket when
@@ -317,7 +331,8 @@ fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
     {
         return Err(invalid("from is after to: the range is [from, to)"));
     }
-    Ok(Plan { from, to, shape: Shape::new(granularity, group, filters, measures), order, limit: q.limit })
+    let shape = Shape::new(granularity, group, filters, measures);
+    Ok(Plan { from, to, shape, order, limit: q.limit, offset: q.offset.unwrap_or(0) })
 }
 
 fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {
@@ -472,7 +487,7 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
                 Box::new(move |key, values, out| render.write(out, key, values))
             });
             // CSV is written from the rows, not from the kept JSON text or Arrow batches
-            if !plan.order.is_empty() || plan.limit.is_some() || format == Format::Csv {
+            if !plan.order.is_empty() || plan.limit.is_some() || plan.offset > 0 || format == Format::Csv {
                 let fresh = merged.fresh(whole);
                 let kept = fresh.rows().map(|(k, v, t)| (k, v, Some(t))).collect();
                 let rows = in_order(&plan, kept, edge_rows(&edges));
@@ -634,16 +649,27 @@ fn edge_rows(edges: &[(GroupKey, Vec<Value>)]) -> Vec<OutRow<'_>> {
 /// A row of an answer: its key and measure values, and for a kept row its text, kept.
 type OutRow<'a> = (&'a GroupKey, &'a [Value], Option<&'a [u8]>);
 
-/// The rows in the query's order, the first `limit` of them. `kept` come in bucket and
-/// dimension order (see [`tandem_speed::shapes::Fresh::rows`]), so without an `order_by`
-/// the few edge rows are merged into them rather than all sorted.
-fn in_order<'a>(plan: &Plan, kept: Vec<OutRow<'a>>, mut edges: Vec<OutRow<'a>>) -> Vec<OutRow<'a>> {
-    if !plan.order.is_empty() {
+/// The rows in the query's order, past the first `offset`, the first `limit` of them. `kept`
+/// come in bucket and dimension order (see [`tandem_speed::shapes::Fresh::rows`]), so without
+/// an `order_by` the few edge rows are merged into them rather than all sorted.
+fn in_order<'a>(plan: &Plan, kept: Vec<OutRow<'a>>, edges: Vec<OutRow<'a>>) -> Vec<OutRow<'a>> {
+    let mut rows = if plan.order.is_empty() {
+        merged_in_order(kept, edges)
+    } else {
         let mut rows = kept;
         rows.extend(edges);
         sort_and_limit(plan, &mut rows);
-        return rows;
+        rows
+    };
+    if let Some(end) = plan.end() {
+        rows.truncate(end);
     }
+    rows.drain(..plan.offset.min(rows.len()));
+    rows
+}
+
+/// `kept` (in bucket and dimension order) with `edges` merged into them in that order.
+fn merged_in_order<'a>(kept: Vec<OutRow<'a>>, mut edges: Vec<OutRow<'a>>) -> Vec<OutRow<'a>> {
     edges.sort_unstable_by(|a, b| a.0.total_cmp(b.0));
     let mut edges = edges.into_iter().peekable();
     let mut rows = Vec::with_capacity(kept.len() + edges.len());
@@ -654,14 +680,11 @@ fn in_order<'a>(plan: &Plan, kept: Vec<OutRow<'a>>, mut edges: Vec<OutRow<'a>>) 
         rows.push(row);
     }
     rows.extend(edges);
-    if let Some(limit) = plan.limit {
-        rows.truncate(limit);
-    }
     rows
 }
 
 /// Orders rows by the query's `order_by`, then by bucket and dimensions (so the order is
-/// total: no two rows share a bucket and dimensions), and keeps the first `limit`.
+/// total: no two rows share a bucket and dimensions), and keeps the first `offset` + `limit`.
 fn sort_and_limit(plan: &Plan, rows: &mut Vec<OutRow<'_>>) {
     let order = |(ka, sa, _): &OutRow<'_>, (kb, sb, _): &OutRow<'_>| {
         for (column, desc) in &plan.order {
@@ -677,7 +700,7 @@ fn sort_and_limit(plan: &Plan, rows: &mut Vec<OutRow<'_>>) {
         }
         ka.total_cmp(kb)
     };
-    match plan.limit {
+    match plan.end() {
         // the first `limit` in order, without sorting the rest
         Some(limit) if limit < rows.len() => {
             if limit > 0 {

@@ -120,6 +120,8 @@ pub struct Shape<'a> {
     pub range: Option<(i64, i64)>,
     /// `order_by` this measure descending (ties in bucket, dimension order), then `limit`.
     pub top: Option<(&'a str, usize)>,
+    /// `offset`: rows skipped (after the order, before the limit).
+    pub skip: usize,
     /// Only these measures are asked for.
     pub measures: Option<&'a [&'a str]>,
 }
@@ -235,9 +237,12 @@ pub fn reference(events: &[Event], view: &str, shape: &Shape) -> Vec<Value> {
             row.retain(|k, _| !all_measures.contains(&k.as_str()) || keep.contains(&k.as_str()));
         }
     }
-    if let Some((measure, limit)) = shape.top {
+    if let Some((measure, _)) = shape.top {
         // stable: ties keep the bucket-then-dimensions order
         rows.sort_by_key(|r| std::cmp::Reverse(r[measure].as_i64()));
+    }
+    rows.drain(..shape.skip.min(rows.len()));
+    if let Some((_, limit)) = shape.top {
         rows.truncate(limit);
     }
     rows
@@ -291,6 +296,7 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
         countries,
         range,
         top: None,
+        skip: 0,
         measures: None,
     };
     vec![
@@ -349,6 +355,19 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
                 None,
             )
         },
+        // a page: the next 3 of the same order; and rows skipped in the answer's own order
+        Shape {
+            top: Some((count, 3)),
+            skip: 3,
+            ..shape(
+                json!({"granularity": "day", "order_by": [{"field": count, "desc": true}], "offset": 3, "limit": 3}),
+                "day",
+                dims,
+                None,
+                None,
+            )
+        },
+        Shape { skip: 5, ..shape(json!({"granularity": "day", "offset": 5}), "day", dims, None, None) },
     ]
 }
 
