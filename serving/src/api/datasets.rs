@@ -1,9 +1,9 @@
+use std::collections::{BTreeMap, HashMap};
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Serialize;
-use std::collections::BTreeMap;
-
 use tandem_model::value::format_timestamp;
 use tandem_model::{DatasetSpec, FieldType};
 
@@ -11,12 +11,14 @@ use super::DatasetName;
 use super::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::app::{AppState, Dataset};
 
-/// A dataset as the API shows it: its definition, when it was made, and how many events it
-/// has stored so far. (Its definition's fields are listed, not flattened from a
-/// [`DatasetSpec`], so that the document's schema of an answer admits the two extra keys
-/// while a definition sent admits no unknown key.)
+/// A dataset as the API shows it: its definition, when it was made, how many events it has
+/// stored and how many of them the master dataset holds, and its log on disk. (Its
+/// definition's fields are listed, not flattened from a [`DatasetSpec`], so that the
+/// document's schema of an answer admits the extra keys while a definition sent admits no
+/// unknown key.)
 #[derive(Serialize, utoipa::ToSchema)]
-#[schema(description = "A dataset: its definition, when it was made, and how many events it has stored.")]
+#[schema(description = "A dataset: its definition, when it was made, how many events it has stored and how \
+    many of them the master dataset holds, and its log on disk.")]
 pub struct DatasetInfo {
     #[schema(example = "pageviews")]
     name: String,
@@ -30,19 +32,54 @@ pub struct DatasetInfo {
     created_at: String,
     /// How many events it has stored (made durable; duplicates are not stored).
     events: u64,
+    /// How many of them the master dataset holds: batch runs compact sealed log segments into
+    /// it, so this trails `events` by the active segment and the sealed ones no run has
+    /// compacted yet.
+    compacted_events: u64,
+    log: LogInfo,
+}
+
+/// A dataset's log on disk.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LogInfo {
+    /// Segment files: the active one, and the sealed ones `--log-retention` has not deleted.
+    segments: usize,
+    /// Their size in bytes.
+    bytes: u64,
 }
 
 impl DatasetInfo {
-    fn of(dataset: &Dataset) -> DatasetInfo {
+    /// `dataset` with what the catalog says it has compacted, and its log as it is now.
+    async fn read(state: &AppState, dataset: &Dataset, compacted_seq: u64) -> ApiResult<DatasetInfo> {
         let DatasetSpec { name, time_field, id_field, fields } = dataset.record.spec.clone();
-        DatasetInfo {
+        let log = LogInfo::read(state, &name).await?;
+        Ok(DatasetInfo {
             name,
             time_field,
             id_field,
             fields,
             created_at: format_timestamp(dataset.record.created_at),
             events: dataset.writer.stored_events(),
-        }
+            compacted_events: compacted_seq,
+            log,
+        })
+    }
+}
+
+impl LogInfo {
+    /// Lists the dataset's log directory, on a blocking thread.
+    async fn read(state: &AppState, dataset: &str) -> ApiResult<LogInfo> {
+        let dir = state.env.log_dir(dataset);
+        let listed = tokio::task::spawn_blocking(move || {
+            let segments = tandem_model::log::list_segments(&dir)?;
+            // a segment deleted by retention meanwhile counts no bytes
+            let bytes = segments.iter().filter_map(|s| std::fs::metadata(&s.path).ok()).map(|m| m.len()).sum();
+            Ok::<_, tandem_model::log::LogError>(LogInfo { segments: segments.len(), bytes })
+        });
+        listed
+            .await
+            .map_err(|e| ApiError::internal("listing a log", e))?
+            .map_err(|e| ApiError::internal("listing a log", e))
     }
 }
 
@@ -64,14 +101,21 @@ pub async fn create(
     ApiJson(spec): ApiJson<DatasetSpec>,
 ) -> ApiResult<(StatusCode, Json<DatasetInfo>)> {
     let dataset = state.create_dataset(spec).await?;
-    Ok((StatusCode::CREATED, Json(DatasetInfo::of(&dataset))))
+    Ok((StatusCode::CREATED, Json(DatasetInfo::read(&state, &dataset, 0).await?)))
 }
 
 /// List the datasets
 #[utoipa::path(get, path = "/v1/datasets", operation_id = "list_datasets", tag = "datasets",
     responses((status = 200, description = "Every dataset", body = DatasetList)))]
-pub async fn list(State(state): State<AppState>) -> Json<DatasetList> {
-    Json(DatasetList { datasets: state.datasets().iter().map(|d| DatasetInfo::of(d)).collect() })
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<DatasetList>> {
+    let compacted: HashMap<String, u64> =
+        state.env.catalog.datasets().await?.into_iter().map(|r| (r.spec.name, r.compacted_seq)).collect();
+    let mut datasets = Vec::new();
+    for dataset in state.datasets() {
+        let Some(&compacted_seq) = compacted.get(&dataset.record.spec.name) else { continue }; // deleted meanwhile
+        datasets.push(DatasetInfo::read(&state, &dataset, compacted_seq).await?);
+    }
+    Ok(Json(DatasetList { datasets }))
 }
 
 /// Show a dataset
@@ -85,8 +129,10 @@ pub async fn get(
     State(state): State<AppState>,
     Path(DatasetName { name }): Path<DatasetName>,
 ) -> ApiResult<Json<DatasetInfo>> {
-    let dataset = state.dataset(&name).ok_or_else(|| ApiError::not_found(format!("dataset {name:?}")))?;
-    Ok(Json(DatasetInfo::of(&dataset)))
+    let not_found = || ApiError::not_found(format!("dataset {name:?}"));
+    let dataset = state.dataset(&name).ok_or_else(not_found)?;
+    let record = state.env.catalog.dataset(&name).await?.ok_or_else(not_found)?;
+    Ok(Json(DatasetInfo::read(&state, &dataset, record.compacted_seq).await?))
 }
 
 /// Delete a dataset, its log and its master files
