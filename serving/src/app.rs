@@ -290,9 +290,11 @@ impl AppState {
         if !self.env.catalog.set_view_spec(&record.spec).await? {
             return Err(ApiError::not_found(format!("view {name:?}")));
         }
-        // a view deleted meanwhile has left the map: it gets no entry again
+        // a view deleted meanwhile gets no entry again (a deletion takes `schedules` after it has
+        // left `views`, so it removes any entry made while this holds the lock)
+        let mut schedules = self.schedules.write();
         if self.views.read().contains_key(name) {
-            self.schedules.write().insert(name.to_string(), record.spec.schedule().to_string());
+            schedules.insert(name.to_string(), record.spec.schedule().to_string());
         }
         Ok(record)
     }
