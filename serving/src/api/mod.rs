@@ -9,6 +9,8 @@ mod datasets;
 mod events;
 mod limit;
 mod openapi;
+mod queries;
+mod runs;
 mod system;
 mod views;
 
@@ -52,9 +54,9 @@ pub fn router(state: AppState, metrics: Metrics) -> Router {
         .routes(routes!(events::ingest))
         .routes(routes!(views::create, views::list).map(|r| r.layer(compression())))
         .routes(routes!(views::get, views::update, views::delete))
-        .routes(routes!(views::query_post, views::query_get))
-        .routes(routes!(views::start_run, views::list_runs).map(|r| r.layer(compression())))
-        .routes(routes!(views::get_run))
+        .routes(routes!(queries::query_post, queries::query_get))
+        .routes(routes!(runs::start_run, runs::list_runs).map(|r| r.layer(compression())))
+        .routes(routes!(runs::get_run))
         .routes(
             routes!(openapi::document)
                 .map(|r| r.layer::<_, Infallible>(Extension(document.clone())).layer(compression())),
