@@ -38,6 +38,9 @@ pub struct Inner {
     /// when it is made, but its schedule may change (`PATCH /v1/views/{name}`), so the
     /// scheduler reads it here, not from the view's compiled definition.
     schedules: RwLock<BTreeMap<String, String>>,
+    /// Held while a view's schedule changes, so that two changes at once leave the catalog and
+    /// the scheduler with the same one.
+    schedule_changes: tokio::sync::Mutex<()>,
     /// Request-body bytes that ingest requests may hold at once (`--max-inflight-bytes`).
     pub ingest_budget: Arc<tokio::sync::Semaphore>,
     /// Held while a dataset is made or deleted, so that a deletion never removes the writer
@@ -76,6 +79,7 @@ impl AppState {
             datasets: RwLock::new(BTreeMap::new()),
             views: RwLock::new(BTreeMap::new()),
             schedules: RwLock::new(BTreeMap::new()),
+            schedule_changes: tokio::sync::Mutex::new(()),
             dataset_changes: tokio::sync::Mutex::new(()),
         }));
         let views = catalog.views().await?;
@@ -281,6 +285,7 @@ impl AppState {
     /// scheduler, which takes it at its next tick. Its definition and versions stay as they
     /// are.
     pub async fn set_schedule(&self, name: &str, schedule: Option<String>) -> ApiResult<ViewRecord> {
+        let _changing = self.schedule_changes.lock().await;
         let mut record =
             self.env.catalog.view(name).await?.ok_or_else(|| ApiError::not_found(format!("view {name:?}")))?;
         record.spec.schedule = schedule;
