@@ -21,7 +21,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // the end-to-end tests read this line to find an ephemeral port
     println!("tandem listening on http://{addr}");
     tracing::info!(%addr, "tandem listening");
-    if api::auth::ApiKeys::new(&state.config).is_none() && !addr.ip().is_loopback() {
+    let keyless = api::auth::ApiKeys::new(&state.config).is_none();
+    if keyless && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "no --api-key set: anyone who reaches this address can write and read every dataset");
     }
     // Nagle's algorithm would hold an answer's last small piece (see `query::Answer`) until
@@ -34,7 +35,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let app = api::router(state.clone(), exporter);
     // the peer's address names a client for the rate limit when no API keys are set; only
     // then is it handed to every request
-    if state.config.rate_limit.is_some() && api::auth::ApiKeys::new(&state.config).is_none() {
+    if state.config.rate_limit.is_some() && keyless {
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     } else {

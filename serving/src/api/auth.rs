@@ -94,11 +94,6 @@ impl ApiKeys {
         }
         found
     }
-
-    #[cfg(test)]
-    fn scope_of(&self, token: &[u8]) -> Option<Scope> {
-        self.find(token).map(|(_, scope)| scope)
-    }
 }
 
 /// Middleware: lets a request through only with a known bearer key whose scope takes it, and
@@ -146,7 +141,7 @@ mod tests {
         for (token, allowed) in
             [("k-one", true), ("second", true), ("k-on", false), ("k-one1", false), ("", false), ("SECOND", false)]
         {
-            assert_eq!(keys.scope_of(token.as_bytes()).is_some(), allowed, "{token:?}");
+            assert_eq!(keys.find(token.as_bytes()).is_some(), allowed, "{token:?}");
         }
         assert!(ApiKeys::of([]).is_none());
         let empty = self::keys(&["", " "]);
@@ -159,7 +154,8 @@ mod tests {
         let (all, read, ingest) = (keys(&["a"]), keys(&["r1", "r2"]), keys(&["i"]));
         let keys =
             ApiKeys::of([(&all[..], Scope::All), (&read[..], Scope::Read), (&ingest[..], Scope::Ingest)]).unwrap();
-        let scopes: Vec<_> = ["a", "r1", "r2", "i", "x"].iter().map(|t| keys.scope_of(t.as_bytes())).collect();
+        let scopes: Vec<_> =
+            ["a", "r1", "r2", "i", "x"].iter().map(|t| keys.find(t.as_bytes()).map(|(_, scope)| scope)).collect();
         assert_eq!(scopes, [Some(Scope::All), Some(Scope::Read), Some(Scope::Read), Some(Scope::Ingest), None]);
 
         let requests = [

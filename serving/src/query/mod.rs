@@ -654,16 +654,15 @@ type OutRow<'a> = (&'a GroupKey, &'a [Value], Option<&'a [u8]>);
 /// an `order_by` the few edge rows are merged into them rather than all sorted.
 fn in_order<'a>(plan: &Plan, kept: Vec<OutRow<'a>>, edges: Vec<OutRow<'a>>) -> Vec<OutRow<'a>> {
     let mut rows = if plan.order.is_empty() {
-        merged_in_order(kept, edges)
+        let mut rows = merged_in_order(kept, edges);
+        rows.truncate(plan.end().unwrap_or(usize::MAX));
+        rows
     } else {
         let mut rows = kept;
         rows.extend(edges);
         sort_and_limit(plan, &mut rows);
         rows
     };
-    if let Some(end) = plan.end() {
-        rows.truncate(end);
-    }
     rows.drain(..plan.offset.min(rows.len()));
     rows
 }

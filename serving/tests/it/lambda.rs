@@ -608,15 +608,6 @@ async fn scheduled_runs(server: &TestServer, view: &str) -> Vec<Value> {
     runs["runs"].as_array().unwrap().iter().filter(|r| r["trigger"] == "schedule").cloned().collect()
 }
 
-/// Waits until `done` (asking the server) holds, for at most 20 s.
-async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !done().await {
-        assert!(std::time::Instant::now() < deadline, "{what}: not within 20 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// `PATCH /v1/views/{name}` changes when a view runs, at once and across restarts, and keeps
 /// its version: a manual view made to run every two seconds runs by itself, made manual
 /// again stops, and answers the same all along; bad changes are 400 and change nothing.
@@ -655,7 +646,7 @@ async fn a_view_schedule_changes_without_a_rebuild() {
     assert_eq!((&changed["schedule"], &changed["status"]), (&json!("*/2 * * * * *"), &json!("ready")), "{changed}");
     assert_eq!(changed["batch_version"], json!(1), "a changed schedule keeps the version served");
     ingest_json(&server, &mut acc, &rng.events(100, T0, 24, 100_000)).await;
-    wait_for("a scheduled run", async || !scheduled_runs(&server, "by_country").await.is_empty()).await;
+    eventually("a scheduled run", async || !scheduled_runs(&server, "by_country").await.is_empty()).await;
     check_answers(&server, &acc.events, &["by_country"], "after the schedule changed").await;
 
     // kept across a restart
@@ -664,8 +655,10 @@ async fn a_view_schedule_changes_without_a_rebuild() {
     let kept = server.ok("GET", "/v1/views/by_country", None).await;
     assert_eq!(kept["schedule"], json!("*/2 * * * * *"), "{kept}");
     let before = scheduled_runs(&server, "by_country").await.len();
-    wait_for("a scheduled run after the restart", async || scheduled_runs(&server, "by_country").await.len() > before)
-        .await;
+    eventually("a scheduled run after the restart", async || {
+        scheduled_runs(&server, "by_country").await.len() > before
+    })
+    .await;
 
     // manual again: no more runs by itself (the one under way, if any, finishes)
     server.ok("PATCH", "/v1/views/by_country", Some(json!({"schedule": "manual"}))).await;
@@ -710,10 +703,10 @@ fn set_age(path: &std::path::Path, seconds: u64) {
     std::fs::File::options().write(true).open(path).unwrap().set_modified(then).unwrap();
 }
 
-/// Waits until `done` holds, polling for up to 15 s.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+/// Waits until `done` holds (it may ask the server), polling for up to 15 s.
+async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !done() {
+    while !done().await {
         assert!(std::time::Instant::now() < deadline, "{what}: not within 15 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -767,7 +760,7 @@ async fn log_retention_deletes_only_segments_the_master_dataset_and_every_versio
         tokio::time::sleep(Duration::from_millis(800)).await;
         assert_eq!(log_segments(&log), first_segments, "{label}: deleted past a segment lacking master rows");
         std::fs::rename(&hidden, &master_file).unwrap();
-        eventually(&format!("{label}: the covered segments deleted once their events are all there"), || {
+        eventually(&format!("{label}: the covered segments deleted once their events are all there"), async || {
             log_segments(&log).first().is_some_and(|(first, _)| *first == by_bot + 1)
         })
         .await;
@@ -791,7 +784,7 @@ async fn log_retention_deletes_only_segments_the_master_dataset_and_every_versio
         // every sealed segment old now (the active one is never deleted): they go through the
         // lowest watermark, by_bot's, and no further
         segments[..segments.len() - 1].iter().for_each(|(_, path)| set_age(path, 2 * 86_400));
-        eventually(&format!("{label}: segments through by_bot's watermark deleted"), || {
+        eventually(&format!("{label}: segments through by_bot's watermark deleted"), async || {
             log_segments(&log).first().is_some_and(|(first, _)| *first == by_bot + 1)
         })
         .await;
@@ -799,7 +792,7 @@ async fn log_retention_deletes_only_segments_the_master_dataset_and_every_versio
         assert_eq!(log_segments(&log), past(by_bot), "{label}");
         // by_bot's next version covers what by_country's does, and those segments go too
         assert_eq!(server.run_batch("by_bot").await["status"], "succeeded");
-        eventually(&format!("{label}: segments through by_country's watermark deleted"), || {
+        eventually(&format!("{label}: segments through by_country's watermark deleted"), async || {
             log_segments(&log).first().is_some_and(|(first, _)| *first == by_country + 1)
         })
         .await;
