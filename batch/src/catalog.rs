@@ -354,6 +354,18 @@ impl Catalog {
         row.as_ref().map(Self::view_from).transpose()
     }
 
+    /// Stores a dataset's definition anew, for what of it may change after it is made (fields
+    /// added); `false` if there is no such dataset.
+    pub async fn set_dataset_spec(&self, spec: &DatasetSpec) -> Result<bool> {
+        let text = serde_json::to_string(spec).expect("specs serialize");
+        let updated = sqlx::query("UPDATE datasets SET spec = $1 WHERE name = $2")
+            .bind(text)
+            .bind(&spec.name)
+            .execute(&self.pool)
+            .await?;
+        Ok(updated.rows_affected() > 0)
+    }
+
     /// Stores a view's definition anew, for what of it may change after it is made (its
     /// schedule); `false` if there is no such view.
     pub async fn set_view_spec(&self, spec: &ViewSpec) -> Result<bool> {

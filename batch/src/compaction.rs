@@ -56,15 +56,18 @@ pub struct Compacted {
 pub async fn compact(env: &BatchEnv, dataset: &DatasetRecord, tee: Option<Tee>) -> Result<Compacted> {
     let name = &dataset.spec.name;
     let sealed = sealed_segments(env, name).await?;
-    // the catalog may have moved on since `dataset` was read
-    let mut through = env.catalog.dataset(name).await?.map(|d| d.compacted_seq).unwrap_or(dataset.compacted_seq);
+    // the catalog may have moved on since `dataset` was read: its compaction, and fields
+    // added since (read after the listing, so every event of a listed segment fits it)
+    let now = env.catalog.dataset(name).await?;
+    let mut through = now.as_ref().map_or(dataset.compacted_seq, |d| d.compacted_seq);
+    let spec = now.map_or_else(|| dataset.spec.clone(), |d| d.spec);
     let mut done = Compacted { from_seq: through, through_seq: through, ..Default::default() };
     for (segment, last_seq) in sealed {
         if last_seq <= through {
             continue;
         }
         let started = Instant::now();
-        let (read, encoded) = read_and_encode(segment.path.clone(), dataset.spec.clone(), tee.clone()).await;
+        let (read, encoded) = read_and_encode(segment.path.clone(), spec.clone(), tee.clone()).await;
         // the encoder's error first: the reader only stops early because of it, or because
         // the segment is damaged
         let (encoded, encode_busy_ms) = encoded?;
@@ -161,6 +164,7 @@ async fn read_and_encode(
     let reader = tokio::task::spawn_blocking(move || -> Result<u64> {
         let started = Instant::now();
         let time_index = spec.time_index();
+        let width = spec.columns().count();
         let mut days: BTreeMap<NaiveDate, (EventColumns, usize)> = BTreeMap::new();
         let mut hand_over = |date: NaiveDate, columns: EventColumns| -> std::result::Result<(), String> {
             let batch = columns.finish().map_err(|e| e.to_string())?;
@@ -174,6 +178,11 @@ async fn read_and_encode(
             let Some(ValueRef::Timestamp(ts)) = values.get(time_index) else {
                 return Err(format!("event {seq} has no time value"));
             };
+            if values.len() > width {
+                // a guard: the definition is read after the segments are listed, so it has
+                // every field their events have
+                return Err(format!("event {seq} has more fields than the dataset's definition"));
+            }
             let date = DateTime::from_timestamp_micros(*ts).map(|t| t.date_naive()).unwrap_or_default();
             let (columns, rows) = days.entry(date).or_insert_with(|| (EventColumns::new(&spec, true), 0));
             columns.push(Some(seq), values.iter().copied());
@@ -226,6 +235,7 @@ mod tests {
                 .into_iter()
                 .map(|(n, t)| (n.to_string(), t))
                 .collect(),
+            added_fields: vec![],
         };
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = log::LogWriter::open(dir.path()).unwrap();

@@ -368,9 +368,15 @@ impl PartitionStream for Teed {
         let schema = self.schema.clone();
         match self.batches.lock().expect("teed batches lock").take() {
             Some(batches) => Box::pin(RecordBatchStreamAdapter::new(
-                schema,
-                futures::stream::unfold(batches, |mut batches| async move {
-                    batches.recv().await.map(|batch| (Ok(batch), batches))
+                schema.clone(),
+                futures::stream::unfold(batches, move |mut batches| {
+                    // the compaction reads the dataset's definition after this run did, so its
+                    // events may have fields added since: this run's columns are a prefix
+                    let columns: Vec<usize> = (0..schema.fields().len()).collect();
+                    async move {
+                        let batch = batches.recv().await?;
+                        Some((batch.project(&columns).map_err(Into::into), batches))
+                    }
                 }),
             )),
             None => Box::pin(RecordBatchStreamAdapter::new(

@@ -30,7 +30,8 @@ fn main() {
     .into_iter()
     .map(|(name, ty)| (name.to_string(), ty))
     .collect();
-    let spec = DatasetSpec { name: "pageviews".into(), time_field: "ts".into(), id_field: None, fields };
+    let spec =
+        DatasetSpec { name: "pageviews".into(), time_field: "ts".into(), id_field: None, fields, added_fields: vec![] };
     let limits = Limits::default();
     for round in 1..=5 {
         let started = Instant::now();

@@ -288,7 +288,7 @@ impl KeyParts for RowKey<'_> {
     }
 
     fn dim(&self, i: usize) -> &Value {
-        &self.row[self.dims[i]]
+        crate::value::field(self.row, self.dims[i])
     }
 }
 
@@ -514,7 +514,7 @@ pub fn prefetch(start: *const u8, len: usize) {
 /// Folds one event into the state of one of the view's measures (with the row position of its
 /// field, as in [`CompiledView::measures`]).
 pub fn fold_measure(state: &mut MeasureState, (measure, index): &(Measure, Option<usize>), row: &Row) {
-    let value = index.map(|i| &row[i]).unwrap_or(&Value::Null);
+    let value = index.map_or(&Value::Null, |i| crate::value::field(row, i));
     state.update(value, measure.kind == MeasureKind::Count);
 }
 

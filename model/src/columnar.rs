@@ -36,8 +36,8 @@ pub fn dataset_schema(spec: &DatasetSpec, with_seq: bool) -> SchemaRef {
     if with_seq {
         fields.push(Field::new(SEQ_COLUMN, DataType::Int64, false));
     }
-    for (name, ty) in &spec.fields {
-        fields.push(Field::new(name, arrow_type(*ty), *name != spec.time_field));
+    for (name, ty) in spec.columns() {
+        fields.push(Field::new(name, arrow_type(ty), name != spec.time_field));
     }
     Arc::new(Schema::new(fields))
 }
@@ -128,27 +128,28 @@ impl EventColumns {
     /// group commit was half of a one-event commit's filter (session 46).
     pub fn reading(spec: &DatasetSpec, schema: SchemaRef, read: impl Fn(usize) -> bool, rows: usize) -> EventColumns {
         let columns = spec
-            .fields
-            .iter()
+            .columns()
             .enumerate()
             .map(|(i, (_, ty))| {
                 if !read(i) {
                     return ColumnBuilder::Unread;
                 }
-                ColumnBuilder::new(*ty, rows)
+                ColumnBuilder::new(ty, rows)
             })
             .collect();
         EventColumns { schema, seqs: None, columns }
     }
 
     /// Appends one event: its sequence number (when built with `_seq`) and its values in
-    /// field order. A value of another type than its field's is stored as null.
+    /// column order. A value of another type than its field's is stored as null, and so is
+    /// each field past the event's last value (an event stored before the field was added).
     pub fn push<'a>(&mut self, seq: Option<u64>, values: impl IntoIterator<Item = ValueRef<'a>>) {
         if let Some(seqs) = &mut self.seqs {
             seqs.append_option(seq.map(|s| s as i64));
         }
-        for (column, value) in self.columns.iter_mut().zip(values) {
-            column.append(value);
+        let mut values = values.into_iter();
+        for column in &mut self.columns {
+            column.append(values.next().unwrap_or(ValueRef::Null));
         }
     }
 
@@ -158,9 +159,9 @@ impl EventColumns {
     /// was a tenth of the writer's time at the ingest limit (`bench/HISTORY.md`, session 42).
     pub fn push_row(&mut self, row: &[Value]) {
         debug_assert!(self.seqs.is_none(), "push_row gives no sequence number");
-        for (column, value) in self.columns.iter_mut().zip(row) {
+        for (i, column) in self.columns.iter_mut().enumerate() {
             if !matches!(column, ColumnBuilder::Unread) {
-                column.append(value.as_ref());
+                column.append(row.get(i).map_or(ValueRef::Null, Value::as_ref));
             }
         }
     }
@@ -350,6 +351,30 @@ mod tests {
                 assert_eq!(&value_at(batch.column(i + 1), r, *ty), &row[i]);
             }
         }
+    }
+
+    #[test]
+    fn an_event_stored_before_a_field_was_added_holds_null_there() {
+        let spec: DatasetSpec =
+            serde_json::from_str(r#"{"name":"pv","time_field":"ts","fields":{"ts":"timestamp","s":"string"}}"#)
+                .unwrap();
+        let wider = spec.add_fields(&[("a".to_string(), FieldType::Int64)].into_iter().collect()).unwrap();
+        let old = vec![Value::String("x".into()), Value::Timestamp(7)];
+        let new = vec![Value::String("y".into()), Value::Timestamp(8), Value::Int(5)];
+        let batch = rows_to_batch(&wider, &[&old, &new], Some(&[1, 2])).unwrap();
+        let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, [SEQ_COLUMN, "s", "ts", "a"]);
+        assert_eq!(value_at(batch.column(3), 0, FieldType::Int64), Value::Null);
+        assert_eq!(value_at(batch.column(3), 1, FieldType::Int64), Value::Int(5));
+        assert_eq!(value_at(batch.column(1), 0, FieldType::String), Value::String("x".into()));
+        // a reader of the added field only, as a view filter is
+        let schema = Arc::new(dataset_schema(&wider, false).project(&[2]).unwrap());
+        let mut events = EventColumns::reading(&wider, schema, |i| i == 2, 2);
+        events.push_row(&old);
+        events.push_row(&new);
+        let batch = events.finish().unwrap();
+        assert_eq!(value_at(batch.column(0), 0, FieldType::Int64), Value::Null);
+        assert_eq!(value_at(batch.column(0), 1, FieldType::Int64), Value::Int(5));
     }
 
     #[test]

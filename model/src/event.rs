@@ -69,8 +69,11 @@ pub fn decode(spec: &DatasetSpec, format: Format, body: &[u8], limits: &Limits) 
 
 /// A dataset's fields as the decoder looks them up, made once for the dataset.
 pub struct Decoder {
-    /// Sorted by name, as rows hold them.
+    /// In column order, as rows hold them.
     fields: Vec<(String, FieldType)>,
+    /// Positions in `fields` sorted by their names, to search for a key. The identity until
+    /// the dataset gains a field (added fields follow the others, whatever their names).
+    by_name: Box<[u32]>,
     time: usize,
     /// The field positions (plus one; 0 for none) in the order the previous event gave its
     /// keys: clients write their events' keys in one order, so the n-th key is looked for
@@ -83,10 +86,12 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(spec: &DatasetSpec) -> Decoder {
-        let fields: Vec<(String, FieldType)> = spec.fields.iter().map(|(n, t)| (n.clone(), *t)).collect();
+        let fields: Vec<(String, FieldType)> = spec.columns().map(|(n, t)| (n.to_string(), t)).collect();
         let time = fields.iter().position(|(n, _)| *n == spec.time_field).unwrap_or(usize::MAX);
         let order = fields.iter().map(|_| AtomicU32::new(0)).collect();
-        Decoder { fields, time, order }
+        let mut by_name: Vec<u32> = (0..fields.len() as u32).collect();
+        by_name.sort_by(|&a, &b| fields[a as usize].0.cmp(&fields[b as usize].0));
+        Decoder { fields, by_name: by_name.into(), time, order }
     }
 
     /// [`decode`] with this dataset's fields.
@@ -103,7 +108,8 @@ impl Decoder {
         {
             return Some(guess as usize - 1);
         }
-        let found = self.fields.binary_search_by(|(n, _)| n.as_str().cmp(name)).ok()?;
+        let found = self.by_name.binary_search_by(|&p| self.fields[p as usize].0.as_str().cmp(name)).ok()?;
+        let found = self.by_name[found] as usize;
         if let Some(slot) = slot {
             slot.store(found as u32 + 1, Ordering::Relaxed);
         }
@@ -625,6 +631,26 @@ mod tests {
                 assert_eq!(ours, decode(&s, Format::Json, body.as_bytes(), &Limits::default()), "{round}, {i}: {body}");
             }
         }
+    }
+
+    /// Added fields sit after the others in a row whatever their names, and are found by name
+    /// as any other (the search must not assume the row's order is the names' order).
+    #[test]
+    fn added_fields_decode_into_their_own_columns() {
+        let added = [("a".to_string(), FieldType::Int64), ("zz".to_string(), FieldType::String)];
+        let s = spec().add_fields(&added.into_iter().collect()).unwrap();
+        let decoder = Decoder::new(&s);
+        for body in [r#"{"zz":"q","a":9,"ts":1,"n":2,"b":true}"#, r#"{"ts":1,"b":true,"n":2,"a":9,"zz":"q"}"#] {
+            for _ in 0..2 {
+                let rows = decoder.decode(Format::Json, body.as_bytes(), &Limits::default()).unwrap();
+                let at = |field: &str| rows[0][s.index_of(field).unwrap()].clone();
+                assert_eq!((at("a"), at("zz"), at("n")), (Value::Int(9), Value::String("q".into()), Value::Int(2)));
+                assert_eq!((s.index_of("a"), s.index_of("zz")), (Some(5), Some(6)));
+                assert_eq!(at("ts"), Value::Timestamp(1000));
+            }
+        }
+        let wrong = decoder.decode(Format::Json, br#"{"ts":1,"a":"x"}"#, &Limits::default()).unwrap_err();
+        assert_eq!(wrong[0].field.as_deref(), Some("a"));
     }
 
     #[test]

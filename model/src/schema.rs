@@ -24,8 +24,11 @@ impl FieldType {
     }
 }
 
-/// A dataset as its creator described it. Fields are kept sorted by name; a [`Row`] holds
-/// the values in that order.
+/// A dataset as its creator described it, with the fields added since. A [`Row`] holds the
+/// values in [column order](Self::columns): the fields the dataset was made with, sorted by
+/// name, then each added field in the order it was added. So a field keeps its position for
+/// good, and an event stored before a field was added is a shorter row whose missing values are
+/// null (see [`DatasetSpec::add_fields`]).
 ///
 /// [`Row`]: crate::Row
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -45,6 +48,11 @@ pub struct DatasetSpec {
     pub id_field: Option<String>,
     /// Field name to type. An event may leave any field but the time field out (null).
     pub fields: BTreeMap<String, FieldType>,
+    /// The fields of `fields` added after the dataset was made, oldest first
+    /// (`PATCH /v1/datasets/{name}`); each holds null in every event stored before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(example = json!(["country"]))]
+    pub added_fields: Vec<String>,
 }
 
 impl DatasetSpec {
@@ -76,12 +84,59 @@ impl DatasetSpec {
                 None => problems.push(format!("id_field {id:?} is not a field")),
             }
         }
+        for (i, name) in self.added_fields.iter().enumerate() {
+            if !self.fields.contains_key(name) {
+                problems.push(format!("added field {name:?} is not a field"));
+            } else if self.added_fields[..i].contains(name) {
+                problems.push(format!("field {name:?} is added twice"));
+            } else if *name == self.time_field || self.id_field.as_ref() == Some(name) {
+                // every event has a time (and an id, when the dataset has one)
+                problems.push(format!("field {name:?} is the time or id field, which cannot be added later"));
+            }
+        }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// The fields in column order, as a [`Row`](crate::Row) holds their values: the fields the
+    /// dataset was made with, by name, then the added ones, oldest first.
+    pub fn columns(&self) -> impl Iterator<Item = (&str, FieldType)> + '_ {
+        let added = |name: &str| self.added_fields.iter().any(|a| a == name);
+        let made_with = self.fields.iter().filter(move |(name, _)| !added(name));
+        let added = self.added_fields.iter().filter_map(|name| self.fields.get_key_value(name));
+        made_with.chain(added).map(|(name, ty)| (name.as_str(), *ty))
     }
 
     /// Position of a field in a [`Row`](crate::Row).
     pub fn index_of(&self, field: &str) -> Option<usize> {
-        self.fields.keys().position(|f| f == field)
+        self.columns().position(|(f, _)| f == field)
+    }
+
+    /// This dataset with `fields` added after its own, by name among themselves: every field
+    /// already there keeps its position, so rows stored before stay readable as they are
+    /// (shorter, the new fields null). A field may not be added twice, nor may an added field
+    /// be required: the time and id fields stay the ones the dataset was made with.
+    pub fn add_fields(&self, fields: &BTreeMap<String, FieldType>) -> Result<DatasetSpec, Vec<String>> {
+        let mut problems = Vec::new();
+        if fields.is_empty() {
+            problems.push("add_fields names no field".to_string());
+        }
+        for name in fields.keys() {
+            if let Err(e) = validate_name(name) {
+                problems.push(format!("field: {e}"));
+            } else if self.fields.contains_key(name) {
+                problems.push(format!("field {name:?} already exists"));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let mut spec = self.clone();
+        for (name, ty) in fields {
+            spec.fields.insert(name.clone(), *ty);
+            spec.added_fields.push(name.clone());
+        }
+        spec.validate()?;
+        Ok(spec)
     }
 
     pub fn field_type(&self, field: &str) -> Option<FieldType> {
@@ -132,5 +187,35 @@ mod tests {
         assert_eq!(s.index_of("a"), Some(0));
         assert_eq!(s.index_of("b"), Some(1));
         assert_eq!(s.time_index(), 2);
+    }
+
+    #[test]
+    fn added_fields_follow_the_fields_a_dataset_was_made_with() {
+        let s = spec(r#"{"name":"p","time_field":"ts","fields":{"ts":"timestamp","m":"int64"}}"#);
+        let added = |names: &[(&str, FieldType)]| names.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+        let wider = s.add_fields(&added(&[("z", FieldType::Bool), ("a", FieldType::String)])).unwrap();
+        let order: Vec<&str> = wider.columns().map(|(n, _)| n).collect();
+        assert_eq!(order, ["m", "ts", "a", "z"]);
+        assert_eq!((wider.index_of("m"), wider.time_index(), wider.index_of("a")), (Some(0), 1, Some(2)));
+        // a later addition goes after those, whatever its name
+        let wider = wider.add_fields(&added(&[("b", FieldType::Float64)])).unwrap();
+        assert_eq!(wider.columns().map(|(n, _)| n).collect::<Vec<_>>(), ["m", "ts", "a", "z", "b"]);
+        assert_eq!(wider.added_fields, ["a", "z", "b"]);
+        // the order survives the catalog's JSON
+        let back: DatasetSpec = serde_json::from_str(&serde_json::to_string(&wider).unwrap()).unwrap();
+        assert_eq!(back.columns().collect::<Vec<_>>(), wider.columns().collect::<Vec<_>>());
+        // an existing field, a bad name, nothing at all
+        assert!(wider.add_fields(&added(&[("m", FieldType::Int64)])).is_err());
+        assert!(wider.add_fields(&added(&[("Bad", FieldType::Int64)])).is_err());
+        assert!(wider.add_fields(&BTreeMap::new()).is_err());
+        // the time field cannot be one that was added
+        let mut bad = wider.clone();
+        bad.time_field = "ts2".into();
+        bad.fields.insert("ts2".into(), FieldType::Timestamp);
+        bad.added_fields.push("ts2".into());
+        assert!(bad.validate().is_err());
+        let mut twice = wider.clone();
+        twice.added_fields.push("a".into());
+        assert!(twice.validate().is_err());
     }
 }

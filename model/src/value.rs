@@ -19,8 +19,18 @@ pub enum Value {
     Timestamp(i64),
 }
 
-/// The values of one event, in the order of its dataset's fields.
+/// The values of one event, in its dataset's column order (see `DatasetSpec::columns`). A row
+/// may be shorter than its dataset's columns: it was stored before the dataset gained the
+/// fields it lacks, which hold null there. Read a field that may have been added with [`field`].
 pub type Row = Vec<Value>;
+
+/// The value of the field at `index` of `row`: null past the row's end (a field added to the
+/// dataset after the event was stored). The time and id fields are never added, so a row
+/// always holds those.
+#[inline]
+pub fn field(row: &[Value], index: usize) -> &Value {
+    row.get(index).unwrap_or(&Value::Null)
+}
 
 /// A value borrowed from where it lies (a string is not copied out of a log segment).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -13,7 +13,7 @@ use tandem_batch::store::load_version;
 use tandem_batch::{BatchEnv, Catalog};
 use tandem_model::event::Decoder;
 use tandem_model::value::format_timestamp;
-use tandem_model::{DatasetSpec, ViewSpec};
+use tandem_model::{DatasetSpec, FieldType, ViewSpec};
 use tandem_speed::writer::WriterConfig;
 use tandem_speed::{BatchSnapshot, DatasetWriter, ViewLive};
 
@@ -277,6 +277,30 @@ impl AppState {
     }
 
     /// The schedule `view` runs on (a cron expression, or `manual`).
+    /// Adds fields to a dataset (`PATCH /v1/datasets/{name}`): in the catalog, then for the
+    /// requests that come after, whose events the new definition decodes. Nothing else
+    /// changes: the fields go after the others in a row, so the events stored before are rows
+    /// without them, which every reader takes as null there (`tandem_model::value::field`; the
+    /// batch layer reads a master file without them as null columns), and the views made
+    /// before read the fields they read where they were.
+    pub async fn add_fields(&self, name: &str, fields: &BTreeMap<String, FieldType>) -> ApiResult<Arc<Dataset>> {
+        let _changing = self.dataset_changes.lock().await;
+        let not_found = || ApiError::not_found(format!("dataset {name:?}"));
+        let dataset = self.dataset(name).ok_or_else(not_found)?;
+        let spec = dataset
+            .record
+            .spec
+            .add_fields(fields)
+            .map_err(|p| ApiError::invalid("invalid_dataset", "fields that cannot be added", p))?;
+        if !self.env.catalog.set_dataset_spec(&spec).await? {
+            return Err(not_found());
+        }
+        let record = DatasetRecord { spec, ..dataset.record.clone() };
+        let wider = Arc::new(Dataset { decoder: Decoder::new(&record.spec), record, writer: dataset.writer.clone() });
+        self.datasets.write().insert(name.to_string(), Arc::clone(&wider));
+        Ok(wider)
+    }
+
     pub fn schedule_of(&self, view: &str) -> Option<String> {
         self.schedules.read().get(view).cloned()
     }

@@ -73,9 +73,8 @@ impl ViewFilter {
         // constant parts (a literal that does not parse as a timestamp, a bad regex) fail on
         // any row: try one row of nulls (the time field cannot be null)
         let probe: Vec<Value> = dataset
-            .fields
-            .keys()
-            .map(|name| if *name == dataset.time_field { Value::Timestamp(0) } else { Value::Null })
+            .columns()
+            .map(|(name, _)| if name == dataset.time_field { Value::Timestamp(0) } else { Value::Null })
             .collect();
         filter.mask(&[&probe]).map_err(|e| format!("filter: {}", first_line(&e)))?;
         Ok(filter)

@@ -45,6 +45,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tandem_model::agg::{
     Found, GroupKey, Groups, KeyParts, MeasureState, RowKey, fold_found, merge_states, prefetch, update_group,
 };
+use tandem_model::value::field;
 use tandem_model::view::CompiledView;
 use tandem_model::{Granularity, Row, Value};
 
@@ -197,7 +198,7 @@ impl Shape {
         let mut keys: Vec<(&Row, i64, u64, Option<usize>)> = Vec::with_capacity(chunk.len());
         for row in chunk.events() {
             let Value::Timestamp(ts) = row[view.time_index] else { continue };
-            if !self.admits_dims(|pos| &row[view.dimension_index[pos]]) {
+            if !self.admits_dims(|pos| field(row, view.dimension_index[pos])) {
                 continue;
             }
             let bucket = self.granularity.truncate(view.spec.granularity.truncate(ts));

@@ -58,6 +58,16 @@ async fn datasets_and_views_are_stored_once() {
         assert_eq!(catalog.dataset("a").await.unwrap().unwrap().spec, dataset("a"));
         assert!(catalog.dataset("zz").await.unwrap().is_none());
 
+        // a dataset that gains a field keeps its place in the column order and its compaction
+        let wider = dataset("a")
+            .add_fields(&[("z".to_string(), tandem_model::FieldType::Int64)].into_iter().collect())
+            .unwrap();
+        assert!(catalog.set_dataset_spec(&wider).await.unwrap());
+        assert_eq!(catalog.dataset("a").await.unwrap().unwrap().spec, wider, "{backend:?}");
+        assert_eq!(catalog.dataset("b").await.unwrap().unwrap().spec, dataset("b"), "{backend:?}: another dataset");
+        assert!(!catalog.set_dataset_spec(&dataset("zz")).await.unwrap(), "{backend:?}: no such dataset");
+        assert!(catalog.set_dataset_spec(&dataset("a")).await.unwrap());
+
         catalog.set_compacted("a", 10).await.unwrap();
         catalog.set_compacted("a", 5).await.unwrap();
         assert_eq!(catalog.dataset("a").await.unwrap().unwrap().compacted_seq, 10, "compaction never moves back");

@@ -28,6 +28,11 @@ pub struct DatasetInfo {
     #[schema(example = "event_id")]
     id_field: Option<String>,
     fields: BTreeMap<String, FieldType>,
+    /// The fields added since it was made, oldest first: events stored before a field was
+    /// added hold null there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(example = json!(["country"]))]
+    added_fields: Vec<String>,
     /// When it was made (RFC 3339).
     created_at: String,
     /// How many events it has stored (made durable; duplicates are not stored).
@@ -51,13 +56,14 @@ pub struct LogInfo {
 impl DatasetInfo {
     /// `dataset` with what the catalog says it has compacted, and its log as it is now.
     async fn read(state: &AppState, dataset: &Dataset, compacted_seq: u64) -> ApiResult<DatasetInfo> {
-        let DatasetSpec { name, time_field, id_field, fields } = dataset.record.spec.clone();
+        let DatasetSpec { name, time_field, id_field, fields, added_fields } = dataset.record.spec.clone();
         let log = LogInfo::read(state, &name).await?;
         Ok(DatasetInfo {
             name,
             time_field,
             id_field,
             fields,
+            added_fields,
             created_at: format_timestamp(dataset.record.created_at),
             events: dataset.writer.stored_events(),
             compacted_events: compacted_seq,
@@ -131,6 +137,42 @@ pub async fn get(
 ) -> ApiResult<Json<DatasetInfo>> {
     let not_found = || ApiError::not_found(format!("dataset {name:?}"));
     let dataset = state.dataset(&name).ok_or_else(not_found)?;
+    let record = state.env.catalog.dataset(&name).await?.ok_or_else(not_found)?;
+    Ok(Json(DatasetInfo::read(&state, &dataset, record.compacted_seq).await?))
+}
+
+/// What of a dataset may change once it is made: fields may be added.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(description = "What of a dataset may change once it is made: fields may be added. A key left out \
+    changes nothing.")]
+pub struct DatasetChange {
+    /// Fields to add: name to type. Events stored before hold null in them; a field cannot be
+    /// removed, retyped or made the time or id field.
+    #[serde(default)]
+    #[schema(example = json!({"country": "string"}))]
+    add_fields: Option<BTreeMap<String, FieldType>>,
+}
+
+/// Add fields to a dataset
+#[utoipa::path(patch, path = "/v1/datasets/{name}", operation_id = "update_dataset", tag = "datasets",
+    params(DatasetName),
+    request_body = DatasetChange,
+    responses(
+        (status = 200, description = "The dataset as it now is: events sent from now on may hold the new fields", body = DatasetInfo),
+        (status = 400, description = "`invalid_dataset`: a field exists already or has a bad name; `invalid_request`: another key, or not a type", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+pub async fn update(
+    State(state): State<AppState>,
+    Path(DatasetName { name }): Path<DatasetName>,
+    ApiJson(change): ApiJson<DatasetChange>,
+) -> ApiResult<Json<DatasetInfo>> {
+    let not_found = || ApiError::not_found(format!("dataset {name:?}"));
+    let dataset = match change.add_fields {
+        Some(fields) => state.add_fields(&name, &fields).await?,
+        None => state.dataset(&name).ok_or_else(not_found)?,
+    };
     let record = state.env.catalog.dataset(&name).await?.ok_or_else(not_found)?;
     Ok(Json(DatasetInfo::read(&state, &dataset, record.compacted_seq).await?))
 }

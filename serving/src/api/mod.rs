@@ -50,7 +50,7 @@ pub fn router(state: AppState, metrics: Metrics) -> Router {
             routes!(system::metrics).map(|r| r.layer::<_, Infallible>(Extension(metrics.clone())).layer(compression())),
         )
         .routes(routes!(datasets::create, datasets::list).map(|r| r.layer(compression())))
-        .routes(routes!(datasets::get, datasets::delete))
+        .routes(routes!(datasets::get, datasets::update, datasets::delete))
         .routes(routes!(events::ingest))
         .routes(routes!(views::create, views::list).map(|r| r.layer(compression())))
         .routes(routes!(views::get, views::update, views::delete))

@@ -809,3 +809,171 @@ async fn log_retention_deletes_only_segments_the_master_dataset_and_every_versio
         check_answers(&server, &acc.events, &views, &format!("{label} retention, full run")).await;
     }
 }
+
+/// What the events of `a_dataset_gains_fields_and_every_answer_stays_exact` hold in the two
+/// fields added to `pageviews`, by event id (the first event of an id wins, as the server
+/// keeps it); an event sent before the fields were added has none.
+type Added = BTreeMap<String, (Option<&'static str>, Option<i64>)>;
+
+/// Sends `events` with the added fields `plan` and `score` (some left out), as one JSON
+/// request, and keeps what they hold for the accepted ones.
+async fn ingest_with_added(server: &TestServer, acc: &mut Accepted, added: &mut Added, events: &[Event]) {
+    const PLANS: [Option<&str>; 4] = [Some("free"), Some("pro"), Some("team"), None];
+    let mut body = Vec::new();
+    let mut values = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let n = e.ts / 1000 + i as i64;
+        let (plan, score) = (PLANS[n.rem_euclid(4) as usize], (n % 5 != 0).then_some(n.rem_euclid(1000) - 300));
+        let mut event = e.to_json(i % 2 == 0);
+        if let Some(p) = plan {
+            event["plan"] = json!(p);
+        }
+        if let Some(s) = score {
+            event["score"] = json!(s);
+        }
+        body.push(event);
+        values.push((e.id.clone(), (plan, score)));
+    }
+    let before = acc.events.len();
+    let (status, out) = server.call("POST", "/v1/datasets/pageviews/events", Some(Value::Array(body))).await;
+    assert_eq!(status, 200, "{out}");
+    let (accepted, duplicates) = acc.add(events);
+    assert_eq!(out, json!({"accepted": accepted, "duplicates": duplicates}));
+    let fresh: BTreeSet<&str> = acc.events[before..].iter().map(|e| e.id.as_str()).collect();
+    for (id, v) in values {
+        if fresh.contains(id.as_str()) {
+            added.entry(id).or_insert(v);
+        }
+    }
+}
+
+/// The `by_plan` view's rows for all `events`, computed here: by day and plan (null first),
+/// count, count and sum and max of `score`; only events whose plan is not `free` (a null plan
+/// passes the filter).
+fn by_plan_reference(events: &[Event], added: &Added, granularity: &str) -> Vec<Value> {
+    const DAY: i64 = 86_400_000_000;
+    /// count, count(score), sum(score), max(score)
+    type Measures = (i64, i64, Option<i64>, Option<i64>);
+    let mut groups: BTreeMap<(i64, Option<&str>), Measures> = BTreeMap::new();
+    for e in events {
+        let (plan, score) = added.get(&e.id).copied().unwrap_or((None, None));
+        if plan == Some("free") {
+            continue;
+        }
+        let bucket = if granularity == "all" { 0 } else { e.ts.div_euclid(DAY) * DAY };
+        let g = groups.entry((bucket, plan)).or_default();
+        g.0 += 1;
+        if let Some(s) = score {
+            g.1 += 1;
+            g.2 = Some(g.2.unwrap_or(0) + s);
+            g.3 = Some(g.3.map_or(s, |m: i64| m.max(s)));
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((bucket, plan), (n, scored, sum, max))| {
+            let mut row = json!({"plan": plan, "n": n, "scored": scored, "total": sum, "best": max});
+            if granularity != "all" {
+                let t = chrono::DateTime::from_timestamp_micros(bucket).unwrap();
+                row["bucket"] = json!(t.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+            }
+            row
+        })
+        .collect()
+}
+
+/// Fields added to a dataset that holds events (`PATCH /v1/datasets/{name}`): events sent
+/// after may hold them, a view made after may read them (its first batch run reads master
+/// files written before they existed, as nulls; its speed layer folds log records stored
+/// before, as nulls; its filter reads one), and every answer stays the one pass over all
+/// acknowledged events: the view made before keeps its answers, both views' answers are
+/// checked against the reference through the speed layer, after a restart (the log replayed)
+/// and after batch runs. Refused changes change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataset_gains_fields_and_every_answer_stays_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), None, &[]);
+    let mut rng = Gen(0xadd_f1e1d5);
+    let mut acc = Accepted::default();
+    let mut added = Added::new();
+    server.create_pageviews(by_country_view()).await;
+    ingest_json(&server, &mut acc, &rng.events(300, T0, 72, 1_000_000)).await;
+    assert_eq!(server.run_batch("by_country").await["status"], "succeeded");
+    ingest_json(&server, &mut acc, &rng.events(100, T0, 72, 1_000_000)).await;
+
+    // before: the fields are unknown; refused changes leave the dataset as it is
+    let plan_event = json!([{"ts": "2026-11-01T01:00:00Z", "plan": "pro"}]);
+    let (status, answer) = server.call("POST", "/v1/datasets/pageviews/events", Some(plan_event.clone())).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_events")), "{answer}");
+    let before = server.ok("GET", "/v1/datasets/pageviews", None).await;
+    for (body, code) in [
+        (json!({"add_fields": {"country": "int64"}}), "invalid_dataset"),
+        (json!({"add_fields": {"Plan": "string"}}), "invalid_dataset"),
+        (json!({"add_fields": {}}), "invalid_dataset"),
+        (json!({"add_fields": {"plan": "text"}}), "invalid_request"),
+        (json!({"add_fields": {"plan": "string"}, "drop_fields": ["bot"]}), "invalid_request"),
+    ] {
+        let (status, answer) = server.call("PATCH", "/v1/datasets/pageviews", Some(body.clone())).await;
+        assert_eq!((status, answer["error"]["code"].as_str()), (400, Some(code)), "{body}: {answer}");
+    }
+    let (status, _) = server.call("PATCH", "/v1/datasets/nope", Some(json!({"add_fields": {"x": "bool"}}))).await;
+    assert_eq!(status, 404);
+    assert_eq!(server.ok("PATCH", "/v1/datasets/pageviews", Some(json!({}))).await, before);
+    assert_eq!(server.ok("GET", "/v1/datasets/pageviews", None).await, before);
+    assert!(before.get("added_fields").is_none(), "{before}");
+
+    // added: the answer shows them, and events may hold them
+    let changed = server
+        .ok("PATCH", "/v1/datasets/pageviews", Some(json!({"add_fields": {"score": "int64", "plan": "string"}})))
+        .await;
+    assert_eq!(changed["added_fields"], json!(["plan", "score"]), "{changed}");
+    assert_eq!((&changed["fields"]["plan"], &changed["fields"]["score"]), (&json!("string"), &json!("int64")));
+    assert_eq!(changed["events"], before["events"]);
+    let (status, answer) =
+        server.call("POST", "/v1/datasets/pageviews/events", Some(json!([{"ts": 1, "score": "high"}]))).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_events")), "typed: {answer}");
+    ingest_with_added(&server, &mut acc, &mut added, &rng.events(300, T0, 72, 1_000_000)).await;
+    check_answers(&server, &acc.events, &["by_country"], "the view made before").await;
+
+    // a view over the new fields, built from master files written before they existed and
+    // from the log; a filter on one of them
+    let by_plan = json!({"name": "by_plan", "dataset": "pageviews", "granularity": "day", "dimensions": ["plan"],
+        "measures": {"n": "count", "scored": "count(score)", "total": "sum(score)", "best": "max(score)"},
+        "filter": "plan IS NULL OR plan <> 'free'", "schedule": "manual"});
+    let made = server.ok("POST", "/v1/views", Some(by_plan)).await;
+    assert_eq!(server.wait_run(made["last_run"]["id"].as_i64().unwrap()).await["status"], "succeeded");
+    ingest_with_added(&server, &mut acc, &mut added, &rng.events(200, T0, 72, 1_000_000)).await;
+    ingest_json(&server, &mut acc, &rng.events(50, T0, 72, 1_000_000)).await; // without them: null
+    let check_by_plan = async |server: &TestServer, acc: &Accepted, added: &Added, context: &str| {
+        for granularity in ["day", "all"] {
+            let q = json!({"granularity": granularity});
+            let want = by_plan_reference(&acc.events, added, granularity);
+            let plans: BTreeSet<String> = want.iter().map(|row| row["plan"].to_string()).collect();
+            assert_eq!(plans.len(), 3, "{context}: the reference has groups of either plan kept and of none");
+            assert_rows_match(&server.query("by_plan", q.clone()).await["rows"], &want, &format!("{context}: {q}"));
+            let arrow = server.query_arrow("by_plan", q.clone()).await;
+            assert_rows_match(&arrow["rows"], &want, &format!("{context}: {q} as Arrow"));
+        }
+    };
+    check_by_plan(&server, &acc, &added, "merged").await;
+    check_answers(&server, &acc.events, &["by_country"], "the view made before, merged").await;
+
+    // a restart reads the new definition and replays records of both widths
+    server.stop();
+    server.restart();
+    assert_eq!(server.ok("GET", "/v1/datasets/pageviews", None).await["added_fields"], json!(["plan", "score"]));
+    check_by_plan(&server, &acc, &added, "after a restart").await;
+    check_answers(&server, &acc.events, &["by_country"], "the view made before, after a restart").await;
+
+    // batch runs over master files of both widths
+    ingest_with_added(&server, &mut acc, &mut added, &rng.events(100, T0, 72, 1_000_000)).await;
+    for view in ["by_plan", "by_country"] {
+        assert_eq!(server.run_batch(view).await["status"], "succeeded", "{view}");
+    }
+    let served = server.query("by_plan", json!({})).await;
+    assert_eq!(served["freshness"]["speed_events"], json!(0), "the run covers every event: {}", served["freshness"]);
+    check_by_plan(&server, &acc, &added, "after batch runs").await;
+    check_answers(&server, &acc.events, &["by_country"], "the view made before, after batch runs").await;
+    // the event refused before the change is accepted now
+    server.ok("POST", "/v1/datasets/pageviews/events", Some(plan_event)).await;
+}

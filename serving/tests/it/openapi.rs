@@ -265,7 +265,7 @@ async fn the_document_describes_every_route_and_every_answer() {
         (&[("content-type", "application/json")][..], &[("content-type", "application/x-ndjson")][..]);
     let accept = |media| [("accept", media)];
     let (arrow, csv, png) = (accept("application/vnd.apache.arrow.stream"), accept("text/csv"), accept("image/png"));
-    let steps: [(&str, &str, Headers, Option<&str>, u16); 30] = [
+    let steps: [(&str, &str, Headers, Option<&str>, u16); 32] = [
         ("POST", "/v1/datasets", json, Some(&dataset), 201),
         ("POST", "/v1/datasets", json, Some(&dataset), 409),
         ("POST", "/v1/datasets", json, Some(r#"{"name": "x"}"#), 400),
@@ -278,6 +278,8 @@ async fn the_document_describes_every_route_and_every_answer() {
         ("POST", "/v1/datasets/nope/events", json, Some("{}"), 404),
         ("GET", "/v1/datasets", &[], None, 200),
         ("GET", "/v1/datasets/pageviews", &[], None, 200),
+        ("PATCH", "/v1/datasets/pageviews", json, Some(r#"{"add_fields": {"plan": "string"}}"#), 200),
+        ("PATCH", "/v1/datasets/pageviews", json, Some(r#"{"add_fields": {"plan": "string"}}"#), 400),
         ("GET", "/v1/views", &[], None, 200),
         ("GET", "/v1/views/by_country", &[], None, 200),
         ("PATCH", "/v1/views/by_country", json, Some(r#"{"schedule": "manual"}"#), 200),
