@@ -471,6 +471,52 @@ mod tests {
 
     use super::*;
 
+    /// An incremental run aggregates the events its compaction reads as they are read; the
+    /// compaction reads the dataset's definition after the run did, so when fields were added
+    /// in between, its batches are wider than the run's schema. The run takes its own columns.
+    #[tokio::test]
+    async fn a_streamed_run_takes_its_columns_of_wider_events() {
+        use tandem_model::{DatasetSpec, FieldType, Value, ViewSpec};
+        let narrow: DatasetSpec =
+            serde_json::from_str(r#"{"name":"d","time_field":"ts","fields":{"ts":"timestamp","c":"string"}}"#).unwrap();
+        let wide = narrow.add_fields(&[("z".to_string(), FieldType::Int64)].into_iter().collect()).unwrap();
+        let view: ViewSpec = serde_json::from_str(
+            r#"{"name":"v","dataset":"d","granularity":"day","dimensions":["c"],"measures":{"n":"count"}}"#,
+        )
+        .unwrap();
+        let rows: Vec<Vec<Value>> = ["a", "b", "a"]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| vec![Value::String((*c).into()), Value::Timestamp(i as i64), Value::Int(7)])
+            .collect();
+        let refs: Vec<&Vec<Value>> = rows.iter().collect();
+        let batch = tandem_model::columnar::rows_to_batch(&wide, &refs, Some(&[1, 2, 3])).unwrap();
+        let stream = |batch: RecordBatch| {
+            let (tx, rx) = mpsc::channel(2);
+            tx.try_send(batch).unwrap();
+            rx
+        };
+        // the stream's batches have the schema it declares (operators may rely on it)
+        let schema = dataset_schema(&narrow, true);
+        let teed = Teed { schema: schema.clone(), batches: std::sync::Mutex::new(Some(stream(batch.clone()))) };
+        let read: Vec<RecordBatch> =
+            futures::TryStreamExt::try_collect(teed.execute(Arc::new(TaskContext::default()))).await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].schema(), schema);
+        assert_eq!(read[0].num_rows(), 3);
+        let states = aggregate(view.compile(&narrow).unwrap(), Events::Stream(stream(batch))).await.unwrap();
+        let mut counts: Vec<(String, i64)> = Vec::new();
+        for b in &states {
+            let (c, n) = (b.column_by_name("c").unwrap(), b.column_by_name("n").unwrap());
+            for i in 0..b.num_rows() {
+                let n = n.as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(i);
+                counts.push((c.as_string::<i32>().value(i).to_string(), n));
+            }
+        }
+        counts.sort();
+        assert_eq!(counts, [("a".to_string(), 2), ("b".to_string(), 1)]);
+    }
+
     /// The batch layer's buckets are the speed layer's (`Granularity::truncate`), also for
     /// times before 1970 and at bucket edges.
     #[tokio::test]
