@@ -3,20 +3,25 @@
 
 use std::collections::BTreeMap;
 
+use chrono::Datelike;
 use serde::{Deserialize, Serialize};
 
 use crate::schema::{DatasetSpec, FieldType};
 use crate::validate_name;
 
-/// Bucket width, finest first. `All` is one bucket for all time and exists only in queries.
+/// Bucket width, finest first. A view's buckets are minutes, hours or days; a query may also
+/// roll those up into weeks (from Monday), calendar months, or `All`, one bucket for all time.
+/// All in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[schema(description = "Bucket width (UTC). A view has minute, hour or day; a query may ask its view's or a \
-    coarser one, `all` being one bucket for the whole range.")]
+    coarser one: also week (from Monday 00:00), month (from the 1st), or `all`, one bucket for the whole range.")]
 pub enum Granularity {
     Minute,
     Hour,
     Day,
+    Week,
+    Month,
     All,
 }
 
@@ -25,28 +30,68 @@ const HOUR: i64 = 60 * MINUTE;
 /// Microseconds in a UTC day: event days (`micros.div_euclid(DAY)`) are counted in it everywhere.
 pub const DAY: i64 = 24 * HOUR;
 
+/// Days from a Monday to 1970-01-01, a Thursday.
+const EPOCH_AFTER_MONDAY: i64 = 3;
+
 impl Granularity {
-    /// The bucket width in microseconds (`None` for `All`).
+    /// The width in microseconds of a view's buckets, which are all alike (`None` for the
+    /// granularities only queries have: a month's length varies).
     pub fn width(self) -> Option<i64> {
         match self {
             Granularity::Minute => Some(MINUTE),
             Granularity::Hour => Some(HOUR),
             Granularity::Day => Some(DAY),
-            Granularity::All => None,
+            Granularity::Week | Granularity::Month | Granularity::All => None,
         }
+    }
+
+    /// Whether a view may have buckets of this granularity (else only a query may ask it).
+    pub fn is_view_granularity(self) -> bool {
+        self.width().is_some()
     }
 
     /// The start of the UTC bucket holding `micros` (0 for `All`).
     pub fn truncate(self, micros: i64) -> i64 {
-        match self.width() {
-            Some(width) => micros.div_euclid(width) * width,
-            None => 0,
+        match self {
+            Granularity::Minute | Granularity::Hour | Granularity::Day => {
+                let width = self.width().expect("a view granularity has a width");
+                micros.div_euclid(width) * width
+            }
+            Granularity::Week => {
+                let days = micros.div_euclid(DAY) + EPOCH_AFTER_MONDAY;
+                (days.div_euclid(7) * 7 - EPOCH_AFTER_MONDAY) * DAY
+            }
+            Granularity::Month => {
+                let date = month_start(micros);
+                date.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_micros()
+            }
+            Granularity::All => 0,
+        }
+    }
+
+    /// The start of the bucket after the one starting at `bucket` (`None` for `All`).
+    pub fn bucket_end(self, bucket: i64) -> Option<i64> {
+        match self {
+            Granularity::Minute | Granularity::Hour | Granularity::Day => self.width().map(|w| bucket + w),
+            Granularity::Week => Some(bucket + 7 * DAY),
+            Granularity::Month => {
+                let next = month_start(bucket).checked_add_months(chrono::Months::new(1))?;
+                Some(next.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_micros())
+            }
+            Granularity::All => None,
         }
     }
 
     pub fn parse(text: &str) -> Option<Granularity> {
         serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
     }
+}
+
+/// The first day of the UTC month holding `micros` (events lie in the years 1678 to 2261, well
+/// inside chrono's range).
+fn month_start(micros: i64) -> chrono::NaiveDate {
+    let date = chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default().date_naive();
+    date.with_day(1).expect("every month has a first day")
 }
 
 /// What a measure computes.
@@ -207,7 +252,7 @@ impl ViewSpec {
         if let Err(e) = validate_name(&self.name) {
             problems.push(e);
         }
-        if self.granularity == Granularity::All {
+        if !self.granularity.is_view_granularity() {
             problems.push("granularity must be minute, hour or day".into());
         }
         let mut dimension_index = Vec::new();
@@ -292,6 +337,44 @@ mod tests {
         assert_eq!(s(Granularity::Day.truncate(t)), "2026-11-01T00:00:00Z");
         let before_epoch = crate::value::parse_timestamp("1969-12-31T23:59:59Z").unwrap();
         assert_eq!(s(Granularity::Day.truncate(before_epoch)), "1969-12-31T00:00:00Z");
+    }
+
+    /// Weeks start on Monday 00:00 UTC, months on the 1st; each bucket ends where the next
+    /// starts. Checked against the calendar (chrono's weekday and month arithmetic), across a
+    /// year's end, a leap day, the epoch, and the ends of the range events may lie in.
+    #[test]
+    fn weeks_and_months_follow_the_calendar() {
+        use chrono::{Datelike, NaiveDate};
+        let s = |m| crate::value::format_timestamp(m);
+        let t = |text| crate::value::parse_timestamp(text).unwrap();
+        let cases = [
+            ("2026-11-01T10:37:12Z", "2026-10-26T00:00:00Z", "2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z"),
+            ("2026-11-02T00:00:00Z", "2026-11-02T00:00:00Z", "2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z"),
+            ("2026-12-31T23:59:59Z", "2026-12-28T00:00:00Z", "2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z"),
+            ("2028-02-29T12:00:00Z", "2028-02-28T00:00:00Z", "2028-02-01T00:00:00Z", "2028-03-01T00:00:00Z"),
+            ("1970-01-01T00:00:00Z", "1969-12-29T00:00:00Z", "1970-01-01T00:00:00Z", "1970-02-01T00:00:00Z"),
+            ("1969-12-28T23:59:59Z", "1969-12-22T00:00:00Z", "1969-12-01T00:00:00Z", "1970-01-01T00:00:00Z"),
+            ("1678-01-01T00:00:00Z", "1677-12-27T00:00:00Z", "1678-01-01T00:00:00Z", "1678-02-01T00:00:00Z"),
+            ("2261-12-31T23:59:59Z", "2261-12-30T00:00:00Z", "2261-12-01T00:00:00Z", "2262-01-01T00:00:00Z"),
+        ];
+        for (at, week, month, next_month) in cases {
+            let w = Granularity::Week.truncate(t(at));
+            assert_eq!((s(w), s(Granularity::Month.truncate(t(at)))), (week.into(), month.into()), "{at}");
+            assert_eq!(s(Granularity::Week.bucket_end(w).unwrap()), s(w + 7 * DAY), "{at}");
+            assert_eq!(s(Granularity::Month.bucket_end(t(month)).unwrap()), next_month, "{at}");
+        }
+        // every day of four years: its week starts on the Monday on or before it, within 6 days
+        let mut day = NaiveDate::from_ymd_opt(2027, 1, 1).unwrap();
+        for _ in 0..4 * 366 {
+            let micros = day.and_hms_opt(13, 0, 0).unwrap().and_utc().timestamp_micros();
+            let week = chrono::DateTime::from_timestamp_micros(Granularity::Week.truncate(micros)).unwrap();
+            assert_eq!(week.weekday(), chrono::Weekday::Mon, "{day}");
+            assert!((day - week.date_naive()).num_days() < 7, "{day}");
+            day = day.succ_opt().unwrap();
+        }
+        assert!(Granularity::Week > Granularity::Day && Granularity::Month > Granularity::Week);
+        assert!(Granularity::All > Granularity::Month);
+        assert!(!Granularity::Week.is_view_granularity() && !Granularity::Month.is_view_granularity());
     }
 
     #[test]

@@ -218,10 +218,10 @@ impl Plan {
         if self.from.is_none() && self.to.is_none() {
             return Span::Whole;
         }
-        let (Some(out_width), Some(view_width)) = (self.shape.granularity.width(), view.width()) else {
+        let (Some(end), Some(view_width)) = (self.shape.granularity.bucket_end(bucket), view.width()) else {
             return Span::Edge; // one bucket for all time, and a range
         };
-        let last = bucket + out_width - view_width; // the last view bucket inside
+        let last = end - view_width; // the last view bucket inside
         let after_from = |b: i64| self.from.is_none_or(|f| b >= f);
         let before_to = |b: i64| self.to.is_none_or(|t| b < t);
         if after_from(bucket) && before_to(last) {
@@ -237,16 +237,17 @@ impl Plan {
     /// the range can be), each as the range `[start, end)` of view buckets it holds. One
     /// bucket for all time is cut by any range, and holds every view bucket.
     fn cut_buckets(&self, view: Granularity) -> Vec<(i64, i64)> {
-        let Some(width) = self.shape.granularity.width() else {
+        let granularity = self.shape.granularity;
+        if granularity == Granularity::All {
             let ranged = self.from.is_some() || self.to.is_some();
             return if ranged { vec![(i64::MIN, i64::MAX)] } else { Vec::new() };
-        };
+        }
         let mut cut: Vec<(i64, i64)> = [self.from, self.to.map(|t| t - 1)]
             .into_iter()
             .flatten()
-            .map(|t| self.shape.granularity.truncate(t))
+            .map(|t| granularity.truncate(t))
             .filter(|&bucket| self.span(view, bucket) == Span::Edge)
-            .map(|bucket| (bucket, bucket + width))
+            .filter_map(|bucket| Some((bucket, granularity.bucket_end(bucket)?)))
             .collect();
         cut.dedup();
         cut

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use chrono::Datelike;
 use serde_json::{Value, json};
 
 /// One generated event, as the test knows it.
@@ -131,9 +132,19 @@ pub fn reference(events: &[Event], view: &str, shape: &Shape) -> Vec<Value> {
     let Shape { granularity, group_by, countries, range, .. } = shape;
     let (granularity, countries, range) = (*granularity, *countries, *range);
     let view_width: i64 = if view == "by_country" { 3_600_000_000 } else { 86_400_000_000 };
-    let width: Option<i64> = match granularity {
-        "hour" => Some(3_600_000_000),
-        "day" => Some(86_400_000_000),
+    let bucket_of: Option<fn(i64) -> i64> = match granularity {
+        "hour" => Some(|ts| ts.div_euclid(3_600_000_000) * 3_600_000_000),
+        "day" => Some(|ts| ts.div_euclid(86_400_000_000) * 86_400_000_000),
+        // the calendar's: the Monday on or before the event's UTC day; the 1st of its month
+        "week" => Some(|ts| {
+            let day = chrono::DateTime::from_timestamp_micros(ts).unwrap().date_naive();
+            let monday = day - chrono::Days::new(day.weekday().num_days_from_monday() as u64);
+            monday.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_micros()
+        }),
+        "month" => Some(|ts| {
+            let day = chrono::DateTime::from_timestamp_micros(ts).unwrap().date_naive();
+            day.with_day(1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_micros()
+        }),
         _ => None,
     };
     #[derive(Default)]
@@ -164,7 +175,7 @@ pub fn reference(events: &[Event], view: &str, shape: &Shape) -> Vec<Value> {
         {
             continue;
         }
-        let bucket = width.map(|w| e.ts.div_euclid(w) * w).unwrap_or(0);
+        let bucket = bucket_of.map_or(0, |of| of(e.ts));
         let dims: Vec<Option<String>> = group_by
             .iter()
             .map(|d| match *d {
@@ -191,7 +202,7 @@ pub fn reference(events: &[Event], view: &str, shape: &Shape) -> Vec<Value> {
         .into_iter()
         .map(|((bucket, dims), a)| {
             let mut row = serde_json::Map::new();
-            if width.is_some() {
+            if bucket_of.is_some() {
                 row.insert(
                     "bucket".into(),
                     json!(
@@ -312,6 +323,9 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
             None,
         ),
         shape(json!({"from": from_s, "to": to_s, "granularity": "day"}), "day", dims, None, Some((from, to))),
+        // calendar buckets: T0 is a Sunday, so the events' weeks are two
+        shape(json!({"granularity": "week"}), "week", dims, None, None),
+        shape(json!({"granularity": "month", "group_by": ["country"]}), "month", &["country"], None, None),
         Shape {
             measures: Some(if view == "by_country" { &["views", "mean", "uniq"] } else { &["n"] }),
             ..shape(
@@ -337,6 +351,13 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
             dims,
             None,
             Some((cut_from, same_day_to)),
+        ),
+        shape(
+            json!({"from": cut_from_s, "to": cut_to_s, "granularity": "week"}),
+            "week",
+            dims,
+            None,
+            Some((cut_from, cut_to)),
         ),
         shape(
             json!({"from": cut_from_s, "granularity": "day", "group_by": ["country"]}),
