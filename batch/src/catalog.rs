@@ -357,24 +357,19 @@ impl Catalog {
     /// Stores a dataset's definition anew, for what of it may change after it is made (fields
     /// added); `false` if there is no such dataset.
     pub async fn set_dataset_spec(&self, spec: &DatasetSpec) -> Result<bool> {
-        let text = serde_json::to_string(spec).expect("specs serialize");
-        let updated = sqlx::query("UPDATE datasets SET spec = $1 WHERE name = $2")
-            .bind(text)
-            .bind(&spec.name)
-            .execute(&self.pool)
-            .await?;
-        Ok(updated.rows_affected() > 0)
+        self.set_spec("UPDATE datasets SET spec = $1 WHERE name = $2", &spec.name, spec).await
     }
 
     /// Stores a view's definition anew, for what of it may change after it is made (its
     /// schedule); `false` if there is no such view.
     pub async fn set_view_spec(&self, spec: &ViewSpec) -> Result<bool> {
+        self.set_spec("UPDATE views SET spec = $1 WHERE name = $2", &spec.name, spec).await
+    }
+
+    /// Runs `update` (which sets the spec `$1` of the row named `$2`); whether it found the row.
+    async fn set_spec(&self, update: &'static str, name: &str, spec: &impl serde::Serialize) -> Result<bool> {
         let text = serde_json::to_string(spec).expect("specs serialize");
-        let updated = sqlx::query("UPDATE views SET spec = $1 WHERE name = $2")
-            .bind(text)
-            .bind(&spec.name)
-            .execute(&self.pool)
-            .await?;
+        let updated = sqlx::query(update).bind(text).bind(name).execute(&self.pool).await?;
         Ok(updated.rows_affected() > 0)
     }
 
