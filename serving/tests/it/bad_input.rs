@@ -166,8 +166,13 @@ async fn bad_requests_are_refused_and_change_nothing() {
         ),
         (json!({"name": "w", "dataset": "nope", "granularity": "hour", "measures": {"n": "count"}}), "invalid_view"),
         (
-            json!({"name": "w", "dataset": "pageviews", "granularity": "week", "measures": {"n": "count"}}),
+            json!({"name": "w", "dataset": "pageviews", "granularity": "fortnight", "measures": {"n": "count"}}),
             "invalid_request",
+        ),
+        // weeks and months are for queries only
+        (
+            json!({"name": "w", "dataset": "pageviews", "granularity": "week", "measures": {"n": "count"}}),
+            "invalid_view",
         ),
     ] {
         let (s, b) = server.call("POST", "/v1/views", Some(bad.clone())).await;
