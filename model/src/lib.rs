@@ -16,6 +16,7 @@ pub mod schema;
 pub mod sketch;
 pub mod value;
 pub mod view;
+pub mod zone;
 
 pub use schema::{DatasetSpec, FieldType};
 pub use value::{Row, Value};

@@ -47,6 +47,7 @@ use tandem_model::agg::{
 };
 use tandem_model::value::field;
 use tandem_model::view::CompiledView;
+use tandem_model::zone::{self, Tz};
 use tandem_model::{Granularity, Row, Value};
 
 /// A kept shape nobody has asked for in this long is dropped; when no shape of a view has been
@@ -102,6 +103,8 @@ impl Chunk {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Shape {
     pub granularity: Granularity,
+    /// The time zone whose clocks cut the buckets (`None`: UTC); see `tandem_model::zone`.
+    pub zone: Option<Tz>,
     /// Positions (in the view's dimensions) of the dimensions to group by.
     pub group: Vec<usize>,
     /// Allowed values per filtered dimension position; by position, values sorted and unique.
@@ -129,7 +132,30 @@ impl Shape {
             })
             .collect();
         filters.sort_by_key(|(pos, _)| *pos);
-        Shape { granularity, group, filters, measures }
+        Shape { granularity, zone: None, group, filters, measures }
+    }
+
+    /// This shape with its buckets cut by `zone`'s clocks.
+    pub fn in_zone(self, zone: Option<Tz>) -> Shape {
+        Shape { zone, ..self }
+    }
+
+    /// The start of this shape's bucket holding the view bucket (or time) `bucket`.
+    #[inline]
+    pub fn bucket_of(&self, bucket: i64) -> i64 {
+        match self.zone {
+            None => self.granularity.truncate(bucket),
+            Some(zone) => zone::truncate(self.granularity, zone, bucket),
+        }
+    }
+
+    /// The start of the bucket after this shape's bucket starting at `bucket` (`None` for
+    /// `All`).
+    pub fn bucket_end(&self, bucket: i64) -> Option<i64> {
+        match self.zone {
+            None => self.granularity.bucket_end(bucket),
+            Some(zone) => zone::bucket_end(self.granularity, zone, bucket),
+        }
     }
 
     fn admits(&self, key: &GroupKey) -> bool {
@@ -170,7 +196,7 @@ impl Shape {
             if from.is_some_and(|f| key.bucket < f) || to.is_some_and(|t| key.bucket >= t) || !self.admits(key) {
                 continue;
             }
-            f(&RowKey { bucket: self.granularity.truncate(key.bucket), row: &key.dims, dims: &self.group }, states);
+            f(&RowKey { bucket: self.bucket_of(key.bucket), row: &key.dims, dims: &self.group }, states);
         }
     }
 
@@ -201,7 +227,7 @@ impl Shape {
             if !self.admits_dims(|pos| field(row, view.dimension_index[pos])) {
                 continue;
             }
-            let bucket = self.granularity.truncate(view.spec.granularity.truncate(ts));
+            let bucket = self.bucket_of(view.spec.granularity.truncate(ts));
             let hash = merged.rows.hasher().hash_one(&key(row, bucket) as &dyn KeyParts);
             keys.push((row, bucket, hash, merged.recent.get(hash)));
         }

@@ -61,6 +61,14 @@ pub struct QueryRequest {
     pub limit: Option<usize>,
     /// Rows to skip first (after sorting): with `limit`, a page of a long answer.
     pub offset: Option<usize>,
+    /// The time zone whose clocks and calendar cut the buckets (IANA name; UTC by default):
+    /// days, weeks and months as they are there, daylight-saving days included. A bucket is
+    /// still named by the instant it starts, in UTC. Only where the zone's offset is a whole
+    /// number of the view's buckets (an hourly view answers most zones' days from 1900 on;
+    /// a zone half an hour off UTC needs a view of minutes): else 400, saying from when on
+    /// it is, so that `from` can be given.
+    #[schema(example = "Europe/Berlin")]
+    pub time_zone: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -149,6 +157,7 @@ impl QueryRequest {
                 "limit" => {
                     q.limit = Some(value.parse().map_err(|_| invalid(format!("limit {value:?} is not a count")))?)
                 }
+                "time_zone" => q.time_zone = Some(value),
                 "offset" => {
                     q.offset = Some(value.parse().map_err(|_| invalid(format!("offset {value:?} is not a count")))?)
                 }
@@ -218,7 +227,7 @@ impl Plan {
         if self.from.is_none() && self.to.is_none() {
             return Span::Whole;
         }
-        let (Some(end), Some(view_width)) = (self.shape.granularity.bucket_end(bucket), view.width()) else {
+        let (Some(end), Some(view_width)) = (self.shape.bucket_end(bucket), view.width()) else {
             return Span::Edge; // one bucket for all time, and a range
         };
         let last = end - view_width; // the last view bucket inside
@@ -237,17 +246,16 @@ impl Plan {
     /// the range can be), each as the range `[start, end)` of view buckets it holds. One
     /// bucket for all time is cut by any range, and holds every view bucket.
     fn cut_buckets(&self, view: Granularity) -> Vec<(i64, i64)> {
-        let granularity = self.shape.granularity;
-        if granularity == Granularity::All {
+        if self.shape.granularity == Granularity::All {
             let ranged = self.from.is_some() || self.to.is_some();
             return if ranged { vec![(i64::MIN, i64::MAX)] } else { Vec::new() };
         }
         let mut cut: Vec<(i64, i64)> = [self.from, self.to.map(|t| t - 1)]
             .into_iter()
             .flatten()
-            .map(|t| granularity.truncate(t))
+            .map(|t| self.shape.bucket_of(t))
             .filter(|&bucket| self.span(view, bucket) == Span::Edge)
-            .filter_map(|bucket| Some((bucket, granularity.bucket_end(bucket)?)))
+            .filter_map(|bucket| Some((bucket, self.shape.bucket_end(bucket)?)))
             .collect();
         cut.dedup();
         cut
@@ -332,7 +340,12 @@ fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
     {
         return Err(invalid("from is after to: the range is [from, to)"));
     }
-    let shape = Shape::new(granularity, group, filters, measures);
+    let zone = q.time_zone.as_deref().map(tandem_model::zone::parse).transpose().map_err(invalid)?.flatten();
+    let zone = zone.filter(|_| granularity != Granularity::All); // one bucket, whatever the clocks
+    if let (Some(zone), Some(width)) = (zone, view.spec.granularity.width()) {
+        tandem_model::zone::check_aligned(zone, width, from, to).map_err(invalid)?;
+    }
+    let shape = Shape::new(granularity, group, filters, measures).in_zone(zone);
     Ok(Plan { from, to, shape, order, limit: q.limit, offset: q.offset.unwrap_or(0) })
 }
 
@@ -416,7 +429,7 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
     let span = |bucket: i64| plan.span(view.spec.granularity, bucket);
     let cut = plan.cut_buckets(view.spec.granularity);
     let cuts = !cut.is_empty();
-    let on_edge = |key: &&GroupKey| span(plan.shape.granularity.truncate(key.bucket)) == Span::Edge;
+    let on_edge = |key: &&GroupKey| span(plan.shape.bucket_of(key.bucket)) == Span::Edge;
     // the freshness of an answer from `moment`, or why there is none yet
     let freshness = |moment: &Moment| {
         if !moment.is_ready() {
