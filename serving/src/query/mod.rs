@@ -117,8 +117,8 @@ pub struct QueryAnswer {
 }
 
 impl QueryRequest {
-    /// Reads the query-string form: `from`, `to`, `granularity`, `group_by=a,b`,
-    /// `measures=a,b`, `filter=dim:v1,v2` (repeatable), `order_by=-m,dim`, `limit`.
+    /// Reads the query-string form: `from`, `to`, `granularity`, `time_zone`, `group_by=a,b`,
+    /// `measures=a,b`, `filter=dim:v1,v2` (repeatable), `order_by=-m,dim`, `limit`, `offset`.
     pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<QueryRequest, ApiError> {
         let mut q = QueryRequest::default();
         let list = |v: &str| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>();
