@@ -429,7 +429,8 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
     let span = |bucket: i64| plan.span(view.spec.granularity, bucket);
     let cut = plan.cut_buckets(view.spec.granularity);
     let cuts = !cut.is_empty();
-    let on_edge = |key: &&GroupKey| span(plan.shape.bucket_of(key.bucket)) == Span::Edge;
+    // (a view bucket lies in the output bucket holding it: no conversion by a zone's clocks)
+    let on_edge = |key: &&GroupKey| cut.iter().any(|&(from, to)| (from..to).contains(&key.bucket));
     // the freshness of an answer from `moment`, or why there is none yet
     let freshness = |moment: &Moment| {
         if !moment.is_ready() {
