@@ -188,12 +188,17 @@ pub struct AnswerColumns {
 }
 
 impl AnswerColumns {
-    /// Columns for about `rows` rows, with a bucket when `bucket`, of the named dimensions
-    /// and measures in answer order, each with its type.
-    pub fn new(bucket: bool, dims: &[(&str, FieldType)], measures: &[(&str, FieldType)], rows: usize) -> AnswerColumns {
+    /// Columns for about `rows` rows, with a bucket in the time zone `bucket` names when there
+    /// is one, of the named dimensions and measures in answer order, each with its type.
+    pub fn new(
+        bucket: Option<&str>,
+        dims: &[(&str, FieldType)],
+        measures: &[(&str, FieldType)],
+        rows: usize,
+    ) -> AnswerColumns {
         AnswerColumns {
             fields: answer_fields(bucket, dims, measures),
-            bucket: bucket.then(|| TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")),
+            bucket: bucket.map(|zone| TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(zone)),
             dims: dims.iter().map(|(_, ty)| ColumnBuilder::new(*ty, rows)).collect(),
             measures: measures.iter().map(|(_, ty)| ColumnBuilder::new(*ty, rows)).collect(),
         }
@@ -222,12 +227,13 @@ impl AnswerColumns {
     }
 }
 
-/// The fields of an answer's columns (see [`AnswerColumns`]): `bucket` when `bucket`, then the
-/// named dimensions and measures in answer order, each with its type.
-pub fn answer_fields(bucket: bool, dims: &[(&str, FieldType)], measures: &[(&str, FieldType)]) -> Vec<Field> {
+/// The fields of an answer's columns (see [`AnswerColumns`]): `bucket` when there is one, a
+/// timestamp in the time zone it names (`UTC`, or the query's), then the named dimensions and
+/// measures in answer order, each with its type.
+pub fn answer_fields(bucket: Option<&str>, dims: &[(&str, FieldType)], measures: &[(&str, FieldType)]) -> Vec<Field> {
     let mut fields = Vec::with_capacity(dims.len() + measures.len() + 1);
-    if bucket {
-        fields.push(Field::new(BUCKET_COLUMN, arrow_type(FieldType::Timestamp), false));
+    if let Some(zone) = bucket {
+        fields.push(Field::new(BUCKET_COLUMN, DataType::Timestamp(TimeUnit::Microsecond, Some(zone.into())), false));
     }
     fields.extend(dims.iter().chain(measures).map(|(name, ty)| Field::new(*name, arrow_type(*ty), true)));
     fields
@@ -395,7 +401,7 @@ mod tests {
             ),
         ];
         for bucket in [true, false] {
-            let mut columns = AnswerColumns::new(bucket, &dims, &measures, 1);
+            let mut columns = AnswerColumns::new(bucket.then_some("UTC"), &dims, &measures, 1);
             rows.iter().for_each(|(key, values)| columns.push(key, values));
             let batch = columns.finish().unwrap();
             let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();

@@ -2,7 +2,8 @@
 //! time zone's clocks and calendar have them, with its daylight-saving changes (a day of 23 or
 //! 25 hours). Such a bucket is a union of the view's UTC buckets only where the zone's offset
 //! from UTC is a whole number of them, so a query is answered only where it is: see
-//! [`check_aligned`]. A bucket is named by the instant it starts (UTC).
+//! [`check_aligned`]. A bucket is named by the local time it starts at, with the zone's offset
+//! then ([`format`]): `2026-11-01T00:00:00-04:00`, one instant, as any RFC 3339 time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -83,6 +84,15 @@ pub fn check_aligned(zone: Tz, width: i64, from: Option<i64>, to: Option<i64>) -
         message.push_str("; ask a view of finer buckets, or UTC");
     }
     Err(message)
+}
+
+/// A bucket's start as RFC 3339: with `zone`'s offset at that instant (`2026-11-01T00:00:00-04:00`,
+/// the local time a bucket starts at, and the same instant), or in UTC with a `Z`.
+pub fn format(micros: i64, zone: Option<Tz>) -> String {
+    match (zone, chrono::DateTime::from_timestamp_micros(micros)) {
+        (Some(zone), Some(t)) => t.with_timezone(&zone).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false),
+        _ => format_timestamp(micros),
+    }
 }
 
 fn offset_micros(zone: Tz, micros: i64) -> i64 {
@@ -181,6 +191,10 @@ mod tests {
         let sao_paulo = zone("America/Sao_Paulo");
         assert_eq!(s(truncate(Granularity::Day, sao_paulo, at("2018-11-04T12:00:00Z"))), "2018-11-04T03:00:00Z");
         assert_eq!(truncate(Granularity::All, ny, at("2026-11-01T12:00:00Z")), 0);
+        // named by the local time it starts at, with the offset there
+        assert_eq!(format(day, Some(ny)), "2026-11-01T00:00:00-04:00");
+        assert_eq!(format(bucket_end(Granularity::Day, ny, day).unwrap(), Some(ny)), "2026-11-02T00:00:00-05:00");
+        assert_eq!(format(day, None), "2026-11-01T04:00:00Z");
         assert_eq!(bucket_end(Granularity::All, ny, 0), None);
     }
 

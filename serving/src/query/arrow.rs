@@ -54,7 +54,7 @@ impl<'v> ArrowWriter<'v> {
     ) -> Result<Answer, ApiError> {
         let freshness = serde_json::to_string(freshness).map_err(|e| ApiError::internal("writing an answer", e))?;
         let metadata = [("freshness".to_string(), freshness)].into();
-        let schema = Schema::new(answer_fields(self.columns.bucket, &self.columns.dims, &self.columns.measures))
+        let schema = Schema::new(answer_fields(self.columns.bucket_zone(), &self.columns.dims, &self.columns.measures))
             .with_metadata(metadata);
         let encoded = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
             &schema,
@@ -78,8 +78,8 @@ impl<'v> ArrowWriter<'v> {
 
     /// One record batch of `rows` as an IPC message.
     fn batch(&self, rows: &[(&GroupKey, &[Value])]) -> Result<Bytes, ApiError> {
-        let Columns { bucket, dims, measures } = &self.columns;
-        let mut columns = AnswerColumns::new(*bucket, dims, measures, rows.len());
+        let Columns { dims, measures, .. } = &self.columns;
+        let mut columns = AnswerColumns::new(self.columns.bucket_zone(), dims, measures, rows.len());
         for (i, (key, values)) in rows.iter().enumerate() {
             // each row's key and values lie where its shape keeps it: load those ahead
             if let Some((key, values)) = rows.get(i + ROWS_AHEAD) {
@@ -134,7 +134,7 @@ impl ArrowWriter<'_> {
         }
         let (buffers, body) = (batch.buffers()?, 8 + length);
         // each column's buffers: validity, then values (and a string's offsets before them)
-        let Columns { bucket, dims, measures } = &self.columns;
+        let Columns { bucket, dims, measures, .. } = &self.columns;
         let buffers_of = |ty: FieldType| if ty == FieldType::String { 3 } else { 2 };
         let mut at = 2 * usize::from(*bucket) + dims.iter().map(|&(_, ty)| buffers_of(ty)).sum::<usize>();
         let mut writes = Vec::with_capacity(changed.len() * measures.len());
@@ -185,7 +185,7 @@ mod tests {
     fn writer() -> ArrowWriter<'static> {
         let measures =
             vec![("views", FieldType::Int64), ("revenue", FieldType::Float64), ("fastest", FieldType::Int64)];
-        ArrowWriter::new(Columns { bucket: true, dims: vec![("country", FieldType::String)], measures })
+        ArrowWriter::new(Columns { bucket: true, zone: None, dims: vec![("country", FieldType::String)], measures })
     }
 
     fn rows(n: usize) -> Vec<(GroupKey, Vec<Value>)> {

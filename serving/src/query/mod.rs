@@ -23,6 +23,7 @@ use serde_json::Value as Json;
 use tandem_model::agg::{GroupKey, Groups, MeasureState, merge_states};
 use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
+use tandem_model::zone::Tz;
 use tandem_model::{FieldType, Granularity, Value};
 use tandem_speed::shapes::{Range, Shape};
 use tandem_speed::{BatchSnapshot, LiveState, Moment, ViewLive};
@@ -63,7 +64,8 @@ pub struct QueryRequest {
     pub offset: Option<usize>,
     /// The time zone whose clocks and calendar cut the buckets (IANA name; UTC by default):
     /// days, weeks and months as they are there, daylight-saving days included. A bucket is
-    /// still named by the instant it starts, in UTC. Only where the zone's offset is a whole
+    /// named by the local time it starts at, with the zone's offset then
+    /// (`2026-11-01T00:00:00-04:00`; in Arrow, a timestamp in that zone). Only where the zone's offset is a whole
     /// number of the view's buckets (an hourly view answers most zones' days from 1900 on;
     /// a zone half an hour off UTC needs a view of minutes): else 400, saying from when on
     /// it is, so that `from` can be given.
@@ -196,8 +198,17 @@ impl Plan {
 /// rows have one (every granularity but `all`), the grouped dimensions, the measures.
 struct Columns<'v> {
     bucket: bool,
+    /// The time zone the bucket is written in (`None`: UTC, with a `Z`).
+    zone: Option<Tz>,
     dims: Vec<(&'v str, FieldType)>,
     measures: Vec<(&'v str, FieldType)>,
+}
+
+impl Columns<'_> {
+    /// The time zone the bucket column is in, if the rows have one.
+    fn bucket_zone(&self) -> Option<&'static str> {
+        self.bucket.then(|| self.zone.map_or("UTC", |zone| zone.name()))
+    }
 }
 
 impl Plan {
@@ -206,6 +217,7 @@ impl Plan {
         let measure = |m: usize| &view.measures[m].0;
         Columns {
             bucket: shape.granularity != Granularity::All,
+            zone: shape.zone,
             dims: shape.group.iter().map(|&g| (view.spec.dimensions[g].as_str(), view.dimension_types[g])).collect(),
             measures: shape.measures.iter().map(|&m| (measure(m).name.as_str(), measure(m).value_type())).collect(),
         }
@@ -566,7 +578,7 @@ fn csv_answer(columns: &Columns, rows: &[OutRow<'_>]) -> Result<Answer, ApiError
     let names = columns.dims.iter().chain(&columns.measures).map(|(name, _)| *name);
     out.write_record(columns.bucket.then_some("bucket").into_iter().chain(names)).map_err(failed)?;
     for (key, values, _) in rows {
-        let bucket = Value::Timestamp(key.bucket);
+        let bucket = Value::String(tandem_model::zone::format(key.bucket, columns.zone).into());
         let record: Vec<&Value> =
             columns.bucket.then_some(&bucket).into_iter().chain(&key.dims).chain(values.iter()).collect();
         out.serialize(&record).map_err(failed)?;
@@ -734,6 +746,8 @@ struct RowWriter {
     /// bucket's when rows have one (every granularity but `all`), the dimensions', the
     /// measures'.
     bucket: Option<Vec<u8>>,
+    /// The time zone buckets are written in (`None`: UTC).
+    zone: Option<Tz>,
     dims: Vec<Vec<u8>>,
     measures: Vec<Vec<u8>>,
     /// The bucket last written and its JSON text: rows come mostly in bucket order, so each
@@ -752,6 +766,7 @@ impl RowWriter {
         };
         RowWriter {
             bucket: columns.bucket.then(|| key("bucket")),
+            zone: columns.zone,
             dims: columns.dims.iter().map(|(name, _)| key(name)).collect(),
             measures: columns.measures.iter().map(|(name, _)| key(name)).collect(),
             last_bucket: (i64::MIN, Vec::new()),
@@ -764,7 +779,7 @@ impl RowWriter {
             if self.last_bucket.0 != key.bucket {
                 self.last_bucket.0 = key.bucket;
                 self.last_bucket.1.clear();
-                write_json(&mut self.last_bucket.1, &format_timestamp(key.bucket));
+                write_json(&mut self.last_bucket.1, &tandem_model::zone::format(key.bucket, self.zone));
             }
             out.extend_from_slice(prefix);
             out.extend_from_slice(&self.last_bucket.1);
@@ -795,7 +810,12 @@ mod tests {
 
     fn columns<'a>(bucket: bool, dims: &[&'a str], measures: &[&'a str]) -> Columns<'a> {
         let typed = |names: &[&'a str], ty| names.iter().map(|&name| (name, ty)).collect();
-        Columns { bucket, dims: typed(dims, FieldType::String), measures: typed(measures, FieldType::Int64) }
+        Columns {
+            bucket,
+            zone: None,
+            dims: typed(dims, FieldType::String),
+            measures: typed(measures, FieldType::Int64),
+        }
     }
 
     /// Rows are written as CSV records under a header of the column names, fields quoted as

@@ -226,15 +226,13 @@ pub fn reference(events: &[Event], view: &str, shape: &Shape) -> Vec<Value> {
         .map(|((bucket, dims), a)| {
             let mut row = serde_json::Map::new();
             if bucket_of.is_some() {
-                row.insert(
-                    "bucket".into(),
-                    json!(
-                        chrono::DateTime::from_timestamp_micros(bucket)
-                            .unwrap()
-                            .format("%Y-%m-%dT%H:%M:%SZ")
-                            .to_string()
-                    ),
-                );
+                // in the query's zone, with its offset there: the local time the bucket starts at
+                let start = chrono::DateTime::from_timestamp_micros(bucket).unwrap();
+                let text = match zone {
+                    Some(zone) => start.with_timezone(&zone).format("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+                    None => start.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                };
+                row.insert("bucket".into(), json!(text));
             }
             for (d, v) in group_by.iter().zip(dims) {
                 let v = match (*d, v) {

@@ -242,10 +242,18 @@ pub fn arrow_answer(bytes: &[u8]) -> Value {
                         DataType::Int64 => json!(column.as_primitive::<Int64Type>().value(r)),
                         DataType::Float64 => json!(column.as_primitive::<Float64Type>().value(r)),
                         DataType::Boolean => json!(column.as_boolean().value(r)),
-                        DataType::Timestamp(_, _) => {
+                        // in the column's time zone, as the JSON answer writes it
+                        DataType::Timestamp(_, zone) => {
                             let micros = column.as_primitive::<TimestampMicrosecondType>().value(r);
                             let t = chrono::DateTime::from_timestamp_micros(micros).unwrap();
-                            json!(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+                            match zone.as_deref() {
+                                Some("UTC") => json!(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+                                Some(zone) => {
+                                    let zone: chrono_tz::Tz = zone.parse().expect("an IANA time zone");
+                                    json!(t.with_timezone(&zone).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false))
+                                }
+                                None => panic!("column {} is a timestamp without a time zone", field.name()),
+                            }
                         }
                         other => panic!("column {} has unexpected type {other}", field.name()),
                     }
