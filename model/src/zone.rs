@@ -3,7 +3,7 @@
 //! 25 hours). Such a bucket is a union of the view's UTC buckets only where the zone's offset
 //! from UTC is a whole number of them, so a query is answered only where it is: see
 //! [`check_aligned`]. A bucket is named by the local time it starts at, with the zone's offset
-//! then ([`format`]): `2026-11-01T00:00:00-04:00`, one instant, as any RFC 3339 time.
+//! then ([`format()`]): `2026-11-01T00:00:00-04:00`, one instant, as any RFC 3339 time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
