@@ -418,36 +418,20 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
     if view == "by_country" {
         let year = T0 - 300 * 86_400_000_000;
         let year_s = chrono::DateTime::from_timestamp_micros(year).unwrap().to_rfc3339();
-        let zoned = |granularity: &'static str, zone: &'static str, range: (i64, i64), query: Value| Shape {
-            zone: Some(zone),
-            ..shape(query, granularity, dims, None, Some(range))
+        let zoned = |granularity: &'static str, zone: &'static str, from: (i64, &str), to: Option<(i64, &str)>| {
+            let mut query = json!({"granularity": granularity, "time_zone": zone, "from": from.1});
+            if let Some((_, to)) = to {
+                query["to"] = json!(to);
+            }
+            let range = (from.0, to.map_or(i64::MAX, |(t, _)| t));
+            Shape { zone: Some(zone), ..shape(query, granularity, dims, None, Some(range)) }
         };
         shapes.extend([
-            zoned(
-                "day",
-                "America/New_York",
-                (year, i64::MAX),
-                json!({"granularity": "day", "time_zone": "America/New_York", "from": year_s}),
-            ),
-            zoned(
-                "week",
-                "Europe/Berlin",
-                (year, i64::MAX),
-                json!({"granularity": "week", "time_zone": "Europe/Berlin", "from": year_s}),
-            ),
-            zoned(
-                "month",
-                "Asia/Tokyo",
-                (year, i64::MAX),
-                json!({"granularity": "month", "time_zone": "Asia/Tokyo", "from": year_s}),
-            ),
+            zoned("day", "America/New_York", (year, &year_s), None),
+            zoned("week", "Europe/Berlin", (year, &year_s), None),
+            zoned("month", "Asia/Tokyo", (year, &year_s), None),
             // a range that cuts New York's days
-            zoned(
-                "day",
-                "America/New_York",
-                (cut_from, cut_to),
-                json!({"granularity": "day", "time_zone": "America/New_York", "from": cut_from_s, "to": cut_to_s}),
-            ),
+            zoned("day", "America/New_York", (cut_from, &cut_from_s), Some((cut_to, &cut_to_s))),
         ]);
     }
     shapes
