@@ -191,6 +191,17 @@ mod tests {
         let sao_paulo = zone("America/Sao_Paulo");
         assert_eq!(s(truncate(Granularity::Day, sao_paulo, at("2018-11-04T12:00:00Z"))), "2018-11-04T03:00:00Z");
         assert_eq!(truncate(Granularity::All, ny, at("2026-11-01T12:00:00Z")), 0);
+        // the hour New York's clocks repeat (01:00 EDT, then 01:00 EST) is one bucket of two
+        let repeated = truncate(Granularity::Hour, ny, at("2026-11-01T06:30:00Z"));
+        assert_eq!(s(repeated), "2026-11-01T05:00:00Z");
+        assert_eq!(s(bucket_end(Granularity::Hour, ny, repeated).unwrap()), "2026-11-01T07:00:00Z");
+        // and the hour its clocks skip in spring (02:00) is none: 01:00 EST is followed by 03:00 EDT
+        let before_gap = truncate(Granularity::Hour, ny, at("2026-03-08T06:30:00Z"));
+        assert_eq!(s(bucket_end(Granularity::Hour, ny, before_gap).unwrap()), "2026-03-08T07:00:00Z");
+        assert_eq!(
+            format(bucket_end(Granularity::Hour, ny, before_gap).unwrap(), Some(ny)),
+            "2026-03-08T03:00:00-04:00"
+        );
         // named by the local time it starts at, with the offset there
         assert_eq!(format(day, Some(ny)), "2026-11-01T00:00:00-04:00");
         assert_eq!(format(bucket_end(Granularity::Day, ny, day).unwrap(), Some(ny)), "2026-11-02T00:00:00-05:00");
