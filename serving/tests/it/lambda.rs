@@ -891,8 +891,15 @@ fn by_plan_reference(events: &[Event], added: &Added, granularity: &str) -> Vec<
 /// and after batch runs. Refused changes change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dataset_gains_fields_and_every_answer_stays_exact() {
+    for catalog in catalogs().await {
+        let label = if catalog.is_some() { "postgres" } else { "sqlite" };
+        gains_fields(catalog, label).await;
+    }
+}
+
+async fn gains_fields(catalog: Option<String>, label: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = TestServer::start(dir.path(), None, &[]);
+    let mut server = TestServer::start(dir.path(), catalog, &[]);
     let mut rng = Gen(0xadd_f1e1d5);
     let mut acc = Accepted::default();
     let mut added = Added::new();
@@ -933,7 +940,7 @@ async fn a_dataset_gains_fields_and_every_answer_stays_exact() {
         server.call("POST", "/v1/datasets/pageviews/events", Some(json!([{"ts": 1, "score": "high"}]))).await;
     assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_events")), "typed: {answer}");
     ingest_with_added(&server, &mut acc, &mut added, &rng.events(300, T0, 72, 1_000_000)).await;
-    check_answers(&server, &acc.events, &["by_country"], "the view made before").await;
+    check_answers(&server, &acc.events, &["by_country"], &format!("{label}: the view made before")).await;
 
     // a view over the new fields, built from master files written before they existed and
     // from the log; a filter on one of them
@@ -955,15 +962,16 @@ async fn a_dataset_gains_fields_and_every_answer_stays_exact() {
             assert_rows_match(&arrow["rows"], &want, &format!("{context}: {q} as Arrow"));
         }
     };
-    check_by_plan(&server, &acc, &added, "merged").await;
-    check_answers(&server, &acc.events, &["by_country"], "the view made before, merged").await;
+    check_by_plan(&server, &acc, &added, &format!("{label}: merged")).await;
+    check_answers(&server, &acc.events, &["by_country"], &format!("{label}: the view made before, merged")).await;
 
     // a restart reads the new definition and replays records of both widths
     server.stop();
     server.restart();
     assert_eq!(server.ok("GET", "/v1/datasets/pageviews", None).await["added_fields"], json!(["plan", "score"]));
-    check_by_plan(&server, &acc, &added, "after a restart").await;
-    check_answers(&server, &acc.events, &["by_country"], "the view made before, after a restart").await;
+    check_by_plan(&server, &acc, &added, &format!("{label}: after a restart")).await;
+    check_answers(&server, &acc.events, &["by_country"], &format!("{label}: the view made before, after a restart"))
+        .await;
 
     // batch runs over master files of both widths
     ingest_with_added(&server, &mut acc, &mut added, &rng.events(100, T0, 72, 1_000_000)).await;
@@ -972,8 +980,9 @@ async fn a_dataset_gains_fields_and_every_answer_stays_exact() {
     }
     let served = server.query("by_plan", json!({})).await;
     assert_eq!(served["freshness"]["speed_events"], json!(0), "the run covers every event: {}", served["freshness"]);
-    check_by_plan(&server, &acc, &added, "after batch runs").await;
-    check_answers(&server, &acc.events, &["by_country"], "the view made before, after batch runs").await;
+    check_by_plan(&server, &acc, &added, &format!("{label}: after batch runs")).await;
+    check_answers(&server, &acc.events, &["by_country"], &format!("{label}: the view made before, after batch runs"))
+        .await;
     // the event refused before the change is accepted now
     server.ok("POST", "/v1/datasets/pageviews/events", Some(plan_event)).await;
 }
