@@ -109,8 +109,26 @@ pub struct Shape {
     pub group: Vec<usize>,
     /// Allowed values per filtered dimension position; by position, values sorted and unique.
     filters: Vec<(usize, Vec<Value>)>,
+    /// Values not allowed per dimension position, kept alike.
+    excluded: Vec<(usize, Vec<Value>)>,
     /// Positions of the measures to return.
     pub measures: Vec<usize>,
+}
+
+/// Value lists by dimension position, as a shape keeps them: each list sorted and without
+/// repeats (so that it is searched, and so that two shapes that list the same values in
+/// another order are one), the lists by position.
+fn value_lists(lists: Vec<(usize, Vec<Value>)>) -> Vec<(usize, Vec<Value>)> {
+    let mut lists: Vec<(usize, Vec<Value>)> = lists
+        .into_iter()
+        .map(|(pos, mut values)| {
+            values.sort_by(Value::total_cmp);
+            values.dedup_by(|a, b| a.total_cmp(b).is_eq());
+            (pos, values)
+        })
+        .collect();
+    lists.sort_by_key(|(pos, _)| *pos);
+    lists
 }
 
 /// A half-open time range `[from, to)` over the start of the view's buckets (UTC micros).
@@ -123,16 +141,13 @@ impl Shape {
         filters: Vec<(usize, Vec<Value>)>,
         measures: Vec<usize>,
     ) -> Shape {
-        let mut filters: Vec<(usize, Vec<Value>)> = filters
-            .into_iter()
-            .map(|(pos, mut values)| {
-                values.sort_by(Value::total_cmp);
-                values.dedup_by(|a, b| a.total_cmp(b).is_eq());
-                (pos, values)
-            })
-            .collect();
-        filters.sort_by_key(|(pos, _)| *pos);
-        Shape { granularity, zone: None, group, filters, measures }
+        Shape { granularity, zone: None, group, filters: value_lists(filters), excluded: Vec::new(), measures }
+    }
+
+    /// This shape without the events whose dimension at each position takes one of the values
+    /// listed for it.
+    pub fn excluding(self, excluded: Vec<(usize, Vec<Value>)>) -> Shape {
+        Shape { excluded: value_lists(excluded), ..self }
     }
 
     /// This shape with its buckets cut by `zone`'s clocks.
@@ -176,7 +191,9 @@ impl Shape {
     /// Whether the dimension values (`dim(position in the view's dimensions)`) pass the
     /// filters.
     fn admits_dims<'v>(&self, dim: impl Fn(usize) -> &'v Value) -> bool {
-        self.filters.iter().all(|(pos, allowed)| allowed.binary_search_by(|v| v.total_cmp(dim(*pos))).is_ok())
+        let listed = |values: &[Value], pos: usize| values.binary_search_by(|v| v.total_cmp(dim(pos))).is_ok();
+        self.filters.iter().all(|(pos, allowed)| listed(allowed, *pos))
+            && !self.excluded.iter().any(|(pos, excluded)| listed(excluded, *pos))
     }
 
     /// Folds view groups (keyed at the view's granularity and dimensions) whose bucket lies in

@@ -53,6 +53,10 @@ pub struct QueryRequest {
     /// Dimension to the values it may take (IN-lists; null matches a missing value).
     #[schema(example = json!({"country": ["US", "DE"]}))]
     pub filter: Option<HashMap<String, Vec<Json>>>,
+    /// Dimension to the values it may not take (NOT IN-lists; null excludes a missing value);
+    /// with `filter` on the same dimension, a value must pass both.
+    #[schema(example = json!({"country": ["US", null]}))]
+    pub exclude: Option<HashMap<String, Vec<Json>>>,
     /// A subset of the view's measures (all of them by default).
     pub measures: Option<Vec<String>>,
     /// Sort keys, any returned column (`bucket`, a dimension, a measure); by bucket, then
@@ -120,7 +124,8 @@ pub struct QueryAnswer {
 
 impl QueryRequest {
     /// Reads the query-string form: `from`, `to`, `granularity`, `time_zone`, `group_by=a,b`,
-    /// `measures=a,b`, `filter=dim:v1,v2` (repeatable), `order_by=-m,dim`, `limit`, `offset`.
+    /// `measures=a,b`, `filter=dim:v1,v2` and `exclude=dim:v1,v2` (repeatable),
+    /// `order_by=-m,dim`, `limit`, `offset`.
     pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<QueryRequest, ApiError> {
         let mut q = QueryRequest::default();
         let list = |v: &str| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>();
@@ -135,11 +140,12 @@ impl QueryRequest {
                 }
                 "group_by" => q.group_by = Some(list(&value)),
                 "measures" => q.measures = Some(list(&value)),
-                "filter" => {
+                "filter" | "exclude" => {
                     let (dim, values) = value
                         .split_once(':')
-                        .ok_or_else(|| invalid(format!("filter {value:?} is not dim:value,value")))?;
-                    q.filter
+                        .ok_or_else(|| invalid(format!("{key} {value:?} is not dim:value,value")))?;
+                    let lists = if key == "filter" { &mut q.filter } else { &mut q.exclude };
+                    lists
                         .get_or_insert_with(HashMap::new)
                         .entry(dim.to_string())
                         .or_default()
@@ -307,19 +313,24 @@ fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
         Some(g) => g.iter().map(|d| dim_pos(d)).collect::<Result<Vec<_>, _>>()?,
         None => (0..dims.len()).collect(),
     };
-    let mut filters = Vec::new();
-    for (dim, values) in q.filter.unwrap_or_default() {
-        let pos = dim_pos(&dim)?;
-        let ty = view.dimension_types[pos];
-        let allowed = values
-            .iter()
-            .map(|v| {
-                filter_value(ty, v)
-                    .ok_or_else(|| invalid(format!("filter value {v} does not fit dimension {dim:?} ({ty:?})")))
-            })
-            .collect::<Result<_, _>>()?;
-        filters.push((pos, allowed));
-    }
+    // each list of `filter` and `exclude` by dimension position, its values typed
+    let lists = |lists: Option<HashMap<String, Vec<Json>>>, key: &str| -> Result<Vec<(usize, Vec<Value>)>, ApiError> {
+        let mut typed = Vec::new();
+        for (dim, values) in lists.unwrap_or_default() {
+            let pos = dim_pos(&dim)?;
+            let ty = view.dimension_types[pos];
+            let values = values
+                .iter()
+                .map(|v| {
+                    filter_value(ty, v)
+                        .ok_or_else(|| invalid(format!("{key} value {v} does not fit dimension {dim:?} ({ty:?})")))
+                })
+                .collect::<Result<_, _>>()?;
+            typed.push((pos, values));
+        }
+        Ok(typed)
+    };
+    let (filters, excluded) = (lists(q.filter, "filter")?, lists(q.exclude, "exclude")?);
     let measure_names: Vec<&str> = view.measures.iter().map(|(m, _)| m.name.as_str()).collect();
     let measures = match &q.measures {
         Some(ms) => ms
@@ -357,7 +368,7 @@ fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
     if let (Some(zone), Some(width)) = (zone, view.spec.granularity.width()) {
         tandem_model::zone::check_aligned(zone, width, from, to).map_err(invalid)?;
     }
-    let shape = Shape::new(granularity, group, filters, measures).in_zone(zone);
+    let shape = Shape::new(granularity, group, filters, measures).excluding(excluded).in_zone(zone);
     Ok(Plan { from, to, shape, order, limit: q.limit, offset: q.offset.unwrap_or(0) })
 }
 

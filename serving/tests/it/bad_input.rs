@@ -210,6 +210,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         json!({"from": "2026-11-02T00:00:00Z", "to": "2026-11-01T00:00:00Z"}),
         json!({"unknown": 1}),
         json!({"granularity": "day", "time_zone": "Mars/Olympus"}),
+        json!({"exclude": {"bot": [true]}}),
         // half an hour off UTC: not a union of the view's hours
         json!({"granularity": "day", "time_zone": "Asia/Kolkata", "from": "2026-01-01T00:00:00Z"}),
         // without a range: Berlin's local mean time of 1893 and before is too

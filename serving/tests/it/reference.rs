@@ -127,6 +127,9 @@ pub struct Shape<'a> {
     pub measures: Option<&'a [&'a str]>,
     /// `time_zone`: the buckets are this zone's (IANA name).
     pub zone: Option<&'a str>,
+    /// `exclude` on country: events whose country is one of these (`None`: none given) are not
+    /// counted.
+    pub excluded: Option<&'a [Option<&'a str>]>,
 }
 
 /// The reference: one straightforward pass over the accepted events.
@@ -193,6 +196,9 @@ pub fn reference(events: &[Event], view: &str, shape: &Shape) -> Vec<Value> {
         if let Some(cs) = countries
             && !e.country.is_some_and(|c| cs.contains(&c))
         {
+            continue;
+        }
+        if shape.excluded.is_some_and(|excluded| excluded.contains(&e.country)) {
             continue;
         }
         let bucket = match zone {
@@ -331,6 +337,7 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
         skip: 0,
         measures: None,
         zone: None,
+        excluded: None,
     };
     let mut shapes = vec![
         shape(json!({}), native, dims, None, None),
@@ -411,6 +418,22 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
             )
         },
         Shape { skip: 5, ..shape(json!({"granularity": "day", "offset": 5}), "day", dims, None, None) },
+        // NOT IN: a country and the events without one; and with an IN-list on the same dimension
+        Shape {
+            excluded: Some(&[Some("US"), None]),
+            ..shape(json!({"exclude": {"country": ["US", null]}}), native, dims, None, None)
+        },
+        Shape {
+            excluded: Some(&[Some("DE")]),
+            ..shape(
+                json!({"granularity": "all", "group_by": ["country"], "filter": {"country": ["US", "DE", "FR"]},
+                       "exclude": {"country": ["DE"]}}),
+                "all",
+                &["country"],
+                Some(&["US", "DE", "FR"]),
+                None,
+            )
+        },
     ];
     // a time zone's days, weeks, months (the events' first of November is New York's 25-hour
     // day); the hourly view only: the daily one is refused (`bad_input`). Ranged, as a zone's
