@@ -51,7 +51,7 @@ pub struct DatasetSpec {
     /// The fields of `fields` added after the dataset was made, oldest first
     /// (`PATCH /v1/datasets/{name}`); each holds null in every event stored before it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(example = json!(["country"]))]
+    #[schema(example = json!(["plan"]))]
     pub added_fields: Vec<String>,
 }
 

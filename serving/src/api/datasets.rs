@@ -31,7 +31,7 @@ pub struct DatasetInfo {
     /// The fields added since it was made, oldest first: events stored before a field was
     /// added hold null there.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    #[schema(example = json!(["country"]))]
+    #[schema(example = json!(["plan"]))]
     added_fields: Vec<String>,
     /// When it was made (RFC 3339).
     created_at: String,
@@ -150,7 +150,7 @@ pub struct DatasetChange {
     /// Fields to add: name to type. Events stored before hold null in them; a field cannot be
     /// removed, retyped or made the time or id field.
     #[serde(default)]
-    #[schema(example = json!({"country": "string"}))]
+    #[schema(example = json!({"plan": "string"}))]
     add_fields: Option<BTreeMap<String, FieldType>>,
 }
 
