@@ -1024,6 +1024,13 @@ async fn main() -> anyhow::Result<()> {
         report.add_latencies("query", "idle", &format!("{name}, as Arrow IPC"), timed)?;
         report.add(&format!("rows answered: {name}, as Arrow IPC"), "rows", rows as f64);
         report.add(&format!("answer size: {name}, as Arrow IPC"), "MB", answer.len() as f64 / 1e6);
+        // and by New York's days (`time_zone`): what cutting buckets by a zone's clocks costs
+        let mut zoned = q.clone();
+        zoned["time_zone"] = json!("America/New_York");
+        let of = format!("{name}, in America/New_York");
+        let (timed, rows, _) = query_latencies(&base, &zoned, args.queries, Answered::Json).await?;
+        report.add_latencies("query", "idle", &of, timed)?;
+        report.add(&format!("rows answered: {of}"), "rows", rows as f64);
         // and compressed, as a client across a network would ask for it
         for (format, as_what) in [(Answered::Json, "as JSON"), (Answered::Arrow, "as Arrow IPC")] {
             for encoding in ["zstd", "gzip"] {
