@@ -195,6 +195,16 @@ impl AppState {
         self.views.read().keys().cloned().collect()
     }
 
+    /// The names of the views that read `dataset`, by name.
+    pub fn views_of(&self, dataset: &str) -> Vec<String> {
+        self.views
+            .read()
+            .iter()
+            .filter(|(_, live)| live.view.spec.dataset == dataset)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Creates a dataset. Files left under its name by a deletion cut short (see
     /// [`AppState::delete_dataset`]) are removed first: they are not this dataset's events.
     pub async fn create_dataset(&self, spec: DatasetSpec) -> ApiResult<Arc<Dataset>> {

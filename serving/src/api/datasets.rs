@@ -42,6 +42,9 @@ pub struct DatasetInfo {
     /// compacted yet.
     compacted_events: u64,
     log: LogInfo,
+    /// The views that read it, by name (a dataset is deleted only once none does).
+    #[schema(example = json!(["by_country"]))]
+    views: Vec<String>,
 }
 
 /// A dataset's log on disk.
@@ -68,6 +71,7 @@ impl DatasetInfo {
             events: dataset.writer.stored_events(),
             compacted_events: compacted_seq,
             log,
+            views: state.views_of(&dataset.record.spec.name),
         })
     }
 }

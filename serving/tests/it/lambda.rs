@@ -127,6 +127,7 @@ async fn lambda_path_end_to_end() {
             .sum::<u64>();
         assert_eq!(dataset["events"], json!(acc.events.len()), "{dataset}");
         assert_eq!(dataset["compacted_events"], json!(0), "{dataset}");
+        assert_eq!(dataset["views"], json!(["by_country"]), "{dataset}");
         assert_eq!(dataset["log"], json!({"segments": 1, "bytes": log_bytes}), "{label}: {dataset}");
 
         // batch run: everything moves to the batch layer, answers do not change
@@ -155,6 +156,8 @@ async fn lambda_path_end_to_end() {
         let first_run = v["last_run"]["id"].as_i64().expect("creating the view started a run");
         assert_eq!(server.wait_run(first_run).await["status"], "succeeded");
         check_answers(&server, &acc.events, &["by_country", "by_bot"], &format!("{label} two views")).await;
+        let dataset = server.ok("GET", "/v1/datasets/pageviews", None).await;
+        assert_eq!(dataset["views"], json!(["by_bot", "by_country"]), "{label}: {dataset}");
 
         // crash: every acknowledged event is back, answers identical
         server.kill();
