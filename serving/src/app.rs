@@ -293,7 +293,7 @@ impl AppState {
     /// without them, which every reader takes as null there (`tandem_model::value::field`; the
     /// batch layer reads a master file without them as null columns), and the views made
     /// before read the fields they read where they were.
-    pub async fn add_fields(&self, name: &str, fields: &BTreeMap<String, FieldType>) -> ApiResult<Arc<Dataset>> {
+    pub async fn add_fields(&self, name: &str, fields: &BTreeMap<String, FieldType>) -> ApiResult<()> {
         let _changing = self.dataset_changes.lock().await;
         let not_found = || ApiError::not_found(format!("dataset {name:?}"));
         let dataset = self.dataset(name).ok_or_else(not_found)?;
@@ -306,9 +306,9 @@ impl AppState {
             return Err(not_found());
         }
         let record = DatasetRecord { spec, ..dataset.record.clone() };
-        let wider = Arc::new(Dataset { decoder: Decoder::new(&record.spec), record, writer: dataset.writer.clone() });
-        self.datasets.write().insert(name.to_string(), Arc::clone(&wider));
-        Ok(wider)
+        let wider = Dataset { decoder: Decoder::new(&record.spec), record, writer: dataset.writer.clone() };
+        self.datasets.write().insert(name.to_string(), Arc::new(wider));
+        Ok(())
     }
 
     pub fn schedule_of(&self, view: &str) -> Option<String> {

@@ -172,13 +172,10 @@ pub async fn update(
     Path(DatasetName { name }): Path<DatasetName>,
     ApiJson(change): ApiJson<DatasetChange>,
 ) -> ApiResult<Json<DatasetInfo>> {
-    let not_found = || ApiError::not_found(format!("dataset {name:?}"));
-    let dataset = match change.add_fields {
-        Some(fields) => state.add_fields(&name, &fields).await?,
-        None => state.dataset(&name).ok_or_else(not_found)?,
-    };
-    let record = state.env.catalog.dataset(&name).await?.ok_or_else(not_found)?;
-    Ok(Json(DatasetInfo::read(&state, &dataset, record.compacted_seq).await?))
+    if let Some(fields) = change.add_fields {
+        state.add_fields(&name, &fields).await?;
+    }
+    get(State(state), Path(DatasetName { name })).await
 }
 
 /// Delete a dataset, its log and its master files

@@ -159,38 +159,33 @@ impl TestServer {
     /// in RFC 3339, an int64 as an integer, a float64 as a float), the freshness from the
     /// schema's metadata, and `"types"`: each column's name and Arrow type.
     pub async fn query_arrow(&self, view: &str, q: Value) -> Value {
-        let resp = self
-            .http
-            .post(format!("{}/v1/views/{view}/query", self.base))
-            .header("accept", "application/vnd.apache.arrow.stream")
-            .json(&q)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(resp.status(), 200, "{view} {q}");
-        assert_eq!(resp.headers()["content-type"], "application/vnd.apache.arrow.stream");
-        arrow_answer(&resp.bytes().await.unwrap())
+        let accept = "application/vnd.apache.arrow.stream";
+        arrow_answer(&self.query_as(view, q, accept, accept).await)
     }
-}
 
-impl TestServer {
     /// Asks `q` for a CSV answer (`Accept: text/csv`): its header and records, as text.
     pub async fn query_csv(&self, view: &str, q: Value) -> (Vec<String>, Vec<Vec<String>>) {
-        let resp = self
-            .http
-            .post(format!("{}/v1/views/{view}/query", self.base))
-            .header("accept", "text/csv")
-            .json(&q)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(resp.status(), 200, "{view} {q}");
-        assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8; header=present");
-        let bytes = resp.bytes().await.unwrap();
+        let bytes = self.query_as(view, q, "text/csv", "text/csv; charset=utf-8; header=present").await;
         let mut reader = csv::Reader::from_reader(bytes.as_ref());
         let header = reader.headers().unwrap().iter().map(str::to_string).collect();
         let records = reader.records().map(|r| r.unwrap().iter().map(str::to_string).collect()).collect();
         (header, records)
+    }
+
+    /// Asks `q` with `Accept: accept`; checks the answer is a 200 of `content_type` and returns
+    /// its bytes.
+    async fn query_as(&self, view: &str, q: Value, accept: &str, content_type: &str) -> bytes::Bytes {
+        let resp = self
+            .http
+            .post(format!("{}/v1/views/{view}/query", self.base))
+            .header("accept", accept)
+            .json(&q)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "{view} {q}");
+        assert_eq!(resp.headers()["content-type"], content_type, "{view} {q}");
+        resp.bytes().await.unwrap()
     }
 }
 
