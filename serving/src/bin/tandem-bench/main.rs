@@ -63,6 +63,13 @@ struct Args {
     /// (0 skips it).
     #[arg(long, default_value_t = 20_000_000)]
     memory_events: u64,
+    /// Events of the query section's data (on a server of its own, the same in every suite).
+    #[arg(long, default_value_t = 3_000_000)]
+    query_events: u64,
+    /// Paths of the query section's data: the view has 40 countries × this many groups (the
+    /// issue asks for 1,000+), and its 30-day answer 30 times as many rows.
+    #[arg(long, default_value_t = 30)]
+    query_paths: u64,
     /// How often a dashboard left open asks its three queries in the section at the ingest
     /// limit (`dashboards`), in milliseconds.
     #[arg(long, default_value_t = 250)]
@@ -173,9 +180,16 @@ struct Events {
     now_ms: i64,
     /// On-time events fall within this many milliseconds before `now_ms`.
     window_ms: i64,
+    /// Distinct paths (`/p/0` ...): the view `traffic` has 40 countries × this many groups.
+    paths: u64,
 }
 
 impl Events {
+    /// The suite's stream over 200 paths: 8,000 groups of `traffic` an hour.
+    fn new(seed: u64, now_ms: i64, window_ms: i64) -> Events {
+        Events { state: seed, now_ms, window_ms, paths: 200 }
+    }
+
     fn next_u64(&mut self) -> u64 {
         self.state ^= self.state << 13;
         self.state ^= self.state >> 7;
@@ -186,9 +200,9 @@ impl Events {
     fn event(&mut self) -> String {
         let r = self.next_u64();
         let late = r % 100 < 5;
-        let ts = self.now_ms - if late { (r >> 8) as i64 % (3 * 86_400_000) } else { (r >> 8) as i64 % self.window_ms };
+        let ts = self.now_ms - if late { (r >> 8) as i64 % (3 * DAY_MS) } else { (r >> 8) as i64 % self.window_ms };
         let country = COUNTRIES[(r >> 20) as usize % COUNTRIES.len()];
-        let path = (r >> 28) % 200;
+        let path = (r >> 28) % self.paths;
         let device = DEVICES[(r >> 40) as usize % DEVICES.len()];
         let user = self.next_u64() % 2_000_000;
         // Pareto(alpha = 1.5) durations, from 5 ms
@@ -795,35 +809,10 @@ async fn main() -> anyhow::Result<()> {
     let server = Server::start()?;
     let base = server.base.clone();
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
-    let ok = |r: reqwest::Response| async move {
-        let s = r.status();
-        let text = r.text().await?;
-        if !s.is_success() {
-            bail!("{s}: {text}");
-        }
-        anyhow::Ok(())
-    };
-    ok(http
-        .post(format!("{base}/v1/datasets"))
-        .json(&json!({"name": "pageviews", "time_field": "ts", "fields": {"ts": "timestamp", "country": "string", "path": "string",
-            "device": "string", "user_id": "string", "duration_ms": "float64", "bytes": "int64", "bot": "bool"}}))
-        .send()
-        .await?)
-    .await?;
-    ok(http
-        .post(format!("{base}/v1/views"))
-        .json(
-            &json!({"name": "traffic", "dataset": "pageviews", "granularity": "hour", "dimensions": ["country", "path"],
-            "measures": {"views": "count", "bytes": "sum(bytes)", "mean_ms": "avg(duration_ms)",
-                         "users": "approx_distinct(user_id)", "p95_ms": "approx_percentile(duration_ms, 0.95)"},
-            "filter": "bot = false"}),
-        )
-        .send()
-        .await?)
-    .await?;
+    create_pageviews(&http, &base, traffic_view()).await?;
 
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let mut events = Events { state: 0x7a4d_e3b1_9c2f_0001, now_ms, window_ms: 3_600_000 };
+    let mut events = Events::new(0x7a4d_e3b1_9c2f_0001, now_ms, 3_600_000);
     let bodies_1k: Vec<Bytes> = (0..64).map(|_| events.ndjson(1000)).collect();
     let bodies_10k: Vec<Bytes> = (0..8).map(|_| events.ndjson(10_000)).collect();
     let bodies_1: Vec<Bytes> = (0..1024).map(|_| events.ndjson(1)).collect();
@@ -972,8 +961,7 @@ async fn main() -> anyhow::Result<()> {
         }
         // 1 % late events, then an incremental run
         let late: Vec<Bytes> = {
-            let mut late_events =
-                Events { state: 0x1a7e + run as u64, now_ms: now_ms - 2 * 86_400_000, window_ms: 3_600_000 };
+            let mut late_events = Events::new(0x1a7e + run as u64, now_ms - 2 * DAY_MS, 3_600_000);
             (0..((rows_in as usize / 100) / 1000).max(1)).map(|_| late_events.ndjson(1000)).collect()
         };
         for body in &late {
@@ -992,117 +980,13 @@ async fn main() -> anyhow::Result<()> {
     // the first run compacts the log even when the batch section is not measured
     peaks.section(&server, &mut report, "batch");
 
-    println!("merged query latency, idle");
-    let hour = chrono::Duration::hours(1);
-    let now = chrono::Utc::now();
-    let dashboards = [
-        (
-            "24 h by hour, one dimension",
-            json!({"from": (now - hour * 24).to_rfc3339(), "granularity": "hour", "group_by": ["country"]}),
-        ),
-        ("30 days by day, all groups", json!({"from": (now - hour * 24 * 30).to_rfc3339(), "granularity": "day"})),
-        (
-            "top 10 paths by views",
-            json!({"granularity": "all", "group_by": ["path"], "order_by": [{"field": "views", "desc": true}], "limit": 10}),
-        ),
-    ];
-    // the largest answer, for the reference of its transfer (see `transfer_reference`)
-    let mut largest = Bytes::new();
-    for _ in 0..args.runs * args.runs("queries") as usize {
-        for (name, q) in &dashboards {
-            let (timed, rows, answer) = query_latencies(&base, q, args.queries, Answered::Json).await?;
-            report.add_latencies("query", "idle", name, timed)?;
-            report.add(&format!("rows answered: {name}"), "rows", rows as f64);
-            report.add(&format!("answer size: {name}"), "MB", answer.len() as f64 / 1e6);
-            if answer.len() > largest.len() {
-                largest = answer;
-            }
-        }
-        // the largest answer again, as an Arrow IPC stream
-        let (name, q) = &dashboards[1];
-        let (timed, rows, answer) = query_latencies(&base, q, args.queries, Answered::Arrow).await?;
-        report.add_latencies("query", "idle", &format!("{name}, as Arrow IPC"), timed)?;
-        report.add(&format!("rows answered: {name}, as Arrow IPC"), "rows", rows as f64);
-        report.add(&format!("answer size: {name}, as Arrow IPC"), "MB", answer.len() as f64 / 1e6);
-        // and by New York's days (`time_zone`): what cutting buckets by a zone's clocks costs
-        let mut zoned = q.clone();
-        zoned["time_zone"] = json!("America/New_York");
-        let of = format!("{name}, in America/New_York");
-        let (timed, rows, _) = query_latencies(&base, &zoned, args.queries, Answered::Json).await?;
-        report.add_latencies("query", "idle", &of, timed)?;
-        report.add(&format!("rows answered: {of}"), "rows", rows as f64);
-        // and compressed, as a client across a network would ask for it
-        for (format, as_what) in [(Answered::Json, "as JSON"), (Answered::Arrow, "as Arrow IPC")] {
-            for encoding in ["zstd", "gzip"] {
-                let n = (args.queries / 3).max(1);
-                let (timed, rows, size) = compressed_latencies(&http, &base, q, n, format, encoding).await?;
-                let of = format!("{name}, {as_what}, {encoding} (decompressed by the client)");
-                report.add_latencies("query", "idle", &of, timed)?;
-                report.add(&format!("rows answered: {of}"), "rows", rows as f64);
-                report.add(&format!("answer size: {name}, {as_what}, {encoding}"), "MB", size as f64 / 1e6);
-            }
-        }
-        let timed = transfer_reference(&largest, args.queries).await?;
-        report.add_latencies("transfer reference", "idle", LARGEST_FROM_RESPONDER, timed)?;
-        let timed = round_trips(&base, args.queries).await?;
-        report.add_latencies("round trip", "idle", "GET /healthz", timed)?;
-    }
-    if args.runs("queries") {
-        peaks.section(&server, &mut report, "queries, idle");
-    }
-
-    println!("merged query latency while ingesting 200,000 events/s");
-    let n = args.ingest_queries.unwrap_or(args.queries / 4);
-    for run in 0..args.runs * args.runs("queries") as usize {
-        let acks = under_ingest(&http, &base, &bodies_1k, async || {
-            for (name, q) in &dashboards {
-                let (timed, ..) = query_latencies(&base, q, n, Answered::Json).await?;
-                report.add_latencies("query", "under ingest", name, timed)?;
-            }
-            let (name, q) = &dashboards[1];
-            let (timed, ..) = query_latencies(&base, q, n, Answered::Arrow).await?;
-            report.add_latencies("query", "under ingest", &format!("{name}, as Arrow IPC"), timed)?;
-            let timed = round_trips(&base, n).await?;
-            report.add_latencies("round trip", "under ingest", "GET /healthz", timed)?;
-            let timed = transfer_reference(&largest, n).await?;
-            report.add_latencies("transfer reference", "under ingest", LARGEST_FROM_RESPONDER, timed)
-        })
-        .await?;
-        report.add_acks("while the dashboard's queries are answered", &acks);
-        // What compressing answers costs the ingest: the 30-day query asked again and again
-        // (`--seconds`, and at least as many times as above), compressed and not, its bytes
-        // read but not decompressed (a remote dashboard decompresses on its own machine), and
-        // the acknowledgements of the load meanwhile (in turns, the first not the same in
-        // every run, as the server's state grows from one to the next).
-        let (name, q) = &dashboards[1];
-        let turns = if run % 2 == 0 { [None, Some("zstd")] } else { [Some("zstd"), None] };
-        for encoding in turns {
-            let of = format!("{name}, as JSON, {}", encoding.unwrap_or("not compressed"));
-            let acks = under_ingest(&http, &base, &bodies_1k, async || {
-                let mut timed = Timed::with_capacity(n);
-                let go_on = for_seconds(args.seconds);
-                while go_on() || timed.ms.len() < n {
-                    let sent = Instant::now();
-                    fetch(&http, &base, q, Answered::Json, encoding).await?;
-                    timed.record(sent);
-                }
-                report.add_latencies("query", "under ingest", &format!("{of} (bytes read, not decoded)"), timed)
-            })
-            .await?;
-            report.add_acks(&format!("while the {of} is answered"), &acks);
-        }
-    }
-
-    if args.runs("queries") {
-        peaks.section(&server, &mut report, "queries, under ingest");
-    }
-
     // What keeping dashboards' answers current costs the ingest: as the ingest section's
     // 1,000-event batches, with a dashboard asking its three queries all along (the shapes the
     // background rounds keep current take up to half a core: `speed/src/shapes.rs`).
     let every = Duration::from_millis(args.dashboard_every_ms);
     println!("ingest at the limit with a dashboard open (its queries every {every:?})");
     let host = base.strip_prefix("http://").context("base is not http://")?.to_string();
+    let dashboards = dashboard_queries(chrono::Utc::now());
     let requests: Vec<Bytes> = dashboards
         .iter()
         .map(|(_, q)| {
@@ -1134,8 +1018,11 @@ async fn main() -> anyhow::Result<()> {
     if args.runs("dashboards") {
         peaks.section(&server, &mut report, "ingest with a dashboard open");
     }
-    peaks.finish(&mut report);
     drop(server);
+    if args.runs("queries") {
+        queries(&http, &args, &mut report, &mut peaks).await?;
+    }
+    peaks.finish(&mut report);
     if args.memory_events > 0 && args.runs("memory") {
         println!("speed-layer memory: {} events with no batch run", args.memory_events);
         memory(&http, &args, &mut report).await?;
@@ -1144,6 +1031,190 @@ async fn main() -> anyhow::Result<()> {
         .notes
         .push(format!("load generator on the same machine; {} connection(s) for batched ingest", args.connections));
     write_report(&args, &report)?;
+    Ok(())
+}
+
+/// The day, in milliseconds.
+const DAY_MS: i64 = 86_400_000;
+
+/// The dashboard's three queries of the view `traffic`, as of `now`: the 24 whole hours
+/// before the current one by hour and country; the 30 days that end with today (from
+/// midnight UTC 29 days ago) by day over all groups; the 10 paths with the most views.
+fn dashboard_queries(now: chrono::DateTime<chrono::Utc>) -> [(&'static str, Value); 3] {
+    let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).expect("within chrono's range").to_rfc3339();
+    let (now_ms, hour_ms) = (now.timestamp_millis(), 3_600_000);
+    let (hour, today) = (now_ms - now_ms.rem_euclid(hour_ms), now_ms - now_ms.rem_euclid(DAY_MS));
+    [
+        (
+            "24 h by hour, one dimension",
+            json!({"from": at(hour - 24 * hour_ms), "to": at(hour), "granularity": "hour", "group_by": ["country"]}),
+        ),
+        ("30 days by day, all groups", json!({"from": at(today - 29 * DAY_MS), "granularity": "day"})),
+        (
+            "top 10 paths by views",
+            json!({"granularity": "all", "group_by": ["path"], "order_by": [{"field": "views", "desc": true}], "limit": 10}),
+        ),
+    ]
+}
+
+/// Sends `n` events in 10,000-event batches over `connections` connections, each drawing its
+/// own stream (`events(c)` for the `c`-th) and making each batch as it sends it; not timed.
+async fn load(base: &str, connections: usize, n: u64, events: impl Fn(u64) -> Events) -> anyhow::Result<()> {
+    let host = base.strip_prefix("http://").context("base is not http://")?.to_string();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..connections as u64 {
+        let (mut stream, host) = (events(c), host.clone());
+        let mut left = n / connections as u64 + u64::from(c < n % connections as u64);
+        tasks.spawn(async move {
+            let mut conn = raw_http::Connection::open(&host).await?;
+            while left > 0 {
+                let batch = left.min(10_000);
+                let body = stream.ndjson(batch as usize);
+                let request = raw_http::request(
+                    &host,
+                    "POST",
+                    "/v1/datasets/pageviews/events",
+                    Some(("application/x-ndjson", &body)),
+                );
+                let (status, answer) = conn.send(&request).await?;
+                if status != 200 {
+                    bail!("loading: {status} {}", String::from_utf8_lossy(answer));
+                }
+                left -= batch;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+/// The query section, on a server of its own holding the same data in every suite (so that
+/// suites answer the same rows; before session 58 it asked over what the earlier sections had
+/// sent, and its 30-day answer had 33–48 k rows as they and the calendar fell):
+/// `--query-events` events over 40 countries × `--query-paths` paths on the 30 UTC days that
+/// end with today, nine in ten published by a batch run and the rest held by the speed layer,
+/// so that every day's answer merges both. The dashboard's queries (see [`dashboard_queries`])
+/// are timed idle and while 200,000 events/s arrive within the same days and groups, so the
+/// answers keep their rows: the 30-day one has 30 × 40 × `--query-paths`, which is checked.
+async fn queries(http: &reqwest::Client, args: &Args, report: &mut Report, peaks: &mut PeakRss) -> anyhow::Result<()> {
+    let server = Server::start()?;
+    let base = server.base.clone();
+    create_pageviews(http, &base, traffic_view()).await?;
+    let now = chrono::Utc::now();
+    let end_of_today = now.timestamp_millis() - now.timestamp_millis().rem_euclid(DAY_MS) + DAY_MS;
+    let thirty_days =
+        |seed: u64| Events { paths: args.query_paths, ..Events::new(seed, end_of_today - 1, 30 * DAY_MS) };
+    println!("query data: {} events over 30 days, 40 × {} groups", args.query_events, args.query_paths);
+    let published = args.query_events / 10 * 9;
+    load(&base, args.connections, published, |c| thirty_days(0x9e37_0000 + c)).await?;
+    run_batch(http, &base, true).await?;
+    load(&base, args.connections, args.query_events - published, |c| thirty_days(0x9e38_0000 + c)).await?;
+    // the load while querying: this hour's events and 5 % late ones, on the same groups
+    let mut now_events =
+        Events { paths: args.query_paths, ..Events::new(0x9e39_0001, now.timestamp_millis(), 3_600_000) };
+    let bodies_1k: Vec<Bytes> = (0..64).map(|_| now_events.ndjson(1000)).collect();
+    let dashboards = dashboard_queries(now);
+    // the 30-day answer's rows, the same idle and under ingest: every day of every group
+    let thirty = |rows: usize| {
+        let expected = 30 * 40 * args.query_paths as usize;
+        if rows != expected {
+            bail!("the 30-day query answered {rows} rows, not the {expected} of the query data");
+        }
+        Ok(())
+    };
+
+    println!("merged query latency, idle");
+    // the largest answer, for the reference of its transfer (see `transfer_reference`)
+    let mut largest = Bytes::new();
+    for _ in 0..args.runs {
+        for (name, q) in &dashboards {
+            let (timed, rows, answer) = query_latencies(&base, q, args.queries, Answered::Json).await?;
+            report.add_latencies("query", "idle", name, timed)?;
+            report.add(&format!("rows answered: {name}"), "rows", rows as f64);
+            report.add(&format!("answer size: {name}"), "MB", answer.len() as f64 / 1e6);
+            if answer.len() > largest.len() {
+                largest = answer;
+            }
+        }
+        // the largest answer again, as an Arrow IPC stream
+        let (name, q) = &dashboards[1];
+        let (timed, rows, answer) = query_latencies(&base, q, args.queries, Answered::Arrow).await?;
+        thirty(rows)?;
+        report.add_latencies("query", "idle", &format!("{name}, as Arrow IPC"), timed)?;
+        report.add(&format!("rows answered: {name}, as Arrow IPC"), "rows", rows as f64);
+        report.add(&format!("answer size: {name}, as Arrow IPC"), "MB", answer.len() as f64 / 1e6);
+        // and by New York's days (`time_zone`): what cutting buckets by a zone's clocks costs
+        let mut zoned = q.clone();
+        zoned["time_zone"] = json!("America/New_York");
+        let of = format!("{name}, in America/New_York");
+        let (timed, rows, _) = query_latencies(&base, &zoned, args.queries, Answered::Json).await?;
+        report.add_latencies("query", "idle", &of, timed)?;
+        report.add(&format!("rows answered: {of}"), "rows", rows as f64);
+        // and compressed, as a client across a network would ask for it
+        for (format, as_what) in [(Answered::Json, "as JSON"), (Answered::Arrow, "as Arrow IPC")] {
+            for encoding in ["zstd", "gzip"] {
+                let n = (args.queries / 3).max(1);
+                let (timed, rows, size) = compressed_latencies(http, &base, q, n, format, encoding).await?;
+                let of = format!("{name}, {as_what}, {encoding} (decompressed by the client)");
+                report.add_latencies("query", "idle", &of, timed)?;
+                report.add(&format!("rows answered: {of}"), "rows", rows as f64);
+                report.add(&format!("answer size: {name}, {as_what}, {encoding}"), "MB", size as f64 / 1e6);
+            }
+        }
+        let timed = transfer_reference(&largest, args.queries).await?;
+        report.add_latencies("transfer reference", "idle", LARGEST_FROM_RESPONDER, timed)?;
+        let timed = round_trips(&base, args.queries).await?;
+        report.add_latencies("round trip", "idle", "GET /healthz", timed)?;
+    }
+    peaks.section(&server, report, "queries, idle");
+
+    println!("merged query latency while ingesting 200,000 events/s");
+    let n = args.ingest_queries.unwrap_or(args.queries / 4);
+    for run in 0..args.runs {
+        let acks = under_ingest(http, &base, &bodies_1k, async || {
+            for (name, q) in &dashboards {
+                let (timed, ..) = query_latencies(&base, q, n, Answered::Json).await?;
+                report.add_latencies("query", "under ingest", name, timed)?;
+            }
+            let (name, q) = &dashboards[1];
+            let (timed, rows, _) = query_latencies(&base, q, n, Answered::Arrow).await?;
+            thirty(rows)?;
+            report.add_latencies("query", "under ingest", &format!("{name}, as Arrow IPC"), timed)?;
+            let timed = round_trips(&base, n).await?;
+            report.add_latencies("round trip", "under ingest", "GET /healthz", timed)?;
+            let timed = transfer_reference(&largest, n).await?;
+            report.add_latencies("transfer reference", "under ingest", LARGEST_FROM_RESPONDER, timed)
+        })
+        .await?;
+        report.add_acks("while the dashboard's queries are answered", &acks);
+        // What compressing answers costs the ingest: the 30-day query asked again and again
+        // (`--seconds`, and at least as many times as above), compressed and not, its bytes
+        // read but not decompressed (a remote dashboard decompresses on its own machine), and
+        // the acknowledgements of the load meanwhile (in turns, the first not the same in
+        // every run, as the server's state grows from one to the next).
+        let (name, q) = &dashboards[1];
+        let turns = if run % 2 == 0 { [None, Some("zstd")] } else { [Some("zstd"), None] };
+        for encoding in turns {
+            let of = format!("{name}, as JSON, {}", encoding.unwrap_or("not compressed"));
+            let acks = under_ingest(http, &base, &bodies_1k, async || {
+                let mut timed = Timed::with_capacity(n);
+                let go_on = for_seconds(args.seconds);
+                while go_on() || timed.ms.len() < n {
+                    let sent = Instant::now();
+                    fetch(http, &base, q, Answered::Json, encoding).await?;
+                    timed.record(sent);
+                }
+                report.add_latencies("query", "under ingest", &format!("{of} (bytes read, not decoded)"), timed)
+            })
+            .await?;
+            report.add_acks(&format!("while the {of} is answered"), &acks);
+        }
+    }
+    peaks.section(&server, report, "queries, under ingest");
+
     Ok(())
 }
 
@@ -1188,27 +1259,12 @@ print("seconds", time.perf_counter() - t)
 async fn memory(http: &reqwest::Client, args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let server = Server::start()?;
     let base = server.base.clone();
-    for (path, body) in [
-        (
-            "datasets",
-            json!({"name": "pageviews", "time_field": "ts", "fields": {"ts": "timestamp", "country": "string", "path": "string",
-                "device": "string", "user_id": "string", "duration_ms": "float64", "bytes": "int64", "bot": "bool"}}),
-        ),
-        (
-            "views",
-            json!({"name": "grid", "dataset": "pageviews", "granularity": "hour", "dimensions": ["device", "path"],
-                "measures": {"views": "count", "bytes": "sum(bytes)", "mean_ms": "avg(duration_ms)",
-                             "users": "approx_distinct(user_id)", "p95_ms": "approx_percentile(duration_ms, 0.95)"}}),
-        ),
-    ] {
-        let resp = http.post(format!("{base}/v1/{path}")).json(&body).send().await?;
-        if !resp.status().is_success() {
-            bail!("creating {path}: {}", resp.text().await?);
-        }
-    }
+    let grid = json!({"name": "grid", "dataset": "pageviews", "granularity": "hour", "dimensions": ["device", "path"],
+        "measures": {"views": "count", "bytes": "sum(bytes)", "mean_ms": "avg(duration_ms)",
+                     "users": "approx_distinct(user_id)", "p95_ms": "approx_percentile(duration_ms, 0.95)"}});
+    create_pageviews(http, &base, grid).await?;
     let idle = server.rss_bytes().unwrap_or(0);
-    let mut events =
-        Events { state: 0x3e3e_0001, now_ms: chrono::Utc::now().timestamp_millis(), window_ms: 86_400_000 };
+    let mut events = Events::new(0x3e3e_0001, chrono::Utc::now().timestamp_millis(), DAY_MS);
     let bodies: Arc<Vec<Bytes>> = Arc::new((0..64).map(|_| events.ndjson(1000)).collect());
     let sent = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -1268,6 +1324,27 @@ async fn memory(http: &reqwest::Client, args: &Args, report: &mut Report) -> any
     if !scrapes.is_empty() {
         report.add("memory: GET /metrics while filling, p50", "ms", percentile(&scrapes, 0.5));
         report.add("memory: GET /metrics while filling, slowest", "ms", scrapes[scrapes.len() - 1]);
+    }
+    Ok(())
+}
+
+/// The benchmark view: hourly by country and path, filtered `bot = false`.
+fn traffic_view() -> Value {
+    json!({"name": "traffic", "dataset": "pageviews", "granularity": "hour", "dimensions": ["country", "path"],
+        "measures": {"views": "count", "bytes": "sum(bytes)", "mean_ms": "avg(duration_ms)",
+                     "users": "approx_distinct(user_id)", "p95_ms": "approx_percentile(duration_ms, 0.95)"},
+        "filter": "bot = false"})
+}
+
+/// Creates the dataset `pageviews` (the fields [`Events`] sends) and `view` over it.
+async fn create_pageviews(http: &reqwest::Client, base: &str, view: Value) -> anyhow::Result<()> {
+    let dataset = json!({"name": "pageviews", "time_field": "ts", "fields": {"ts": "timestamp", "country": "string",
+        "path": "string", "device": "string", "user_id": "string", "duration_ms": "float64", "bytes": "int64", "bot": "bool"}});
+    for (path, body) in [("datasets", dataset), ("views", view)] {
+        let resp = http.post(format!("{base}/v1/{path}")).json(&body).send().await?;
+        if !resp.status().is_success() {
+            bail!("creating {path}: {}", resp.text().await?);
+        }
     }
     Ok(())
 }
