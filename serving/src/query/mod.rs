@@ -62,6 +62,12 @@ pub struct QueryRequest {
     /// Sort keys, any returned column (`bucket`, a dimension, a measure); by bucket, then
     /// dimension values, when absent.
     pub order_by: Option<Vec<OrderBy>>,
+    /// Measure to conditions its value must meet (`eq`, `ne`, `lt`, `lte`, `gt`, `gte`; all
+    /// of them, as SQL's HAVING): rows that fail one are left out before sorting, `offset`
+    /// and `limit`. A measure named here is one the answer returns; a null value meets no
+    /// condition. Numbers for numeric measures, RFC 3339 for timestamps.
+    #[schema(example = json!({"views": {"gte": 100}, "mean_ms": {"lt": 250.0}}))]
+    pub having: Option<HashMap<String, HashMap<Comparison, Json>>>,
     /// At most this many rows (after sorting and `offset`).
     pub limit: Option<usize>,
     /// Rows to skip first (after sorting): with `limit`, a page of a long answer.
@@ -84,6 +90,40 @@ pub struct OrderBy {
     /// Descending (ascending by default).
     #[serde(default)]
     pub desc: bool,
+}
+
+/// How a measure's value compares with a query's `having` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Comparison {
+    Eq,
+    Ne,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+}
+
+impl Comparison {
+    fn parse(text: &str) -> Option<Comparison> {
+        serde_json::from_value(Json::String(text.to_string())).ok()
+    }
+
+    /// Whether `value` compares so with `than` (never for null).
+    fn holds(self, value: &Value, than: &Value) -> bool {
+        if matches!(value, Value::Null) {
+            return false;
+        }
+        let order = value.total_cmp(than);
+        match self {
+            Comparison::Eq => order.is_eq(),
+            Comparison::Ne => order.is_ne(),
+            Comparison::Lt => order.is_lt(),
+            Comparison::Lte => order.is_le(),
+            Comparison::Gt => order.is_gt(),
+            Comparison::Gte => order.is_ge(),
+        }
+    }
 }
 
 /// What an answer says about where its rows come from, in every answer (JSON: beside the
@@ -125,7 +165,7 @@ pub struct QueryAnswer {
 impl QueryRequest {
     /// Reads the query-string form: `from`, `to`, `granularity`, `time_zone`, `group_by=a,b`,
     /// `measures=a,b`, `filter=dim:v1,v2` and `exclude=dim:v1,v2` (repeatable),
-    /// `order_by=-m,dim`, `limit`, `offset`.
+    /// `having=measure:op:value` (repeatable), `order_by=-m,dim`, `limit`, `offset`.
     pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<QueryRequest, ApiError> {
         let mut q = QueryRequest::default();
         let list = |v: &str| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>();
@@ -150,6 +190,17 @@ impl QueryRequest {
                         .entry(dim.to_string())
                         .or_default()
                         .extend(list(values).into_iter().map(Json::String));
+                }
+                "having" => {
+                    let mut parts = value.splitn(3, ':');
+                    let (Some(measure), Some(op), Some(than)) = (parts.next(), parts.next(), parts.next()) else {
+                        return Err(invalid(format!("having {value:?} is not measure:op:value")));
+                    };
+                    let op = Comparison::parse(op).ok_or_else(|| {
+                        invalid(format!("having {value:?}: {op:?} is not one of eq, ne, lt, lte, gt, gte"))
+                    })?;
+                    let conditions = q.having.get_or_insert_with(HashMap::new).entry(measure.to_string()).or_default();
+                    conditions.insert(op, Json::String(than.to_string()));
                 }
                 "order_by" => {
                     q.order_by = Some(
@@ -188,12 +239,19 @@ struct Plan {
     /// Granularity, grouping, filters and measures.
     shape: Shape,
     order: Vec<(Column, bool)>,
+    /// `having`: the returned measure (by its place among them), compared so with the value.
+    having: Vec<(usize, Comparison, Value)>,
     limit: Option<usize>,
     /// Rows skipped before the first returned (0: none).
     offset: usize,
 }
 
 impl Plan {
+    /// Whether a row of these measure values meets the query's `having`.
+    fn keeps(&self, values: &[Value]) -> bool {
+        self.having.iter().all(|(m, op, than)| op.holds(&values[*m], than))
+    }
+
     /// How many rows in order the answer needs: the ones `offset` skips and the `limit`.
     fn end(&self) -> Option<usize> {
         self.limit.map(|limit| limit.saturating_add(self.offset))
@@ -357,6 +415,22 @@ fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
         };
         order.push((column, o.desc));
     }
+    let mut having = Vec::new();
+    for (name, conditions) in q.having.unwrap_or_default() {
+        let Some(m) = measure_names.iter().position(|x| *x == name) else {
+            return Err(invalid(format!("having: {name:?} is not a measure of view {:?}", view.spec.name)));
+        };
+        let returned = measures
+            .iter()
+            .position(|&x| x == m)
+            .ok_or_else(|| invalid(format!("having: measure {name:?} is not returned (add it to measures)")))?;
+        let ty = view.measures[m].0.value_type();
+        for (op, than) in conditions {
+            let than = having_value(ty, &than)
+                .ok_or_else(|| invalid(format!("having: measure {name:?} ({ty:?}) cannot be compared with {than}")))?;
+            having.push((returned, op, than));
+        }
+    }
     let (from, to) = (time(&q.from, "from")?, time(&q.to, "to")?);
     if let (Some(f), Some(t)) = (from, to)
         && f > t
@@ -369,7 +443,22 @@ fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
         tandem_model::zone::check_aligned(zone, width, from, to).map_err(invalid)?;
     }
     let shape = Shape::new(granularity, group, filters, measures).excluding(excluded).in_zone(zone);
-    Ok(Plan { from, to, shape, order, limit: q.limit, offset: q.offset.unwrap_or(0) })
+    Ok(Plan { from, to, shape, order, having, limit: q.limit, offset: q.offset.unwrap_or(0) })
+}
+
+/// A `having` value for a measure of type `ty` (from a JSON body, or text from a query
+/// string), never null.
+fn having_value(ty: FieldType, v: &Json) -> Option<Value> {
+    let number = |n: &serde_json::Number| n.as_i64().map(Value::Int).or_else(|| n.as_f64().map(Value::Float));
+    match (ty, v) {
+        (FieldType::Int64 | FieldType::Float64, Json::Number(n)) => number(n),
+        (FieldType::Int64 | FieldType::Float64, Json::String(s)) => s.parse().ok().as_ref().and_then(number),
+        (FieldType::Timestamp, Json::String(s)) => parse_timestamp(s).map(Value::Timestamp),
+        (FieldType::String, Json::String(s)) => Some(Value::String(s.as_str().into())),
+        (FieldType::Bool, Json::Bool(b)) => Some(Value::Bool(*b)),
+        (FieldType::Bool, Json::String(s)) => s.parse().ok().map(Value::Bool),
+        _ => None,
+    }
 }
 
 fn filter_value(ty: FieldType, v: &Json) -> Option<Value> {
@@ -525,7 +614,8 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
                 Box::new(move |key, values, out| render.write(out, key, values))
             });
             // CSV is written from the rows, not from the kept JSON text or Arrow batches
-            if !plan.order.is_empty() || plan.limit.is_some() || plan.offset > 0 || format == Format::Csv {
+            let chosen = !plan.order.is_empty() || !plan.having.is_empty() || plan.limit.is_some() || plan.offset > 0;
+            if chosen || format == Format::Csv {
                 let fresh = merged.fresh(whole);
                 let kept = fresh.rows().map(|(k, v, t)| (k, v, Some(t))).collect();
                 let rows = in_order(&plan, kept, edge_rows(&edges));
@@ -687,10 +777,15 @@ fn edge_rows(edges: &[(GroupKey, Vec<Value>)]) -> Vec<OutRow<'_>> {
 /// A row of an answer: its key and measure values, and for a kept row its text, kept.
 type OutRow<'a> = (&'a GroupKey, &'a [Value], Option<&'a [u8]>);
 
-/// The rows in the query's order, past the first `offset`, the first `limit` of them. `kept`
+/// The rows that meet the query's `having`, in its order, past the first `offset`, the first
+/// `limit` of them. `kept`
 /// come in bucket and dimension order (see [`tandem_speed::shapes::Fresh::rows`]), so without
 /// an `order_by` the few edge rows are merged into them rather than all sorted.
-fn in_order<'a>(plan: &Plan, kept: Vec<OutRow<'a>>, edges: Vec<OutRow<'a>>) -> Vec<OutRow<'a>> {
+fn in_order<'a>(plan: &Plan, mut kept: Vec<OutRow<'a>>, mut edges: Vec<OutRow<'a>>) -> Vec<OutRow<'a>> {
+    if !plan.having.is_empty() {
+        kept.retain(|row| plan.keeps(row.1));
+        edges.retain(|row| plan.keeps(row.1));
+    }
     let mut rows = if plan.order.is_empty() {
         let mut rows = merged_in_order(kept, edges);
         rows.truncate(plan.end().unwrap_or(usize::MAX));

@@ -211,6 +211,13 @@ async fn bad_requests_are_refused_and_change_nothing() {
         json!({"unknown": 1}),
         json!({"granularity": "day", "time_zone": "Mars/Olympus"}),
         json!({"exclude": {"bot": [true]}}),
+        // having: an unknown measure, one not returned, an unknown comparison, a value of the
+        // wrong type, null
+        json!({"having": {"nope": {"gt": 1}}}),
+        json!({"measures": [], "having": {"n": {"gt": 1}}}),
+        json!({"having": {"n": {"above": 1}}}),
+        json!({"having": {"n": {"gt": "many"}}}),
+        json!({"having": {"n": {"gt": null}}}),
         // half an hour off UTC: not a union of the view's hours
         json!({"granularity": "day", "time_zone": "Asia/Kolkata", "from": "2026-01-01T00:00:00Z"}),
         // without a range: Berlin's local mean time of 1893 and before is too
@@ -228,6 +235,10 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert_error(s, &b, 415, "unsupported_media_type");
     let (s, b) = server.call("GET", "/v1/views/v/query?color=red", None).await;
     assert_error(s, &b, 400, "invalid_query");
+    for having in ["n:gt", "n:above:1", "n:gt:many"] {
+        let (s, b) = server.call("GET", &format!("/v1/views/v/query?having={having}"), None).await;
+        assert_error(s, &b, 400, "invalid_query");
+    }
     // the answer's format, from Accept: 406 when it allows none of JSON, Arrow and CSV
     let arrow = "application/vnd.apache.arrow.stream";
     let csv = "text/csv; charset=utf-8; header=present";

@@ -86,12 +86,18 @@ async fn check_answers(server: &TestServer, events: &[Event], views: &[&str], co
     assert_eq!(arrow["types"], types, "{context}: the Arrow answer's columns");
     // the GET form answers the same as the POST form
     let get = server
-        .ok("GET", "/v1/views/by_country/query?granularity=day&group_by=country&filter=country:US,DE", None)
+        .ok(
+            "GET",
+            "/v1/views/by_country/query?granularity=day&group_by=country&filter=country:US,DE\
+             &having=views:gte:2&having=mean:lt:7000.5",
+            None,
+        )
         .await;
     let post = server
         .query(
             "by_country",
-            json!({"granularity": "day", "group_by": ["country"], "filter": {"country": ["US", "DE"]}}),
+            json!({"granularity": "day", "group_by": ["country"], "filter": {"country": ["US", "DE"]},
+                   "having": {"views": {"gte": 2}, "mean": {"lt": 7000.5}}}),
         )
         .await;
     assert_eq!(get["rows"], post["rows"], "{context}: GET and POST differ");

@@ -265,7 +265,7 @@ async fn the_document_describes_every_route_and_every_answer() {
         (&[("content-type", "application/json")][..], &[("content-type", "application/x-ndjson")][..]);
     let accept = |media| [("accept", media)];
     let (arrow, csv, png) = (accept("application/vnd.apache.arrow.stream"), accept("text/csv"), accept("image/png"));
-    let steps: [(&str, &str, Headers, Option<&str>, u16); 35] = [
+    let steps: [(&str, &str, Headers, Option<&str>, u16); 36] = [
         ("POST", "/v1/datasets", json, Some(&dataset), 201),
         ("POST", "/v1/datasets", json, Some(&dataset), 409),
         ("POST", "/v1/datasets", json, Some(r#"{"name": "x"}"#), 400),
@@ -304,6 +304,7 @@ async fn the_document_describes_every_route_and_every_answer() {
         ),
         ("GET", "/v1/views/by_country/query?granularity=day&time_zone=Asia/Kolkata", &[], None, 400),
         ("GET", "/v1/views/by_country/query?granularity=all&exclude=country:US", &[], None, 200),
+        ("GET", "/v1/views/by_country/query?granularity=all&having=views:gte:2", &[], None, 200),
         ("GET", "/v1/views/by_country/query", &arrow, None, 200),
         ("GET", "/v1/views/by_country/query", &csv, None, 200),
         ("GET", "/v1/views/by_country/query", &png, None, 406),

@@ -130,6 +130,8 @@ pub struct Shape<'a> {
     /// `exclude` on country: events whose country is one of these (`None`: none given) are not
     /// counted.
     pub excluded: Option<&'a [Option<&'a str>]>,
+    /// `having`: rows whose measure compares so (`gt`, `lte`, ...) with the number are kept.
+    pub having: &'a [(&'a str, &'a str, f64)],
 }
 
 /// The reference: one straightforward pass over the accepted events.
@@ -269,6 +271,19 @@ pub fn reference(events: &[Event], view: &str, shape: &Shape) -> Vec<Value> {
             Value::Object(row)
         })
         .collect();
+    rows.retain(|row| {
+        shape.having.iter().all(|&(measure, op, than)| {
+            row[measure].as_f64().is_some_and(|v| match op {
+                "eq" => v == than,
+                "ne" => v != than,
+                "lt" => v < than,
+                "lte" => v <= than,
+                "gt" => v > than,
+                "gte" => v >= than,
+                other => unreachable!("{other}"),
+            })
+        })
+    });
     if let Some(keep) = shape.measures {
         let all_measures = ["views", "n_ms", "total", "lo", "hi", "mean", "uniq", "p90", "n", "b", "first_ms"];
         for row in rows.iter_mut().filter_map(Value::as_object_mut) {
@@ -338,6 +353,7 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
         measures: None,
         zone: None,
         excluded: None,
+        having: &[],
     };
     let mut shapes = vec![
         shape(json!({}), native, dims, None, None),
@@ -434,7 +450,47 @@ pub fn shapes(view: &str) -> Vec<Shape<'static>> {
                 None,
             )
         },
+        // HAVING: a sum above 0 (null sums are left out); two conditions on the count, under
+        // a top-N; the mean in a range that cuts buckets (its edge rows are judged too)
+        Shape {
+            having: if view == "by_country" { &[("total", "gt", 0.0)] } else { &[("b", "gt", 0.0)] },
+            ..shape(
+                json!({"granularity": "day", "having": {if view == "by_country" { "total" } else { "b" }: {"gt": 0}}}),
+                "day",
+                dims,
+                None,
+                None,
+            )
+        },
+        Shape {
+            top: Some((count, 3)),
+            having: if view == "by_country" {
+                &[("views", "gte", 2.0), ("views", "ne", 3.0)]
+            } else {
+                &[("n", "gte", 2.0), ("n", "ne", 3.0)]
+            },
+            ..shape(
+                json!({"granularity": "day", "having": {count: {"gte": 2, "ne": 3}},
+                       "order_by": [{"field": count, "desc": true}], "limit": 3}),
+                "day",
+                dims,
+                None,
+                None,
+            )
+        },
     ];
+    if view == "by_country" {
+        shapes.push(Shape {
+            having: &[("mean", "lt", 7000.0)],
+            ..shape(
+                json!({"from": cut_from_s, "to": cut_to_s, "granularity": "day", "having": {"mean": {"lt": 7000}}}),
+                "day",
+                dims,
+                None,
+                Some((cut_from, cut_to)),
+            )
+        });
+    }
     // a time zone's days, weeks, months (the events' first of November is New York's 25-hour
     // day); the hourly view only: the daily one is refused (`bad_input`). Ranged, as a zone's
     // local mean times of the 1800s are not whole hours.
