@@ -1,5 +1,5 @@
-//! The catalog: datasets, views, batch runs and published versions, in Postgres or in an
-//! embedded SQLite file, through sqlx.
+//! The catalog: datasets, views, batch runs, published versions and issued API keys, in
+//! Postgres or in an embedded SQLite file, through sqlx.
 //!
 //! One implementation serves both backends: the SQL is portable (numbered `$N` parameters,
 //! `RETURNING`, partial unique indexes) and only the migrations differ, one folder per
@@ -61,6 +61,20 @@ pub struct VersionRecord {
     pub watermark: u64,
     pub files: Vec<String>,
     pub rows: i64,
+    pub created_at: i64,
+}
+
+/// An API key issued through the API: what it may do, never its secret (only the secret's
+/// SHA-256, by which a request's key is found).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub name: String,
+    /// `all`, `read` or `ingest` (the serving layer's scopes).
+    pub scope: String,
+    /// The datasets it is limited to; `None`: every dataset.
+    pub datasets: Option<Vec<String>>,
+    /// The SHA-256 of its secret, in hex.
+    pub secret_sha256: String,
     pub created_at: i64,
 }
 
@@ -210,6 +224,55 @@ impl Catalog {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    // ---- API keys
+
+    /// Records an issued key; [`Error::Conflict`] if its name (or secret) is taken.
+    pub async fn create_key(&self, key: &KeyRecord) -> Result<()> {
+        let datasets = key.datasets.as_ref().map(|d| serde_json::to_string(d).expect("names serialize"));
+        let inserted = sqlx::query(
+            "INSERT INTO api_keys (name, scope, datasets, secret_sha256, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&key.name)
+        .bind(&key.scope)
+        .bind(datasets)
+        .bind(&key.secret_sha256)
+        .bind(key.created_at)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(Error::Conflict(format!("API key {:?} already exists", key.name))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every issued key, by name.
+    pub async fn keys(&self) -> Result<Vec<KeyRecord>> {
+        let rows = sqlx::query("SELECT name, scope, datasets, secret_sha256, created_at FROM api_keys ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        let key = |row: &AnyRow| -> Result<KeyRecord> {
+            let datasets: Option<String> = row.try_get("datasets")?;
+            Ok(KeyRecord {
+                name: row.try_get("name")?,
+                scope: row.try_get("scope")?,
+                datasets: datasets
+                    .map(|d| serde_json::from_str(&d))
+                    .transpose()
+                    .map_err(|e| Error::Invalid(format!("stored API key datasets: {e}")))?,
+                secret_sha256: row.try_get("secret_sha256")?,
+                created_at: row.try_get("created_at")?,
+            })
+        };
+        rows.iter().map(key).collect()
+    }
+
+    /// Deletes an issued key: whether there was one of that name.
+    pub async fn delete_key(&self, name: &str) -> Result<bool> {
+        let deleted = sqlx::query("DELETE FROM api_keys WHERE name = $1").bind(name).execute(&self.pool).await?;
+        Ok(deleted.rows_affected() > 0)
     }
 
     // ---- datasets

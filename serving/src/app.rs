@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use parking_lot::RwLock;
-use tandem_batch::catalog::{DatasetRecord, ViewRecord};
+use tandem_batch::catalog::{DatasetRecord, KeyRecord, ViewRecord, now_micros};
 use tandem_batch::store::load_version;
 use tandem_batch::{BatchEnv, Catalog};
 use tandem_model::event::Decoder;
@@ -17,6 +17,7 @@ use tandem_model::{DatasetSpec, FieldType, ViewSpec};
 use tandem_speed::writer::WriterConfig;
 use tandem_speed::{BatchSnapshot, DatasetWriter, ViewLive};
 
+use crate::api::auth::{ApiKeys, Scope, new_secret};
 use crate::api::error::{ApiError, ApiResult};
 use crate::config::ServeConfig;
 
@@ -32,6 +33,8 @@ pub struct Dataset {
 pub struct Inner {
     pub env: BatchEnv,
     pub config: ServeConfig,
+    /// The API keys requests may carry: the flags' and those issued (`POST /v1/keys`).
+    pub keys: ApiKeys,
     datasets: RwLock<BTreeMap<String, Arc<Dataset>>>,
     views: RwLock<BTreeMap<String, Arc<ViewLive>>>,
     /// The schedule each view runs on, as the catalog holds it. A view's definition is fixed
@@ -46,6 +49,9 @@ pub struct Inner {
     /// Held while a dataset is made or deleted, so that a deletion never removes the writer
     /// or the files of a dataset made again under its name meanwhile.
     dataset_changes: tokio::sync::Mutex<()>,
+    /// Held while a key is issued or deleted, so that two deletions at once cannot leave no
+    /// key that manages keys.
+    key_changes: tokio::sync::Mutex<()>,
 }
 
 /// Shared state of the server, cheap to clone.
@@ -72,15 +78,18 @@ impl AppState {
             tracing::warn!(runs = abandoned, "marked runs abandoned by a stopped process as failed");
         }
         let ingest_budget = Arc::new(tokio::sync::Semaphore::new(config.max_inflight_bytes));
+        let keys = ApiKeys::new(&config, &catalog.keys().await?).context("reading the issued API keys")?;
         let state = AppState(Arc::new(Inner {
             env,
             ingest_budget,
+            keys,
             config,
             datasets: RwLock::new(BTreeMap::new()),
             views: RwLock::new(BTreeMap::new()),
             schedules: RwLock::new(BTreeMap::new()),
             schedule_changes: tokio::sync::Mutex::new(()),
             dataset_changes: tokio::sync::Mutex::new(()),
+            key_changes: tokio::sync::Mutex::new(()),
         }));
         let views = catalog.views().await?;
         for dataset in catalog.datasets().await? {
@@ -308,6 +317,62 @@ impl AppState {
         let record = DatasetRecord { spec, ..dataset.record.clone() };
         let wider = Dataset { decoder: Decoder::new(&record.spec), record, writer: dataset.writer.clone() };
         self.datasets.write().insert(name.to_string(), Arc::new(wider));
+        Ok(())
+    }
+
+    /// Issues an API key: records its secret's hash in the catalog and takes it into use at
+    /// once. Returns its record and its secret, which nothing keeps: the caller's to show
+    /// this once. Only on a server that asks for keys (else 409: one issued here would lock
+    /// out the clients that use none); 400 for a bad name or a dataset that does not exist.
+    pub async fn issue_key(
+        &self,
+        name: String,
+        scope: Scope,
+        datasets: Option<Vec<String>>,
+    ) -> ApiResult<(KeyRecord, String)> {
+        if !self.keys.required() {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "conflict",
+                "this server asks no API key, so it issues none: start it with --api-key, then issue keys with that one",
+            ));
+        }
+        let mut problems: Vec<String> = tandem_model::validate_name(&name).err().into_iter().collect();
+        match &datasets {
+            Some(list) if list.is_empty() => problems.push("datasets is empty: leave it out for every dataset".into()),
+            Some(list) => problems.extend(
+                list.iter().filter(|d| self.dataset(d).is_none()).map(|d| format!("dataset {d:?} does not exist")),
+            ),
+            None => {}
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::invalid("invalid_key", "a key that cannot be issued", problems));
+        }
+        let (secret, secret_sha256) = new_secret().map_err(|e| ApiError::internal("issuing an API key", e))?;
+        let record = KeyRecord { name, scope: scope.as_str().into(), datasets, secret_sha256, created_at: now_micros() };
+        let _changing = self.key_changes.lock().await;
+        self.env.catalog.create_key(&record).await?;
+        self.keys.add(&record).map_err(|e| ApiError::internal("taking an issued API key into use", e))?;
+        Ok((record, secret))
+    }
+
+    /// Deletes an issued key, in the catalog and at once for requests: 404 if there is none
+    /// of that name, 409 if it is the last key that may manage keys.
+    pub async fn delete_key(&self, name: &str) -> ApiResult<()> {
+        let _changing = self.key_changes.lock().await;
+        let exists = self.env.catalog.keys().await?.iter().any(|k| k.name == name);
+        if !exists {
+            return Err(ApiError::not_found(format!("API key {name:?}")));
+        }
+        if !self.keys.manageable_without(name) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "conflict",
+                format!("API key {name:?} is the last that may manage keys: issue another of scope all first"),
+            ));
+        }
+        self.env.catalog.delete_key(name).await?;
+        self.keys.remove(name);
         Ok(())
     }
 

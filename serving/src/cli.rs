@@ -21,7 +21,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // the end-to-end tests read this line to find an ephemeral port
     println!("tandem listening on http://{addr}");
     tracing::info!(%addr, "tandem listening");
-    let keyless = api::auth::ApiKeys::new(&state.config).is_none();
+    let keyless = !state.keys.required();
     if keyless && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "no --api-key set: anyone who reaches this address can write and read every dataset");
     }

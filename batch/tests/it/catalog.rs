@@ -358,3 +358,36 @@ async fn served_watermarks_are_those_of_each_views_current_version() {
         assert_eq!(catalog.served_watermarks("other").await.unwrap(), [None], "{backend:?}");
     }
 }
+
+#[tokio::test]
+async fn issued_keys_are_stored_by_name_with_their_secrets_hash() {
+    use tandem_batch::catalog::KeyRecord;
+    for url in catalog_urls().await {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::connect(url.as_deref(), dir.path()).await.unwrap();
+        let backend = catalog.backend();
+        let key = |name: &str, scope: &str, datasets: Option<Vec<String>>, hash: &str| KeyRecord {
+            name: name.into(),
+            scope: scope.into(),
+            datasets,
+            secret_sha256: hash.into(),
+            created_at: 1_000 + name.len() as i64,
+        };
+        let dash = key("dash", "read", Some(vec!["a".into(), "b".into()]), "h1");
+        let admin = key("admin2", "all", None, "h2");
+        catalog.create_key(&dash).await.unwrap();
+        catalog.create_key(&admin).await.unwrap();
+        // a taken name, a taken secret, an unknown scope: refused, nothing stored
+        for bad in [key("dash", "all", None, "h3"), key("other", "all", None, "h1"), key("x", "write", None, "h4")] {
+            assert!(catalog.create_key(&bad).await.is_err(), "{backend:?}: {bad:?}");
+        }
+        assert_eq!(catalog.keys().await.unwrap(), [admin.clone(), dash.clone()], "{backend:?}");
+        // kept across a reconnect, then deleted once
+        drop(catalog);
+        let catalog = Catalog::connect(url.as_deref(), dir.path()).await.unwrap();
+        assert_eq!(catalog.keys().await.unwrap(), [admin.clone(), dash], "{backend:?}: after a reconnect");
+        assert!(catalog.delete_key("dash").await.unwrap());
+        assert!(!catalog.delete_key("dash").await.unwrap(), "{backend:?}: deleted twice");
+        assert_eq!(catalog.keys().await.unwrap(), [admin], "{backend:?}");
+    }
+}

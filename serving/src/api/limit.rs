@@ -21,8 +21,10 @@ use super::error::ApiError;
 /// Who a request's budget is counted for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Client {
-    /// The API key it authenticated with (its position among the server's keys).
+    /// The configured API key it authenticated with (its position among the flags' keys).
     Key(usize),
+    /// The issued API key it authenticated with (see `auth::Issued`).
+    Issued(u64),
     /// Where it came from, when the server asks no key.
     Peer(IpAddr),
 }

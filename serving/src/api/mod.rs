@@ -7,6 +7,7 @@ pub(crate) mod auth;
 mod coding;
 mod datasets;
 mod events;
+mod keys;
 mod limit;
 mod openapi;
 mod queries;
@@ -43,7 +44,7 @@ fn compression() -> CompressionLayer<impl Predicate> {
 /// Every route, each registered from its handler's OpenAPI entry (see [`openapi`]).
 pub fn router(state: AppState, metrics: Metrics) -> Router {
     let body_limit = state.config.max_body_bytes;
-    let keys = auth::ApiKeys::new(&state.config);
+    let keyed = state.keys.required();
     let document = openapi::Document::default();
     let (guarded, guarded_doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(
@@ -57,6 +58,8 @@ pub fn router(state: AppState, metrics: Metrics) -> Router {
         .routes(routes!(queries::query_post, queries::query_get))
         .routes(routes!(runs::start_run, runs::list_runs).map(|r| r.layer(compression())))
         .routes(routes!(runs::get_run))
+        .routes(routes!(keys::issue, keys::list))
+        .routes(routes!(keys::delete))
         .routes(
             routes!(openapi::document)
                 .map(|r| r.layer::<_, Infallible>(Extension(document.clone())).layer(compression())),
@@ -68,12 +71,12 @@ pub fn router(state: AppState, metrics: Metrics) -> Router {
         guarded =
             guarded.route_layer(axum::middleware::from_fn_with_state(limit::Limiter::new(per_second), limit::limit));
     }
-    if let Some(keys) = keys.clone() {
-        guarded = guarded.route_layer(axum::middleware::from_fn_with_state(keys, auth::require));
+    if keyed {
+        guarded = guarded.route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require));
     }
     let (open, open_doc) =
         OpenApiRouter::new().routes(routes!(system::healthz)).routes(routes!(system::readyz)).split_for_parts();
-    document.set(guarded_doc.merge_from(open_doc), keys.is_some());
+    document.set(guarded_doc.merge_from(open_doc), keyed);
     open.method_not_allowed_fallback(method_not_allowed)
         .merge(guarded)
         .route_layer(TrackLayer::new(&metrics))

@@ -35,6 +35,7 @@ use super::error::ErrorBody;
         (name = "views", description = "Aggregations of a dataset, kept by both layers"),
         (name = "queries", description = "Merged answers from a view"),
         (name = "runs", description = "Batch recomputations"),
+        (name = "keys", description = "API keys issued by the server, beside those of its flags"),
         (name = "system", description = "Probes, metrics and this document"),
     ),
     components(schemas(ErrorBody)),

@@ -156,3 +156,142 @@ async fn each_key_does_what_its_scope_takes() {
     // an unknown key is still 401, not 403
     assert_eq!(send(&server, "GET", "/v1/datasets", Some("Bearer dash2"), None).await.0, 401);
 }
+
+/// Keys issued through the API (`POST /v1/keys`): each does what its scope and datasets
+/// take, from the moment it is issued until it is deleted, across restarts (with or
+/// without the flags' keys), on both catalogs; its secret is answered once and kept nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issued_keys_do_what_their_scope_and_datasets_take_until_deleted() {
+    for catalog in crate::server::catalogs().await {
+        let label = if catalog.is_some() { "postgres" } else { "sqlite" };
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = TestServer::start(dir.path(), catalog.clone(), &["--api-key", "admin"]);
+        let admin = Some("Bearer admin");
+        let bearer = |issued: &Value| format!("Bearer {}", issued["key"].as_str().unwrap());
+        let mut other = pageviews_dataset();
+        other["name"] = json!("other");
+        for (path, body) in [
+            ("/v1/datasets", pageviews_dataset()),
+            ("/v1/datasets", other),
+            ("/v1/views", json!({"name": "v", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}})),
+            ("/v1/views", json!({"name": "w", "dataset": "other", "granularity": "hour", "measures": {"n": "count"}})),
+        ] {
+            assert_eq!(send(&server, "POST", path, admin, Some(body)).await.0, 201, "{label}: {path}");
+        }
+        let issue = |body: Value| {
+            let server = &server;
+            async move { send(server, "POST", "/v1/keys", admin, Some(body)).await }
+        };
+        let (status, _, shipper) =
+            issue(json!({"name": "shipper", "scope": "ingest", "datasets": ["pageviews"]})).await;
+        assert_eq!(status, 201, "{label}: {shipper}");
+        let (_, _, dash) = issue(json!({"name": "dash", "scope": "read", "datasets": ["pageviews"]})).await;
+        let (_, _, ops) = issue(json!({"name": "ops", "scope": "all"})).await;
+        assert_eq!(
+            (&dash["scope"], &dash["datasets"], &ops["datasets"]),
+            (&json!("read"), &json!(["pageviews"]), &Value::Null),
+            "{label}"
+        );
+        let secrets: Vec<&str> = [&shipper, &dash, &ops].iter().map(|k| k["key"].as_str().unwrap()).collect();
+        assert!(secrets.iter().all(|s| s.starts_with("tdk_") && s.len() == 68), "{secrets:?}");
+        let (shipper, dash, ops) = (bearer(&shipper), bearer(&dash), bearer(&ops));
+        let (shipper, dash, ops) = (Some(shipper.as_str()), Some(dash.as_str()), Some(ops.as_str()));
+
+        let event = |id: &str| json!({"ts": "2026-11-01T10:00:00Z", "event_id": id, "country": "US"});
+        let count = |view: &'static str| {
+            let server = &server;
+            async move {
+                let path = format!("/v1/views/{view}/query?granularity=all");
+                let (status, _, answer) = send(server, "GET", &path, admin, None).await;
+                assert_eq!(status, 200, "{answer}");
+                answer["rows"][0]["n"].as_i64().unwrap_or(0)
+            }
+        };
+        // each key, request by request: what its scope and datasets take, and what they refuse
+        for (key, method, path, body, want) in [
+            (shipper, "POST", "/v1/datasets/pageviews/events", Some(event("a")), 200),
+            (shipper, "POST", "/v1/datasets/other/events", Some(event("b")), 403),
+            (shipper, "GET", "/v1/views/v/query", None, 403),
+            (dash, "GET", "/v1/views/v/query?granularity=all", None, 200),
+            (dash, "POST", "/v1/views/v/query", Some(json!({})), 200),
+            (dash, "GET", "/v1/datasets/pageviews", None, 200),
+            (dash, "GET", "/v1/views/w/query", None, 403),
+            (dash, "GET", "/v1/datasets/other", None, 403),
+            (dash, "GET", "/v1/datasets", None, 403),
+            (dash, "GET", "/metrics", None, 403),
+            (dash, "GET", "/v1/views/nope", None, 403),
+            (dash, "POST", "/v1/datasets/pageviews/events", Some(event("c")), 403),
+            (dash, "GET", "/v1/keys", None, 403),
+            (ops, "POST", "/v1/datasets/other/events", Some(event("d")), 200),
+            (ops, "GET", "/v1/keys", None, 200),
+        ] {
+            let (status, _, answer) = send(&server, method, path, key, body).await;
+            assert_eq!(status, want, "{label}: {key:?} {method} {path}: {answer}");
+            if status == 403 {
+                assert_eq!(answer["error"]["code"], "forbidden", "{answer}");
+            }
+        }
+        assert_eq!((count("v").await, count("w").await), (1, 1), "{label}: only the allowed events are stored");
+
+        // listed by name without their secrets; refused: a taken name, a bad one, an unknown
+        // dataset or scope, no datasets, another key, and any key request by a limited key
+        let (status, _, list) = send(&server, "GET", "/v1/keys", admin, None).await;
+        assert_eq!(status, 200);
+        let names: Vec<&str> = list["keys"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["dash", "ops", "shipper"], "{label}: {list}");
+        let text = list.to_string();
+        assert!(secrets.iter().all(|s| !text.contains(&s[4..])), "{label}: a secret is listed: {list}");
+        for (body, want) in [
+            (json!({"name": "dash", "scope": "read"}), 409),
+            (json!({"name": "Dash!", "scope": "read"}), 400),
+            (json!({"name": "x", "scope": "read", "datasets": ["nope"]}), 400),
+            (json!({"name": "x", "scope": "read", "datasets": []}), 400),
+            (json!({"name": "x", "scope": "write"}), 400),
+            (json!({"name": "x", "scope": "read", "color": "red"}), 400),
+        ] {
+            let (status, _, answer) = issue(body.clone()).await;
+            assert_eq!(status, want, "{label}: {body}: {answer}");
+        }
+        let limited = json!({"name": "y", "scope": "all", "datasets": ["pageviews"]});
+        let (_, _, limited) = issue(limited).await;
+        let limited = bearer(&limited);
+        let (status, _, answer) =
+            send(&server, "POST", "/v1/keys", Some(&limited), Some(json!({"name": "z", "scope": "all"}))).await;
+        assert_eq!(status, 403, "{label}: a key limited to datasets issues none: {answer}");
+
+        // across a restart with the flags' key, and one without any flag: the issued keys
+        // are still asked for and still taken
+        for flags in [&["--api-key", "admin"][..], &[]] {
+            server.stop();
+            server = TestServer::start(dir.path(), catalog.clone(), flags);
+            let (status, challenge, _) = send(&server, "GET", "/v1/views/v", None, None).await;
+            assert_eq!((status, challenge.as_deref()), (401, Some("Bearer")), "{label} {flags:?}: no key");
+            assert_eq!(send(&server, "GET", "/v1/views/v/query", dash, None).await.0, 200, "{label} {flags:?}");
+            assert_eq!(send(&server, "GET", "/v1/views/w/query", dash, None).await.0, 403, "{label} {flags:?}");
+            let admin_status = send(&server, "GET", "/v1/keys", admin, None).await.0;
+            assert_eq!(admin_status, if flags.is_empty() { 401 } else { 200 }, "{label} {flags:?}");
+        }
+
+        // deleted: refused at once (401); the last key that may manage keys stays
+        let (status, _, _) = send(&server, "DELETE", "/v1/keys/dash", ops, None).await;
+        assert_eq!(status, 204, "{label}");
+        assert_eq!(send(&server, "GET", "/v1/views/v/query", dash, None).await.0, 401, "{label}: deleted");
+        assert_eq!(send(&server, "DELETE", "/v1/keys/dash", ops, None).await.0, 404, "{label}: deleted twice");
+        let (status, _, answer) = send(&server, "DELETE", "/v1/keys/ops", ops, None).await;
+        assert_eq!(status, 409, "{label}: the last managing key: {answer}");
+        assert_eq!(send(&server, "GET", "/v1/keys", ops, None).await.0, 200, "{label}: ops still works");
+    }
+}
+
+/// A server that asks no key issues none: a key issued there would shut out every client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_keys_issues_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, &[]);
+    let (status, _, answer) =
+        send(&server, "POST", "/v1/keys", None, Some(json!({"name": "first", "scope": "all"}))).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (409, Some("conflict")), "{answer}");
+    let (status, _, list) = send(&server, "GET", "/v1/keys", None, None).await;
+    assert_eq!((status, list), (200, json!({"keys": []})));
+    assert_eq!(send(&server, "GET", "/v1/datasets", None, None).await.0, 200, "still open");
+}

@@ -228,6 +228,8 @@ async fn the_document_describes_every_route_and_every_answer() {
         "/v1/views/{name}/query",
         "/v1/views/{name}/runs",
         "/v1/runs/{id}",
+        "/v1/keys",
+        "/v1/keys/{name}",
     ]);
     assert_eq!(routes, listed);
 
@@ -265,7 +267,7 @@ async fn the_document_describes_every_route_and_every_answer() {
         (&[("content-type", "application/json")][..], &[("content-type", "application/x-ndjson")][..]);
     let accept = |media| [("accept", media)];
     let (arrow, csv, png) = (accept("application/vnd.apache.arrow.stream"), accept("text/csv"), accept("image/png"));
-    let steps: [(&str, &str, Headers, Option<&str>, u16); 36] = [
+    let steps: [(&str, &str, Headers, Option<&str>, u16); 39] = [
         ("POST", "/v1/datasets", json, Some(&dataset), 201),
         ("POST", "/v1/datasets", json, Some(&dataset), 409),
         ("POST", "/v1/datasets", json, Some(r#"{"name": "x"}"#), 400),
@@ -305,6 +307,10 @@ async fn the_document_describes_every_route_and_every_answer() {
         ("GET", "/v1/views/by_country/query?granularity=day&time_zone=Asia/Kolkata", &[], None, 400),
         ("GET", "/v1/views/by_country/query?granularity=all&exclude=country:US", &[], None, 200),
         ("GET", "/v1/views/by_country/query?granularity=all&having=views:gte:2", &[], None, 200),
+        // a server that asks no key issues none
+        ("POST", "/v1/keys", json, Some(r#"{"name": "k", "scope": "read"}"#), 409),
+        ("GET", "/v1/keys", &[], None, 200),
+        ("DELETE", "/v1/keys/k", &[], None, 404),
         ("GET", "/v1/views/by_country/query", &arrow, None, 200),
         ("GET", "/v1/views/by_country/query", &csv, None, 200),
         ("GET", "/v1/views/by_country/query", &png, None, 406),
@@ -347,13 +353,13 @@ async fn the_document_describes_every_route_and_every_answer() {
 /// A request's headers, as names and values.
 type Headers<'a> = &'a [(&'a str, &'a str)];
 
-/// The path as the document names it: the name or id in a dataset's, view's or run's path
-/// as its parameter.
+/// The path as the document names it: the name or id in a dataset's, view's, key's or run's
+/// path as its parameter.
 fn template(path: &str) -> String {
     let path = path.split('?').next().unwrap();
     let mut segments: Vec<&str> = path.split('/').collect();
     match segments.as_slice() {
-        ["", "v1", "datasets" | "views", _, ..] => segments[3] = "{name}",
+        ["", "v1", "datasets" | "views" | "keys", _, ..] => segments[3] = "{name}",
         ["", "v1", "runs", _] => segments[3] = "{id}",
         _ => {}
     }
