@@ -349,7 +349,8 @@ impl AppState {
             return Err(ApiError::invalid("invalid_key", "a key that cannot be issued", problems));
         }
         let (secret, secret_sha256) = new_secret().map_err(|e| ApiError::internal("issuing an API key", e))?;
-        let record = KeyRecord { name, scope: scope.as_str().into(), datasets, secret_sha256, created_at: now_micros() };
+        let record =
+            KeyRecord { name, scope: scope.as_str().into(), datasets, secret_sha256, created_at: now_micros() };
         let _changing = self.key_changes.lock().await;
         self.env.catalog.create_key(&record).await?;
         self.keys.add(&record).map_err(|e| ApiError::internal("taking an issued API key into use", e))?;

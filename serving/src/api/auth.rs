@@ -84,7 +84,7 @@ impl Scope {
         }
     }
 
-    fn parse(text: &str) -> Option<Scope> {
+    pub fn parse(text: &str) -> Option<Scope> {
         [Scope::All, Scope::Read, Scope::Ingest].into_iter().find(|s| s.as_str() == text)
     }
 }
@@ -365,7 +365,9 @@ mod tests {
         assert!(keys.find(secret.as_bytes()).is_none() && keys.find(other.as_bytes()).is_some());
         // what the catalog holds is checked as it is read
         assert!(ApiKeys::new(&config(&[]), &[record("bad", "00ff", None)]).is_err());
-        assert!(ApiKeys::new(&config(&[]), &[KeyRecord { scope: "write".into(), ..record("w", &hash, None) }]).is_err());
+        assert!(
+            ApiKeys::new(&config(&[]), &[KeyRecord { scope: "write".into(), ..record("w", &hash, None) }]).is_err()
+        );
     }
 
     fn config(args: &[&str]) -> ServeConfig {

@@ -9,7 +9,7 @@ use tandem_batch::catalog::KeyRecord;
 use tandem_model::value::format_timestamp;
 
 use super::auth::Scope;
-use super::error::{ApiJson, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::app::AppState;
 
 /// What `POST /v1/keys` asks for.
@@ -41,8 +41,9 @@ pub struct KeyInfo {
 
 impl KeyInfo {
     fn of(record: &KeyRecord) -> ApiResult<KeyInfo> {
-        let scope = serde_json::from_value(serde_json::Value::String(record.scope.clone()))
-            .map_err(|e| super::error::ApiError::internal("reading an issued API key", e))?;
+        let scope = Scope::parse(&record.scope).ok_or_else(|| {
+            ApiError::internal("reading an issued API key", format!("unknown scope {:?}", record.scope))
+        })?;
         Ok(KeyInfo {
             name: record.name.clone(),
             scope,

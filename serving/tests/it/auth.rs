@@ -173,7 +173,10 @@ async fn issued_keys_do_what_their_scope_and_datasets_take_until_deleted() {
         for (path, body) in [
             ("/v1/datasets", pageviews_dataset()),
             ("/v1/datasets", other),
-            ("/v1/views", json!({"name": "v", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}})),
+            (
+                "/v1/views",
+                json!({"name": "v", "dataset": "pageviews", "granularity": "hour", "measures": {"n": "count"}}),
+            ),
             ("/v1/views", json!({"name": "w", "dataset": "other", "granularity": "hour", "measures": {"n": "count"}})),
         ] {
             assert_eq!(send(&server, "POST", path, admin, Some(body)).await.0, 201, "{label}: {path}");
