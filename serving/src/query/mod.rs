@@ -16,6 +16,7 @@
 //! fold in progress.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,7 @@ use tandem_model::value::{format_timestamp, parse_timestamp};
 use tandem_model::view::CompiledView;
 use tandem_model::zone::Tz;
 use tandem_model::{FieldType, Granularity, Value};
+use tandem_speed::live::CutRows;
 use tandem_speed::shapes::{Range, Shape};
 use tandem_speed::{BatchSnapshot, LiveState, Moment, ViewLive};
 
@@ -340,6 +342,19 @@ impl Plan {
     fn range(&self) -> Range {
         (self.from, self.to)
     }
+
+    /// The part of each cut bucket (see [`cut_buckets`](Self::cut_buckets)) in the range, as
+    /// the view buckets `[from, to)` it holds, both view bucket starts (so that ranges that
+    /// select the same view buckets are one).
+    fn cut_ranges<'c>(&self, view: Granularity, cut: &'c [(i64, i64)]) -> impl Iterator<Item = (i64, i64)> + 'c {
+        let width = view.width().expect("a view's buckets have a width");
+        // the first view bucket starting at or after `t`
+        let up = move |t: i64| {
+            t.div_euclid(width).saturating_mul(width).saturating_add(if t.rem_euclid(width) > 0 { width } else { 0 })
+        };
+        let (from, to) = (self.from.map(up), self.to.map(up));
+        cut.iter().map(move |&(start, end)| (from.map_or(start, |f| f.max(start)), to.map_or(end, |t| t.min(end))))
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -572,10 +587,20 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
         }
         speed_edges
     };
-    // the cut buckets: the version's groups on them, merged with the speed layer's
-    let edges = |batch: Option<&BatchSnapshot>, mut speed_edges: Groups| -> Vec<(GroupKey, Vec<Value>)> {
+    // the cut buckets: the version's groups on them, merged with the speed layer's; from the
+    // version alone (its rows of each cut range kept, see `BatchSnapshot::cut_rows`) when the
+    // speed layer holds nothing there, as for a cut that lies days back
+    let edges = |batch: Option<&BatchSnapshot>, mut speed_edges: Groups| -> Vec<Arc<CutRows>> {
         if !cuts {
             return Vec::new();
+        }
+        if let Some(batch) = batch
+            && speed_edges.is_empty()
+        {
+            return plan
+                .cut_ranges(view.spec.granularity, &cut)
+                .map(|(from, to)| batch.cut_rows(&plan.shape, from, to))
+                .collect();
         }
         let mut edges = Groups::default();
         if let Some(batch) = batch {
@@ -593,7 +618,7 @@ fn answer_plan(live: &ViewLive, plan: Plan, format: Format) -> Result<Answer, Ap
         rows.extend(
             speed_edges.into_iter().map(|(key, states)| (key, states.iter().map(MeasureState::value).collect())),
         );
-        rows
+        vec![Arc::new(rows)]
     };
     let writer = || RowWriter::new(&plan.columns(view));
     // one bucket for all time, and a range: every row is an edge, so a kept shape would
@@ -770,8 +795,8 @@ impl Body {
 }
 
 /// Edge rows (folded for this answer) as rows of an answer.
-fn edge_rows(edges: &[(GroupKey, Vec<Value>)]) -> Vec<OutRow<'_>> {
-    edges.iter().map(|(key, values)| (key, values.as_slice(), None)).collect()
+fn edge_rows(edges: &[Arc<CutRows>]) -> Vec<OutRow<'_>> {
+    edges.iter().flat_map(|rows| rows.iter()).map(|(key, values)| (key, values.as_slice(), None)).collect()
 }
 
 /// A row of an answer: its key and measure values, and for a kept row its text, kept.
