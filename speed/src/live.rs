@@ -1334,4 +1334,34 @@ mod tests {
             assert_eq!(found, expected, "[{from}, {to})");
         }
     }
+
+    #[test]
+    fn a_versions_cut_rows_are_folded_once_per_shape_and_range() {
+        let hour = 3_600_000_000;
+        // two countries' counts in each of 48 hours
+        let groups: Groups = (0..96)
+            .map(|i: i64| {
+                let key = GroupKey { bucket: (i / 2) * hour, dims: vec![Value::Int(i % 2)].into() };
+                (key, vec![MeasureState::Count(i + 1)])
+            })
+            .collect();
+        let batch = BatchSnapshot::new(1, 96, None, groups);
+        let by_day = Shape::new(Granularity::Day, vec![0], vec![], vec![0]);
+        // hours 20 to 29: day 0's last 4 and day 1's first 6
+        let rows = batch.cut_rows(&by_day, 20 * hour, 30 * hour);
+        let count = |rows: &CutRows, bucket: i64, dim: i64| {
+            rows.iter().find(|(k, _)| k.bucket == bucket && k.dims[0] == Value::Int(dim)).map(|(_, v)| v[0].clone())
+        };
+        // an independent sum: group i (hour i / 2, dim i % 2) counts i + 1
+        let want = |hours: std::ops::Range<i64>, dim: i64| Value::Int(hours.map(|h| 2 * h + dim + 1).sum());
+        assert_eq!(rows.len(), 4);
+        assert_eq!(count(&rows, 0, 1), Some(want(20..24, 1)));
+        assert_eq!(count(&rows, 24 * hour, 0), Some(want(24..30, 0)));
+        assert!(Arc::ptr_eq(&rows, &batch.cut_rows(&by_day, 20 * hour, 30 * hour)), "kept, not folded again");
+        let other = batch.cut_rows(&by_day, 20 * hour, 31 * hour);
+        assert!(!Arc::ptr_eq(&rows, &other));
+        assert_eq!(count(&other, 24 * hour, 0), Some(want(24..31, 0)));
+        let by_all = Shape::new(Granularity::All, vec![], vec![], vec![0]);
+        assert_eq!(batch.cut_rows(&by_all, 20 * hour, 30 * hour)[0].1[0], Value::Int((40..60).map(|i| i + 1).sum()));
+    }
 }
