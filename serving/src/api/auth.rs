@@ -97,7 +97,7 @@ pub struct Issued {
     pub name: String,
     pub scope: Scope,
     /// The datasets it is limited to; `None`: every dataset.
-    pub datasets: Option<Vec<String>>,
+    pub datasets: Option<Arc<[String]>>,
 }
 
 /// The keys a request may present, each with its scope: those of the flags and those issued.
@@ -114,7 +114,7 @@ pub struct ApiKeys {
 struct Found {
     client: Client,
     scope: Scope,
-    datasets: Option<Vec<String>>,
+    datasets: Option<Arc<[String]>>,
 }
 
 impl ApiKeys {
@@ -125,13 +125,10 @@ impl ApiKeys {
             (&config.read_api_keys[..], Scope::Read),
             (&config.ingest_api_keys[..], Scope::Ingest),
         ]);
-        let mut map = HashMap::new();
         for record in issued {
-            let (hash, issued) = Issued::from_record(record)?;
-            map.insert(hash, Arc::new(issued));
+            keys.add(record)?;
         }
-        keys.required |= !map.is_empty();
-        keys.issued = ArcSwap::from_pointee(map);
+        keys.required |= !issued.is_empty();
         Ok(keys)
     }
 
@@ -203,7 +200,8 @@ impl Issued {
         let hash = decode_hex(&record.secret_sha256)
             .ok_or_else(|| anyhow::anyhow!("API key {:?}: its stored hash is not 64 hex digits", record.name))?;
         let id = u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"));
-        Ok((hash, Issued { id, name: record.name.clone(), scope, datasets: record.datasets.clone() }))
+        let datasets = record.datasets.as_deref().map(Arc::from);
+        Ok((hash, Issued { id, name: record.name.clone(), scope, datasets }))
     }
 }
 
@@ -212,8 +210,8 @@ impl Issued {
 pub fn new_secret() -> anyhow::Result<(String, String)> {
     let mut bits = [0u8; 32];
     getrandom::fill(&mut bits).map_err(|e| anyhow::anyhow!("drawing a key's secret: {e}"))?;
-    let secret = format!("tdk_{}", hex(&bits));
-    let hash = hex(&sha256(secret.as_bytes()));
+    let secret = format!("tdk_{}", hex::encode(bits));
+    let hash = hex::encode(sha256(secret.as_bytes()));
     Ok((secret, hash))
 }
 
@@ -221,18 +219,9 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn decode_hex(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
-    if text.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 
@@ -352,7 +341,7 @@ mod tests {
         let keys = ApiKeys::new(&config(&[]), &[record("shipper", &hash, Some(vec!["pageviews".into()]))]).unwrap();
         assert!(keys.required(), "an issued key alone asks every request for one");
         let found = keys.find(secret.as_bytes()).unwrap();
-        assert_eq!((found.scope, found.datasets), (Scope::Ingest, Some(vec!["pageviews".to_string()])));
+        assert_eq!((found.scope, found.datasets.as_deref()), (Scope::Ingest, Some(&["pageviews".to_string()][..])));
         for wrong in [&secret[..67], &hash, "tdk_", ""] {
             assert!(keys.find(wrong.as_bytes()).is_none(), "{wrong:?}");
         }

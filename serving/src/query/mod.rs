@@ -462,16 +462,16 @@ fn plan(view: &CompiledView, q: QueryRequest) -> Result<Plan, ApiError> {
 }
 
 /// A `having` value for a measure of type `ty` (from a JSON body, or text from a query
-/// string), never null.
+/// string), never null: any number for a numeric measure (an integer count may be compared
+/// with 2.5), RFC 3339 for a timestamp, strings and booleans as a filter reads them.
 fn having_value(ty: FieldType, v: &Json) -> Option<Value> {
     let number = |n: &serde_json::Number| n.as_i64().map(Value::Int).or_else(|| n.as_f64().map(Value::Float));
     match (ty, v) {
+        (_, Json::Null) => None,
         (FieldType::Int64 | FieldType::Float64, Json::Number(n)) => number(n),
         (FieldType::Int64 | FieldType::Float64, Json::String(s)) => s.parse().ok().as_ref().and_then(number),
         (FieldType::Timestamp, Json::String(s)) => parse_timestamp(s).map(Value::Timestamp),
-        (FieldType::String, Json::String(s)) => Some(Value::String(s.as_str().into())),
-        (FieldType::Bool, Json::Bool(b)) => Some(Value::Bool(*b)),
-        (FieldType::Bool, Json::String(s)) => s.parse().ok().map(Value::Bool),
+        (FieldType::String | FieldType::Bool, _) => filter_value(ty, v),
         _ => None,
     }
 }
